@@ -1,0 +1,158 @@
+//! The file layer: structs that mirror the TOML document one to one.
+//!
+//! Values that carry units (durations, addresses, CIDRs) stay strings here so that
+//! every bad value becomes one entry in the error list instead of stopping the parse
+//! at the first one. Unknown keys are collected by `serde_ignored` in [`crate::load`]
+//! for the same reason (rather than `deny_unknown_fields`, which stops at the first).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+pub struct FileConfig {
+    /// `[server]`
+    #[serde(default)]
+    pub server: FileServer,
+    /// `[client_ip]`
+    #[serde(default)]
+    pub client_ip: FileClientIp,
+    /// `[[listeners]]`
+    #[serde(default)]
+    pub listeners: Vec<FileListener>,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: FileAdmin,
+    /// `[pools.NAME]`
+    #[serde(default)]
+    pub pools: BTreeMap<String, FilePool>,
+    /// `[[routes]]`
+    #[serde(default)]
+    pub routes: Vec<FileRoute>,
+    /// `[unmatched]`
+    #[serde(default)]
+    pub unmatched: FileUnmatched,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileServer {
+    /// Worker threads for the public proxy service.
+    pub threads: Option<i64>,
+    /// Let idle worker threads steal tasks from busy ones.
+    pub work_stealing: Option<bool>,
+    /// Idle origin connections kept per process.
+    pub upstream_keepalive_pool_size: Option<i64>,
+    /// Time between SIGTERM and closing the listeners.
+    pub grace_period: Option<String>,
+    /// Time in-flight requests get to finish after the listeners close.
+    pub graceful_shutdown_timeout: Option<String>,
+}
+
+/// `[client_ip]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileClientIp {
+    /// CIDRs whose forwarding headers are believed.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// `x-forwarded-for` or `forwarded`.
+    pub header: Option<String>,
+}
+
+/// `[[listeners]]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileListener {
+    /// `IP:PORT`
+    pub address: Option<String>,
+    /// Accept HTTP/2 without TLS (prior knowledge).
+    pub h2c: Option<bool>,
+    /// TLS certificate and key; HTTP/2 is offered through ALPN.
+    pub tls: Option<FileTls>,
+}
+
+/// `tls = { cert = "...", key = "..." }`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileTls {
+    /// PEM certificate chain.
+    pub cert: Option<String>,
+    /// PEM private key.
+    pub key: Option<String>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileAdmin {
+    /// `IP:PORT`, loopback by default.
+    pub address: Option<String>,
+    /// Environment variable holding the bearer token.
+    pub token_env: Option<String>,
+    /// File holding the bearer token.
+    pub token_file: Option<String>,
+}
+
+/// `[pools.NAME]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FilePool {
+    /// `HOST:PORT` of each origin server.
+    pub servers: Option<Vec<String>>,
+    /// Speak TLS to the origin.
+    pub tls: Option<bool>,
+    /// SNI and Host for TLS origins.
+    pub sni: Option<String>,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Option<String>,
+    /// Longest wait for the next bytes from the origin.
+    pub read_timeout: Option<String>,
+    /// Longest wait while sending to the origin.
+    pub write_timeout: Option<String>,
+    /// How long an idle origin connection is kept for reuse.
+    pub idle_timeout: Option<String>,
+    /// `[pools.NAME.health_check]`
+    pub health_check: Option<FileHealthCheck>,
+}
+
+/// `[pools.NAME.health_check]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileHealthCheck {
+    /// `http` or `tcp`.
+    pub kind: Option<String>,
+    /// Path probed with GET when `kind = "http"`.
+    pub path: Option<String>,
+    /// Host header sent with HTTP probes.
+    pub host: Option<String>,
+    /// Time between probes.
+    pub interval: Option<String>,
+    /// Longest a probe may take.
+    pub timeout: Option<String>,
+    /// Consecutive successes that bring a server back.
+    pub healthy_threshold: Option<i64>,
+    /// Consecutive failures that take a server out.
+    pub unhealthy_threshold: Option<i64>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileRoute {
+    /// Name used in metrics and logs.
+    pub name: Option<String>,
+    /// Exact Host (port ignored); any host when absent.
+    pub host: Option<String>,
+    /// Path prefix; `/` when absent.
+    pub path_prefix: Option<String>,
+    /// Allowed methods; any when absent.
+    pub methods: Option<Vec<String>>,
+    /// Upstream pool name.
+    pub pool: Option<String>,
+    /// `api` (problem+json rejections) or `browser` (HTML rejections).
+    pub kind: Option<String>,
+}
+
+/// `[unmatched]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileUnmatched {
+    /// `reject` or `proxy`.
+    pub action: Option<String>,
+    /// Status for `reject`.
+    pub status: Option<i64>,
+    /// Pool for `proxy`.
+    pub pool: Option<String>,
+}

@@ -1,0 +1,253 @@
+//! The typed, validated config the rest of Rampart reads. Every value here has
+//! passed validation: addresses are resolved, durations are non-zero where zero
+//! makes no sense, and every pool a route names exists.
+
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default public listener.
+pub const DEFAULT_LISTENER: &str = "127.0.0.1:8080";
+/// Default admin listener: loopback only.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+/// Default environment variable for the admin bearer token.
+pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "RAMPART_ADMIN_TOKEN";
+/// Default worker threads for the proxy service.
+pub const DEFAULT_THREADS: usize = 1;
+/// Default idle origin connections kept per process.
+pub const DEFAULT_KEEPALIVE_POOL_SIZE: usize = 256;
+/// Default time between SIGTERM and closing the listeners.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(0);
+/// Default time in-flight requests get to finish after the listeners close.
+pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default origin connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default longest wait for the next bytes from an origin (long: chat streams think).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default longest wait while sending to an origin.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default idle time an origin connection is kept for reuse.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time between health probes.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Default longest a health probe may take.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default consecutive successes that bring a server back.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Default consecutive failures that take a server out.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+/// Default status for requests no route matches.
+pub const DEFAULT_UNMATCHED_STATUS: u16 = 404;
+
+/// The validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Process-wide server settings.
+    pub server: ServerConfig,
+    /// How the client address is resolved.
+    pub client_ip: ClientIpConfig,
+    /// Public listeners; at least one.
+    pub listeners: Vec<ListenerConfig>,
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// Upstream pools, sorted by name.
+    pub pools: Vec<PoolConfig>,
+    /// Routes in match order.
+    pub routes: Vec<RouteConfig>,
+    /// What happens to a request no route matches.
+    pub unmatched: UnmatchedConfig,
+}
+
+impl Config {
+    /// The index of the pool called `name` in [`Config::pools`].
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+}
+
+/// `[server]`: Pingora server settings that matter for cost per request.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Worker threads of the public proxy service.
+    pub threads: usize,
+    /// Work stealing between worker threads; off keeps origin connections on the
+    /// thread that made them, which keeps them reused.
+    pub work_stealing: bool,
+    /// Idle origin connections kept per process.
+    pub upstream_keepalive_pool_size: usize,
+    /// Time between SIGTERM and closing the listeners.
+    pub grace_period: Duration,
+    /// Time in-flight requests get to finish after the listeners close.
+    pub graceful_shutdown_timeout: Duration,
+}
+
+/// Which header carries the client chain from a trusted proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`
+    Forwarded,
+}
+
+/// `[client_ip]`
+#[derive(Debug, Clone)]
+pub struct ClientIpConfig {
+    /// Peers whose forwarding header is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header read from trusted peers.
+    pub header: ForwardedHeader,
+}
+
+impl ClientIpConfig {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) to plain IPv4, so that one
+/// client is one key whichever socket family it arrived on.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// `[[listeners]]`
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Bound address.
+    pub address: SocketAddr,
+    /// Plaintext HTTP/2 by prior knowledge.
+    pub h2c: bool,
+    /// TLS with HTTP/2 through ALPN.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Certificate and key files of a TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Where the admin bearer token comes from; read when the proxy starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// An environment variable.
+    Env(String),
+    /// A file; surrounding whitespace is trimmed.
+    File(PathBuf),
+}
+
+/// `[admin]`
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Bound address, never one of the public listeners.
+    pub address: SocketAddr,
+    /// Bearer token source.
+    pub token: TokenSource,
+}
+
+/// `[pools.NAME]`
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Pool name, used by routes, metrics and logs.
+    pub name: String,
+    /// Origin servers, resolved at load time.
+    pub servers: Vec<SocketAddr>,
+    /// Speak TLS to the origins.
+    pub tls: bool,
+    /// SNI for TLS origins.
+    pub sni: String,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes from the origin.
+    pub read_timeout: Duration,
+    /// Longest wait while sending to the origin.
+    pub write_timeout: Duration,
+    /// Idle time an origin connection is kept for reuse.
+    pub idle_timeout: Duration,
+    /// Active health checking.
+    pub health_check: HealthCheckConfig,
+}
+
+/// How a health probe is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// A TCP connect succeeds.
+    Tcp,
+    /// `GET path` answers 2xx or 3xx.
+    Http {
+        /// Probed path.
+        path: String,
+        /// Host header of the probe.
+        host: String,
+    },
+}
+
+/// `[pools.NAME.health_check]`
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    /// Probe kind.
+    pub kind: HealthCheckKind,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Longest a probe may take.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a server back.
+    pub healthy_threshold: NonZeroU32,
+    /// Consecutive failures that take a server out.
+    pub unhealthy_threshold: NonZeroU32,
+}
+
+/// How rejections on a route are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `application/problem+json`.
+    Api,
+    /// A small HTML page.
+    Browser,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// Exact host, lower case, no port.
+    pub host: Option<String>,
+    /// Path prefix, starts with `/`.
+    pub path_prefix: String,
+    /// Allowed methods, upper case; empty means any.
+    pub methods: Vec<String>,
+    /// Index into [`Config::pools`].
+    pub pool: usize,
+    /// Rejection rendering.
+    pub kind: RouteKind,
+}
+
+/// `[unmatched]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnmatchedConfig {
+    /// Answer at the edge with this status.
+    Reject {
+        /// HTTP status.
+        status: u16,
+    },
+    /// Send to this pool (index into [`Config::pools`]).
+    Proxy {
+        /// Pool index.
+        pool: usize,
+    },
+}

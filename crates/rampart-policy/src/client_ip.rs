@@ -1,0 +1,142 @@
+//! Which address is the client: the socket peer, unless the peer is a trusted
+//! proxy, in which case the rightmost address of the forwarding chain that is not
+//! itself trusted.
+//!
+//! A forwarding header from an untrusted peer is never read: anyone can write one.
+
+use rampart_config::{canonical_ip, ClientIpConfig, ForwardedHeader};
+use std::net::{IpAddr, SocketAddr};
+
+/// Resolves the client address.
+///
+/// `header_values` are the values of the configured forwarding header in the order
+/// they appeared (several header lines form one list). The chain is walked from the
+/// right; trusted hops are skipped; the first untrusted address is the client. If a
+/// hop cannot be parsed the walk stops and the last good hop is used, so a client
+/// cannot hide behind garbage. If every hop is trusted, the leftmost one is used.
+pub fn resolve_client_ip<'a>(
+    peer: IpAddr,
+    header_values: impl DoubleEndedIterator<Item = &'a [u8]>,
+    config: &ClientIpConfig,
+) -> IpAddr {
+    let peer = canonical_ip(peer);
+    if !config.is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in header_values.rev() {
+        let Ok(value) = std::str::from_utf8(value) else {
+            return client;
+        };
+        for hop in value.rsplit(',') {
+            let parsed = match config.header {
+                ForwardedHeader::XForwardedFor => parse_hop(hop),
+                ForwardedHeader::Forwarded => parse_forwarded_element(hop),
+            };
+            let Some(ip) = parsed.map(canonical_ip) else {
+                return client;
+            };
+            client = ip;
+            if !config.is_trusted(ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+/// One X-Forwarded-For hop: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or `[2001:db8::1]:80`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim().trim_matches('"');
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = hop.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    hop.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse().ok())
+}
+
+/// One RFC 7239 element (`for=192.0.2.60;proto=http;by=...`): its `for` address.
+fn parse_forwarded_element(element: &str) -> Option<IpAddr> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("for") {
+            parse_hop(value)
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_config::parse_cidr;
+
+    fn cfg(header: ForwardedHeader) -> ClientIpConfig {
+        ClientIpConfig {
+            trusted_proxies: vec![
+                parse_cidr("10.0.0.0/8").unwrap(),
+                parse_cidr("2001:db8:ffff::/48").unwrap(),
+            ],
+            header,
+        }
+    }
+
+    fn resolve(peer: &str, values: &[&str], header: ForwardedHeader) -> String {
+        let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+        resolve_client_ip(peer.parse().unwrap(), values.into_iter(), &cfg(header)).to_string()
+    }
+
+    use ForwardedHeader::{Forwarded, XForwardedFor as Xff};
+
+    #[test]
+    fn untrusted_peer_header_is_ignored() {
+        assert_eq!(resolve("203.0.113.9", &["1.1.1.1"], Xff), "203.0.113.9");
+    }
+
+    #[test]
+    fn trusted_peer_gives_rightmost_untrusted_hop() {
+        assert_eq!(
+            resolve("10.0.0.1", &["6.6.6.6, 198.51.100.7, 10.1.1.1"], Xff),
+            "198.51.100.7"
+        );
+        assert_eq!(
+            resolve("10.0.0.1", &["6.6.6.6", "198.51.100.7:4711"], Xff),
+            "198.51.100.7"
+        );
+    }
+
+    #[test]
+    fn ipv6_hops_and_peers() {
+        assert_eq!(
+            resolve("2001:db8:ffff::1", &["2001:db8:1::5, 2001:db8:ffff::2"], Xff),
+            "2001:db8:1::5"
+        );
+        assert_eq!(resolve("10.0.0.1", &["[2001:db8::9]:443"], Xff), "2001:db8::9");
+        assert_eq!(resolve("::ffff:10.0.0.1", &["192.0.2.1"], Xff), "192.0.2.1");
+    }
+
+    #[test]
+    fn garbage_stops_the_walk_at_the_last_good_hop() {
+        assert_eq!(resolve("10.0.0.1", &["1.2.3.4, nonsense"], Xff), "10.0.0.1");
+        assert_eq!(resolve("10.0.0.1", &["nonsense, 10.0.0.2"], Xff), "10.0.0.2");
+        assert_eq!(resolve("10.0.0.1", &[], Xff), "10.0.0.1");
+    }
+
+    #[test]
+    fn forwarded_header_for_parameter() {
+        assert_eq!(
+            resolve(
+                "10.0.0.1",
+                &["for=192.0.2.43, for=\"[2001:db8:cafe::17]:4711\";proto=https"],
+                Forwarded
+            ),
+            "2001:db8:cafe::17"
+        );
+        assert_eq!(resolve("10.0.0.1", &["for=unknown"], Forwarded), "10.0.0.1");
+    }
+}

@@ -1,0 +1,148 @@
+//! Route matching: host, path prefix and method, in config order.
+
+use rampart_config::{Config, RouteConfig, UnmatchedConfig};
+
+/// What the route table decided for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMatch {
+    /// A configured route (index into the config's routes) sending to a pool.
+    Route {
+        /// Route index.
+        route: usize,
+        /// Pool index.
+        pool: usize,
+    },
+    /// No route matched; `[unmatched]` says to proxy to this pool.
+    Fallback {
+        /// Pool index.
+        pool: usize,
+    },
+    /// No route matched; answer with this status at the edge.
+    Reject {
+        /// HTTP status.
+        status: u16,
+    },
+}
+
+/// The routes of one config, ready for matching.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<RouteConfig>,
+    unmatched: UnmatchedConfig,
+}
+
+impl RouteTable {
+    /// Builds the table from a validated config.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            routes: config.routes.clone(),
+            unmatched: config.unmatched.clone(),
+        }
+    }
+
+    /// The first route whose host, path prefix and methods all match.
+    ///
+    /// `host` may carry a port, which is ignored; it is compared without regard to
+    /// case. A prefix matches whole path segments: `/api/auth/login` matches
+    /// `/api/auth/login` and `/api/auth/login/x` but not `/api/auth/loginx`, unless
+    /// the prefix itself ends in `/`.
+    pub fn find(&self, host: Option<&str>, path: &str, method: &str) -> RouteMatch {
+        let host = host.map(strip_port);
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(want) = &route.host {
+                match host {
+                    Some(h) if h.eq_ignore_ascii_case(want) => {}
+                    _ => continue,
+                }
+            }
+            if !prefix_matches(&route.path_prefix, path) {
+                continue;
+            }
+            if !route.methods.is_empty() && !route.methods.iter().any(|m| m == method) {
+                continue;
+            }
+            return RouteMatch::Route {
+                route: i,
+                pool: route.pool,
+            };
+        }
+        match self.unmatched {
+            UnmatchedConfig::Proxy { pool } => RouteMatch::Fallback { pool },
+            UnmatchedConfig::Reject { status } => RouteMatch::Reject { status },
+        }
+    }
+
+    /// The route at `index`.
+    pub fn route(&self, index: usize) -> Option<&RouteConfig> {
+        self.routes.get(index)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?']),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn table(extra: &str) -> RouteTable {
+        let text = format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+[pools.chat]
+servers = ["127.0.0.1:9001"]
+[pools.auth]
+servers = ["127.0.0.1:9002"]
+[[routes]]
+name = "login"
+path_prefix = "/api/auth/login"
+methods = ["post"]
+pool = "auth"
+[[routes]]
+name = "admin-host"
+host = "Admin.Example.com"
+pool = "auth"
+[[routes]]
+name = "chat"
+path_prefix = "/v1/"
+pool = "chat"
+{extra}
+"#
+        );
+        RouteTable::new(&rampart_config::parse(&text, Path::new("t.toml")).unwrap())
+    }
+
+    #[test]
+    fn matches_in_order_on_path_method_and_host() {
+        let t = table("");
+        // pools are sorted by name: auth = 0, chat = 1
+        assert_eq!(t.find(None, "/api/auth/login", "POST"), RouteMatch::Route { route: 0, pool: 0 });
+        assert_eq!(t.find(None, "/api/auth/login", "GET"), RouteMatch::Reject { status: 404 });
+        assert_eq!(t.find(None, "/api/auth/loginx", "POST"), RouteMatch::Reject { status: 404 });
+        assert_eq!(t.find(Some("admin.example.com:8080"), "/x", "GET"), RouteMatch::Route { route: 1, pool: 0 });
+        assert_eq!(t.find(Some("other"), "/v1/chat/completions", "POST"), RouteMatch::Route { route: 2, pool: 1 });
+    }
+
+    #[test]
+    fn unmatched_may_proxy_to_a_pool() {
+        let t = table("[unmatched]\naction = \"proxy\"\npool = \"chat\"\n");
+        assert_eq!(t.find(None, "/nowhere", "GET"), RouteMatch::Fallback { pool: 1 });
+    }
+}

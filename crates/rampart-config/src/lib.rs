@@ -339,9 +339,16 @@ impl Validator {
                     }
                 }
             };
+            let h2c = l.h2c.unwrap_or(false);
+            if h2c && tls.is_some() {
+                self.issue(
+                    format!("{key}.h2c"),
+                    "only for plaintext listeners; TLS listeners offer HTTP/2 through ALPN",
+                );
+            }
             out.push(ListenerConfig {
                 address,
-                h2c: l.h2c.unwrap_or(false),
+                h2c,
                 tls,
             });
         }

@@ -1,1 +1,187 @@
-//! placeholder
+//! Rampart's Pingora glue: the public proxy service, upstream pools and health
+//! checks, the admin API, metrics, and the background services that reload config.
+//! Policy decisions are made by `rampart-policy`; this crate only wires them in.
+
+pub mod admin;
+pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod respond;
+pub mod state;
+
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use rampart_config::{Config, TokenSource};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use state::Shared;
+
+/// Why Rampart could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The admin token is missing or unreadable.
+    #[error("admin token: {0}")]
+    AdminToken(String),
+    /// A TLS listener cannot be set up.
+    #[error("listener {address}: {reason}")]
+    Listener {
+        /// Listener address.
+        address: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Reads the admin bearer token from its configured source.
+pub fn read_admin_token(source: &TokenSource) -> Result<String, StartError> {
+    let token = match source {
+        TokenSource::Env(name) => std::env::var(name).map_err(|_| {
+            StartError::AdminToken(format!(
+                "environment variable {name} is not set (set it to a secret of at least {MIN_ADMIN_TOKEN_LEN} characters)"
+            ))
+        })?,
+        TokenSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+            StartError::AdminToken(format!("cannot read {}: {e}", path.display()))
+        })?,
+    };
+    let token = token.trim().to_string();
+    if token.len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(StartError::AdminToken(format!(
+            "the token must be at least {MIN_ADMIN_TOKEN_LEN} characters long"
+        )));
+    }
+    Ok(token)
+}
+
+/// Pingora server settings from Rampart's `[server]`.
+fn server_conf(config: &Config) -> ServerConf {
+    let s = &config.server;
+    ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        // Rampart chooses its own upstream on retry (see `fail_to_connect`).
+        max_retries: 1,
+        ..ServerConf::default()
+    }
+}
+
+/// Builds the whole server for `config`, read from `config_path`: public
+/// listeners, the admin listener and the background services. Call
+/// `run_forever()` on the result.
+pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, StartError> {
+    let token = read_admin_token(&config.admin.token)?;
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    server.bootstrap();
+    let shared = Arc::new(Shared::new(config_path, config.clone()));
+    let conf = server.configuration.clone();
+
+    // Plain HTTP/2 (h2c) is an option of the service, so h2c listeners get their own.
+    for h2c in [false, true] {
+        let listeners: Vec<_> = config.listeners.iter().filter(|l| l.h2c == h2c).collect();
+        if listeners.is_empty() {
+            continue;
+        }
+        let name = if h2c { "rampart proxy (h2c)" } else { "rampart proxy" };
+        let mut service =
+            http_proxy_service_with_name(&conf, proxy::RampartProxy::new(shared.clone()), name);
+        if h2c {
+            if let Some(app) = service.app_logic_mut() {
+                let mut options = HttpServerOptions::default();
+                options.h2c = true;
+                app.server_options = Some(options);
+            }
+        }
+        for listener in listeners {
+            let address = listener.address.to_string();
+            match &listener.tls {
+                None => service.add_tcp(&address),
+                Some(tls) => {
+                    let (cert, key) = (tls.cert.display().to_string(), tls.key.display().to_string());
+                    check_pem(&cert, "CERTIFICATE", &address)?;
+                    check_pem(&key, "PRIVATE KEY", &address)?;
+                    let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| {
+                        StartError::Listener {
+                            address: address.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    settings.enable_h2();
+                    service.add_tls_with_settings(&address, None, settings);
+                }
+            }
+        }
+        server.add_service(service);
+    }
+
+    let mut admin = Service::new(
+        "rampart admin".to_string(),
+        admin::AdminService::new(shared.clone(), token),
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&config.admin.address.to_string());
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "health checks",
+        health::HealthChecker::new(shared.clone()),
+    ));
+    server.add_service(background_service("reload on SIGHUP", SighupReload { shared }));
+    Ok(server)
+}
+
+/// Refuses PEM files that do not hold what they should, before Pingora panics on them.
+fn check_pem(path: &str, what: &str, address: &str) -> Result<(), StartError> {
+    let text = std::fs::read_to_string(path).map_err(|e| StartError::Listener {
+        address: address.to_string(),
+        reason: format!("cannot read {path}: {e}"),
+    })?;
+    if !text.contains("-----BEGIN") || !text.contains(what) {
+        return Err(StartError::Listener {
+            address: address.to_string(),
+            reason: format!("{path} holds no PEM {what}"),
+        });
+    }
+    Ok(())
+}
+
+/// Reloads the config file on SIGHUP.
+struct SighupReload {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for SighupReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload only through the admin API: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {
+                    log::info!("SIGHUP: reloading {}", self.shared.config_path.display());
+                    // Errors are logged and counted by reload itself.
+                    let _ = self.shared.reload().await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,1 +1,105 @@
-fn main() {}
+//! The `rampart` command line: `run`, `check` and `demo`.
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for a bad config (EX_DATAERR would be 65; 64 is EX_USAGE, what the runbook promises).
+const EXIT_BAD_CONFIG: u8 = 64;
+/// Exit code when the proxy cannot start for another reason.
+const EXIT_START_FAILED: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "rampart", version, about = "An edge proxy that keeps a chat API and its login alive under attack")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a config file.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate config files; exit 0 when all are valid, 64 when any is not.
+    Check {
+        /// Config files (TOML); repeat for several.
+        #[arg(long, short, required = true)]
+        config: Vec<PathBuf>,
+    },
+    /// Run the proxy with the shipped config in front of built-in demo origins.
+    Demo {
+        /// Config file; the shipped one by default.
+        #[arg(long, short, default_value = "conf/rampart.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(config),
+        Command::Demo { config } => {
+            if let Err(e) = demo::start_origins() {
+                eprintln!("rampart demo: {e}");
+                return ExitCode::from(EXIT_START_FAILED);
+            }
+            demo::ensure_admin_token();
+            run(config)
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        match rampart_config::load(file) {
+            Ok(_) => println!("{}: ok", file.display()),
+            Err(e) => {
+                ok = false;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BAD_CONFIG)
+    }
+}
+
+fn run(config_path: PathBuf) -> ExitCode {
+    let config = match rampart_config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let scheme = if l.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", l.address)
+        })
+        .collect();
+    let admin = config.admin.address;
+    match rampart_proxy::build_server(config_path, config) {
+        Ok(server) => {
+            log::info!("rampart listening on {} (admin on http://{admin})", listeners.join(", "));
+            server.run_forever()
+        }
+        Err(e) => {
+            eprintln!("rampart: cannot start: {e}");
+            ExitCode::from(EXIT_START_FAILED)
+        }
+    }
+}

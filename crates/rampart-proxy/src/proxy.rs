@@ -1,0 +1,252 @@
+//! The Pingora `ProxyHttp` glue. Each phase calls a pure function of the policy
+//! crate and records what it decided in [`RequestCtx`]; decisions themselves live
+//! in `rampart-policy`.
+
+use crate::metrics::UNMATCHED_ROUTE;
+use crate::respond::write_rejection;
+use crate::state::{Shared, Snapshot};
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
+use rampart_config::{ForwardedHeader, RouteKind};
+use rampart_policy::{resolve_client_ip, Rejection, RouteMatch};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The public proxy.
+#[derive(Debug)]
+pub struct RampartProxy {
+    shared: Arc<Shared>,
+}
+
+impl RampartProxy {
+    /// A proxy reading its policy from `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// What the phases of one request decided.
+#[derive(Debug)]
+pub struct RequestCtx {
+    snapshot: Arc<Snapshot>,
+    started: Instant,
+    client_ip: IpAddr,
+    route: Option<usize>,
+    pool: Option<usize>,
+    server: Option<usize>,
+    connect_failures: u8,
+    rejection: Option<Rejection>,
+}
+
+impl RequestCtx {
+    fn kind(&self) -> RouteKind {
+        self.route
+            .and_then(|r| self.snapshot.config.routes.get(r))
+            .map(|r| r.kind)
+            .unwrap_or(RouteKind::Api)
+    }
+
+    fn route_label(&self) -> &str {
+        self.route
+            .and_then(|r| self.snapshot.config.routes.get(r))
+            .map(|r| r.name.as_str())
+            .unwrap_or(UNMATCHED_ROUTE)
+    }
+}
+
+fn header_name(header: ForwardedHeader) -> &'static str {
+    match header {
+        ForwardedHeader::XForwardedFor => "x-forwarded-for",
+        ForwardedHeader::Forwarded => "forwarded",
+    }
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.uri
+        .host()
+        .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok()))
+}
+
+#[async_trait]
+impl ProxyHttp for RampartProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snapshot: self.shared.snapshot(),
+            started: Instant::now(),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            route: None,
+            pool: None,
+            server: None,
+            connect_failures: 0,
+            rejection: None,
+        }
+    }
+
+    /// Resolves the client, matches the route and answers at the edge when the
+    /// request cannot or must not go upstream.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snapshot = ctx.snapshot.clone();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let req = session.req_header();
+        let client_config = &snapshot.config.client_ip;
+        let forwarded = req
+            .headers
+            .get_all(header_name(client_config.header))
+            .iter()
+            .map(|v| v.as_bytes());
+        ctx.client_ip = resolve_client_ip(peer, forwarded, client_config);
+
+        let found = snapshot
+            .routes
+            .find(request_host(req), req.uri.path(), req.method.as_str());
+        let rejection = match found {
+            RouteMatch::Route { route, pool } => {
+                ctx.route = Some(route);
+                ctx.pool = Some(pool);
+                None
+            }
+            RouteMatch::Fallback { pool } => {
+                ctx.pool = Some(pool);
+                None
+            }
+            RouteMatch::Reject { status } => Some(Rejection::NoRoute { status }),
+        };
+        let rejection = rejection.or_else(|| {
+            let pool = snapshot.pools.get(ctx.pool?)?;
+            (!pool.has_healthy()).then(|| Rejection::NoHealthyUpstream {
+                pool: pool.name().to_string(),
+            })
+        });
+        if let Some(rejection) = rejection {
+            write_rejection(session, &rejection, ctx.kind()).await?;
+            ctx.rejection = Some(rejection);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let snapshot = &ctx.snapshot;
+        let pool = ctx
+            .pool
+            .and_then(|p| snapshot.pools.get(p))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no pool"))?;
+        // After a connect failure, the retry goes to another server.
+        let exclude = if ctx.connect_failures > 0 { ctx.server } else { None };
+        match pool.pick(exclude) {
+            Some(i) => {
+                ctx.server = Some(i);
+                Ok(Box::new(pool.servers[i].peer.clone()))
+            }
+            None => {
+                ctx.rejection = Some(Rejection::NoHealthyUpstream {
+                    pool: pool.name().to_string(),
+                });
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no healthy server in pool",
+                ))
+            }
+        }
+    }
+
+    /// One retry, on another healthy server, when connecting fails.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.connect_failures = ctx.connect_failures.saturating_add(1);
+        let another = ctx
+            .pool
+            .and_then(|p| ctx.snapshot.pools.get(p))
+            .and_then(|pool| pool.pick(ctx.server))
+            .is_some();
+        e.set_retry(ctx.connect_failures == 1 && another);
+        e
+    }
+
+    /// Replaces forwarding headers with what Rampart resolved: a client-supplied
+    /// X-Forwarded-For, X-Real-IP or Forwarded is never passed on.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let ip = ctx.client_ip.to_string();
+        upstream_request.remove_header("forwarded");
+        upstream_request.insert_header("x-forwarded-for", &ip)?;
+        upstream_request.insert_header("x-real-ip", &ip)?;
+        let tls = session
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some());
+        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        if upstream_request.headers.get("host").is_none() {
+            // HTTP/2 clients send :authority instead of Host; HTTP/1.1 origins need Host.
+            if let Some(authority) = upstream_request.uri.authority().map(|a| a.to_string()) {
+                upstream_request.insert_header("host", authority)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Errors after the request was let through: problem bodies, never HTML, on API routes.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let rejection = match (&ctx.rejection, e.etype()) {
+            (Some(r), _) => r.clone(),
+            (None, ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+                Rejection::UpstreamFailed { status: 504 }
+            }
+            (None, _) if matches!(e.esource(), ErrorSource::Downstream) => {
+                // The client went away or sent garbage: nothing useful to write.
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            (None, _) => Rejection::UpstreamFailed { status: 502 },
+        };
+        let status = rejection.status();
+        // A response may already be on its way (the origin failed mid-stream).
+        let written = session.response_written().is_some();
+        if !written {
+            if let Err(write_error) = write_rejection(session, &rejection, ctx.kind()).await {
+                log::debug!("cannot write error response: {write_error}");
+            }
+        }
+        ctx.rejection = Some(rejection);
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// One metrics update per request, success or failure.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let verdict = ctx.rejection.as_ref().map(|r| r.label()).unwrap_or("proxied");
+        self.shared.metrics.request(
+            ctx.route_label(),
+            verdict,
+            status,
+            ctx.started.elapsed().as_secs_f64(),
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! Runtime state: the immutable policy snapshot that each request reads once, and
+//! the one place that replaces it (reload).
+
+use crate::metrics::Metrics;
+use crate::pool::{HealthRegistry, Pool};
+use arc_swap::ArcSwap;
+use rampart_config::{Config, ConfigError};
+use rampart_policy::RouteTable;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Everything a request needs to be decided, frozen for its whole life.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The validated config.
+    pub config: Config,
+    /// Route matching over `config.routes`.
+    pub routes: RouteTable,
+    /// Pools, indexed like `config.pools`.
+    pub pools: Vec<Pool>,
+    /// Increases by one with every successful reload.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    fn new(config: Config, registry: &HealthRegistry, generation: u64) -> Self {
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| Pool::new(p, registry))
+            .collect();
+        Self {
+            routes: RouteTable::new(&config),
+            pools,
+            config,
+            generation,
+        }
+    }
+
+    /// Whether every server of every pool has had its first health probe.
+    pub fn is_ready(&self) -> bool {
+        self.pools
+            .iter()
+            .all(|p| p.servers.iter().all(|s| s.health.is_probed()))
+    }
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file is invalid; the old config keeps serving.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// The reload task could not run.
+    #[error("reload task failed: {0}")]
+    Task(String),
+}
+
+/// State shared by the proxy, the admin API and the background services.
+#[derive(Debug)]
+pub struct Shared {
+    /// The config file that reloads re-read.
+    pub config_path: PathBuf,
+    snapshot: ArcSwap<Snapshot>,
+    health: HealthRegistry,
+    generation: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// State for a freshly loaded config.
+    pub fn new(config_path: PathBuf, config: Config) -> Self {
+        let health = HealthRegistry::default();
+        let snapshot = Snapshot::new(config, &health, 1);
+        let metrics = Metrics::new();
+        metrics.set_config_info(&snapshot);
+        Self {
+            config_path,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            health,
+            generation: AtomicU64::new(1),
+            reload_lock: tokio::sync::Mutex::new(()),
+            metrics,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Re-reads the config file and swaps it in. A bad file is refused and the
+    /// old config keeps serving. Requests in flight finish on the snapshot they
+    /// started with. Listener, admin and server settings only change on restart;
+    /// a reload that changes them says so in the log.
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || rampart_config::load(&path))
+            .await
+            .map_err(|e| ReloadError::Task(e.to_string()));
+        let config = match loaded {
+            Ok(Ok(config)) => config,
+            Ok(Err(e)) => {
+                self.metrics.reloads("error");
+                log::error!("config reload refused, old config keeps serving:\n{e}");
+                return Err(e.into());
+            }
+            Err(e) => {
+                self.metrics.reloads("error");
+                return Err(e);
+            }
+        };
+        let old = self.snapshot();
+        warn_restart_only_changes(&old.config, &config);
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot = Snapshot::new(config, &self.health, generation);
+        let keep: Vec<_> = snapshot
+            .pools
+            .iter()
+            .flat_map(|p| p.servers.iter().map(|s| (p.name().to_string(), s.addr)))
+            .collect();
+        self.health.retain(&keep);
+        self.metrics.set_config_info(&snapshot);
+        self.snapshot.store(Arc::new(snapshot));
+        self.metrics.reloads("success");
+        log::info!("config reloaded from {} (generation {generation})", self.config_path.display());
+        Ok(generation)
+    }
+}
+
+fn warn_restart_only_changes(old: &Config, new: &Config) {
+    let listeners = |c: &Config| -> Vec<String> {
+        c.listeners
+            .iter()
+            .map(|l| format!("{}/{}/{}", l.address, l.h2c, l.tls.is_some()))
+            .collect()
+    };
+    if listeners(old) != listeners(new) {
+        log::warn!("reload: [[listeners]] changed; listeners only change on restart");
+    }
+    if old.admin.address != new.admin.address || old.admin.token != new.admin.token {
+        log::warn!("reload: [admin] changed; the admin listener only changes on restart");
+    }
+    if old.server.threads != new.server.threads
+        || old.server.work_stealing != new.server.work_stealing
+        || old.server.upstream_keepalive_pool_size != new.server.upstream_keepalive_pool_size
+    {
+        log::warn!("reload: [server] changed; server settings only change on restart");
+    }
+}

@@ -43,9 +43,9 @@ pub struct FileServer {
     pub work_stealing: Option<bool>,
     /// Idle origin connections kept per process.
     pub upstream_keepalive_pool_size: Option<i64>,
-    /// Time between SIGTERM and closing the listeners.
+    /// Drain time after SIGTERM.
     pub grace_period: Option<String>,
-    /// Time in-flight requests get to finish after the listeners close.
+    /// Time the runtimes get to stop after the drain.
     pub graceful_shutdown_timeout: Option<String>,
 }
 

@@ -290,13 +290,20 @@ impl Validator {
                 Err(e) => self.issue(format!("client_ip.trusted_proxies[{i}]"), e),
             }
         }
-        let header = match raw.header.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        let header = match raw
+            .header
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("x-forwarded-for") => ForwardedHeader::XForwardedFor,
             Some("forwarded") => ForwardedHeader::Forwarded,
             Some(other) => {
                 self.issue(
                     "client_ip.header",
-                    format!("\"{other}\" is not supported (use \"x-forwarded-for\" or \"forwarded\")"),
+                    format!(
+                        "\"{other}\" is not supported (use \"x-forwarded-for\" or \"forwarded\")"
+                    ),
                 );
                 ForwardedHeader::XForwardedFor
             }
@@ -328,6 +335,14 @@ impl Validator {
                     format!("{address} is used by another listener"),
                 );
             }
+            let wants_tls = l.tls.is_some();
+            let h2c = l.h2c.unwrap_or(false);
+            if h2c && wants_tls {
+                self.issue(
+                    format!("{key}.h2c"),
+                    "only for plaintext listeners; TLS listeners offer HTTP/2 through ALPN",
+                );
+            }
             let tls = match l.tls {
                 None => None,
                 Some(tls) => {
@@ -339,18 +354,7 @@ impl Validator {
                     }
                 }
             };
-            let h2c = l.h2c.unwrap_or(false);
-            if h2c && tls.is_some() {
-                self.issue(
-                    format!("{key}.h2c"),
-                    "only for plaintext listeners; TLS listeners offer HTTP/2 through ALPN",
-                );
-            }
-            out.push(ListenerConfig {
-                address,
-                h2c,
-                tls,
-            });
+            out.push(ListenerConfig { address, h2c, tls });
         }
         out
     }
@@ -423,6 +427,26 @@ impl Validator {
                 .and_then(|s| s.rsplit_once(':').map(|(h, _)| h.to_string()))
                 .unwrap_or_default()
         });
+        let connect_timeout = self.nonzero_duration(
+            &format!("{key}.connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let read_timeout = self.nonzero_duration(
+            &format!("{key}.read_timeout"),
+            raw.read_timeout.as_deref(),
+            DEFAULT_READ_TIMEOUT,
+        );
+        let write_timeout = self.nonzero_duration(
+            &format!("{key}.write_timeout"),
+            raw.write_timeout.as_deref(),
+            DEFAULT_WRITE_TIMEOUT,
+        );
+        let idle_timeout = self.nonzero_duration(
+            &format!("{key}.idle_timeout"),
+            raw.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+        );
         let hc = raw.health_check.unwrap_or_default();
         let hkey = format!("{key}.health_check");
         let kind = match hc.kind.as_deref() {
@@ -474,26 +498,10 @@ impl Validator {
             ),
         };
         Some(PoolConfig {
-            connect_timeout: self.nonzero_duration(
-                &format!("{key}.connect_timeout"),
-                raw.connect_timeout.as_deref(),
-                DEFAULT_CONNECT_TIMEOUT,
-            ),
-            read_timeout: self.nonzero_duration(
-                &format!("{key}.read_timeout"),
-                raw.read_timeout.as_deref(),
-                DEFAULT_READ_TIMEOUT,
-            ),
-            write_timeout: self.nonzero_duration(
-                &format!("{key}.write_timeout"),
-                raw.write_timeout.as_deref(),
-                DEFAULT_WRITE_TIMEOUT,
-            ),
-            idle_timeout: self.nonzero_duration(
-                &format!("{key}.idle_timeout"),
-                raw.idle_timeout.as_deref(),
-                DEFAULT_IDLE_TIMEOUT,
-            ),
+            connect_timeout,
+            read_timeout,
+            write_timeout,
+            idle_timeout,
             name,
             servers,
             tls,
@@ -512,7 +520,9 @@ impl Validator {
                 Some(n) => {
                     self.issue(
                         format!("{key}.name"),
-                        format!("\"{n}\": route names use lower-case letters, digits, '_' and '-' only"),
+                        format!(
+                            "\"{n}\": route names use lower-case letters, digits, '_' and '-' only"
+                        ),
                     );
                     n
                 }

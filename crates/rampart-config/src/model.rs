@@ -18,10 +18,10 @@ pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "RAMPART_ADMIN_TOKEN";
 pub const DEFAULT_THREADS: usize = 1;
 /// Default idle origin connections kept per process.
 pub const DEFAULT_KEEPALIVE_POOL_SIZE: usize = 256;
-/// Default time between SIGTERM and closing the listeners.
-pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(0);
-/// Default time in-flight requests get to finish after the listeners close.
-pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default drain time after SIGTERM.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// Default time the runtimes get to stop after the drain.
+pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default origin connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default longest wait for the next bytes from an origin (long: chat streams think).
@@ -77,9 +77,11 @@ pub struct ServerConfig {
     pub work_stealing: bool,
     /// Idle origin connections kept per process.
     pub upstream_keepalive_pool_size: usize,
-    /// Time between SIGTERM and closing the listeners.
+    /// After SIGTERM, no new connections are accepted and in-flight requests get
+    /// this long to finish (the process waits the whole period).
     pub grace_period: Duration,
-    /// Time in-flight requests get to finish after the listeners close.
+    /// After the grace period, the time the runtimes get to stop; requests still
+    /// running then are cut.
     pub graceful_shutdown_timeout: Duration,
 }
 

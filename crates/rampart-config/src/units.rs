@@ -99,7 +99,9 @@ mod tests {
     fn durations_without_unit_or_number_are_refused() {
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
         assert!(parse_duration("s").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_duration("99999999999999999999s").is_err());
     }
 
@@ -120,6 +122,8 @@ mod tests {
         assert!(parse_rate("0/s").unwrap_err().contains("zero"));
         assert!(parse_rate("ten/s").unwrap_err().contains("whole number"));
         assert!(parse_rate("10/fortnight").unwrap_err().contains("unit"));
-        assert!(parse_rate("10/0s").unwrap_err().contains("longer than zero"));
+        assert!(parse_rate("10/0s")
+            .unwrap_err()
+            .contains("longer than zero"));
     }
 }

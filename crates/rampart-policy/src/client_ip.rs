@@ -113,17 +113,27 @@ mod tests {
     #[test]
     fn ipv6_hops_and_peers() {
         assert_eq!(
-            resolve("2001:db8:ffff::1", &["2001:db8:1::5, 2001:db8:ffff::2"], Xff),
+            resolve(
+                "2001:db8:ffff::1",
+                &["2001:db8:1::5, 2001:db8:ffff::2"],
+                Xff
+            ),
             "2001:db8:1::5"
         );
-        assert_eq!(resolve("10.0.0.1", &["[2001:db8::9]:443"], Xff), "2001:db8::9");
+        assert_eq!(
+            resolve("10.0.0.1", &["[2001:db8::9]:443"], Xff),
+            "2001:db8::9"
+        );
         assert_eq!(resolve("::ffff:10.0.0.1", &["192.0.2.1"], Xff), "192.0.2.1");
     }
 
     #[test]
     fn garbage_stops_the_walk_at_the_last_good_hop() {
         assert_eq!(resolve("10.0.0.1", &["1.2.3.4, nonsense"], Xff), "10.0.0.1");
-        assert_eq!(resolve("10.0.0.1", &["nonsense, 10.0.0.2"], Xff), "10.0.0.2");
+        assert_eq!(
+            resolve("10.0.0.1", &["nonsense, 10.0.0.2"], Xff),
+            "10.0.0.2"
+        );
         assert_eq!(resolve("10.0.0.1", &[], Xff), "10.0.0.1");
     }
 

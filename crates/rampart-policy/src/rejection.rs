@@ -139,7 +139,9 @@ mod tests {
 
     #[test]
     fn problem_json_names_type_status_and_rule() {
-        let r = Rejection::NoHealthyUpstream { pool: "chat \"x\"".into() };
+        let r = Rejection::NoHealthyUpstream {
+            pool: "chat \"x\"".into(),
+        };
         let (ct, body) = r.render(RouteKind::Api);
         assert_eq!(ct, "application/problem+json");
         assert_eq!(

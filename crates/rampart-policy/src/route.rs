@@ -133,16 +133,34 @@ pool = "chat"
     fn matches_in_order_on_path_method_and_host() {
         let t = table("");
         // pools are sorted by name: auth = 0, chat = 1
-        assert_eq!(t.find(None, "/api/auth/login", "POST"), RouteMatch::Route { route: 0, pool: 0 });
-        assert_eq!(t.find(None, "/api/auth/login", "GET"), RouteMatch::Reject { status: 404 });
-        assert_eq!(t.find(None, "/api/auth/loginx", "POST"), RouteMatch::Reject { status: 404 });
-        assert_eq!(t.find(Some("admin.example.com:8080"), "/x", "GET"), RouteMatch::Route { route: 1, pool: 0 });
-        assert_eq!(t.find(Some("other"), "/v1/chat/completions", "POST"), RouteMatch::Route { route: 2, pool: 1 });
+        assert_eq!(
+            t.find(None, "/api/auth/login", "POST"),
+            RouteMatch::Route { route: 0, pool: 0 }
+        );
+        assert_eq!(
+            t.find(None, "/api/auth/login", "GET"),
+            RouteMatch::Reject { status: 404 }
+        );
+        assert_eq!(
+            t.find(None, "/api/auth/loginx", "POST"),
+            RouteMatch::Reject { status: 404 }
+        );
+        assert_eq!(
+            t.find(Some("admin.example.com:8080"), "/x", "GET"),
+            RouteMatch::Route { route: 1, pool: 0 }
+        );
+        assert_eq!(
+            t.find(Some("other"), "/v1/chat/completions", "POST"),
+            RouteMatch::Route { route: 2, pool: 1 }
+        );
     }
 
     #[test]
     fn unmatched_may_proxy_to_a_pool() {
         let t = table("[unmatched]\naction = \"proxy\"\npool = \"chat\"\n");
-        assert_eq!(t.find(None, "/nowhere", "GET"), RouteMatch::Fallback { pool: 1 });
+        assert_eq!(
+            t.find(None, "/nowhere", "GET"),
+            RouteMatch::Fallback { pool: 1 }
+        );
     }
 }

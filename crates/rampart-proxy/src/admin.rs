@@ -128,9 +128,10 @@ impl ServeHttp for AdminService {
                 ),
                 Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
-            (_, "/metrics" | "/status" | "/reload") => {
-                problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path")
-            }
+            (_, "/metrics" | "/status" | "/reload") => problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this path",
+            ),
             _ => problem(
                 StatusCode::NOT_FOUND,
                 "unknown admin path (known: /healthz, /readyz, /metrics, /status, /reload)",

@@ -55,14 +55,22 @@ impl BackgroundService for HealthChecker {
                     *when = now + pool.config.health_check.interval;
                     let check = pool.config.health_check.clone();
                     let addr = server.addr;
-                    round.spawn(async move { (pool_index, server_index, probe(addr, &check).await) });
+                    round.spawn(
+                        async move { (pool_index, server_index, probe(addr, &check).await) },
+                    );
                 }
             }
             // A round's probes are bounded by their timeouts, so waiting here is bounded too.
             while let Some(done) = round.join_next().await {
-                let Ok((pool_index, server_index, result)) = done else { continue };
-                let Some(pool) = snapshot.pools.get(pool_index) else { continue };
-                let Some(server) = pool.servers.get(server_index) else { continue };
+                let Ok((pool_index, server_index, result)) = done else {
+                    continue;
+                };
+                let Some(pool) = snapshot.pools.get(pool_index) else {
+                    continue;
+                };
+                let Some(server) = pool.servers.get(server_index) else {
+                    continue;
+                };
                 let hc = &pool.config.health_check;
                 let change = server.health.record(
                     result.is_ok(),
@@ -73,8 +81,12 @@ impl BackgroundService for HealthChecker {
                     let addr = server.addr.to_string();
                     self.shared.metrics.upstream_health(pool.name(), &addr, up);
                     match (up, &result) {
-                        (true, _) => log::info!("pool {}: server {addr} is back in rotation", pool.name()),
-                        (false, Err(why)) => log::warn!("pool {}: server {addr} taken out: {why}", pool.name()),
+                        (true, _) => {
+                            log::info!("pool {}: server {addr} is back in rotation", pool.name())
+                        }
+                        (false, Err(why)) => {
+                            log::warn!("pool {}: server {addr} taken out: {why}", pool.name())
+                        }
                         (false, Ok(())) => {}
                     }
                 }
@@ -119,10 +131,7 @@ async fn probe_inner(addr: SocketAddr, kind: &HealthCheckKind) -> Result<(), Str
     // "HTTP/1.1 200"
     match (&head[..5], head[9]) {
         (b"HTTP/", b'2' | b'3') => Ok(()),
-        (b"HTTP/", _) => Err(format!(
-            "status {}",
-            String::from_utf8_lossy(&head[9..12])
-        )),
+        (b"HTTP/", _) => Err(format!("status {}", String::from_utf8_lossy(&head[9..12]))),
         _ => Err("not an HTTP response".to_string()),
     }
 }

@@ -73,8 +73,9 @@ fn server_conf(config: &Config) -> ServerConf {
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
-        // Rampart chooses its own upstream on retry (see `fail_to_connect`).
-        max_retries: 1,
+        // Tries per request, first one included: one retry on a connect failure,
+        // to another server (see `RampartProxy::fail_to_connect`).
+        max_retries: 2,
         ..ServerConf::default()
     }
 }
@@ -95,7 +96,11 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
         if listeners.is_empty() {
             continue;
         }
-        let name = if h2c { "rampart proxy (h2c)" } else { "rampart proxy" };
+        let name = if h2c {
+            "rampart proxy (h2c)"
+        } else {
+            "rampart proxy"
+        };
         let mut service =
             http_proxy_service_with_name(&conf, proxy::RampartProxy::new(shared.clone()), name);
         if h2c {
@@ -110,7 +115,10 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
             match &listener.tls {
                 None => service.add_tcp(&address),
                 Some(tls) => {
-                    let (cert, key) = (tls.cert.display().to_string(), tls.key.display().to_string());
+                    let (cert, key) = (
+                        tls.cert.display().to_string(),
+                        tls.key.display().to_string(),
+                    );
                     check_pem(&cert, "CERTIFICATE", &address)?;
                     check_pem(&key, "PRIVATE KEY", &address)?;
                     let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| {
@@ -139,7 +147,10 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
         "health checks",
         health::HealthChecker::new(shared.clone()),
     ));
-    server.add_service(background_service("reload on SIGHUP", SighupReload { shared }));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        SighupReload { shared },
+    ));
     Ok(server)
 }
 
@@ -166,13 +177,14 @@ struct SighupReload {
 #[async_trait]
 impl BackgroundService for SighupReload {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot listen for SIGHUP, reload only through the admin API: {e}");
-                return;
-            }
-        };
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot listen for SIGHUP, reload only through the admin API: {e}");
+                    return;
+                }
+            };
         loop {
             tokio::select! {
                 _ = hangups.recv() => {

@@ -22,7 +22,10 @@ pub struct Metrics {
     upstream_healthy: IntGaugeVec,
 }
 
-fn registered<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+fn registered<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: T,
+) -> T {
     // Names are literals below and registered once per registry.
     #[allow(clippy::expect_used)]
     registry
@@ -39,7 +42,10 @@ impl Metrics {
         let requests = registered(
             &registry,
             IntCounterVec::new(
-                Opts::new("rampart_http_requests_total", "Requests by route, verdict and status class."),
+                Opts::new(
+                    "rampart_http_requests_total",
+                    "Requests by route, verdict and status class.",
+                ),
                 &["route", "verdict", "status_class"],
             )
             .expect("valid metric"),
@@ -52,7 +58,8 @@ impl Metrics {
                     "Time from request start to the end of the response, by route and verdict.",
                 )
                 .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
                 ]),
                 &["route", "verdict"],
             )
@@ -61,7 +68,10 @@ impl Metrics {
         let reloads = registered(
             &registry,
             IntCounterVec::new(
-                Opts::new("rampart_config_reloads_total", "Config reloads by result (success, error)."),
+                Opts::new(
+                    "rampart_config_reloads_total",
+                    "Config reloads by result (success, error).",
+                ),
                 &["result"],
             )
             .expect("valid metric"),
@@ -105,7 +115,9 @@ impl Metrics {
             500..=599 => "5xx",
             _ => "none",
         };
-        self.requests.with_label_values(&[route, verdict, class]).inc();
+        self.requests
+            .with_label_values(&[route, verdict, class])
+            .inc();
         self.request_duration
             .with_label_values(&[route, verdict])
             .observe(seconds);

@@ -45,7 +45,12 @@ impl ServerHealth {
     /// Records a probe result. The first probe decides at once; after that a
     /// server changes state only after `threshold` equal results in a row.
     /// Returns the new state when it changed.
-    pub fn record(&self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> Option<bool> {
+    pub fn record(
+        &self,
+        ok: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<bool> {
         let first = !self.probed.swap(true, Ordering::Relaxed);
         let (streak, other, threshold) = if ok {
             (&self.successes, &self.failures, healthy_threshold)

@@ -136,14 +136,22 @@ impl ProxyHttp for RampartProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let snapshot = &ctx.snapshot;
         let pool = ctx
             .pool
             .and_then(|p| snapshot.pools.get(p))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no pool"))?;
         // After a connect failure, the retry goes to another server.
-        let exclude = if ctx.connect_failures > 0 { ctx.server } else { None };
+        let exclude = if ctx.connect_failures > 0 {
+            ctx.server
+        } else {
+            None
+        };
         match pool.pick(exclude) {
             Some(i) => {
                 ctx.server = Some(i);
@@ -191,9 +199,7 @@ impl ProxyHttp for RampartProxy {
         upstream_request.remove_header("forwarded");
         upstream_request.insert_header("x-forwarded-for", &ip)?;
         upstream_request.insert_header("x-real-ip", &ip)?;
-        let tls = session
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         if upstream_request.headers.get("host").is_none() {
             // HTTP/2 clients send :authority instead of Host; HTTP/1.1 origins need Host.
@@ -205,12 +211,18 @@ impl ProxyHttp for RampartProxy {
     }
 
     /// Errors after the request was let through: problem bodies, never HTML, on API routes.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let rejection = match (&ctx.rejection, e.etype()) {
             (Some(r), _) => r.clone(),
-            (None, ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
-                Rejection::UpstreamFailed { status: 504 }
-            }
+            (
+                None,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) => Rejection::UpstreamFailed { status: 504 },
             (None, _) if matches!(e.esource(), ErrorSource::Downstream) => {
                 // The client went away or sent garbage: nothing useful to write.
                 return FailToProxy {
@@ -241,7 +253,11 @@ impl ProxyHttp for RampartProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let verdict = ctx.rejection.as_ref().map(|r| r.label()).unwrap_or("proxied");
+        let verdict = ctx
+            .rejection
+            .as_ref()
+            .map(|r| r.label())
+            .unwrap_or("proxied");
         self.shared.metrics.request(
             ctx.route_label(),
             verdict,

@@ -8,7 +8,11 @@ use rampart_config::RouteKind;
 use rampart_policy::Rejection;
 
 /// Writes `rejection` as a complete response, rendered for a route of `kind`.
-pub async fn write_rejection(session: &mut Session, rejection: &Rejection, kind: RouteKind) -> Result<()> {
+pub async fn write_rejection(
+    session: &mut Session,
+    rejection: &Rejection,
+    kind: RouteKind,
+) -> Result<()> {
     let (content_type, body) = rejection.render(kind);
     let mut header = ResponseHeader::build(rejection.status(), Some(5))?;
     header.insert_header("content-type", content_type)?;
@@ -17,7 +21,9 @@ pub async fn write_rejection(session: &mut Session, rejection: &Rejection, kind:
     if let Some(seconds) = rejection.retry_after() {
         header.insert_header("retry-after", seconds.to_string())?;
     }
-    session.write_response_header(Box::new(header), false).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
     session
         .write_response_body(Some(Bytes::from(body)), true)
         .await

@@ -127,7 +127,10 @@ impl Shared {
         self.metrics.set_config_info(&snapshot);
         self.snapshot.store(Arc::new(snapshot));
         self.metrics.reloads("success");
-        log::info!("config reloaded from {} (generation {generation})", self.config_path.display());
+        log::info!(
+            "config reloaded from {} (generation {generation})",
+            self.config_path.display()
+        );
         Ok(generation)
     }
 }

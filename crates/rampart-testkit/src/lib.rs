@@ -1,1 +1,226 @@
-//! placeholder
+//! Test helpers for Rampart: mock origins, a real `rampart` process on ephemeral
+//! ports, and polling with deadlines instead of sleeps. Never shipped in the
+//! release binary.
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+pub mod origin;
+
+pub use origin::{MockOrigin, Recorded};
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The admin token every test instance uses.
+pub const TEST_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A free TCP port on `ip` (the port is released before returning; the kernel
+/// does not hand it out again at once).
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .expect("bind ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// An address where nothing listens.
+pub fn dead_addr() -> SocketAddr {
+    let port = free_port("127.0.0.1");
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls `check` every 20 ms until it returns true or `deadline` passes.
+pub async fn wait_until<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running `rampart run` process with its own config, on ephemeral ports.
+/// Killed when dropped.
+pub struct Rampart {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    /// Public listener (the first one).
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// `{listen2}` when the config used it.
+    pub addr2: Option<SocketAddr>,
+    /// `{listen6}` when the config used it.
+    pub addr6: Option<SocketAddr>,
+}
+
+impl Rampart {
+    /// Writes `template` as the config and starts `binary run` with it, then waits
+    /// until `/readyz` answers 200.
+    ///
+    /// Placeholders: `{listen}` (127.0.0.1 ephemeral port), `{listen6}` (`[::1]`
+    /// ephemeral port), `{listen2}` (a second 127.0.0.1 port), `{admin}`, `{dir}`
+    /// (the temp folder of this instance).
+    pub async fn start(binary: &Path, template: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+        let addr2 = template
+            .contains("{listen2}")
+            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1"))));
+        let addr6 = template
+            .contains("{listen6}")
+            .then(|| SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, free_port("::1"))));
+        let text = template
+            .replace("{listen}", &addr.to_string())
+            .replace(
+                "{listen2}",
+                &addr2.map(|a| a.to_string()).unwrap_or_default(),
+            )
+            .replace(
+                "{listen6}",
+                &addr6.map(|a| a.to_string()).unwrap_or_default(),
+            )
+            .replace("{admin}", &admin.to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        std::fs::write(dir.path().join("rampart.toml"), text).expect("write config");
+        let mut r = Self {
+            child: None,
+            dir,
+            addr,
+            admin,
+            addr2,
+            addr6,
+        };
+        r.spawn(binary);
+        r.wait_ready().await;
+        r
+    }
+
+    fn spawn(&mut self, binary: &Path) {
+        let log = std::fs::File::create(self.dir.path().join("rampart.log")).expect("log file");
+        let child = Command::new(binary)
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RAMPART_ADMIN_TOKEN", TEST_TOKEN)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start rampart");
+        self.child = Some(child);
+    }
+
+    /// Waits until `/readyz` answers 200; panics with the process log otherwise.
+    pub async fn wait_ready(&mut self) {
+        let url = self.admin_url("/readyz");
+        let client = reqwest::Client::new();
+        let ready = wait_until(Duration::from_secs(20), || {
+            let c = client.get(&url).send();
+            async move { matches!(c.await, Ok(r) if r.status() == 200) }
+        })
+        .await;
+        if !ready {
+            let status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "rampart did not become ready (exit: {status:?}); log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// The config file path.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("rampart.toml")
+    }
+
+    /// The temp folder of this instance.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("rampart.log")).unwrap_or_default()
+    }
+
+    /// `http://{listen}{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://{admin}{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// An admin request with the right token.
+    pub fn admin_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, self.admin_url(path))
+            .bearer_auth(TEST_TOKEN)
+    }
+
+    /// `GET /status` as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        self.admin_request(reqwest::Method::GET, "/status")
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status json")
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{signal} {pid} failed");
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits up to `deadline` for the process to exit and returns whether it did.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> bool {
+        let child = self.child.as_mut().expect("running");
+        wait_until(deadline, || {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            async move { exited }
+        })
+        .await
+    }
+}
+
+impl Drop for Rampart {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

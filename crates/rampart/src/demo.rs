@@ -40,15 +40,23 @@ async fn chat(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
+                    .await;
             });
             let stream = tokio_stream_from(rx);
             let mut r = Response::new(StreamBody::new(stream).boxed());
-            r.headers_mut()
-                .insert("content-type", http::HeaderValue::from_static("text/event-stream"));
+            r.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("text/event-stream"),
+            );
             Ok(r)
         }
-        _ => Ok(full(StatusCode::NOT_FOUND, "application/json", "{\"error\":\"not found\"}\n".into())),
+        _ => Ok(full(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            "{\"error\":\"not found\"}\n".into(),
+        )),
     }
 }
 
@@ -60,12 +68,25 @@ fn tokio_stream_from(
 
 async fn auth(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let reply = match path.as_str() {
         "/healthz" => return Ok(full(StatusCode::OK, "text/plain", "ok\n".into())),
-        "/api/auth/login" => "{\"result\":\"logged in\",\"session\":\"demo-session\"}\n".to_string(),
+        "/api/auth/login" => {
+            "{\"result\":\"logged in\",\"session\":\"demo-session\"}\n".to_string()
+        }
         "/api/auth/register" => format!("{{\"result\":\"registered\",\"bytes\":{}}}\n", body.len()),
-        _ => return Ok(full(StatusCode::NOT_FOUND, "application/json", "{\"error\":\"not found\"}\n".into())),
+        _ => {
+            return Ok(full(
+                StatusCode::NOT_FOUND,
+                "application/json",
+                "{\"error\":\"not found\"}\n".into(),
+            ))
+        }
     };
     Ok(full(StatusCode::OK, "application/json", reply))
 }
@@ -82,7 +103,10 @@ pub fn start_origins() -> Result<(), String> {
     std::thread::Builder::new()
         .name("demo-origins".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     log::error!("demo origins: {e}");
@@ -107,7 +131,9 @@ pub fn start_origins() -> Result<(), String> {
 
 async fn serve(listener: tokio::net::TcpListener, is_auth: bool) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let io = TokioIo::new(stream);
@@ -133,7 +159,12 @@ pub fn ensure_admin_token() {
     let mut token = String::new();
     for _ in 0..2 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
         h.write_u32(std::process::id());
         token.push_str(&format!("{:016x}", h.finish()));
     }

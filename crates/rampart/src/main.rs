@@ -12,7 +12,11 @@ const EXIT_BAD_CONFIG: u8 = 64;
 const EXIT_START_FAILED: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "rampart", version, about = "An edge proxy that keeps a chat API and its login alive under attack")]
+#[command(
+    name = "rampart",
+    version,
+    about = "An edge proxy that keeps a chat API and its login alive under attack"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,7 +98,10 @@ fn run(config_path: PathBuf) -> ExitCode {
     let admin = config.admin.address;
     match rampart_proxy::build_server(config_path, config) {
         Ok(server) => {
-            log::info!("rampart listening on {} (admin on http://{admin})", listeners.join(", "));
+            log::info!(
+                "rampart listening on {} (admin on http://{admin})",
+                listeners.join(", ")
+            );
             server.run_forever()
         }
         Err(e) => {

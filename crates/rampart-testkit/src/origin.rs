@@ -1,0 +1,212 @@
+//! Mock origin servers that record what reaches them.
+//!
+//! Endpoints:
+//! - `/healthz`: 200, not recorded (health probes would blur request counts);
+//! - `/stream`: server-sent events; the first event at once, the last one only
+//!   after [`MockOrigin::release_streams`] (or ten seconds);
+//! - `/slow?ms=N`: answers after N milliseconds;
+//! - anything else: 200 echo, `x-origin: NAME`, body `{"origin":NAME,"path":...}`.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// One request as the origin saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Whole body.
+    pub body: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct OriginState {
+    name: String,
+    requests: Mutex<Vec<Recorded>>,
+    connections: AtomicUsize,
+    release: Notify,
+    released: AtomicBool,
+    streams_finished: AtomicUsize,
+}
+
+/// A running mock origin; stops when dropped.
+#[derive(Debug)]
+pub struct MockOrigin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<OriginState>,
+    stop: watch::Sender<bool>,
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+impl MockOrigin {
+    /// Starts an origin called `name` on an ephemeral port of 127.0.0.1.
+    pub async fn start(name: &str) -> Self {
+        Self::start_on(name, "127.0.0.1:0").await
+    }
+
+    /// Starts an origin called `name` on `bind` (e.g. `"[::1]:0"`).
+    pub async fn start_on(name: &str, bind: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .expect("bind mock origin");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(OriginState {
+            name: name.to_string(),
+            ..Default::default()
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task_state = state.clone();
+        tokio::spawn(async move {
+            let mut stopped_accept = stopped.clone();
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stopped_accept.changed() => return,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                task_state.connections.fetch_add(1, Ordering::Relaxed);
+                let conn_state = task_state.clone();
+                let mut conn_stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(conn_state.clone(), req));
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        // Stopping drops every open connection, like a crashed server.
+                        _ = conn_stopped.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, state, stop }
+    }
+
+    /// Stops accepting and drops every open connection.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Requests received so far (health probes excluded).
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    /// How many requests were received (health probes excluded).
+    pub fn request_count(&self) -> usize {
+        self.state.requests.lock().expect("lock").len()
+    }
+
+    /// TCP connections accepted so far (health probes included).
+    pub fn connection_count(&self) -> usize {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// Lets every `/stream` response finish.
+    pub fn release_streams(&self) {
+        self.state.released.store(true, Ordering::SeqCst);
+        self.state.release.notify_waiters();
+    }
+
+    /// How many `/stream` responses have sent their last event.
+    pub fn streams_finished(&self) -> usize {
+        self.state.streams_finished.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for MockOrigin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn full(status: StatusCode, name: &str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "x-origin",
+        name.parse().expect("origin name is a header value"),
+    );
+    r
+}
+
+async fn handle(
+    state: Arc<OriginState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    if path == "/healthz" {
+        return Ok(full(StatusCode::OK, &state.name, "ok\n".into()));
+    }
+    let method = req.method().to_string();
+    let headers = req.headers().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    state.requests.lock().expect("lock").push(Recorded {
+        method,
+        path: path.clone(),
+        headers,
+        body,
+    });
+    if path.starts_with("/stream") {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let stream_state = state.clone();
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
+                .await;
+            let released = stream_state.release.notified();
+            if !stream_state.released.load(Ordering::SeqCst) {
+                let _ = tokio::time::timeout(Duration::from_secs(10), released).await;
+            }
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: last\n\n"))))
+                .await;
+            stream_state.streams_finished.fetch_add(1, Ordering::SeqCst);
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        let mut r = Response::new(StreamBody::new(stream).boxed());
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut().insert(
+            "x-origin",
+            state.name.parse().expect("origin name is a header value"),
+        );
+        return Ok(r);
+    }
+    if let Some(ms) = path.strip_prefix("/slow?ms=") {
+        let ms: u64 = ms.parse().unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let body = serde_json::json!({"origin": state.name, "path": path}).to_string();
+    Ok(full(StatusCode::OK, &state.name, body))
+}

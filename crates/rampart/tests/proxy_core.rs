@@ -1,0 +1,509 @@
+//! Proxy core over real sockets: routes and pools, health checks, 503 when a pool
+//! is down, streaming, client IP through trusted proxies, reload, TLS + HTTP/2,
+//! admin authentication and graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use rampart_testkit::{dead_addr, wait_until, MockOrigin, Rampart, TEST_TOKEN};
+use reqwest::{Method, StatusCode};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rampart"))
+}
+
+fn pool(name: &str, servers: &[SocketAddr]) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        r#"
+[pools.{name}]
+servers = [{}]
+connect_timeout = "500ms"
+[pools.{name}.health_check]
+kind = "http"
+path = "/healthz"
+interval = "100ms"
+timeout = "200ms"
+healthy_threshold = 1
+unhealthy_threshold = 1
+"#,
+        list.join(", ")
+    )
+}
+
+const HEAD: &str = r#"
+[[listeners]]
+address = "{listen}"
+[admin]
+address = "{admin}"
+"#;
+
+fn two_pool_config(chat: &[SocketAddr], auth: &[SocketAddr]) -> String {
+    format!(
+        r#"{HEAD}
+{}
+{}
+[[routes]]
+name = "chat"
+path_prefix = "/v1/chat/completions"
+methods = ["POST"]
+pool = "chat"
+[[routes]]
+name = "stream"
+path_prefix = "/stream"
+pool = "chat"
+[[routes]]
+name = "login"
+path_prefix = "/api/auth/login"
+methods = ["POST"]
+pool = "auth"
+"#,
+        pool("chat", chat),
+        pool("auth", auth)
+    )
+}
+
+async fn origin_of(resp: reqwest::Response) -> String {
+    resp.headers()
+        .get("x-origin")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_else(|| "none".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_route_reaches_its_pool_and_unmatched_is_answered_at_the_edge() {
+    let chat = MockOrigin::start("chat").await;
+    let auth = MockOrigin::start("auth").await;
+    let rampart = Rampart::start(bin(), &two_pool_config(&[chat.addr], &[auth.addr])).await;
+    let client = reqwest::Client::new();
+
+    let r = client
+        .post(rampart.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(origin_of(r).await, "chat");
+    let r = client
+        .post(rampart.url("/api/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(origin_of(r).await, "auth");
+
+    // Wrong method for the route, and a path no route has: 404 problem, nothing upstream.
+    for (method, path) in [(Method::GET, "/api/auth/login"), (Method::GET, "/nowhere")] {
+        let r = client
+            .request(method, rampart.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["rule"], "no_route");
+        assert_eq!(body["status"], 404);
+    }
+    assert_eq!(chat.request_count(), 1);
+    assert_eq!(auth.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_origin_is_taken_out_and_traffic_continues_on_the_others() {
+    let a = MockOrigin::start("a").await;
+    let b = MockOrigin::start("b").await;
+    let auth = MockOrigin::start("auth").await;
+    let rampart = Rampart::start(bin(), &two_pool_config(&[a.addr, b.addr], &[auth.addr])).await;
+    let client = reqwest::Client::new();
+
+    // Round robin spreads requests over both servers.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = client
+            .post(rampart.url("/v1/chat/completions"))
+            .send()
+            .await
+            .unwrap();
+        seen.push(origin_of(r).await);
+    }
+    assert!(
+        seen.contains(&"a".to_string()) && seen.contains(&"b".to_string()),
+        "{seen:?}"
+    );
+
+    b.stop();
+    let b_addr = b.addr.to_string();
+    let taken_out = wait_until(Duration::from_secs(5), || async {
+        let status = rampart.status().await;
+        status["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["servers"].as_array().unwrap().clone())
+            .any(|s| s["address"] == b_addr.as_str() && s["healthy"] == false)
+    })
+    .await;
+    assert!(taken_out, "health checks did not take b out");
+
+    let before = a.request_count();
+    for _ in 0..10 {
+        let r = client
+            .post(rampart.url("/v1/chat/completions"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(origin_of(r).await, "a");
+    }
+    assert_eq!(a.request_count(), before + 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_retried_on_another_server() {
+    // b passes the first probe, then dies; with probes an hour apart it stays in
+    // rotation, so every request that picks it must be retried on a.
+    let a = MockOrigin::start("a").await;
+    let dead = dead_addr();
+    let config = two_pool_config(&[a.addr, dead], &[a.addr])
+        .replace("interval = \"100ms\"", "interval = \"1h\"");
+    let b = MockOrigin::start_on("b", &dead.to_string()).await;
+    let rampart = Rampart::start(bin(), &config).await;
+    b.stop();
+    drop(b);
+    let client = reqwest::Client::new();
+    for _ in 0..6 {
+        let r = client
+            .post(rampart.url("/v1/chat/completions"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a connect failure must be retried on a");
+        assert_eq!(origin_of(r).await, "a");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_no_healthy_server_answers_503_at_once() {
+    let auth = MockOrigin::start("auth").await;
+    let rampart = Rampart::start(
+        bin(),
+        &two_pool_config(&[dead_addr(), dead_addr()], &[auth.addr]),
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(rampart.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.headers()["retry-after"], "5");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["rule"], "no_healthy_upstream");
+    assert!(body["detail"].as_str().unwrap().contains("\"chat\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sse_chunk_reaches_the_client_before_the_origin_finishes() {
+    let chat = MockOrigin::start("chat").await;
+    let rampart = Rampart::start(bin(), &two_pool_config(&[chat.addr], &[chat.addr])).await;
+    let mut r = reqwest::Client::new()
+        .get(rampart.url("/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let first = tokio::time::timeout(Duration::from_secs(5), r.chunk())
+        .await
+        .expect("first chunk within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"data: first\n\n");
+    assert_eq!(
+        chat.streams_finished(),
+        0,
+        "the origin has not finished its stream yet"
+    );
+    chat.release_streams();
+    let mut rest = Vec::new();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"data: last\n\n");
+    assert_eq!(chat.streams_finished(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_from_untrusted_peers_are_ignored_and_replaced() {
+    let origin = MockOrigin::start("o").await;
+    // Trusted: 127.0.0.2 (a load balancer) and ::1. The test client at 127.0.0.1 is not trusted.
+    let config = format!(
+        "{}\n[[listeners]]\naddress = \"{{listen6}}\"\n[client_ip]\ntrusted_proxies = [\"127.0.0.2/32\", \"10.0.0.0/8\", \"::1/128\", \"2001:db8:ffff::/48\"]\n",
+        two_pool_config(&[origin.addr], &[origin.addr])
+    );
+    let rampart = Rampart::start(bin(), &config).await;
+    let login = |client: &reqwest::Client, base: String, xff: &str| {
+        client
+            .post(format!("{base}/api/auth/login"))
+            .header("x-forwarded-for", xff)
+            .header("x-real-ip", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6")
+            .send()
+    };
+
+    // Untrusted peer 127.0.0.1: its header is ignored.
+    let untrusted = reqwest::Client::builder()
+        .local_address("127.0.0.1".parse().ok())
+        .build()
+        .unwrap();
+    login(&untrusted, rampart.url(""), "203.0.113.50")
+        .await
+        .unwrap();
+    // Trusted peer 127.0.0.2: rightmost address that is not itself trusted.
+    let trusted = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse().ok())
+        .build()
+        .unwrap();
+    login(&trusted, rampart.url(""), "6.6.6.6, 198.51.100.7, 10.1.2.3")
+        .await
+        .unwrap();
+    // IPv6: trusted peer ::1, chain of IPv6 hops.
+    let status = rampart.status().await;
+    assert!(status["ready"].as_bool().unwrap());
+    let v6_base = format!("http://{}", rampart.addr6.unwrap());
+    let v6 = reqwest::Client::new();
+    login(&v6, v6_base, "2001:db8:1::5, 2001:db8:ffff::2")
+        .await
+        .unwrap();
+
+    let seen: Vec<(String, String, bool)> = origin
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r.headers["x-forwarded-for"].to_str().unwrap().to_string(),
+                r.headers["x-real-ip"].to_str().unwrap().to_string(),
+                r.headers.contains_key("forwarded"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("127.0.0.1".into(), "127.0.0.1".into(), false),
+            ("198.51.100.7".into(), "198.51.100.7".into(), false),
+            ("2001:db8:1::5".into(), "2001:db8:1::5".into(), false),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_reload_keeps_the_old_config_and_a_good_one_applies() {
+    let chat = MockOrigin::start("chat").await;
+    let auth = MockOrigin::start("auth").await;
+    let good = two_pool_config(&[chat.addr], &[auth.addr]);
+    let rampart = Rampart::start(bin(), &good).await;
+    let client = reqwest::Client::new();
+    // A keep-alive connection opened before the reloads must keep working.
+    let r = client
+        .post(rampart.url("/api/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let original = std::fs::read_to_string(rampart.config_path()).unwrap();
+    std::fs::write(
+        rampart.config_path(),
+        original.replace("pool = \"auth\"", "pool = \"nope\"") + "\nbogus = 1\n",
+    )
+    .unwrap();
+    let r = rampart
+        .admin_request(Method::POST, "/reload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["result"], "refused");
+    let errors: Vec<String> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    let file = rampart.config_path().display().to_string();
+    assert_eq!(
+        errors,
+        vec![
+            format!("{file}: routes[2].bogus: unknown key"),
+            format!("{file}: routes[2].pool: unknown pool \"nope\" (known: auth, chat)"),
+        ]
+    );
+    // SIGHUP with the same broken file: refused too; the old config keeps serving.
+    rampart.signal("HUP");
+    for _ in 0..5 {
+        let r = client
+            .post(rampart.url("/api/auth/login"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(origin_of(r).await, "auth");
+    }
+    assert_eq!(rampart.status().await["generation"], 1);
+
+    // A good file through SIGHUP: login now goes to the chat pool.
+    std::fs::write(
+        rampart.config_path(),
+        original.replace(
+            "path_prefix = \"/api/auth/login\"\nmethods = [\"POST\"]\npool = \"auth\"",
+            "path_prefix = \"/api/auth/login\"\nmethods = [\"POST\"]\npool = \"chat\"",
+        ),
+    )
+    .unwrap();
+    rampart.signal("HUP");
+    let applied = wait_until(Duration::from_secs(5), || async {
+        rampart.status().await["generation"] == 2
+    })
+    .await;
+    assert!(applied, "SIGHUP reload did not apply:\n{}", rampart.log());
+    let r = client
+        .post(rampart.url("/api/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(origin_of(r).await, "chat");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_with_a_self_signed_certificate() {
+    let origin = MockOrigin::start("o").await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let config = format!(
+        "{}\n[[listeners]]\naddress = \"{{listen2}}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        two_pool_config(&[origin.addr], &[origin.addr]),
+        cert_path.display(),
+        key_path.display()
+    );
+    let rampart = Rampart::start(bin(), &config).await;
+    let tls_port = rampart.addr2.unwrap().port();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", SocketAddr::from(([127, 0, 0, 1], tls_port)))
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("https://localhost:{tls_port}/api/auth/login"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(origin_of(r).await, "o");
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(&seen[0].body[..], b"hello");
+    assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requires_the_token_and_is_not_on_the_public_listener() {
+    let origin = MockOrigin::start("o").await;
+    let rampart = Rampart::start(bin(), &two_pool_config(&[origin.addr], &[origin.addr])).await;
+    let client = reqwest::Client::new();
+    for path in ["/metrics", "/status", "/reload"] {
+        let method = if path == "/reload" {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let none = client
+            .request(method.clone(), rampart.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            none.status(),
+            StatusCode::UNAUTHORIZED,
+            "{path} without token"
+        );
+        let wrong = client
+            .request(method.clone(), rampart.admin_url(path))
+            .bearer_auth("test-admin-token-0123456780")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            wrong.status(),
+            StatusCode::UNAUTHORIZED,
+            "{path} with a wrong token"
+        );
+        let right = client
+            .request(method.clone(), rampart.admin_url(path))
+            .bearer_auth(TEST_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), StatusCode::OK, "{path} with the token");
+        // The public listener knows nothing of admin paths, even with the token.
+        let public = client
+            .request(method, rampart.url(path))
+            .bearer_auth(TEST_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            public.status(),
+            StatusCode::NOT_FOUND,
+            "{path} on the public listener"
+        );
+    }
+    let metrics = rampart
+        .admin_request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("rampart_http_requests_total{route=\"_unmatched\",status_class=\"4xx\",verdict=\"no_route\"} 3"), "{metrics}");
+    assert_eq!(origin.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let origin = MockOrigin::start("o").await;
+    let config = two_pool_config(&[origin.addr], &[origin.addr]).replace(
+        "[[routes]]\nname = \"chat\"",
+        "[server]\ngrace_period = \"3s\"\ngraceful_shutdown_timeout = \"1s\"\n[[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\npool = \"chat\"\n[[routes]]\nname = \"chat\"",
+    );
+    let mut rampart = Rampart::start(bin(), &config).await;
+    let url = rampart.url("/slow?ms=1500");
+    let in_flight = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) });
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            origin.request_count() == 1
+        })
+        .await,
+        "slow request did not reach the origin"
+    );
+    rampart.signal("TERM");
+    let status = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(status, 200);
+    assert!(
+        rampart.wait_exit(Duration::from_secs(15)).await,
+        "rampart did not exit after SIGTERM"
+    );
+}

@@ -32,6 +32,100 @@ pub struct FileConfig {
     /// `[unmatched]`
     #[serde(default)]
     pub unmatched: FileUnmatched,
+    /// `[geoip]`
+    #[serde(default)]
+    pub geoip: FileGeoip,
+    /// `[[access]]`
+    #[serde(default)]
+    pub access: Vec<FileAccess>,
+    /// `[[limits]]`
+    #[serde(default)]
+    pub limits: Vec<FileLimit>,
+    /// `[[concurrency]]`
+    #[serde(default)]
+    pub concurrency: Vec<FileConcurrency>,
+}
+
+/// `[geoip]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileGeoip {
+    /// Country database (MMDB).
+    pub country_db: Option<String>,
+    /// ASN database (MMDB).
+    pub asn_db: Option<String>,
+    /// How often the files are checked for changes.
+    pub check_interval: Option<String>,
+    /// `allow` or `deny` when the country of a client is unknown.
+    pub unknown_country: Option<String>,
+    /// `allow` or `deny` when the ASN of a client is unknown.
+    pub unknown_asn: Option<String>,
+}
+
+/// `[[access]]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileAccess {
+    /// Rule name.
+    pub name: Option<String>,
+    /// `allow` or `deny`.
+    pub action: Option<String>,
+    /// Networks.
+    pub cidrs: Option<Vec<String>>,
+    /// Autonomous system numbers.
+    pub asns: Option<Vec<i64>>,
+    /// ISO 3166-1 alpha-2 country codes.
+    pub countries: Option<Vec<String>>,
+    /// Routes the rule applies to; all when absent.
+    pub routes: Option<Vec<String>>,
+}
+
+/// `[[limits]]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileLimit {
+    /// Rule name.
+    pub name: Option<String>,
+    /// `ip`, `prefix`, `asn`, `country`, `header` or `route`.
+    pub key: Option<String>,
+    /// IPv4 prefix length for `key = "prefix"`.
+    pub prefix_v4: Option<i64>,
+    /// IPv6 prefix length for `key = "prefix"`.
+    pub prefix_v6: Option<i64>,
+    /// Header name for `key = "header"`.
+    pub header: Option<String>,
+    /// Sustained rate, e.g. `"10/s"`.
+    pub rate: Option<String>,
+    /// Requests allowed at once on a full bucket.
+    pub burst: Option<i64>,
+    /// Cells one request takes.
+    pub cost: Option<i64>,
+    /// Routes the rule applies to; all when absent.
+    pub routes: Option<Vec<String>>,
+    /// Most keys tracked at once.
+    pub max_keys: Option<i64>,
+    /// Count, never enforce.
+    pub shadow: Option<bool>,
+}
+
+/// `[[concurrency]]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileConcurrency {
+    /// Rule name.
+    pub name: Option<String>,
+    /// `ip`, `prefix`, `asn`, `country`, `header` or `route`.
+    pub key: Option<String>,
+    /// IPv4 prefix length for `key = "prefix"`.
+    pub prefix_v4: Option<i64>,
+    /// IPv6 prefix length for `key = "prefix"`.
+    pub prefix_v6: Option<i64>,
+    /// Header name for `key = "header"`.
+    pub header: Option<String>,
+    /// Most requests in flight per key.
+    pub max_in_flight: Option<i64>,
+    /// Routes the rule applies to; all when absent.
+    pub routes: Option<Vec<String>>,
+    /// Most keys tracked at once.
+    pub max_keys: Option<i64>,
+    /// Count, never enforce.
+    pub shadow: Option<bool>,
 }
 
 /// `[server]`
@@ -144,6 +238,8 @@ pub struct FileRoute {
     pub pool: Option<String>,
     /// `api` (problem+json rejections) or `browser` (HTML rejections).
     pub kind: Option<String>,
+    /// Close the client connection after answering a rejection.
+    pub close_on_reject: Option<bool>,
 }
 
 /// `[unmatched]`

@@ -234,6 +234,27 @@ impl Validator {
         let pool_names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
         let routes = self.routes(raw.routes, &pool_names);
         let unmatched = self.unmatched(raw.unmatched, &pool_names);
+        let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+        let geoip = self.geoip(raw.geoip);
+        let mut rule_names = BTreeSet::new();
+        let access = raw
+            .access
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| self.access(i, a, &route_names, &geoip, &mut rule_names))
+            .collect();
+        let limits = raw
+            .limits
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| self.limit(i, l, &route_names, &geoip, &mut rule_names))
+            .collect();
+        let concurrency = raw
+            .concurrency
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| self.concurrency(i, c, &route_names, &geoip, &mut rule_names))
+            .collect();
         Some(Config {
             server,
             client_ip,
@@ -242,6 +263,10 @@ impl Validator {
             pools,
             routes,
             unmatched: unmatched?,
+            geoip,
+            access,
+            limits,
+            concurrency,
         })
     }
 
@@ -575,6 +600,7 @@ impl Validator {
                 methods,
                 pool: pool.unwrap_or(0),
                 kind,
+                close_on_reject: r.close_on_reject.unwrap_or(false),
             });
         }
         out
@@ -639,6 +665,308 @@ impl Validator {
             }
         }
     }
+}
+
+impl Validator {
+    fn geoip(&mut self, raw: file::FileGeoip) -> GeoipConfig {
+        let country_db = raw.country_db.map(|f| self.relative_path(&f));
+        let asn_db = raw.asn_db.map(|f| self.relative_path(&f));
+        let mut unknown = |key: &str, value: Option<&str>, db: bool| match value {
+            None | Some("allow") => UnknownPolicy::Allow,
+            Some("deny") if !db => {
+                let db_key = if key.ends_with("country") { "country_db" } else { "asn_db" };
+                self.issue(
+                    format!("geoip.{key}"),
+                    format!("\"deny\" needs geoip.{db_key}; without a database every client is unknown"),
+                );
+                UnknownPolicy::Allow
+            }
+            Some("deny") => UnknownPolicy::Deny,
+            Some(other) => {
+                self.issue(
+                    format!("geoip.{key}"),
+                    format!("\"{other}\" is not a policy (use \"allow\" or \"deny\")"),
+                );
+                UnknownPolicy::Allow
+            }
+        };
+        let unknown_country = unknown("unknown_country", raw.unknown_country.as_deref(), country_db.is_some());
+        let unknown_asn = unknown("unknown_asn", raw.unknown_asn.as_deref(), asn_db.is_some());
+        GeoipConfig {
+            check_interval: self.nonzero_duration(
+                "geoip.check_interval",
+                raw.check_interval.as_deref(),
+                DEFAULT_GEOIP_CHECK_INTERVAL,
+            ),
+            country_db,
+            asn_db,
+            unknown_country,
+            unknown_asn,
+        }
+    }
+
+    fn rule_name(&mut self, key: &str, name: Option<String>, index: usize, seen: &mut BTreeSet<String>) -> String {
+        let name = match name {
+            Some(n) if is_name(&n) => n,
+            Some(n) => {
+                self.issue(
+                    format!("{key}.name"),
+                    format!("\"{n}\": rule names use lower-case letters, digits, '_' and '-' only"),
+                );
+                n
+            }
+            None => {
+                self.issue(format!("{key}.name"), "is required");
+                format!("rule{index}")
+            }
+        };
+        if !seen.insert(name.clone()) {
+            self.issue(
+                format!("{key}.name"),
+                format!("\"{name}\" is used by another rule"),
+            );
+        }
+        name
+    }
+
+    fn route_refs(&mut self, key: &str, names: Option<Vec<String>>, routes: &[String]) -> Option<Vec<usize>> {
+        let names = names?;
+        let mut out = Vec::new();
+        for (j, name) in names.iter().enumerate() {
+            match routes.iter().position(|r| r == name) {
+                Some(i) => out.push(i),
+                None => self.issue(
+                    format!("{key}.routes[{j}]"),
+                    format!(
+                        "unknown route \"{name}\" (known: {})",
+                        if routes.is_empty() { "none".to_string() } else { routes.join(", ") }
+                    ),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    fn access(
+        &mut self,
+        i: usize,
+        raw: file::FileAccess,
+        routes: &[String],
+        geoip: &GeoipConfig,
+        seen: &mut BTreeSet<String>,
+    ) -> AccessRuleConfig {
+        let key = format!("access[{i}]");
+        let name = self.rule_name(&key, raw.name, i, seen);
+        let action = match raw.action.as_deref() {
+            Some("allow") => AccessAction::Allow,
+            Some("deny") => AccessAction::Deny,
+            None => {
+                self.issue(format!("{key}.action"), "is required (\"allow\" or \"deny\")");
+                AccessAction::Deny
+            }
+            Some(other) => {
+                self.issue(
+                    format!("{key}.action"),
+                    format!("\"{other}\" is not an action (use \"allow\" or \"deny\")"),
+                );
+                AccessAction::Deny
+            }
+        };
+        let mut cidrs = Vec::new();
+        for (j, text) in raw.cidrs.unwrap_or_default().iter().enumerate() {
+            match parse_cidr(text) {
+                Ok(net) => cidrs.push(net),
+                Err(e) => self.issue(format!("{key}.cidrs[{j}]"), e),
+            }
+        }
+        let mut asns = Vec::new();
+        for (j, n) in raw.asns.unwrap_or_default().into_iter().enumerate() {
+            match u32::try_from(n) {
+                Ok(n) if n > 0 => asns.push(n),
+                _ => self.issue(format!("{key}.asns[{j}]"), format!("{n} is not an AS number")),
+            }
+        }
+        if !asns.is_empty() && geoip.asn_db.is_none() {
+            self.issue(format!("{key}.asns"), "needs geoip.asn_db");
+        }
+        let mut countries = Vec::new();
+        for (j, c) in raw.countries.unwrap_or_default().into_iter().enumerate() {
+            match country_code(&c) {
+                Some(c) => countries.push(c),
+                None => self.issue(
+                    format!("{key}.countries[{j}]"),
+                    format!("\"{c}\" is not a two-letter country code (ISO 3166-1 alpha-2, e.g. \"US\")"),
+                ),
+            }
+        }
+        if !countries.is_empty() && geoip.country_db.is_none() {
+            self.issue(format!("{key}.countries"), "needs geoip.country_db");
+        }
+        if cidrs.is_empty() && asns.is_empty() && countries.is_empty() {
+            self.issue(&key, "matches nothing: give cidrs, asns or countries");
+        }
+        AccessRuleConfig {
+            routes: self.route_refs(&key, raw.routes, routes),
+            name,
+            action,
+            cidrs,
+            asns,
+            countries,
+        }
+    }
+
+    fn key_kind(
+        &mut self,
+        key: &str,
+        kind: Option<&str>,
+        prefix: (Option<i64>, Option<i64>),
+        header: Option<String>,
+        geoip: &GeoipConfig,
+    ) -> KeyKind {
+        let kind = match kind {
+            Some("ip") => KeyKind::Ip,
+            Some("prefix") => {
+                let mut len = |k: &str, v: Option<i64>, default: u8, max: i64| match v {
+                    None => default,
+                    Some(n) if (1..=max).contains(&n) => n as u8,
+                    Some(n) => {
+                        self.issue(format!("{key}.{k}"), format!("must be from 1 to {max}, got {n}"));
+                        default
+                    }
+                };
+                KeyKind::Prefix {
+                    v4: len("prefix_v4", prefix.0, DEFAULT_PREFIX_V4, 32),
+                    v6: len("prefix_v6", prefix.1, DEFAULT_PREFIX_V6, 128),
+                }
+            }
+            Some("asn") => {
+                if geoip.asn_db.is_none() {
+                    self.issue(format!("{key}.key"), "\"asn\" needs geoip.asn_db");
+                }
+                KeyKind::Asn
+            }
+            Some("country") => {
+                if geoip.country_db.is_none() {
+                    self.issue(format!("{key}.key"), "\"country\" needs geoip.country_db");
+                }
+                KeyKind::Country
+            }
+            Some("header") => match &header {
+                Some(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+                    KeyKind::Header(h.to_ascii_lowercase())
+                }
+                Some(h) => {
+                    self.issue(format!("{key}.header"), format!("\"{h}\" is not a header name"));
+                    KeyKind::Ip
+                }
+                None => {
+                    self.issue(format!("{key}.header"), "is required with key = \"header\"");
+                    KeyKind::Ip
+                }
+            },
+            Some("route") => KeyKind::Route,
+            None => {
+                self.issue(format!("{key}.key"), "is required (ip, prefix, asn, country, header or route)");
+                KeyKind::Ip
+            }
+            Some(other) => {
+                self.issue(
+                    format!("{key}.key"),
+                    format!("\"{other}\" is not a key kind (use ip, prefix, asn, country, header or route)"),
+                );
+                KeyKind::Ip
+            }
+        };
+        if !matches!(kind, KeyKind::Prefix { .. }) {
+            if prefix.0.is_some() {
+                self.issue(format!("{key}.prefix_v4"), "only used with key = \"prefix\"");
+            }
+            if prefix.1.is_some() {
+                self.issue(format!("{key}.prefix_v6"), "only used with key = \"prefix\"");
+            }
+        }
+        if header.is_some() && !matches!(kind, KeyKind::Header(_)) {
+            self.issue(format!("{key}.header"), "only used with key = \"header\"");
+        }
+        kind
+    }
+
+    fn limit(
+        &mut self,
+        i: usize,
+        raw: file::FileLimit,
+        routes: &[String],
+        geoip: &GeoipConfig,
+        seen: &mut BTreeSet<String>,
+    ) -> LimitConfig {
+        let key = format!("limits[{i}]");
+        let name = self.rule_name(&key, raw.name, i, seen);
+        let kind = self.key_kind(&key, raw.key.as_deref(), (raw.prefix_v4, raw.prefix_v6), raw.header, geoip);
+        let rate = match raw.rate.as_deref() {
+            None => {
+                self.issue(format!("{key}.rate"), "is required (e.g. \"10/s\")");
+                None
+            }
+            Some(text) => match parse_rate(text) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.issue(format!("{key}.rate"), e);
+                    None
+                }
+            },
+        };
+        let rate = rate.unwrap_or(Rate {
+            count: NonZeroU32::MIN,
+            per: Duration::from_secs(1),
+        });
+        let burst = self.count(&format!("{key}.burst"), raw.burst, rate.count.get());
+        let cost = self.count(&format!("{key}.cost"), raw.cost, 1);
+        if cost > burst {
+            self.issue(
+                format!("{key}.cost"),
+                format!("{cost} is more than the burst of {burst}: no request could ever pass"),
+            );
+        }
+        LimitConfig {
+            max_keys: self.count(&format!("{key}.max_keys"), raw.max_keys, DEFAULT_MAX_KEYS),
+            routes: self.route_refs(&key, raw.routes, routes),
+            shadow: raw.shadow.unwrap_or(false),
+            name,
+            key: kind,
+            rate,
+            burst,
+            cost,
+        }
+    }
+
+    fn concurrency(
+        &mut self,
+        i: usize,
+        raw: file::FileConcurrency,
+        routes: &[String],
+        geoip: &GeoipConfig,
+        seen: &mut BTreeSet<String>,
+    ) -> ConcurrencyConfig {
+        let key = format!("concurrency[{i}]");
+        let name = self.rule_name(&key, raw.name, i, seen);
+        let kind = self.key_kind(&key, raw.key.as_deref(), (raw.prefix_v4, raw.prefix_v6), raw.header, geoip);
+        if raw.max_in_flight.is_none() {
+            self.issue(format!("{key}.max_in_flight"), "is required");
+        }
+        ConcurrencyConfig {
+            max_in_flight: self.count(&format!("{key}.max_in_flight"), raw.max_in_flight, 1),
+            max_keys: self.count(&format!("{key}.max_keys"), raw.max_keys, DEFAULT_MAX_KEYS),
+            routes: self.route_refs(&key, raw.routes, routes),
+            shadow: raw.shadow.unwrap_or(false),
+            name,
+            key: kind,
+        }
+    }
+}
+
+/// `"cn"` becomes `"CN"`; anything but two ASCII letters is refused.
+fn country_code(text: &str) -> Option<String> {
+    (text.len() == 2 && text.bytes().all(|b| b.is_ascii_alphabetic())).then(|| text.to_ascii_uppercase())
 }
 
 /// Two listen addresses clash when the ports match and either binds every address.

@@ -40,6 +40,14 @@ pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
 /// Default status for requests no route matches.
 pub const DEFAULT_UNMATCHED_STATUS: u16 = 404;
+/// Default most keys a limiter tracks at once.
+pub const DEFAULT_MAX_KEYS: u32 = 100_000;
+/// Default IPv4 prefix length of `key = "prefix"`.
+pub const DEFAULT_PREFIX_V4: u8 = 24;
+/// Default IPv6 prefix length of `key = "prefix"`.
+pub const DEFAULT_PREFIX_V6: u8 = 64;
+/// Default interval between checks of the GeoIP files for changes.
+pub const DEFAULT_GEOIP_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The validated config.
 #[derive(Debug, Clone)]
@@ -58,6 +66,139 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// What happens to a request no route matches.
     pub unmatched: UnmatchedConfig,
+    /// GeoIP databases.
+    pub geoip: GeoipConfig,
+    /// Allow and deny rules, first match wins.
+    pub access: Vec<AccessRuleConfig>,
+    /// Rate limit rules, checked in order.
+    pub limits: Vec<LimitConfig>,
+    /// In-flight caps.
+    pub concurrency: Vec<ConcurrencyConfig>,
+}
+
+/// What to do with a client whose country or ASN is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownPolicy {
+    /// Let it through (to the other rules).
+    Allow,
+    /// Answer 403.
+    Deny,
+}
+
+/// `[geoip]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeoipConfig {
+    /// Country database: GeoLite2/GeoIP2 Country (`country.iso_code`) or
+    /// ip-location-db (`country_code`), recognised per record.
+    pub country_db: Option<PathBuf>,
+    /// ASN database: GeoLite2-ASN shape (`autonomous_system_number`).
+    pub asn_db: Option<PathBuf>,
+    /// How often the files are checked for a change (then swapped in).
+    pub check_interval: Duration,
+    /// Clients with no country in the database.
+    pub unknown_country: UnknownPolicy,
+    /// Clients with no ASN in the database.
+    pub unknown_asn: UnknownPolicy,
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessAction {
+    /// Skip every limit (monitoring, office networks).
+    Allow,
+    /// Answer 403.
+    Deny,
+}
+
+/// `[[access]]`: matches when the client is in any of the CIDRs, ASNs or countries.
+#[derive(Debug, Clone)]
+pub struct AccessRuleConfig {
+    /// Rule name (metrics, logs, problem bodies).
+    pub name: String,
+    /// What a match does.
+    pub action: AccessAction,
+    /// Networks, host bits clear.
+    pub cidrs: Vec<IpNet>,
+    /// Autonomous system numbers.
+    pub asns: Vec<u32>,
+    /// Upper-case ISO 3166-1 alpha-2 codes.
+    pub countries: Vec<String>,
+    /// Route indices it applies to; all routes when `None`.
+    pub routes: Option<Vec<usize>>,
+}
+
+/// What a limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// The client address.
+    Ip,
+    /// The client's network of the given prefix lengths.
+    Prefix {
+        /// IPv4 prefix length.
+        v4: u8,
+        /// IPv6 prefix length.
+        v6: u8,
+    },
+    /// The client's autonomous system.
+    Asn,
+    /// The client's country.
+    Country,
+    /// A request header's value (API key, session); the client address when absent.
+    Header(String),
+    /// The route as a whole: one bucket for everybody.
+    Route,
+}
+
+impl KeyKind {
+    /// Closed-set label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            KeyKind::Ip => "ip",
+            KeyKind::Prefix { .. } => "prefix",
+            KeyKind::Asn => "asn",
+            KeyKind::Country => "country",
+            KeyKind::Header(_) => "header",
+            KeyKind::Route => "route",
+        }
+    }
+}
+
+/// `[[limits]]`: a token bucket per key.
+#[derive(Debug, Clone)]
+pub struct LimitConfig {
+    /// Rule name.
+    pub name: String,
+    /// What it counts by.
+    pub key: KeyKind,
+    /// Sustained rate.
+    pub rate: crate::Rate,
+    /// Bucket size: requests allowed at once when full.
+    pub burst: NonZeroU32,
+    /// Cells one request takes (never more than `burst`).
+    pub cost: NonZeroU32,
+    /// Route indices it applies to; all routes when `None`.
+    pub routes: Option<Vec<usize>>,
+    /// Most keys tracked at once.
+    pub max_keys: NonZeroU32,
+    /// Count would-be rejections, never reject.
+    pub shadow: bool,
+}
+
+/// `[[concurrency]]`: most requests in flight per key.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyConfig {
+    /// Rule name.
+    pub name: String,
+    /// What it counts by.
+    pub key: KeyKind,
+    /// Most requests in flight per key.
+    pub max_in_flight: NonZeroU32,
+    /// Route indices it applies to; all routes when `None`.
+    pub routes: Option<Vec<usize>>,
+    /// Most keys tracked at once.
+    pub max_keys: NonZeroU32,
+    /// Count would-be rejections, never reject.
+    pub shadow: bool,
 }
 
 impl Config {
@@ -237,6 +378,8 @@ pub struct RouteConfig {
     pub pool: usize,
     /// Rejection rendering.
     pub kind: RouteKind,
+    /// Close the client connection after a rejection.
+    pub close_on_reject: bool,
 }
 
 /// `[unmatched]`

@@ -1,11 +1,17 @@
 //! Rampart's policy engine: pure functions from request facts and the current
-//! config to a decision. Nothing here does I/O or imports Pingora, so every rule is
-//! testable with plain values (and, for limiters, a fake clock).
+//! config to a decision. Nothing here does I/O on the request path or imports
+//! Pingora, so every rule is testable with plain values and a fake clock.
 
+pub mod cidr;
 pub mod client_ip;
+pub mod engine;
+pub mod geo;
+pub mod limits;
 pub mod rejection;
 pub mod route;
 
 pub use client_ip::resolve_client_ip;
+pub use engine::{Decision, Explanation, Policy, RequestFacts};
+pub use geo::{CountryCode, GeoDb, GeoInfo};
 pub use rejection::Rejection;
 pub use route::{RouteMatch, RouteTable};

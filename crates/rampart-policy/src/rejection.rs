@@ -2,7 +2,9 @@
 //! gives the HTTP status, the response body, the metric label and the log field, so
 //! they can never disagree.
 
+use crate::geo::CountryCode;
 use rampart_config::RouteKind;
+use std::sync::Arc;
 
 /// Base of the stable problem `type` URIs.
 pub const PROBLEM_TYPE_BASE: &str = "https://rampart.dev/problems/";
@@ -25,6 +27,45 @@ pub enum Rejection {
         /// 502 (bad gateway) or 504 (timeout).
         status: u16,
     },
+    /// An `[[access]]` deny rule matched the client's network.
+    DeniedByNetwork {
+        /// Rule name.
+        rule: Arc<str>,
+    },
+    /// An `[[access]]` deny rule matched the client's autonomous system.
+    DeniedByAsn {
+        /// Rule name.
+        rule: Arc<str>,
+        /// The AS number.
+        asn: u32,
+    },
+    /// An `[[access]]` deny rule matched the client's country.
+    DeniedByCountry {
+        /// Rule name.
+        rule: Arc<str>,
+        /// The country.
+        country: CountryCode,
+    },
+    /// The client's country is unknown and `geoip.unknown_country = "deny"`.
+    UnknownCountry,
+    /// The client's ASN is unknown and `geoip.unknown_asn = "deny"`.
+    UnknownAsn,
+    /// A `[[limits]]` bucket is empty.
+    RateLimited {
+        /// Rule name.
+        rule: Arc<str>,
+        /// Whole seconds until a request would conform, at least 1.
+        retry_after: u64,
+        /// Requests allowed per `window` (the rule's rate).
+        quota: u32,
+        /// The rate's period in seconds (at least 1).
+        window: u64,
+    },
+    /// A `[[concurrency]]` cap is reached.
+    TooManyInFlight {
+        /// Rule name.
+        rule: Arc<str>,
+    },
 }
 
 impl Rejection {
@@ -34,7 +75,46 @@ impl Rejection {
             Rejection::NoRoute { status } => *status,
             Rejection::NoHealthyUpstream { .. } => 503,
             Rejection::UpstreamFailed { status } => *status,
+            Rejection::DeniedByNetwork { .. }
+            | Rejection::DeniedByAsn { .. }
+            | Rejection::DeniedByCountry { .. }
+            | Rejection::UnknownCountry
+            | Rejection::UnknownAsn => 403,
+            Rejection::RateLimited { .. } | Rejection::TooManyInFlight { .. } => 429,
         }
+    }
+
+    /// The configured rule that fired, when one did.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            Rejection::DeniedByNetwork { rule }
+            | Rejection::DeniedByAsn { rule, .. }
+            | Rejection::DeniedByCountry { rule, .. }
+            | Rejection::RateLimited { rule, .. }
+            | Rejection::TooManyInFlight { rule } => Some(rule),
+            _ => None,
+        }
+    }
+
+    /// Extra response headers: `Retry-After` and, for rate limits, the
+    /// `RateLimit-Policy` and `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-11.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(s) = self.retry_after() {
+            out.push(("retry-after", s.to_string()));
+        }
+        if let Rejection::RateLimited {
+            rule,
+            retry_after,
+            quota,
+            window,
+        } = self
+        {
+            let name = sf_string(rule);
+            out.push(("ratelimit-policy", format!("{name};q={quota};w={window}")));
+            out.push(("ratelimit", format!("{name};r=0;t={retry_after}")));
+        }
+        out
     }
 
     /// Closed-set label for metrics and the access log's `verdict` field.
@@ -43,6 +123,13 @@ impl Rejection {
             Rejection::NoRoute { .. } => "no_route",
             Rejection::NoHealthyUpstream { .. } => "no_healthy_upstream",
             Rejection::UpstreamFailed { .. } => "upstream_failed",
+            Rejection::DeniedByNetwork { .. } => "denied_network",
+            Rejection::DeniedByAsn { .. } => "denied_asn",
+            Rejection::DeniedByCountry { .. } => "denied_country",
+            Rejection::UnknownCountry => "unknown_country",
+            Rejection::UnknownAsn => "unknown_asn",
+            Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::TooManyInFlight { .. } => "too_many_in_flight",
         }
     }
 
@@ -53,6 +140,13 @@ impl Rejection {
             Rejection::NoHealthyUpstream { .. } => "Service unavailable",
             Rejection::UpstreamFailed { status: 504 } => "Gateway timeout",
             Rejection::UpstreamFailed { .. } => "Bad gateway",
+            Rejection::DeniedByNetwork { .. }
+            | Rejection::DeniedByAsn { .. }
+            | Rejection::DeniedByCountry { .. }
+            | Rejection::UnknownCountry
+            | Rejection::UnknownAsn => "Forbidden",
+            Rejection::RateLimited { .. } => "Too many requests",
+            Rejection::TooManyInFlight { .. } => "Too many requests in flight",
         }
     }
 
@@ -66,6 +160,23 @@ impl Rejection {
             Rejection::UpstreamFailed { .. } => {
                 "The origin server could not complete the request.".to_string()
             }
+            Rejection::DeniedByNetwork { .. } => "Requests from your network are not accepted.".to_string(),
+            Rejection::DeniedByAsn { asn, .. } => format!("Requests from AS{asn} are not accepted."),
+            Rejection::DeniedByCountry { country, .. } => {
+                format!("Requests from country {country} are not accepted.")
+            }
+            Rejection::UnknownCountry => {
+                "Requests from addresses with no known country are not accepted.".to_string()
+            }
+            Rejection::UnknownAsn => {
+                "Requests from addresses with no known network operator are not accepted.".to_string()
+            }
+            Rejection::RateLimited { retry_after, .. } => {
+                format!("Rate limit exceeded; retry in {retry_after} s.")
+            }
+            Rejection::TooManyInFlight { .. } => {
+                "Too many of your requests are in progress; wait for one to finish.".to_string()
+            }
         }
     }
 
@@ -73,6 +184,8 @@ impl Rejection {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Rejection::NoHealthyUpstream { .. } => Some(5),
+            Rejection::RateLimited { retry_after, .. } => Some(*retry_after),
+            Rejection::TooManyInFlight { .. } => Some(1),
             _ => None,
         }
     }
@@ -84,15 +197,19 @@ impl Rejection {
     pub fn render(&self, kind: RouteKind) -> (&'static str, String) {
         match kind {
             RouteKind::Api => {
+                let rule = self.rule().unwrap_or(self.label());
                 let mut body = format!(
-                    "{{\"type\":\"{PROBLEM_TYPE_BASE}{}\",\"title\":{},\"status\":{},\"detail\":{},\"rule\":\"{}\"}}",
+                    "{{\"type\":\"{PROBLEM_TYPE_BASE}{}\",\"title\":{},\"status\":{},\"detail\":{},\"rule\":{}",
                     self.label().replace('_', "-"),
                     json_string(self.title()),
                     self.status(),
                     json_string(&self.detail()),
-                    self.label(),
+                    json_string(rule),
                 );
-                body.push('\n');
+                if let Rejection::RateLimited { .. } | Rejection::TooManyInFlight { .. } = self {
+                    body.push_str(&format!(",\"violated-policies\":[{}]", json_string(rule)));
+                }
+                body.push_str("}\n");
                 ("application/problem+json", body)
             }
             RouteKind::Browser => (
@@ -126,6 +243,12 @@ pub fn json_string(s: &str) -> String {
     out
 }
 
+/// A Structured Fields string (RFC 8941): quoted, with `"` and `\\` escaped.
+/// Rule names are validated to `[a-z0-9_-]`, so nothing else needs care.
+fn sf_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -148,6 +271,27 @@ mod tests {
             body,
             "{\"type\":\"https://rampart.dev/problems/no-healthy-upstream\",\"title\":\"Service unavailable\",\"status\":503,\"detail\":\"No healthy origin server in pool \\\"chat \\\"x\\\"\\\"; try again shortly.\",\"rule\":\"no_healthy_upstream\"}\n"
         );
+    }
+
+    #[test]
+    fn rate_limited_carries_retry_after_and_ratelimit_fields() {
+        let r = Rejection::RateLimited {
+            rule: "login-ip".into(),
+            retry_after: 3,
+            quota: 10,
+            window: 60,
+        };
+        assert_eq!(r.status(), 429);
+        assert_eq!(
+            r.headers(),
+            vec![
+                ("retry-after", "3".to_string()),
+                ("ratelimit-policy", "\"login-ip\";q=10;w=60".to_string()),
+                ("ratelimit", "\"login-ip\";r=0;t=3".to_string()),
+            ]
+        );
+        let (_, body) = r.render(RouteKind::Api);
+        assert!(body.contains("\"rule\":\"login-ip\",\"violated-policies\":[\"login-ip\"]}"), "{body}");
     }
 
     #[test]

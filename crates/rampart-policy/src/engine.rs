@@ -1,0 +1,555 @@
+//! The mitigation decision for one request: access rules, unknown-origin policy,
+//! stacked rate limits and in-flight caps, in that order.
+//!
+//! - `[[access]]` rules are tried in config order; the first that matches decides:
+//!   `deny` answers 403, `allow` skips everything below (monitoring, office).
+//! - A client whose country (ASN) is unknown is refused when
+//!   `geoip.unknown_country` (`unknown_asn`) is `deny`.
+//! - Every `[[limits]]` rule of the route (and every global one) is charged in
+//!   config order; the first empty bucket decides. Buckets charged before it keep
+//!   the charge: stacked limits count attempts, not only successes.
+//! - `[[concurrency]]` slots are taken last, so a rejected request holds none.
+//! - A rule in shadow mode is evaluated and reported, never enforced.
+
+use crate::cidr::CidrSet;
+use crate::geo::{CountryCode, GeoInfo};
+use crate::limits::{
+    BucketState, ConcurrencyPermit, ConcurrencyRule, KeyFacts, LimitKey, RateRule, RuleOutcome,
+};
+use crate::Rejection;
+use governor::clock::{Clock, DefaultClock};
+use http::HeaderMap;
+use rampart_config::{AccessAction, Config, KeyKind, UnknownPolicy};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// One `[[access]]` rule, ready for matching.
+#[derive(Debug)]
+struct AccessRule {
+    name: Arc<str>,
+    action: AccessAction,
+    cidrs: CidrSet,
+    asns: Vec<u32>,
+    countries: Vec<CountryCode>,
+}
+
+/// How an access rule matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AccessMatch {
+    Network,
+    Asn(u32),
+    Country(CountryCode),
+}
+
+impl AccessRule {
+    fn matches(&self, ip: IpAddr, geo: &GeoInfo) -> Option<AccessMatch> {
+        if self.cidrs.contains(ip) {
+            return Some(AccessMatch::Network);
+        }
+        if let Some(asn) = geo.asn.filter(|a| self.asns.binary_search(a).is_ok()) {
+            return Some(AccessMatch::Asn(asn));
+        }
+        geo.country
+            .filter(|c| self.countries.contains(c))
+            .map(AccessMatch::Country)
+    }
+}
+
+/// Indices of the rules that apply to one route.
+#[derive(Debug, Default, Clone)]
+struct RouteRules {
+    access: Vec<usize>,
+    limits: Vec<usize>,
+    concurrency: Vec<usize>,
+}
+
+/// The facts about one request that the policy reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// Resolved client address (canonical: IPv4-mapped IPv6 is IPv4).
+    pub ip: IpAddr,
+    /// Its country and ASN.
+    pub geo: GeoInfo,
+    /// Matched route index; `None` for requests proxied by `[unmatched]`.
+    pub route: Option<usize>,
+    /// Request headers (for header-keyed rules).
+    pub headers: &'a HeaderMap,
+}
+
+/// What the policy decided.
+#[derive(Debug, Default)]
+pub struct Decision {
+    /// `Some` when the request must be answered at the edge.
+    pub rejection: Option<Rejection>,
+    /// Name of the allow rule that let the request skip the limits.
+    pub allowed_by: Option<Arc<str>>,
+    /// Shadow rules that would have rejected this request.
+    pub shadow: Vec<Arc<str>>,
+    /// In-flight slots held until the request ends (dropping releases them).
+    pub permits: Vec<ConcurrencyPermit>,
+}
+
+/// The policy of one config: rules, limiter state and per-route rule lists.
+#[derive(Debug)]
+pub struct Policy<C: Clock + Clone = DefaultClock> {
+    access: Vec<AccessRule>,
+    limits: Vec<Arc<RateRule<C>>>,
+    limit_names: Vec<Arc<str>>,
+    concurrency: Vec<Arc<ConcurrencyRule>>,
+    concurrency_names: Vec<Arc<str>>,
+    /// Index `routes.len()` holds the rules for requests without a route.
+    per_route: Vec<RouteRules>,
+    unknown_country: UnknownPolicy,
+    unknown_asn: UnknownPolicy,
+}
+
+fn applies(routes: &Option<Vec<usize>>, route: Option<usize>) -> bool {
+    match (routes, route) {
+        (None, _) => true,
+        (Some(list), Some(r)) => list.contains(&r),
+        (Some(_), None) => false,
+    }
+}
+
+impl<C: Clock + Clone> Policy<C> {
+    /// Builds the policy of `config`. Limiter state of `previous` is kept for
+    /// every rule whose name, key, rate, burst and key cap are unchanged, so a
+    /// reload never hands an attacker fresh buckets.
+    pub fn new(config: &Config, clock: C, previous: Option<&Policy<C>>) -> Self {
+        let access = config
+            .access
+            .iter()
+            .map(|a| {
+                let mut asns = a.asns.clone();
+                asns.sort_unstable();
+                AccessRule {
+                    name: a.name.as_str().into(),
+                    action: a.action,
+                    cidrs: CidrSet::new(&a.cidrs),
+                    asns,
+                    countries: a.countries.iter().filter_map(|c| CountryCode::parse(c)).collect(),
+                }
+            })
+            .collect();
+        let limits: Vec<Arc<RateRule<C>>> = config
+            .limits
+            .iter()
+            .map(|l| {
+                previous
+                    .and_then(|p| p.limits.iter().find(|r| r.config.name == l.name && r.same_shape(l)))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(RateRule::new(l.clone(), clock.clone())))
+            })
+            .collect();
+        let concurrency = config
+            .concurrency
+            .iter()
+            .map(|c| {
+                previous
+                    .and_then(|p| {
+                        p.concurrency
+                            .iter()
+                            .find(|r| r.config.name == c.name && r.config.key == c.key && r.config.max_in_flight == c.max_in_flight)
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(ConcurrencyRule::new(c.clone())))
+            })
+            .collect();
+        let per_route = (0..=config.routes.len())
+            .map(|r| {
+                let route = (r < config.routes.len()).then_some(r);
+                RouteRules {
+                    access: (0..config.access.len())
+                        .filter(|&i| applies(&config.access[i].routes, route))
+                        .collect(),
+                    limits: (0..config.limits.len())
+                        .filter(|&i| applies(&config.limits[i].routes, route))
+                        .collect(),
+                    concurrency: (0..config.concurrency.len())
+                        .filter(|&i| applies(&config.concurrency[i].routes, route))
+                        .collect(),
+                }
+            })
+            .collect();
+        Self {
+            access,
+            limit_names: config.limits.iter().map(|l| l.name.as_str().into()).collect(),
+            limits,
+            concurrency_names: config.concurrency.iter().map(|c| c.name.as_str().into()).collect(),
+            concurrency,
+            per_route,
+            unknown_country: config.geoip.unknown_country,
+            unknown_asn: config.geoip.unknown_asn,
+        }
+    }
+
+    fn rules_for(&self, route: Option<usize>) -> &RouteRules {
+        let last = self.per_route.len() - 1;
+        &self.per_route[route.map_or(last, |r| r.min(last))]
+    }
+
+    fn key_facts<'a>(facts: &RequestFacts<'a>, kind: &KeyKind) -> KeyFacts<'a> {
+        KeyFacts {
+            ip: facts.ip,
+            geo: facts.geo,
+            header: match kind {
+                KeyKind::Header(name) => facts.headers.get(name.as_str()).map(|v| v.as_bytes()),
+                _ => None,
+            },
+        }
+    }
+
+    /// Decides one request, charging its buckets and taking its in-flight slots.
+    pub fn decide(&self, facts: &RequestFacts<'_>) -> Decision {
+        let mut decision = Decision::default();
+        let rules = self.rules_for(facts.route);
+
+        for &i in &rules.access {
+            let rule = &self.access[i];
+            let Some(matched) = rule.matches(facts.ip, &facts.geo) else { continue };
+            match rule.action {
+                AccessAction::Allow => {
+                    decision.allowed_by = Some(rule.name.clone());
+                    return decision;
+                }
+                AccessAction::Deny => {
+                    let name = rule.name.clone();
+                    decision.rejection = Some(match matched {
+                        AccessMatch::Network => Rejection::DeniedByNetwork { rule: name },
+                        AccessMatch::Asn(asn) => Rejection::DeniedByAsn { rule: name, asn },
+                        AccessMatch::Country(country) => Rejection::DeniedByCountry { rule: name, country },
+                    });
+                    return decision;
+                }
+            }
+        }
+        if self.unknown_country == UnknownPolicy::Deny && facts.geo.country.is_none() {
+            decision.rejection = Some(Rejection::UnknownCountry);
+            return decision;
+        }
+        if self.unknown_asn == UnknownPolicy::Deny && facts.geo.asn.is_none() {
+            decision.rejection = Some(Rejection::UnknownAsn);
+            return decision;
+        }
+
+        for &i in &rules.limits {
+            let rule = &self.limits[i];
+            let key = rule.key(&Self::key_facts(facts, &rule.config.key));
+            let RuleOutcome::Limited { retry_after } = rule.check(key) else { continue };
+            if rule.config.shadow {
+                decision.shadow.push(self.limit_names[i].clone());
+                continue;
+            }
+            let rate = &rule.config.rate;
+            decision.rejection = Some(Rejection::RateLimited {
+                rule: self.limit_names[i].clone(),
+                retry_after: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                quota: rate.count.get(),
+                window: rate.per.as_secs().max(1),
+            });
+            return decision;
+        }
+
+        for &i in &rules.concurrency {
+            let rule = &self.concurrency[i];
+            let key = rule.key(&Self::key_facts(facts, &rule.config.key));
+            match rule.acquire(key) {
+                Some(permit) => decision.permits.push(permit),
+                None if rule.config.shadow => decision.shadow.push(self.concurrency_names[i].clone()),
+                None => {
+                    decision.permits.clear();
+                    decision.rejection = Some(Rejection::TooManyInFlight {
+                        rule: self.concurrency_names[i].clone(),
+                    });
+                    return decision;
+                }
+            }
+        }
+        decision
+    }
+
+    /// What [`Policy::decide`] would do, without charging anything.
+    pub fn explain(&self, facts: &RequestFacts<'_>) -> Explanation {
+        let rules = self.rules_for(facts.route);
+        let mut out = Explanation::default();
+        for &i in &rules.access {
+            let rule = &self.access[i];
+            let matched = rule.matches(facts.ip, &facts.geo);
+            out.rules.push(ExplainedRule {
+                name: rule.name.to_string(),
+                kind: "access",
+                key: String::new(),
+                detail: match (matched, rule.action) {
+                    (None, _) => "no match".into(),
+                    (Some(m), AccessAction::Allow) => format!("allow: matches by {m:?}; limits are skipped"),
+                    (Some(m), AccessAction::Deny) => format!("deny: matches by {m:?}"),
+                },
+                would_reject: matched.is_some() && rule.action == AccessAction::Deny,
+                shadow: false,
+            });
+            if matched.is_some() && out.verdict.is_none() {
+                out.verdict = Some(match rule.action {
+                    AccessAction::Allow => format!("allowed by {}", rule.name),
+                    AccessAction::Deny => format!("denied by {}", rule.name),
+                });
+            }
+        }
+        for &i in &rules.limits {
+            let rule = &self.limits[i];
+            let key = rule.key(&Self::key_facts(facts, &rule.config.key));
+            let BucketState { tracked, remaining } = rule.peek(&key);
+            let would_reject = remaining == 0;
+            out.rules.push(ExplainedRule {
+                name: rule.config.name.clone(),
+                kind: "limit",
+                key: describe_key(&key),
+                detail: format!(
+                    "{} requests left of {} (rate {}/{}s, cost {}){}",
+                    remaining,
+                    rule.config.burst.get() / rule.config.cost.get(),
+                    rule.config.rate.count,
+                    rule.config.rate.per.as_secs_f64(),
+                    rule.config.cost,
+                    if tracked { "" } else { "; key not tracked (full bucket)" }
+                ),
+                would_reject,
+                shadow: rule.config.shadow,
+            });
+            if would_reject && !rule.config.shadow && out.verdict.is_none() {
+                out.verdict = Some(format!("rate limited by {}", rule.config.name));
+            }
+        }
+        for &i in &rules.concurrency {
+            let rule = &self.concurrency[i];
+            let key = rule.key(&Self::key_facts(facts, &rule.config.key));
+            let n = rule.in_flight(&key);
+            let would_reject = n >= rule.config.max_in_flight.get();
+            out.rules.push(ExplainedRule {
+                name: rule.config.name.clone(),
+                kind: "concurrency",
+                key: describe_key(&key),
+                detail: format!("{n} of {} in flight", rule.config.max_in_flight),
+                would_reject,
+                shadow: rule.config.shadow,
+            });
+            if would_reject && !rule.config.shadow && out.verdict.is_none() {
+                out.verdict = Some(format!("too many in flight ({})", rule.config.name));
+            }
+        }
+        if out.verdict.is_none() {
+            if self.unknown_country == UnknownPolicy::Deny && facts.geo.country.is_none() {
+                out.verdict = Some("denied: unknown country".into());
+            } else if self.unknown_asn == UnknownPolicy::Deny && facts.geo.asn.is_none() {
+                out.verdict = Some("denied: unknown ASN".into());
+            }
+        }
+        out
+    }
+
+    /// Rate rules, in config order.
+    pub fn rate_rules(&self) -> &[Arc<RateRule<C>>] {
+        &self.limits
+    }
+
+    /// Concurrency rules, in config order.
+    pub fn concurrency_rules(&self) -> &[Arc<ConcurrencyRule>] {
+        &self.concurrency
+    }
+
+    /// Sweeps every rate rule; returns `(rule name, keys dropped)`.
+    pub fn sweep(&self) -> Vec<(String, usize)> {
+        self.limits
+            .iter()
+            .map(|r| (r.config.name.clone(), r.sweep()))
+            .collect()
+    }
+}
+
+fn describe_key(key: &LimitKey) -> String {
+    match key {
+        LimitKey::Ip(ip) => ip.to_string(),
+        LimitKey::Net(net) => net.to_string(),
+        LimitKey::Asn(0) => "AS unknown".into(),
+        LimitKey::Asn(n) => format!("AS{n}"),
+        LimitKey::Country(c) => c.to_string(),
+        LimitKey::Hashed(_) => "header value".into(),
+        LimitKey::Whole => "whole route".into(),
+        LimitKey::Overflow => "overflow".into(),
+    }
+}
+
+/// Every rule that applies to a request and what it would say.
+#[derive(Debug, Default)]
+pub struct Explanation {
+    /// Rules in evaluation order.
+    pub rules: Vec<ExplainedRule>,
+    /// The first rule that would act, or `None` when the request would pass.
+    pub verdict: Option<String>,
+}
+
+/// One rule in an [`Explanation`].
+#[derive(Debug)]
+pub struct ExplainedRule {
+    /// Rule name.
+    pub name: String,
+    /// `access`, `limit` or `concurrency`.
+    pub kind: &'static str,
+    /// The key the request is counted under (empty for access rules).
+    pub key: String,
+    /// Human detail: match, bucket or slot state.
+    pub detail: String,
+    /// Whether this rule would reject the request now.
+    pub would_reject: bool,
+    /// Whether the rule is in shadow mode.
+    pub shadow: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use std::path::Path;
+    use std::time::Duration;
+
+    const BASE: &str = r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+[pools.web]
+servers = ["127.0.0.1:9000"]
+[[routes]]
+name = "login"
+path_prefix = "/login"
+pool = "web"
+[[routes]]
+name = "chat"
+pool = "web"
+"#;
+
+    fn policy(extra: &str) -> (Policy<FakeRelativeClock>, FakeRelativeClock) {
+        let config = rampart_config::parse(&format!("{BASE}{extra}"), Path::new("t.toml")).unwrap();
+        let clock = FakeRelativeClock::default();
+        (Policy::new(&config, clock.clone(), None), clock)
+    }
+
+    fn decide(p: &Policy<FakeRelativeClock>, ip: &str, route: usize) -> Decision {
+        let headers = HeaderMap::new();
+        p.decide(&RequestFacts {
+            ip: ip.parse().unwrap(),
+            geo: GeoInfo::default(),
+            route: Some(route),
+            headers: &headers,
+        })
+    }
+
+    #[test]
+    fn route_rules_stack_on_global_ones_and_the_first_empty_bucket_decides() {
+        let (p, clock) = policy(
+            r#"
+[[limits]]
+name = "global-ip"
+key = "ip"
+rate = "3/s"
+burst = 3
+[[limits]]
+name = "login-ip"
+key = "ip"
+rate = "1/s"
+burst = 1
+routes = ["login"]
+"#,
+        );
+        assert!(decide(&p, "192.0.2.1", 0).rejection.is_none());
+        let second = decide(&p, "192.0.2.1", 0).rejection.unwrap();
+        assert_eq!(
+            second,
+            Rejection::RateLimited {
+                rule: "login-ip".into(),
+                retry_after: 1,
+                quota: 1,
+                window: 1
+            }
+        );
+        // The chat route only has the global rule: one cell left of three
+        // (the two login attempts were charged to the global bucket too).
+        assert!(decide(&p, "192.0.2.1", 1).rejection.is_none());
+        let r = decide(&p, "192.0.2.1", 1).rejection.unwrap();
+        assert_eq!(r.rule(), Some("global-ip"));
+        clock.advance(Duration::from_secs(1));
+        assert!(decide(&p, "192.0.2.1", 1).rejection.is_none());
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        let (p, clock) = policy("[[limits]]\nname = \"l\"\nkey = \"ip\"\nrate = \"1/10s\"\nburst = 1\n");
+        assert!(decide(&p, "192.0.2.1", 0).rejection.is_none());
+        clock.advance(Duration::from_millis(7_500));
+        match decide(&p, "192.0.2.1", 0).rejection.unwrap() {
+            Rejection::RateLimited { retry_after, window, .. } => {
+                assert_eq!(retry_after, 3); // 2.5 s rounds up
+                assert_eq!(window, 10);
+            }
+            other => panic!("{other:?}"),
+        }
+        clock.advance(Duration::from_millis(2_400));
+        match decide(&p, "192.0.2.1", 0).rejection.unwrap() {
+            Rejection::RateLimited { retry_after, .. } => assert_eq!(retry_after, 1), // 0.1 s
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shadow_rules_count_but_never_reject() {
+        let (p, _clock) = policy("[[limits]]\nname = \"s\"\nkey = \"ip\"\nrate = \"1/s\"\nburst = 1\nshadow = true\n");
+        assert!(decide(&p, "192.0.2.1", 0).shadow.is_empty());
+        let d = decide(&p, "192.0.2.1", 0);
+        assert!(d.rejection.is_none());
+        assert_eq!(d.shadow, vec![Arc::<str>::from("s")]);
+    }
+
+    #[test]
+    fn deny_and_allow_lists_first_match_wins() {
+        let (p, _clock) = policy(
+            r#"
+[[access]]
+name = "office"
+action = "allow"
+cidrs = ["198.51.100.0/24"]
+[[access]]
+name = "bad-net"
+action = "deny"
+cidrs = ["198.51.0.0/16", "2001:db8:bad::/48"]
+[[limits]]
+name = "tiny"
+key = "route"
+rate = "1/h"
+burst = 1
+"#,
+        );
+        let d = decide(&p, "198.51.7.7", 0);
+        assert_eq!(d.rejection, Some(Rejection::DeniedByNetwork { rule: "bad-net".into() }));
+        assert_eq!(d.rejection.unwrap().status(), 403);
+        assert!(decide(&p, "2001:db8:bad::1", 0).rejection.is_some());
+        // The office skips every limit, however often it comes.
+        for _ in 0..5 {
+            let d = decide(&p, "198.51.100.9", 0);
+            assert!(d.rejection.is_none());
+            assert_eq!(d.allowed_by.as_deref(), Some("office"));
+        }
+        assert!(decide(&p, "192.0.2.1", 0).rejection.is_none());
+        assert!(decide(&p, "192.0.2.2", 0).rejection.is_some());
+    }
+
+    #[test]
+    fn reload_keeps_buckets_of_unchanged_rules_and_resets_changed_ones() {
+        let extra = "[[limits]]\nname = \"a\"\nkey = \"ip\"\nrate = \"1/h\"\nburst = 1\n[[limits]]\nname = \"b\"\nkey = \"ip\"\nrate = \"1/h\"\nburst = 1\nroutes = [\"chat\"]\n";
+        let (p, clock) = policy(extra);
+        assert!(decide(&p, "192.0.2.1", 1).rejection.is_none());
+        let changed = extra.replace("name = \"b\"\nkey = \"ip\"\nrate = \"1/h\"", "name = \"b\"\nkey = \"ip\"\nrate = \"2/h\"");
+        let config = rampart_config::parse(&format!("{BASE}{changed}"), Path::new("t.toml")).unwrap();
+        let next = Policy::new(&config, clock, Some(&p));
+        assert!(Arc::ptr_eq(&p.rate_rules()[0], &next.rate_rules()[0]));
+        assert!(!Arc::ptr_eq(&p.rate_rules()[1], &next.rate_rules()[1]));
+        // "a" still remembers the request; "b" starts fresh but "a" decides first.
+        assert_eq!(decide(&next, "192.0.2.1", 1).rejection.unwrap().rule(), Some("a"));
+    }
+}

@@ -674,10 +674,16 @@ impl Validator {
         let mut unknown = |key: &str, value: Option<&str>, db: bool| match value {
             None | Some("allow") => UnknownPolicy::Allow,
             Some("deny") if !db => {
-                let db_key = if key.ends_with("country") { "country_db" } else { "asn_db" };
+                let db_key = if key.ends_with("country") {
+                    "country_db"
+                } else {
+                    "asn_db"
+                };
                 self.issue(
                     format!("geoip.{key}"),
-                    format!("\"deny\" needs geoip.{db_key}; without a database every client is unknown"),
+                    format!(
+                        "\"deny\" needs geoip.{db_key}; without a database every client is unknown"
+                    ),
                 );
                 UnknownPolicy::Allow
             }
@@ -690,7 +696,11 @@ impl Validator {
                 UnknownPolicy::Allow
             }
         };
-        let unknown_country = unknown("unknown_country", raw.unknown_country.as_deref(), country_db.is_some());
+        let unknown_country = unknown(
+            "unknown_country",
+            raw.unknown_country.as_deref(),
+            country_db.is_some(),
+        );
         let unknown_asn = unknown("unknown_asn", raw.unknown_asn.as_deref(), asn_db.is_some());
         GeoipConfig {
             check_interval: self.nonzero_duration(
@@ -705,7 +715,13 @@ impl Validator {
         }
     }
 
-    fn rule_name(&mut self, key: &str, name: Option<String>, index: usize, seen: &mut BTreeSet<String>) -> String {
+    fn rule_name(
+        &mut self,
+        key: &str,
+        name: Option<String>,
+        index: usize,
+        seen: &mut BTreeSet<String>,
+    ) -> String {
         let name = match name {
             Some(n) if is_name(&n) => n,
             Some(n) => {
@@ -729,7 +745,12 @@ impl Validator {
         name
     }
 
-    fn route_refs(&mut self, key: &str, names: Option<Vec<String>>, routes: &[String]) -> Option<Vec<usize>> {
+    fn route_refs(
+        &mut self,
+        key: &str,
+        names: Option<Vec<String>>,
+        routes: &[String],
+    ) -> Option<Vec<usize>> {
         let names = names?;
         let mut out = Vec::new();
         for (j, name) in names.iter().enumerate() {
@@ -739,7 +760,11 @@ impl Validator {
                     format!("{key}.routes[{j}]"),
                     format!(
                         "unknown route \"{name}\" (known: {})",
-                        if routes.is_empty() { "none".to_string() } else { routes.join(", ") }
+                        if routes.is_empty() {
+                            "none".to_string()
+                        } else {
+                            routes.join(", ")
+                        }
                     ),
                 ),
             }
@@ -761,7 +786,10 @@ impl Validator {
             Some("allow") => AccessAction::Allow,
             Some("deny") => AccessAction::Deny,
             None => {
-                self.issue(format!("{key}.action"), "is required (\"allow\" or \"deny\")");
+                self.issue(
+                    format!("{key}.action"),
+                    "is required (\"allow\" or \"deny\")",
+                );
                 AccessAction::Deny
             }
             Some(other) => {
@@ -783,7 +811,10 @@ impl Validator {
         for (j, n) in raw.asns.unwrap_or_default().into_iter().enumerate() {
             match u32::try_from(n) {
                 Ok(n) if n > 0 => asns.push(n),
-                _ => self.issue(format!("{key}.asns[{j}]"), format!("{n} is not an AS number")),
+                _ => self.issue(
+                    format!("{key}.asns[{j}]"),
+                    format!("{n} is not an AS number"),
+                ),
             }
         }
         if !asns.is_empty() && geoip.asn_db.is_none() {
@@ -830,7 +861,10 @@ impl Validator {
                     None => default,
                     Some(n) if (1..=max).contains(&n) => n as u8,
                     Some(n) => {
-                        self.issue(format!("{key}.{k}"), format!("must be from 1 to {max}, got {n}"));
+                        self.issue(
+                            format!("{key}.{k}"),
+                            format!("must be from 1 to {max}, got {n}"),
+                        );
                         default
                     }
                 };
@@ -852,11 +886,18 @@ impl Validator {
                 KeyKind::Country
             }
             Some("header") => match &header {
-                Some(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+                Some(h)
+                    if !h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
                     KeyKind::Header(h.to_ascii_lowercase())
                 }
                 Some(h) => {
-                    self.issue(format!("{key}.header"), format!("\"{h}\" is not a header name"));
+                    self.issue(
+                        format!("{key}.header"),
+                        format!("\"{h}\" is not a header name"),
+                    );
                     KeyKind::Ip
                 }
                 None => {
@@ -866,7 +907,10 @@ impl Validator {
             },
             Some("route") => KeyKind::Route,
             None => {
-                self.issue(format!("{key}.key"), "is required (ip, prefix, asn, country, header or route)");
+                self.issue(
+                    format!("{key}.key"),
+                    "is required (ip, prefix, asn, country, header or route)",
+                );
                 KeyKind::Ip
             }
             Some(other) => {
@@ -879,10 +923,16 @@ impl Validator {
         };
         if !matches!(kind, KeyKind::Prefix { .. }) {
             if prefix.0.is_some() {
-                self.issue(format!("{key}.prefix_v4"), "only used with key = \"prefix\"");
+                self.issue(
+                    format!("{key}.prefix_v4"),
+                    "only used with key = \"prefix\"",
+                );
             }
             if prefix.1.is_some() {
-                self.issue(format!("{key}.prefix_v6"), "only used with key = \"prefix\"");
+                self.issue(
+                    format!("{key}.prefix_v6"),
+                    "only used with key = \"prefix\"",
+                );
             }
         }
         if header.is_some() && !matches!(kind, KeyKind::Header(_)) {
@@ -901,7 +951,13 @@ impl Validator {
     ) -> LimitConfig {
         let key = format!("limits[{i}]");
         let name = self.rule_name(&key, raw.name, i, seen);
-        let kind = self.key_kind(&key, raw.key.as_deref(), (raw.prefix_v4, raw.prefix_v6), raw.header, geoip);
+        let kind = self.key_kind(
+            &key,
+            raw.key.as_deref(),
+            (raw.prefix_v4, raw.prefix_v6),
+            raw.header,
+            geoip,
+        );
         let rate = match raw.rate.as_deref() {
             None => {
                 self.issue(format!("{key}.rate"), "is required (e.g. \"10/s\")");
@@ -949,7 +1005,13 @@ impl Validator {
     ) -> ConcurrencyConfig {
         let key = format!("concurrency[{i}]");
         let name = self.rule_name(&key, raw.name, i, seen);
-        let kind = self.key_kind(&key, raw.key.as_deref(), (raw.prefix_v4, raw.prefix_v6), raw.header, geoip);
+        let kind = self.key_kind(
+            &key,
+            raw.key.as_deref(),
+            (raw.prefix_v4, raw.prefix_v6),
+            raw.header,
+            geoip,
+        );
         if raw.max_in_flight.is_none() {
             self.issue(format!("{key}.max_in_flight"), "is required");
         }
@@ -966,7 +1028,8 @@ impl Validator {
 
 /// `"cn"` becomes `"CN"`; anything but two ASCII letters is refused.
 fn country_code(text: &str) -> Option<String> {
-    (text.len() == 2 && text.bytes().all(|b| b.is_ascii_alphabetic())).then(|| text.to_ascii_uppercase())
+    (text.len() == 2 && text.bytes().all(|b| b.is_ascii_alphabetic()))
+        .then(|| text.to_ascii_uppercase())
 }
 
 /// Two listen addresses clash when the ports match and either binds every address.

@@ -53,15 +53,31 @@ mod tests {
 
     #[test]
     fn membership_over_merged_ranges() {
-        let nets: Vec<IpNet> = ["10.0.0.0/8", "192.168.1.0/24", "192.168.0.0/24", "2001:db8::/32"]
-            .iter()
-            .map(|n| n.parse().unwrap())
-            .collect();
+        let nets: Vec<IpNet> = [
+            "10.0.0.0/8",
+            "192.168.1.0/24",
+            "192.168.0.0/24",
+            "2001:db8::/32",
+        ]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
         let set = CidrSet::new(&nets);
-        for yes in ["10.255.0.1", "192.168.0.9", "192.168.1.255", "2001:db8:1::1"] {
+        for yes in [
+            "10.255.0.1",
+            "192.168.0.9",
+            "192.168.1.255",
+            "2001:db8:1::1",
+        ] {
             assert!(set.contains(yes.parse().unwrap()), "{yes}");
         }
-        for no in ["11.0.0.0", "192.168.2.0", "9.255.255.255", "2001:db9::1", "::1"] {
+        for no in [
+            "11.0.0.0",
+            "192.168.2.0",
+            "9.255.255.255",
+            "2001:db9::1",
+            "::1",
+        ] {
             assert!(!set.contains(no.parse().unwrap()), "{no}");
         }
         assert!(!CidrSet::new(&[]).contains("1.1.1.1".parse().unwrap()));

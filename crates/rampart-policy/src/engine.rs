@@ -127,7 +127,11 @@ impl<C: Clock + Clone> Policy<C> {
                     action: a.action,
                     cidrs: CidrSet::new(&a.cidrs),
                     asns,
-                    countries: a.countries.iter().filter_map(|c| CountryCode::parse(c)).collect(),
+                    countries: a
+                        .countries
+                        .iter()
+                        .filter_map(|c| CountryCode::parse(c))
+                        .collect(),
                 }
             })
             .collect();
@@ -136,7 +140,11 @@ impl<C: Clock + Clone> Policy<C> {
             .iter()
             .map(|l| {
                 previous
-                    .and_then(|p| p.limits.iter().find(|r| r.config.name == l.name && r.same_shape(l)))
+                    .and_then(|p| {
+                        p.limits
+                            .iter()
+                            .find(|r| r.config.name == l.name && r.same_shape(l))
+                    })
                     .cloned()
                     .unwrap_or_else(|| Arc::new(RateRule::new(l.clone(), clock.clone())))
             })
@@ -147,9 +155,11 @@ impl<C: Clock + Clone> Policy<C> {
             .map(|c| {
                 previous
                     .and_then(|p| {
-                        p.concurrency
-                            .iter()
-                            .find(|r| r.config.name == c.name && r.config.key == c.key && r.config.max_in_flight == c.max_in_flight)
+                        p.concurrency.iter().find(|r| {
+                            r.config.name == c.name
+                                && r.config.key == c.key
+                                && r.config.max_in_flight == c.max_in_flight
+                        })
                     })
                     .cloned()
                     .unwrap_or_else(|| Arc::new(ConcurrencyRule::new(c.clone())))
@@ -173,9 +183,17 @@ impl<C: Clock + Clone> Policy<C> {
             .collect();
         Self {
             access,
-            limit_names: config.limits.iter().map(|l| l.name.as_str().into()).collect(),
+            limit_names: config
+                .limits
+                .iter()
+                .map(|l| l.name.as_str().into())
+                .collect(),
             limits,
-            concurrency_names: config.concurrency.iter().map(|c| c.name.as_str().into()).collect(),
+            concurrency_names: config
+                .concurrency
+                .iter()
+                .map(|c| c.name.as_str().into())
+                .collect(),
             concurrency,
             per_route,
             unknown_country: config.geoip.unknown_country,
@@ -206,7 +224,9 @@ impl<C: Clock + Clone> Policy<C> {
 
         for &i in &rules.access {
             let rule = &self.access[i];
-            let Some(matched) = rule.matches(facts.ip, &facts.geo) else { continue };
+            let Some(matched) = rule.matches(facts.ip, &facts.geo) else {
+                continue;
+            };
             match rule.action {
                 AccessAction::Allow => {
                     decision.allowed_by = Some(rule.name.clone());
@@ -217,7 +237,10 @@ impl<C: Clock + Clone> Policy<C> {
                     decision.rejection = Some(match matched {
                         AccessMatch::Network => Rejection::DeniedByNetwork { rule: name },
                         AccessMatch::Asn(asn) => Rejection::DeniedByAsn { rule: name, asn },
-                        AccessMatch::Country(country) => Rejection::DeniedByCountry { rule: name, country },
+                        AccessMatch::Country(country) => Rejection::DeniedByCountry {
+                            rule: name,
+                            country,
+                        },
                     });
                     return decision;
                 }
@@ -235,7 +258,9 @@ impl<C: Clock + Clone> Policy<C> {
         for &i in &rules.limits {
             let rule = &self.limits[i];
             let key = rule.key(&Self::key_facts(facts, &rule.config.key));
-            let RuleOutcome::Limited { retry_after } = rule.check(key) else { continue };
+            let RuleOutcome::Limited { retry_after } = rule.check(key) else {
+                continue;
+            };
             if rule.config.shadow {
                 decision.shadow.push(self.limit_names[i].clone());
                 continue;
@@ -255,7 +280,9 @@ impl<C: Clock + Clone> Policy<C> {
             let key = rule.key(&Self::key_facts(facts, &rule.config.key));
             match rule.acquire(key) {
                 Some(permit) => decision.permits.push(permit),
-                None if rule.config.shadow => decision.shadow.push(self.concurrency_names[i].clone()),
+                None if rule.config.shadow => {
+                    decision.shadow.push(self.concurrency_names[i].clone())
+                }
                 None => {
                     decision.permits.clear();
                     decision.rejection = Some(Rejection::TooManyInFlight {
@@ -281,7 +308,9 @@ impl<C: Clock + Clone> Policy<C> {
                 key: String::new(),
                 detail: match (matched, rule.action) {
                     (None, _) => "no match".into(),
-                    (Some(m), AccessAction::Allow) => format!("allow: matches by {m:?}; limits are skipped"),
+                    (Some(m), AccessAction::Allow) => {
+                        format!("allow: matches by {m:?}; limits are skipped")
+                    }
                     (Some(m), AccessAction::Deny) => format!("deny: matches by {m:?}"),
                 },
                 would_reject: matched.is_some() && rule.action == AccessAction::Deny,
@@ -310,7 +339,11 @@ impl<C: Clock + Clone> Policy<C> {
                     rule.config.rate.count,
                     rule.config.rate.per.as_secs_f64(),
                     rule.config.cost,
-                    if tracked { "" } else { "; key not tracked (full bucket)" }
+                    if tracked {
+                        ""
+                    } else {
+                        "; key not tracked (full bucket)"
+                    }
                 ),
                 would_reject,
                 shadow: rule.config.shadow,
@@ -480,11 +513,16 @@ routes = ["login"]
 
     #[test]
     fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
-        let (p, clock) = policy("[[limits]]\nname = \"l\"\nkey = \"ip\"\nrate = \"1/10s\"\nburst = 1\n");
+        let (p, clock) =
+            policy("[[limits]]\nname = \"l\"\nkey = \"ip\"\nrate = \"1/10s\"\nburst = 1\n");
         assert!(decide(&p, "192.0.2.1", 0).rejection.is_none());
         clock.advance(Duration::from_millis(7_500));
         match decide(&p, "192.0.2.1", 0).rejection.unwrap() {
-            Rejection::RateLimited { retry_after, window, .. } => {
+            Rejection::RateLimited {
+                retry_after,
+                window,
+                ..
+            } => {
                 assert_eq!(retry_after, 3); // 2.5 s rounds up
                 assert_eq!(window, 10);
             }
@@ -499,7 +537,9 @@ routes = ["login"]
 
     #[test]
     fn shadow_rules_count_but_never_reject() {
-        let (p, _clock) = policy("[[limits]]\nname = \"s\"\nkey = \"ip\"\nrate = \"1/s\"\nburst = 1\nshadow = true\n");
+        let (p, _clock) = policy(
+            "[[limits]]\nname = \"s\"\nkey = \"ip\"\nrate = \"1/s\"\nburst = 1\nshadow = true\n",
+        );
         assert!(decide(&p, "192.0.2.1", 0).shadow.is_empty());
         let d = decide(&p, "192.0.2.1", 0);
         assert!(d.rejection.is_none());
@@ -526,7 +566,12 @@ burst = 1
 "#,
         );
         let d = decide(&p, "198.51.7.7", 0);
-        assert_eq!(d.rejection, Some(Rejection::DeniedByNetwork { rule: "bad-net".into() }));
+        assert_eq!(
+            d.rejection,
+            Some(Rejection::DeniedByNetwork {
+                rule: "bad-net".into()
+            })
+        );
         assert_eq!(d.rejection.unwrap().status(), 403);
         assert!(decide(&p, "2001:db8:bad::1", 0).rejection.is_some());
         // The office skips every limit, however often it comes.
@@ -544,12 +589,19 @@ burst = 1
         let extra = "[[limits]]\nname = \"a\"\nkey = \"ip\"\nrate = \"1/h\"\nburst = 1\n[[limits]]\nname = \"b\"\nkey = \"ip\"\nrate = \"1/h\"\nburst = 1\nroutes = [\"chat\"]\n";
         let (p, clock) = policy(extra);
         assert!(decide(&p, "192.0.2.1", 1).rejection.is_none());
-        let changed = extra.replace("name = \"b\"\nkey = \"ip\"\nrate = \"1/h\"", "name = \"b\"\nkey = \"ip\"\nrate = \"2/h\"");
-        let config = rampart_config::parse(&format!("{BASE}{changed}"), Path::new("t.toml")).unwrap();
+        let changed = extra.replace(
+            "name = \"b\"\nkey = \"ip\"\nrate = \"1/h\"",
+            "name = \"b\"\nkey = \"ip\"\nrate = \"2/h\"",
+        );
+        let config =
+            rampart_config::parse(&format!("{BASE}{changed}"), Path::new("t.toml")).unwrap();
         let next = Policy::new(&config, clock, Some(&p));
         assert!(Arc::ptr_eq(&p.rate_rules()[0], &next.rate_rules()[0]));
         assert!(!Arc::ptr_eq(&p.rate_rules()[1], &next.rate_rules()[1]));
         // "a" still remembers the request; "b" starts fresh but "a" decides first.
-        assert_eq!(decide(&next, "192.0.2.1", 1).rejection.unwrap().rule(), Some("a"));
+        assert_eq!(
+            decide(&next, "192.0.2.1", 1).rejection.unwrap().rule(),
+            Some("a")
+        );
     }
 }

@@ -142,7 +142,10 @@ impl GeoFile {
     fn asn(&self, ip: IpAddr) -> Option<(u32, Option<String>)> {
         let record: AsnRecord = self.reader.lookup(ip).ok()?.decode().ok()??;
         let asn = record.autonomous_system_number.filter(|&n| n > 0)?;
-        Some((asn, record.autonomous_system_organization.map(str::to_string)))
+        Some((
+            asn,
+            record.autonomous_system_organization.map(str::to_string),
+        ))
     }
 }
 
@@ -183,7 +186,11 @@ impl GeoDb {
     /// Opens the databases named in `config`.
     pub fn open(config: &GeoipConfig) -> Result<Self, GeoError> {
         Ok(Self {
-            country: config.country_db.as_deref().map(GeoFile::open).transpose()?,
+            country: config
+                .country_db
+                .as_deref()
+                .map(GeoFile::open)
+                .transpose()?,
             asn: config.asn_db.as_deref().map(GeoFile::open).transpose()?,
         })
     }
@@ -198,6 +205,9 @@ impl GeoDb {
 
     /// The organisation that holds the AS of `ip`, for explanations.
     pub fn as_organization(&self, ip: IpAddr) -> Option<String> {
-        self.asn.as_ref().and_then(|db| db.asn(ip)).and_then(|(_, org)| org)
+        self.asn
+            .as_ref()
+            .and_then(|db| db.asn(ip))
+            .and_then(|(_, org)| org)
     }
 }

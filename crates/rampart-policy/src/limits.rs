@@ -19,10 +19,10 @@
 use crate::geo::{CountryCode, GeoInfo};
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::StateStore;
-use governor::middleware::NoOpMiddleware;
 use governor::{Quota, RateLimiter};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rampart_config::{ConcurrencyConfig, KeyKind, LimitConfig};
@@ -60,18 +60,22 @@ impl LimitKey {
     /// The coarser key a new key falls back to when the store is full.
     fn coarser(&self) -> LimitKey {
         match *self {
-            LimitKey::Ip(IpAddr::V4(a)) => {
-                LimitKey::Net(IpNet::V4(Ipv4Net::new(a, 24).map(|n| n.trunc()).unwrap_or_default()))
-            }
-            LimitKey::Ip(IpAddr::V6(a)) => {
-                LimitKey::Net(IpNet::V6(Ipv6Net::new(a, 48).map(|n| n.trunc()).unwrap_or_default()))
-            }
-            LimitKey::Net(IpNet::V4(n)) if n.prefix_len() > 16 => {
-                LimitKey::Net(IpNet::V4(Ipv4Net::new(n.network(), 16).map(|n| n.trunc()).unwrap_or_default()))
-            }
-            LimitKey::Net(IpNet::V6(n)) if n.prefix_len() > 32 => {
-                LimitKey::Net(IpNet::V6(Ipv6Net::new(n.network(), 32).map(|n| n.trunc()).unwrap_or_default()))
-            }
+            LimitKey::Ip(IpAddr::V4(a)) => LimitKey::Net(IpNet::V4(
+                Ipv4Net::new(a, 24).map(|n| n.trunc()).unwrap_or_default(),
+            )),
+            LimitKey::Ip(IpAddr::V6(a)) => LimitKey::Net(IpNet::V6(
+                Ipv6Net::new(a, 48).map(|n| n.trunc()).unwrap_or_default(),
+            )),
+            LimitKey::Net(IpNet::V4(n)) if n.prefix_len() > 16 => LimitKey::Net(IpNet::V4(
+                Ipv4Net::new(n.network(), 16)
+                    .map(|n| n.trunc())
+                    .unwrap_or_default(),
+            )),
+            LimitKey::Net(IpNet::V6(n)) if n.prefix_len() > 32 => LimitKey::Net(IpNet::V6(
+                Ipv6Net::new(n.network(), 32)
+                    .map(|n| n.trunc())
+                    .unwrap_or_default(),
+            )),
             _ => LimitKey::Overflow,
         }
     }
@@ -108,8 +112,16 @@ pub fn key_for(kind: &KeyKind, facts: &KeyFacts<'_>, hasher: &impl BuildHasher) 
 /// The network of `ip` at the given prefix lengths.
 pub fn prefix_of(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
     match ip {
-        IpAddr::V4(a) => IpNet::V4(Ipv4Net::new(a, v4.min(32)).map(|n| n.trunc()).unwrap_or_default()),
-        IpAddr::V6(a) => IpNet::V6(Ipv6Net::new(a, v6.min(128)).map(|n| n.trunc()).unwrap_or_default()),
+        IpAddr::V4(a) => IpNet::V4(
+            Ipv4Net::new(a, v4.min(32))
+                .map(|n| n.trunc())
+                .unwrap_or_default(),
+        ),
+        IpAddr::V6(a) => IpNet::V6(
+            Ipv6Net::new(a, v6.min(128))
+                .map(|n| n.trunc())
+                .unwrap_or_default(),
+        ),
     }
 }
 
@@ -142,12 +154,16 @@ impl CountingStore {
     }
 }
 
-fn measure<T, E>(cell: &AtomicU64, f: impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>) -> Result<T, E> {
+fn measure<T, E>(
+    cell: &AtomicU64,
+    f: impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+) -> Result<T, E> {
     let mut prev = cell.load(Ordering::Acquire);
     loop {
         let current = (prev != 0).then(|| Nanos::from(prev));
         let (result, next) = f(current)?;
-        match cell.compare_exchange_weak(prev, next.as_u64(), Ordering::Release, Ordering::Relaxed) {
+        match cell.compare_exchange_weak(prev, next.as_u64(), Ordering::Release, Ordering::Relaxed)
+        {
             Ok(_) => return Ok(result),
             Err(actual) => prev = actual,
         }
@@ -276,7 +292,10 @@ impl<C: Clock + Clone> RateRule<C> {
     /// Whether this rule can keep the state of `other` (same key, quota and cap).
     pub fn same_shape(&self, other: &LimitConfig) -> bool {
         let c = &self.config;
-        c.key == other.key && c.rate == other.rate && c.burst == other.burst && c.max_keys == other.max_keys
+        c.key == other.key
+            && c.rate == other.rate
+            && c.burst == other.burst
+            && c.max_keys == other.max_keys
     }
 
     /// The key for a request, before the cap is applied.
@@ -293,7 +312,9 @@ impl<C: Clock + Clone> RateRule<C> {
         }
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
         let coarse = key.coarser();
-        if coarse != LimitKey::Overflow && (count < max + headroom(max) || self.store.contains(&coarse)) {
+        if coarse != LimitKey::Overflow
+            && (count < max + headroom(max) || self.store.contains(&coarse))
+        {
             return coarse;
         }
         LimitKey::Overflow
@@ -449,7 +470,12 @@ mod tests {
     use governor::clock::FakeRelativeClock;
     use rampart_config::{parse_rate, Rate};
 
-    fn rule(rate: &str, burst: u32, cost: u32, max_keys: u32) -> (RateRule<FakeRelativeClock>, FakeRelativeClock) {
+    fn rule(
+        rate: &str,
+        burst: u32,
+        cost: u32,
+        max_keys: u32,
+    ) -> (RateRule<FakeRelativeClock>, FakeRelativeClock) {
         let clock = FakeRelativeClock::default();
         let config = LimitConfig {
             name: "t".into(),
@@ -491,7 +517,12 @@ mod tests {
         );
         clock.advance(Duration::from_millis(300));
         assert_eq!(r.check(k), RuleOutcome::Allowed);
-        assert_eq!(r.check(k), RuleOutcome::Limited { retry_after: Duration::from_millis(500) });
+        assert_eq!(
+            r.check(k),
+            RuleOutcome::Limited {
+                retry_after: Duration::from_millis(500)
+            }
+        );
         // Another key has its own full bucket.
         assert_eq!(r.check(ip("192.0.2.2")), RuleOutcome::Allowed);
     }
@@ -501,13 +532,30 @@ mod tests {
         // 10/min = one cell every 6 s, bucket of 6, cost 2: three requests.
         let (r, clock) = rule("10/min", 6, 2, 100);
         let k = ip("198.51.100.1");
-        assert_eq!(r.peek(&k), BucketState { tracked: false, remaining: 3 });
+        assert_eq!(
+            r.peek(&k),
+            BucketState {
+                tracked: false,
+                remaining: 3
+            }
+        );
         assert_eq!(r.check(k), RuleOutcome::Allowed);
-        assert_eq!(r.peek(&k), BucketState { tracked: true, remaining: 2 });
+        assert_eq!(
+            r.peek(&k),
+            BucketState {
+                tracked: true,
+                remaining: 2
+            }
+        );
         assert_eq!(r.check(k), RuleOutcome::Allowed);
         assert_eq!(r.check(k), RuleOutcome::Allowed);
         assert_eq!(r.peek(&k).remaining, 0);
-        assert_eq!(r.check(k), RuleOutcome::Limited { retry_after: Duration::from_secs(12) });
+        assert_eq!(
+            r.check(k),
+            RuleOutcome::Limited {
+                retry_after: Duration::from_secs(12)
+            }
+        );
         clock.advance(Duration::from_secs(12));
         assert_eq!(r.peek(&k).remaining, 1);
     }
@@ -521,12 +569,21 @@ mod tests {
         // Full: 10.0.0.2 is charged to 10.0.0.0/24 (a fresh coarse key within headroom).
         assert_eq!(r.check(ip("10.0.0.2")), RuleOutcome::Allowed);
         // 10.0.0.3 shares that /24 bucket, which is now empty.
-        assert!(matches!(r.check(ip("10.0.0.3")), RuleOutcome::Limited { .. }));
+        assert!(matches!(
+            r.check(ip("10.0.0.3")),
+            RuleOutcome::Limited { .. }
+        ));
         // Headroom (2/10 + 1 = 1) used up: another new /24 goes to the overflow bucket.
         assert_eq!(r.check(ip("10.9.9.9")), RuleOutcome::Allowed);
-        assert!(matches!(r.check(ip("10.8.8.8")), RuleOutcome::Limited { .. }));
+        assert!(matches!(
+            r.check(ip("10.8.8.8")),
+            RuleOutcome::Limited { .. }
+        ));
         // Keys tracked before the cap keep their own buckets.
-        assert!(matches!(r.check(ip("10.0.0.1")), RuleOutcome::Limited { .. }));
+        assert!(matches!(
+            r.check(ip("10.0.0.1")),
+            RuleOutcome::Limited { .. }
+        ));
         assert_eq!(r.tracked_keys(), 4); // two addresses, one /24, overflow
         assert_eq!(r.fallbacks(), 4);
     }
@@ -565,7 +622,10 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a, LimitKey::Net("2001:db8:1:2::/64".parse().unwrap()));
-        assert_eq!(key_for(&kind, &facts("192.0.2.77"), &h), LimitKey::Net("192.0.2.0/24".parse().unwrap()));
+        assert_eq!(
+            key_for(&kind, &facts("192.0.2.77"), &h),
+            LimitKey::Net("192.0.2.0/24".parse().unwrap())
+        );
     }
 
     #[test]

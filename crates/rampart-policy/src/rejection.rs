@@ -160,8 +160,12 @@ impl Rejection {
             Rejection::UpstreamFailed { .. } => {
                 "The origin server could not complete the request.".to_string()
             }
-            Rejection::DeniedByNetwork { .. } => "Requests from your network are not accepted.".to_string(),
-            Rejection::DeniedByAsn { asn, .. } => format!("Requests from AS{asn} are not accepted."),
+            Rejection::DeniedByNetwork { .. } => {
+                "Requests from your network are not accepted.".to_string()
+            }
+            Rejection::DeniedByAsn { asn, .. } => {
+                format!("Requests from AS{asn} are not accepted.")
+            }
             Rejection::DeniedByCountry { country, .. } => {
                 format!("Requests from country {country} are not accepted.")
             }
@@ -169,7 +173,8 @@ impl Rejection {
                 "Requests from addresses with no known country are not accepted.".to_string()
             }
             Rejection::UnknownAsn => {
-                "Requests from addresses with no known network operator are not accepted.".to_string()
+                "Requests from addresses with no known network operator are not accepted."
+                    .to_string()
             }
             Rejection::RateLimited { retry_after, .. } => {
                 format!("Rate limit exceeded; retry in {retry_after} s.")
@@ -291,7 +296,10 @@ mod tests {
             ]
         );
         let (_, body) = r.render(RouteKind::Api);
-        assert!(body.contains("\"rule\":\"login-ip\",\"violated-policies\":[\"login-ip\"]}"), "{body}");
+        assert!(
+            body.contains("\"rule\":\"login-ip\",\"violated-policies\":[\"login-ip\"]}"),
+            "{body}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/status` | config generation, pools and server health as JSON |
 //! | POST | `/reload` | re-read the config file; 200 or 400 with every error |
+//! | GET | `/debug/explain?ip=&path=&method=&host=` | what the policy sees and would decide for such a request |
 
 use crate::state::{ReloadError, Shared};
 use async_trait::async_trait;
@@ -107,11 +108,21 @@ impl ServeHttp for AdminService {
             return r;
         }
         match (method, path.as_str()) {
-            (Method::GET, "/metrics") => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.shared.metrics.render(),
-            ),
+            (Method::GET, "/metrics") => {
+                crate::background::LimiterSweep::record(&self.shared);
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.shared.metrics.render(),
+                )
+            }
+            (Method::GET, "/debug/explain") => {
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                match self.explain(&query) {
+                    Ok(v) => json_reply(StatusCode::OK, v),
+                    Err(e) => problem(StatusCode::BAD_REQUEST, &e),
+                }
+            }
             (Method::GET, "/status") => json_reply(StatusCode::OK, self.status()),
             (Method::POST, "/reload") => match self.shared.reload().await {
                 Ok(generation) => json_reply(
@@ -134,13 +145,106 @@ impl ServeHttp for AdminService {
             ),
             _ => problem(
                 StatusCode::NOT_FOUND,
-                "unknown admin path (known: /healthz, /readyz, /metrics, /status, /reload)",
+                "unknown admin path (known: /healthz, /readyz, /metrics, /status, /reload, /debug/explain)",
             ),
         }
     }
 }
 
+/// Decodes `%XX` escapes and `+` in a query value.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl AdminService {
+    fn explain(&self, query: &str) -> Result<serde_json::Value, String> {
+        let mut ip = None;
+        let mut path = "/".to_string();
+        let mut method = "GET".to_string();
+        let mut host = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            match k {
+                "ip" => ip = Some(v),
+                "path" => path = v,
+                "method" => method = v.to_ascii_uppercase(),
+                "host" => host = Some(v),
+                other => {
+                    return Err(format!(
+                        "unknown parameter \"{other}\" (use ip, path, method, host)"
+                    ))
+                }
+            }
+        }
+        let ip_text = ip.ok_or(
+            "ip is required, e.g. /debug/explain?ip=203.0.113.7&path=/api/auth/login&method=POST",
+        )?;
+        let ip: std::net::IpAddr = ip_text
+            .parse()
+            .map_err(|_| format!("\"{ip_text}\" is not an IP address"))?;
+        let ip = rampart_config::canonical_ip(ip);
+        let snapshot = self.shared.snapshot();
+        let geo = self.shared.geo();
+        let info = geo.lookup(ip);
+        let found = snapshot.routes.find(host.as_deref(), &path, &method);
+        let (route, pool) = match found {
+            rampart_policy::RouteMatch::Route { route, pool } => (Some(route), Some(pool)),
+            rampart_policy::RouteMatch::Fallback { pool } => (None, Some(pool)),
+            rampart_policy::RouteMatch::Reject { .. } => (None, None),
+        };
+        let headers = http::HeaderMap::new();
+        let explanation = snapshot.policy.explain(&rampart_policy::RequestFacts {
+            ip,
+            geo: info,
+            route,
+            headers: &headers,
+        });
+        let verdict = match found {
+            rampart_policy::RouteMatch::Reject { status } => {
+                format!("no route: answered {status} at the edge")
+            }
+            _ => explanation.verdict.unwrap_or_else(|| "proxied".to_string()),
+        };
+        Ok(json!({
+            "ip": ip.to_string(),
+            "country": info.country.map(|c| c.to_string()),
+            "asn": info.asn,
+            "as_organization": geo.as_organization(ip),
+            "route": route.and_then(|r| snapshot.config.routes.get(r)).map(|r| r.name.clone()),
+            "pool": pool.and_then(|p| snapshot.pools.get(p)).map(|p| p.name().to_string()),
+            "verdict": verdict,
+            "rules": explanation.rules.iter().map(|r| json!({
+                "name": r.name,
+                "kind": r.kind,
+                "key": r.key,
+                "detail": r.detail,
+                "would_reject": r.would_reject,
+                "shadow": r.shadow,
+            })).collect::<Vec<_>>(),
+        }))
+    }
+
     fn status(&self) -> serde_json::Value {
         let snapshot = self.shared.snapshot();
         let pools: Vec<_> = snapshot

@@ -3,6 +3,7 @@
 //! Policy decisions are made by `rampart-policy`; this crate only wires them in.
 
 pub mod admin;
+pub mod background;
 pub mod health;
 pub mod metrics;
 pub mod pool;
@@ -30,6 +31,9 @@ pub enum StartError {
     /// The admin token is missing or unreadable.
     #[error("admin token: {0}")]
     AdminToken(String),
+    /// A GeoIP database cannot be opened.
+    #[error("GeoIP: {0}")]
+    Geo(String),
     /// A TLS listener cannot be set up.
     #[error("listener {address}: {reason}")]
     Listener {
@@ -87,7 +91,9 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
     let token = read_admin_token(&config.admin.token)?;
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
-    let shared = Arc::new(Shared::new(config_path, config.clone()));
+    let shared = Arc::new(
+        Shared::new(config_path, config.clone()).map_err(|e| StartError::Geo(e.to_string()))?,
+    );
     let conf = server.configuration.clone();
 
     // Plain HTTP/2 (h2c) is an option of the service, so h2c listeners get their own.
@@ -146,6 +152,14 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
     server.add_service(background_service(
         "health checks",
         health::HealthChecker::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "geoip refresh",
+        background::GeoRefresh::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "limiter sweep",
+        background::LimiterSweep::new(shared.clone()),
     ));
     server.add_service(background_service(
         "reload on SIGHUP",

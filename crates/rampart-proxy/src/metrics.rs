@@ -4,9 +4,10 @@
 
 use crate::state::Snapshot;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+use rampart_policy::{GeoDb, GeoInfo};
 
 /// Route label for requests that matched no route.
 pub const UNMATCHED_ROUTE: &str = "_unmatched";
@@ -20,6 +21,15 @@ pub struct Metrics {
     reloads: IntCounterVec,
     config_generation: IntGauge,
     upstream_healthy: IntGaugeVec,
+    rejections: IntCounterVec,
+    shadow: IntCounterVec,
+    limiter_keys: IntGaugeVec,
+    limiter_evictions: IntCounterVec,
+    limiter_fallbacks: IntCounterVec,
+    geo_build: IntGaugeVec,
+    geo_reloads: IntCounterVec,
+    /// [country found, country unknown, asn found, asn unknown]
+    geo_lookups: [IntCounter; 4],
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -95,6 +105,64 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            registered(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            registered(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let rejections = counter(
+            "rampart_policy_rejections_total",
+            "Requests answered at the edge by the policy, by route, reason and rule.",
+            &["route", "reason", "rule"],
+        );
+        let shadow = counter(
+            "rampart_policy_shadow_matches_total",
+            "Requests a shadow-mode rule would have rejected, by route and rule.",
+            &["route", "rule"],
+        );
+        let limiter_keys = gauge(
+            "rampart_limiter_keys",
+            "Keys tracked by a limiter rule now.",
+            &["rule", "kind"],
+        );
+        let limiter_evictions = counter(
+            "rampart_limiter_evictions_total",
+            "Keys dropped by limiter sweeps (their bucket had refilled).",
+            &["rule"],
+        );
+        let limiter_fallbacks = counter(
+            "rampart_limiter_fallbacks_total",
+            "Requests charged to a coarser key because the rule's store was full.",
+            &["rule"],
+        );
+        let geo_build = gauge(
+            "rampart_geoip_database_build_timestamp_seconds",
+            "Build time of the loaded GeoIP database (from its metadata).",
+            &["database"],
+        );
+        let geo_reloads = counter(
+            "rampart_geoip_reloads_total",
+            "GeoIP database swaps after a change on disk, by result.",
+            &["result"],
+        );
+        let lookups = counter(
+            "rampart_geoip_lookups_total",
+            "GeoIP lookups by database and result (found, unknown).",
+            &["database", "result"],
+        );
+        let geo_lookups = [
+            lookups.with_label_values(&["country", "found"]),
+            lookups.with_label_values(&["country", "unknown"]),
+            lookups.with_label_values(&["asn", "found"]),
+            lookups.with_label_values(&["asn", "unknown"]),
+        ];
         Self {
             registry,
             requests,
@@ -102,6 +170,14 @@ impl Metrics {
             reloads,
             config_generation,
             upstream_healthy,
+            rejections,
+            shadow,
+            limiter_keys,
+            limiter_evictions,
+            limiter_fallbacks,
+            geo_build,
+            geo_reloads,
+            geo_lookups,
         }
     }
 
@@ -123,6 +199,61 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Counts one policy rejection.
+    pub fn rejection(&self, route: &str, reason: &str, rule: &str) {
+        self.rejections
+            .with_label_values(&[route, reason, rule])
+            .inc();
+    }
+
+    /// Counts one shadow match.
+    pub fn shadow_match(&self, route: &str, rule: &str) {
+        self.shadow.with_label_values(&[route, rule]).inc();
+    }
+
+    /// Counts the result of one lookup in each configured database.
+    pub fn geo_lookup(&self, geo: &GeoDb, info: &GeoInfo) {
+        if geo.country.is_some() {
+            self.geo_lookups[if info.country.is_some() { 0 } else { 1 }].inc();
+        }
+        if geo.asn.is_some() {
+            self.geo_lookups[if info.asn.is_some() { 2 } else { 3 }].inc();
+        }
+    }
+
+    /// Records the build times of the loaded GeoIP databases.
+    pub fn set_geo_info(&self, geo: &GeoDb) {
+        self.geo_build.reset();
+        for (name, file) in [("country", &geo.country), ("asn", &geo.asn)] {
+            if let Some(f) = file {
+                self.geo_build
+                    .with_label_values(&[name])
+                    .set(f.build_epoch() as i64);
+            }
+        }
+    }
+
+    /// Counts one GeoIP swap attempt.
+    pub fn geo_reloads(&self, result: &str) {
+        self.geo_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Records a limiter rule's key count and brings its counters up to the
+    /// rule's own totals (a rule replaced by a reload starts again from zero).
+    pub fn limiter(&self, rule: &str, kind: &str, keys: usize, evicted: u64, fallbacks: u64) {
+        self.limiter_keys
+            .with_label_values(&[rule, kind])
+            .set(keys as i64);
+        for (vec, total) in [
+            (&self.limiter_evictions, evicted),
+            (&self.limiter_fallbacks, fallbacks),
+        ] {
+            let c = vec.with_label_values(&[rule]);
+            let seen = c.get();
+            c.inc_by(if total >= seen { total - seen } else { total });
+        }
+    }
+
     /// Counts one reload attempt.
     pub fn reloads(&self, result: &str) {
         self.reloads.with_label_values(&[result]).inc();
@@ -138,6 +269,7 @@ impl Metrics {
     /// Resets per-config series after a (re)load.
     pub fn set_config_info(&self, snapshot: &Snapshot) {
         self.config_generation.set(snapshot.generation as i64);
+        self.limiter_keys.reset();
         self.upstream_healthy.reset();
         for pool in &snapshot.pools {
             for s in &pool.servers {

@@ -12,7 +12,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use rampart_config::{ForwardedHeader, RouteKind};
-use rampart_policy::{resolve_client_ip, Rejection, RouteMatch};
+use rampart_policy::limits::ConcurrencyPermit;
+use rampart_policy::{resolve_client_ip, GeoInfo, Rejection, RequestFacts, RouteMatch};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +42,9 @@ pub struct RequestCtx {
     server: Option<usize>,
     connect_failures: u8,
     rejection: Option<Rejection>,
+    geo: GeoInfo,
+    /// In-flight slots, released when the context is dropped at the end of the request.
+    permits: Vec<ConcurrencyPermit>,
 }
 
 impl RequestCtx {
@@ -86,11 +90,14 @@ impl ProxyHttp for RampartProxy {
             server: None,
             connect_failures: 0,
             rejection: None,
+            geo: GeoInfo::default(),
+            permits: Vec::new(),
         }
     }
 
-    /// Resolves the client, matches the route and answers at the edge when the
-    /// request cannot or must not go upstream.
+    /// Resolves the client, matches the route, applies the policy (lists, limits,
+    /// in-flight caps) and answers at the edge when the request cannot or must not
+    /// go upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = ctx.snapshot.clone();
         let peer = session
@@ -123,12 +130,35 @@ impl ProxyHttp for RampartProxy {
             RouteMatch::Reject { status } => Some(Rejection::NoRoute { status }),
         };
         let rejection = rejection.or_else(|| {
+            let geo = self.shared.geo();
+            ctx.geo = geo.lookup(ctx.client_ip);
+            self.shared.metrics.geo_lookup(&geo, &ctx.geo);
+            let decision = snapshot.policy.decide(&RequestFacts {
+                ip: ctx.client_ip,
+                geo: ctx.geo,
+                route: ctx.route,
+                headers: &session.req_header().headers,
+            });
+            for rule in &decision.shadow {
+                self.shared.metrics.shadow_match(ctx.route_label(), rule);
+            }
+            ctx.permits = decision.permits;
+            decision.rejection
+        });
+        let rejection = rejection.or_else(|| {
             let pool = snapshot.pools.get(ctx.pool?)?;
             (!pool.has_healthy()).then(|| Rejection::NoHealthyUpstream {
                 pool: pool.name().to_string(),
             })
         });
         if let Some(rejection) = rejection {
+            let close = ctx
+                .route
+                .and_then(|r| snapshot.config.routes.get(r))
+                .is_some_and(|r| r.close_on_reject);
+            if close {
+                session.set_keepalive(None);
+            }
             write_rejection(session, &rejection, ctx.kind()).await?;
             ctx.rejection = Some(rejection);
             return Ok(true);
@@ -247,6 +277,15 @@ impl ProxyHttp for RampartProxy {
         }
     }
 
+    /// A client that goes away is routine at the edge, not an error worth a log line.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        matches!(error.esource(), ErrorSource::Downstream)
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     /// One metrics update per request, success or failure.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
@@ -258,6 +297,11 @@ impl ProxyHttp for RampartProxy {
             .as_ref()
             .map(|r| r.label())
             .unwrap_or("proxied");
+        if let Some(rule) = ctx.rejection.as_ref().and_then(|r| r.rule()) {
+            self.shared
+                .metrics
+                .rejection(ctx.route_label(), verdict, rule);
+        }
         self.shared.metrics.request(
             ctx.route_label(),
             verdict,

@@ -18,8 +18,8 @@ pub async fn write_rejection(
     header.insert_header("content-type", content_type)?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-store")?;
-    if let Some(seconds) = rejection.retry_after() {
-        header.insert_header("retry-after", seconds.to_string())?;
+    for (name, value) in rejection.headers() {
+        header.insert_header(name, value)?;
     }
     session
         .write_response_header(Box::new(header), false)

@@ -4,8 +4,9 @@
 use crate::metrics::Metrics;
 use crate::pool::{HealthRegistry, Pool};
 use arc_swap::ArcSwap;
-use rampart_config::{Config, ConfigError};
-use rampart_policy::RouteTable;
+use rampart_config::{Config, ConfigError, GeoipConfig};
+use rampart_policy::geo::{FileStamp, GeoError, GeoFile};
+use rampart_policy::{GeoDb, Policy, RouteTable};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,18 +20,26 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Pools, indexed like `config.pools`.
     pub pools: Vec<Pool>,
+    /// Access rules, limiters and in-flight caps.
+    pub policy: Policy,
     /// Increases by one with every successful reload.
     pub generation: u64,
 }
 
 impl Snapshot {
-    fn new(config: Config, registry: &HealthRegistry, generation: u64) -> Self {
+    fn new(
+        config: Config,
+        registry: &HealthRegistry,
+        generation: u64,
+        previous: Option<&Policy>,
+    ) -> Self {
         let pools = config
             .pools
             .iter()
             .map(|p| Pool::new(p, registry))
             .collect();
         Self {
+            policy: Policy::new(&config, governor_clock(), previous),
             routes: RouteTable::new(&config),
             pools,
             config,
@@ -46,12 +55,20 @@ impl Snapshot {
     }
 }
 
+/// The clock of every limiter.
+fn governor_clock() -> governor::clock::DefaultClock {
+    governor::clock::DefaultClock::default()
+}
+
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     /// The new file is invalid; the old config keeps serving.
     #[error("{0}")]
     Invalid(#[from] ConfigError),
+    /// A GeoIP database of the new config cannot be opened.
+    #[error("{0}")]
+    Geo(#[from] GeoError),
     /// The reload task could not run.
     #[error("reload task failed: {0}")]
     Task(String),
@@ -63,6 +80,7 @@ pub struct Shared {
     /// The config file that reloads re-read.
     pub config_path: PathBuf,
     snapshot: ArcSwap<Snapshot>,
+    geo: ArcSwap<GeoDb>,
     health: HealthRegistry,
     generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
@@ -71,25 +89,64 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// State for a freshly loaded config.
-    pub fn new(config_path: PathBuf, config: Config) -> Self {
+    /// State for a freshly loaded config; opens its GeoIP databases.
+    pub fn new(config_path: PathBuf, config: Config) -> Result<Self, GeoError> {
+        let geo = GeoDb::open(&config.geoip)?;
         let health = HealthRegistry::default();
-        let snapshot = Snapshot::new(config, &health, 1);
+        let snapshot = Snapshot::new(config, &health, 1, None);
         let metrics = Metrics::new();
         metrics.set_config_info(&snapshot);
-        Self {
+        metrics.set_geo_info(&geo);
+        Ok(Self {
             config_path,
             snapshot: ArcSwap::from_pointee(snapshot),
+            geo: ArcSwap::from_pointee(geo),
             health,
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
             metrics,
-        }
+        })
     }
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The current GeoIP databases (cheap; read once per request).
+    pub fn geo(&self) -> arc_swap::Guard<Arc<GeoDb>> {
+        self.geo.load()
+    }
+
+    /// Reopens a GeoIP file whose stamp changed on disk and swaps the new reader
+    /// in; requests in flight keep the reader they loaded. A file that cannot be
+    /// opened is refused and the old reader keeps serving. Returns whether a swap
+    /// happened.
+    pub fn refresh_geo(&self, config: &GeoipConfig) -> Result<bool, GeoError> {
+        let current = self.geo();
+        let changed = |file: &Option<GeoFile>, path: &Option<PathBuf>| match (file, path) {
+            (Some(f), Some(p)) => f.path != *p || FileStamp::of(p) != Some(f.stamp),
+            (None, None) => false,
+            _ => true,
+        };
+        if !changed(&current.country, &config.country_db) && !changed(&current.asn, &config.asn_db)
+        {
+            return Ok(false);
+        }
+        let fresh = GeoDb::open(config);
+        match fresh {
+            Ok(db) => {
+                self.metrics.set_geo_info(&db);
+                self.metrics.geo_reloads("success");
+                self.geo.store(Arc::new(db));
+                log::info!("GeoIP databases reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                self.metrics.geo_reloads("error");
+                Err(e)
+            }
+        }
     }
 
     /// Re-reads the config file and swaps it in. A bad file is refused and the
@@ -116,8 +173,15 @@ impl Shared {
         };
         let old = self.snapshot();
         warn_restart_only_changes(&old.config, &config);
+        if old.config.geoip != config.geoip {
+            if let Err(e) = self.refresh_geo(&config.geoip) {
+                self.metrics.reloads("error");
+                log::error!("config reload refused, old config keeps serving: {e}");
+                return Err(e.into());
+            }
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot = Snapshot::new(config, &self.health, generation);
+        let snapshot = Snapshot::new(config, &self.health, generation, Some(&old.policy));
         let keep: Vec<_> = snapshot
             .pools
             .iter()

@@ -3,6 +3,7 @@
 //! release binary.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
+pub mod geo;
 pub mod origin;
 
 pub use origin::{MockOrigin, Recorded};
@@ -73,7 +74,14 @@ impl Rampart {
     /// ephemeral port), `{listen2}` (a second 127.0.0.1 port), `{admin}`, `{dir}`
     /// (the temp folder of this instance).
     pub async fn start(binary: &Path, template: &str) -> Self {
+        Self::start_with(binary, template, |_| {}).await
+    }
+
+    /// Like [`Rampart::start`], calling `prepare` with the instance's folder
+    /// (`{dir}`) before the process starts, e.g. to write GeoIP fixtures.
+    pub async fn start_with(binary: &Path, template: &str, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        prepare(dir.path());
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
         let addr2 = template

@@ -36,10 +36,27 @@ enum Command {
         #[arg(long, short, required = true)]
         config: Vec<PathBuf>,
     },
+    /// GeoIP tools.
+    Geoip {
+        #[command(subcommand)]
+        command: GeoipCommand,
+    },
     /// Run the proxy with the shipped config in front of built-in demo origins.
     Demo {
         /// Config file; the shipped one by default.
         #[arg(long, short, default_value = "conf/rampart.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GeoipCommand {
+    /// Print the country and ASN of an address from the configured databases.
+    Lookup {
+        /// IPv4 or IPv6 address.
+        ip: String,
+        /// Config file naming the databases ([geoip]).
+        #[arg(long, short)]
         config: PathBuf,
     },
 }
@@ -50,6 +67,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(config),
+        Command::Geoip {
+            command: GeoipCommand::Lookup { ip, config },
+        } => geoip_lookup(&ip, &config),
         Command::Demo { config } => {
             if let Err(e) = demo::start_origins() {
                 eprintln!("rampart demo: {e}");
@@ -77,6 +97,40 @@ fn check(files: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::from(EXIT_BAD_CONFIG)
     }
+}
+
+fn geoip_lookup(ip: &str, config_path: &std::path::Path) -> ExitCode {
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        eprintln!("rampart geoip lookup: \"{ip}\" is not an IP address");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    };
+    let config = match rampart_config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let db = match rampart_policy::GeoDb::open(&config.geoip) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("rampart geoip lookup: {e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    let ip = rampart_config::canonical_ip(ip);
+    let info = db.lookup(ip);
+    println!("ip {ip}");
+    match info.country {
+        Some(c) => println!("country {c}"),
+        None => println!("country unknown"),
+    }
+    match (info.asn, db.as_organization(ip)) {
+        (Some(n), Some(org)) => println!("asn {n} ({org})"),
+        (Some(n), None) => println!("asn {n}"),
+        _ => println!("asn unknown"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(config_path: PathBuf) -> ExitCode {

@@ -467,15 +467,20 @@ async fn admin_requires_the_token_and_is_not_on_the_public_listener() {
             "{path} on the public listener"
         );
     }
-    let metrics = rampart
-        .admin_request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("rampart_http_requests_total{route=\"_unmatched\",status_class=\"4xx\",verdict=\"no_route\"} 3"), "{metrics}");
+    // Metrics are recorded in the logging phase, just after the response is sent.
+    let counted = wait_until(Duration::from_secs(5), || async {
+        let metrics = rampart
+            .admin_request(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.contains("rampart_http_requests_total{route=\"_unmatched\",status_class=\"4xx\",verdict=\"no_route\"} 3")
+    })
+    .await;
+    assert!(counted, "the three public requests are counted as no_route");
     assert_eq!(origin.request_count(), 0);
 }
 

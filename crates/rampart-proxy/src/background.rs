@@ -1,0 +1,106 @@
+//! Periodic work, as Pingora background services: swapping in changed GeoIP
+//! files, and sweeping limiter stores (with their gauges).
+
+use crate::state::Shared;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often limiter stores are swept and their gauges updated.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Checks the GeoIP files every `geoip.check_interval` and swaps changed ones in.
+#[derive(Debug)]
+pub struct GeoRefresh {
+    shared: Arc<Shared>,
+}
+
+impl GeoRefresh {
+    /// A refresher for `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for GeoRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let config = self.shared.snapshot().config.geoip.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(config.check_interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            let shared = self.shared.clone();
+            let refreshed = tokio::task::spawn_blocking(move || shared.refresh_geo(&config)).await;
+            match refreshed {
+                Ok(Err(e)) => log::error!(
+                    "GeoIP file changed but cannot be loaded, the old one keeps serving: {e}"
+                ),
+                Err(e) => log::error!("GeoIP refresh task failed: {e}"),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// Sweeps every limiter rule every [`SWEEP_INTERVAL`] and updates its metrics.
+#[derive(Debug)]
+pub struct LimiterSweep {
+    shared: Arc<Shared>,
+}
+
+impl LimiterSweep {
+    /// A sweeper for `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// One sweep of the current snapshot's rules, then [`LimiterSweep::record`].
+    pub fn sweep_once(shared: &Shared) {
+        for rule in shared.snapshot().policy.rate_rules() {
+            rule.sweep();
+        }
+        Self::record(shared);
+    }
+
+    /// Brings the limiter metrics up to date (no sweep).
+    pub fn record(shared: &Shared) {
+        let snapshot = shared.snapshot();
+        for rule in snapshot.policy.rate_rules() {
+            shared.metrics.limiter(
+                &rule.config.name,
+                "rate",
+                rule.tracked_keys(),
+                rule.evicted(),
+                rule.fallbacks(),
+            );
+        }
+        for rule in snapshot.policy.concurrency_rules() {
+            shared.metrics.limiter(
+                &rule.config.name,
+                "concurrency",
+                rule.tracked_keys(),
+                0,
+                rule.fallbacks(),
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for LimiterSweep {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+            let shared = self.shared.clone();
+            // A sweep walks whole maps: keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(move || LimiterSweep::sweep_once(&shared)).await;
+        }
+    }
+}

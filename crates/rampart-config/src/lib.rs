@@ -800,6 +800,9 @@ impl Validator {
                 AccessAction::Deny
             }
         };
+        let given = raw.cidrs.as_ref().is_some_and(|v| !v.is_empty())
+            || raw.asns.as_ref().is_some_and(|v| !v.is_empty())
+            || raw.countries.as_ref().is_some_and(|v| !v.is_empty());
         let mut cidrs = Vec::new();
         for (j, text) in raw.cidrs.unwrap_or_default().iter().enumerate() {
             match parse_cidr(text) {
@@ -833,7 +836,7 @@ impl Validator {
         if !countries.is_empty() && geoip.country_db.is_none() {
             self.issue(format!("{key}.countries"), "needs geoip.country_db");
         }
-        if cidrs.is_empty() && asns.is_empty() && countries.is_empty() {
+        if !given {
             self.issue(&key, "matches nothing: give cidrs, asns or countries");
         }
         AccessRuleConfig {

@@ -47,6 +47,12 @@ pool = "web"
 name = "chat"
 path_prefix = "/v1/"
 pool = "web"
+[[routes]]
+name = "signup-page"
+path_prefix = "/signup"
+pool = "web"
+kind = "browser"
+close_on_reject = true
 {rules}
 "#,
         origin.addr
@@ -264,6 +270,13 @@ burst = 1
     assert_eq!(body["type"], "https://rampart.dev/problems/denied-country");
     assert!(body["detail"].as_str().unwrap().contains("DE"));
     assert_eq!(origin.request_count(), 0);
+
+    // A browser route gets an HTML page, and the connection is closed after it.
+    let r = get_as(&client, &rampart, "/signup", "198.51.100.77").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.headers()["connection"], "close");
+    assert!(r.text().await.unwrap().contains("<h1>Forbidden</h1>"));
 
     // The office (203.0.113.128/25) skips the one-request-an-hour bucket.
     for _ in 0..5 {

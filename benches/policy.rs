@@ -1,0 +1,218 @@
+//! Protects the per-request policy budget (about 1 µs for route + lists + country
+//! + ASN + three buckets) and the costs inside it: a limiter check on a hot key
+//! and on a new key, a country+ASN lookup, rendering a 429 with its RateLimit fields.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use governor::clock::DefaultClock;
+use http::HeaderMap;
+use rampart_config::{KeyKind, LimitConfig};
+use rampart_policy::limits::{LimitKey, RateRule};
+use rampart_policy::{resolve_client_ip, GeoDb, Policy, Rejection, RequestFacts};
+use rampart_testkit::geo::{write_asn_db, write_country_db, CountryShape};
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+/// A config shaped like the shipped one, with a 1000-entry deny list and three
+/// buckets on the login route (ip, prefix, asn) that nobody exhausts.
+fn config_text(dir: &Path) -> String {
+    let mut deny = Vec::new();
+    for i in 0..1000u32 {
+        deny.push(format!("\"{}.{}.0.0/16\"", 100 + i / 250, i % 250));
+    }
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+[client_ip]
+trusted_proxies = ["10.0.0.0/8"]
+[geoip]
+country_db = "{dir}/country.mmdb"
+asn_db = "{dir}/asn.mmdb"
+[pools.chat]
+servers = ["127.0.0.1:9001"]
+[pools.auth]
+servers = ["127.0.0.1:9002"]
+[[routes]]
+name = "chat"
+path_prefix = "/v1/chat/completions"
+methods = ["POST"]
+pool = "chat"
+[[routes]]
+name = "models"
+path_prefix = "/v1/models"
+pool = "chat"
+[[routes]]
+name = "register"
+path_prefix = "/api/auth/register"
+pool = "auth"
+[[routes]]
+name = "login"
+path_prefix = "/api/auth/login"
+methods = ["POST"]
+pool = "auth"
+[[access]]
+name = "office"
+action = "allow"
+cidrs = ["192.0.2.0/24"]
+[[access]]
+name = "bad-networks"
+action = "deny"
+cidrs = [{deny}]
+asns = [64999]
+countries = ["KP"]
+[[limits]]
+name = "ip-global"
+key = "ip"
+rate = "1000000000/s"
+[[limits]]
+name = "login-prefix"
+key = "prefix"
+rate = "1000000000/s"
+routes = ["login"]
+[[limits]]
+name = "login-asn"
+key = "asn"
+rate = "1000000000/s"
+routes = ["login"]
+"#,
+        dir = dir.display(),
+        deny = deny.join(", ")
+    )
+}
+
+/// Fixture databases with a few thousand networks each.
+fn write_geo(dir: &Path) {
+    let mut countries = Vec::new();
+    let mut asns = Vec::new();
+    let codes = ["US", "DE", "CN", "FR", "JP", "BR", "IN", "GB"];
+    for a in 1..=200u32 {
+        for b in (0..=255u32).step_by(16) {
+            let net = format!("{a}.{b}.0.0/12");
+            let net: ipnet::IpNet = net.parse::<ipnet::IpNet>().map(|n| n.trunc()).unwrap();
+            countries.push((net.to_string(), codes[(a + b) as usize % codes.len()]));
+            asns.push((net.to_string(), 64_000 + a * 16 + b / 16, "Example AS"));
+        }
+    }
+    countries.dedup_by(|x, y| x.0 == y.0);
+    asns.dedup_by(|x, y| x.0 == y.0);
+    let c: Vec<(&str, &str)> = countries.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let a: Vec<(&str, u32, &str)> = asns.iter().map(|(n, a, o)| (n.as_str(), *a, *o)).collect();
+    write_country_db(&dir.join("country.mmdb"), CountryShape::MaxMind, &c);
+    write_asn_db(&dir.join("asn.mmdb"), &a);
+}
+
+fn full_decision(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    write_geo(dir.path());
+    let config = rampart_config::parse(&config_text(dir.path()), &dir.path().join("b.toml")).unwrap();
+    let geo = GeoDb::open(&config.geoip).unwrap();
+    let routes = rampart_policy::RouteTable::new(&config);
+    let policy: Policy<DefaultClock> = Policy::new(&config, DefaultClock::default(), None);
+    let headers = HeaderMap::new();
+    let peer: IpAddr = "10.1.2.3".parse().unwrap();
+
+    let decide = |client: &str| {
+        let xff = [client.as_bytes()];
+        let ip = resolve_client_ip(peer, xff.into_iter(), &config.client_ip);
+        let found = routes.find(Some("api.example.com"), "/api/auth/login", "POST");
+        let route = match found {
+            rampart_policy::RouteMatch::Route { route, .. } => Some(route),
+            _ => None,
+        };
+        let info = geo.lookup(ip);
+        let d = policy.decide(&RequestFacts {
+            ip,
+            geo: info,
+            route,
+            headers: &headers,
+        });
+        assert!(d.rejection.is_none(), "{client}: {:?}", d.rejection);
+        d
+    };
+
+    let mut group = c.benchmark_group("decision");
+    group.bench_function("full_hot_key", |b| b.iter(|| black_box(decide(black_box("45.67.89.10")))));
+    let clients: Vec<String> = (0..65_536u32)
+        .map(|i| Ipv4Addr::from(0x2d00_0000 + i * 7).to_string())
+        .collect();
+    let mut i = 0;
+    group.bench_function("full_65k_clients", |b| {
+        b.iter(|| {
+            i = (i + 1) % clients.len();
+            black_box(decide(&clients[i]))
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("geo");
+    let ip: IpAddr = "45.67.89.10".parse().unwrap();
+    group.bench_function("country_and_asn_lookup", |b| b.iter(|| black_box(geo.lookup(black_box(ip)))));
+    group.finish();
+}
+
+fn limit_config(max_keys: u32) -> LimitConfig {
+    LimitConfig {
+        name: "bench".into(),
+        key: KeyKind::Ip,
+        rate: rampart_config::parse_rate("1000000/s").unwrap(),
+        burst: NonZeroU32::new(1000).unwrap(),
+        cost: NonZeroU32::MIN,
+        routes: None,
+        max_keys: NonZeroU32::new(max_keys).unwrap(),
+        shadow: false,
+    }
+}
+
+fn limiter(c: &mut Criterion) {
+    let mut group = c.benchmark_group("limiter");
+    let rule = RateRule::new(limit_config(100_000), DefaultClock::default());
+    let key = LimitKey::Ip("198.51.100.7".parse().unwrap());
+    group.bench_function("check_hot_key", |b| b.iter(|| black_box(rule.check(black_box(key)))));
+
+    // Every iteration is an address never seen before; the cap is far away.
+    let fresh = RateRule::new(limit_config(50_000_000), DefaultClock::default());
+    let mut n: u32 = 0x0b00_0000;
+    group.measurement_time(Duration::from_secs(2));
+    group.bench_function("check_new_key", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            black_box(fresh.check(LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(n)))))
+        })
+    });
+
+    // At the cap: new addresses fall back to their /24, then the overflow bucket.
+    let full = RateRule::new(limit_config(1_000), DefaultClock::default());
+    for i in 0..1_000u32 {
+        full.check(LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))));
+    }
+    let mut m: u32 = 0x0c00_0000;
+    group.bench_function("check_new_key_at_cap", |b| {
+        b.iter(|| {
+            m = m.wrapping_add(1);
+            black_box(full.check(LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(m)))))
+        })
+    });
+    group.finish();
+}
+
+fn rendering(c: &mut Criterion) {
+    let r = Rejection::RateLimited {
+        rule: "login-ip".into(),
+        retry_after: 7,
+        quota: 10,
+        window: 60,
+    };
+    c.bench_function("rejection/render_429_with_ratelimit_fields", |b| {
+        b.iter(|| {
+            let h = black_box(&r).headers();
+            let body = r.render(rampart_config::RouteKind::Api);
+            black_box((h, body))
+        })
+    });
+}
+
+criterion_group!(benches, full_decision, limiter, rendering);
+criterion_main!(benches);

@@ -13,7 +13,11 @@ use std::num::NonZeroU32;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -56,14 +60,21 @@ fn main() {
     let limit = cap as usize + cap as usize / 10 + 1 + 1;
     let start = rss_bytes();
     println!("10M distinct sources against max_keys = {cap} (bound {limit} keys)");
-    println!("{:>12} {:>14} {:>12} {:>12}", "sources", "tracked_keys", "fallbacks", "rss_MiB");
+    println!(
+        "{:>12} {:>14} {:>12} {:>12}",
+        "sources", "tracked_keys", "fallbacks", "rss_MiB"
+    );
     let mut worst = 0;
     for i in 0..10_000_000u64 {
         // Half IPv4, half IPv6, spread over many prefixes.
         let key = if i % 2 == 0 {
-            LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0100_0000u32.wrapping_add((i as u32).wrapping_mul(2_654_435_761)))))
+            LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(
+                0x0100_0000u32.wrapping_add((i as u32).wrapping_mul(2_654_435_761)),
+            )))
         } else {
-            LimitKey::Ip(IpAddr::V6(Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + (i as u128) * 0x1_0000_0000_0001)))
+            LimitKey::Ip(IpAddr::V6(Ipv6Addr::from(
+                0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + (i as u128) * 0x1_0000_0000_0001,
+            )))
         };
         r.check(key);
         worst = worst.max(r.tracked_keys());
@@ -79,7 +90,11 @@ fn main() {
     }
     println!(
         "max tracked keys {worst} (bound {limit}): {}; RSS grew {:.1} MiB over the run",
-        if worst <= limit { "within the bound" } else { "OVER THE BOUND" },
+        if worst <= limit {
+            "within the bound"
+        } else {
+            "OVER THE BOUND"
+        },
         (rss_bytes() as f64 - start as f64) / 1048576.0
     );
 }

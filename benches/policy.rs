@@ -1,6 +1,6 @@
-//! Protects the per-request policy budget (about 1 µs for route + lists + country
-//! + ASN + three buckets) and the costs inside it: a limiter check on a hot key
-//! and on a new key, a country+ASN lookup, rendering a 429 with its RateLimit fields.
+//! Protects the per-request policy budget (about 1 µs for route, lists, country,
+//! ASN and three buckets) and the costs inside it: a limiter check on a hot key
+//! and on a new key, a country and ASN lookup, rendering a 429 with its fields.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -107,7 +107,8 @@ fn write_geo(dir: &Path) {
 fn full_decision(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     write_geo(dir.path());
-    let config = rampart_config::parse(&config_text(dir.path()), &dir.path().join("b.toml")).unwrap();
+    let config =
+        rampart_config::parse(&config_text(dir.path()), &dir.path().join("b.toml")).unwrap();
     let geo = GeoDb::open(&config.geoip).unwrap();
     let routes = rampart_policy::RouteTable::new(&config);
     let policy: Policy<DefaultClock> = Policy::new(&config, DefaultClock::default(), None);
@@ -134,7 +135,9 @@ fn full_decision(c: &mut Criterion) {
     };
 
     let mut group = c.benchmark_group("decision");
-    group.bench_function("full_hot_key", |b| b.iter(|| black_box(decide(black_box("45.67.89.10")))));
+    group.bench_function("full_hot_key", |b| {
+        b.iter(|| black_box(decide(black_box("45.67.89.10"))))
+    });
     let clients: Vec<String> = (0..65_536u32)
         .map(|i| Ipv4Addr::from(0x2d00_0000 + i * 7).to_string())
         .collect();
@@ -149,7 +152,9 @@ fn full_decision(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("geo");
     let ip: IpAddr = "45.67.89.10".parse().unwrap();
-    group.bench_function("country_and_asn_lookup", |b| b.iter(|| black_box(geo.lookup(black_box(ip)))));
+    group.bench_function("country_and_asn_lookup", |b| {
+        b.iter(|| black_box(geo.lookup(black_box(ip))))
+    });
     group.finish();
 }
 
@@ -170,7 +175,9 @@ fn limiter(c: &mut Criterion) {
     let mut group = c.benchmark_group("limiter");
     let rule = RateRule::new(limit_config(100_000), DefaultClock::default());
     let key = LimitKey::Ip("198.51.100.7".parse().unwrap());
-    group.bench_function("check_hot_key", |b| b.iter(|| black_box(rule.check(black_box(key)))));
+    group.bench_function("check_hot_key", |b| {
+        b.iter(|| black_box(rule.check(black_box(key))))
+    });
 
     // Every iteration is an address never seen before; the cap is far away.
     let fresh = RateRule::new(limit_config(50_000_000), DefaultClock::default());

@@ -32,6 +32,7 @@ fn rule(max_keys: u32) -> RateRule<DefaultClock> {
             routes: None,
             max_keys: NonZeroU32::new(max_keys).unwrap(),
             shadow: false,
+            only_with_flag: None,
         },
         DefaultClock::default(),
     )

@@ -168,6 +168,7 @@ fn limit_config(max_keys: u32) -> LimitConfig {
         routes: None,
         max_keys: NonZeroU32::new(max_keys).unwrap(),
         shadow: false,
+            only_with_flag: None,
     }
 }
 

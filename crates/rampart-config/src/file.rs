@@ -44,6 +44,105 @@ pub struct FileConfig {
     /// `[[concurrency]]`
     #[serde(default)]
     pub concurrency: Vec<FileConcurrency>,
+    /// `[lockdown]`
+    #[serde(default)]
+    pub lockdown: FileLockdown,
+    /// `[[flags]]`
+    #[serde(default)]
+    pub flags: Vec<FileFlag>,
+}
+
+/// `[lockdown]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileLockdown {
+    /// Where active flags are persisted.
+    pub state_file: Option<String>,
+    /// Where every flag change is appended as a JSON line.
+    pub audit_log: Option<String>,
+}
+
+/// `[[flags]]`: a named lockdown overlay.
+#[derive(Debug, Default, Deserialize)]
+pub struct FileFlag {
+    /// Flag name.
+    pub name: Option<String>,
+    /// What it is for, for operators.
+    pub description: Option<String>,
+    /// Active at start when no state file says otherwise.
+    pub default_active: Option<bool>,
+    /// Answer 503 with Retry-After.
+    pub maintenance: Option<FileMaintenance>,
+    /// Block routes.
+    pub block: Option<Vec<FileBlock>>,
+    /// Only these routes stay open; every other request is blocked.
+    pub allow_only_routes: Option<Vec<String>>,
+    /// Require an existing session on routes.
+    pub require_session: Option<FileRequireSession>,
+    /// Only clients from these networks, ASNs or countries on routes.
+    pub restrict: Option<Vec<FileRestrict>>,
+    /// Checks on request bodies.
+    pub body_rules: Option<Vec<FileBodyRule>>,
+    /// Multiply every bucket's rate and burst by this factor (0 < f <= 1).
+    pub limit_scale: Option<f64>,
+}
+
+/// `maintenance = { ... }`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileMaintenance {
+    /// Routes in maintenance; all when absent.
+    pub routes: Option<Vec<String>>,
+    /// Retry-After.
+    pub retry_after: Option<String>,
+    /// Message for clients.
+    pub message: Option<String>,
+}
+
+/// `block = [{ ... }]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileBlock {
+    /// Blocked routes.
+    pub routes: Option<Vec<String>>,
+    /// Status (403 by default).
+    pub status: Option<i64>,
+    /// Message for clients.
+    pub message: Option<String>,
+}
+
+/// `require_session = { ... }`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileRequireSession {
+    /// Routes that need a session.
+    pub routes: Option<Vec<String>>,
+    /// Cookie that marks a session.
+    pub cookie: Option<String>,
+    /// Header that marks a session.
+    pub header: Option<String>,
+}
+
+/// `restrict = [{ ... }]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileRestrict {
+    /// Restricted routes.
+    pub routes: Option<Vec<String>>,
+    /// Allowed networks.
+    pub cidrs: Option<Vec<String>>,
+    /// Allowed ASNs.
+    pub asns: Option<Vec<i64>>,
+    /// Allowed countries.
+    pub countries: Option<Vec<String>>,
+}
+
+/// `body_rules = [{ ... }]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileBodyRule {
+    /// Route whose bodies are checked.
+    pub route: Option<String>,
+    /// JSON or form field holding a phone number.
+    pub field: Option<String>,
+    /// Allowed country calling codes, e.g. `["+86"]`.
+    pub allowed_calling_codes: Option<Vec<String>>,
+    /// Largest body read, in bytes.
+    pub max_body_bytes: Option<i64>,
 }
 
 /// `[geoip]`
@@ -103,6 +202,8 @@ pub struct FileLimit {
     pub max_keys: Option<i64>,
     /// Count, never enforce.
     pub shadow: Option<bool>,
+    /// Only in force while this lockdown flag is enforced.
+    pub only_with_flag: Option<String>,
 }
 
 /// `[[concurrency]]`

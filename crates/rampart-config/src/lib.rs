@@ -243,11 +243,12 @@ impl Validator {
             .enumerate()
             .map(|(i, a)| self.access(i, a, &route_names, &geoip, &mut rule_names))
             .collect();
-        let limits = raw
+        let flag_names: Vec<String> = raw.flags.iter().filter_map(|f| f.name.clone()).collect();
+        let limits: Vec<LimitConfig> = raw
             .limits
             .into_iter()
             .enumerate()
-            .map(|(i, l)| self.limit(i, l, &route_names, &geoip, &mut rule_names))
+            .map(|(i, l)| self.limit(i, l, &route_names, &geoip, &mut rule_names, &flag_names))
             .collect();
         let concurrency = raw
             .concurrency
@@ -255,6 +256,8 @@ impl Validator {
             .enumerate()
             .map(|(i, c)| self.concurrency(i, c, &route_names, &geoip, &mut rule_names))
             .collect();
+        let referenced: Vec<usize> = limits.iter().filter_map(|l: &LimitConfig| l.only_with_flag).collect();
+        let lockdown = self.lockdown(raw.lockdown, raw.flags, &route_names, &geoip, &referenced);
         Some(Config {
             server,
             client_ip,
@@ -267,6 +270,7 @@ impl Validator {
             access,
             limits,
             concurrency,
+            lockdown,
         })
     }
 
@@ -951,6 +955,7 @@ impl Validator {
         routes: &[String],
         geoip: &GeoipConfig,
         seen: &mut BTreeSet<String>,
+        flags: &[String],
     ) -> LimitConfig {
         let key = format!("limits[{i}]");
         let name = self.rule_name(&key, raw.name, i, seen);
@@ -986,7 +991,18 @@ impl Validator {
                 format!("{cost} is more than the burst of {burst}: no request could ever pass"),
             );
         }
+        let only_with_flag = raw.only_with_flag.and_then(|name| {
+            let found = flags.iter().position(|f| *f == name);
+            if found.is_none() {
+                self.issue(
+                    format!("{key}.only_with_flag"),
+                    format!("unknown flag \"{name}\" (known: {})", list_or_none(flags)),
+                );
+            }
+            found
+        });
         LimitConfig {
+            only_with_flag,
             max_keys: self.count(&format!("{key}.max_keys"), raw.max_keys, DEFAULT_MAX_KEYS),
             routes: self.route_refs(&key, raw.routes, routes),
             shadow: raw.shadow.unwrap_or(false),
@@ -1026,6 +1042,281 @@ impl Validator {
             name,
             key: kind,
         }
+    }
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+impl Validator {
+    fn lockdown(
+        &mut self,
+        raw: file::FileLockdown,
+        flags: Vec<file::FileFlag>,
+        routes: &[String],
+        geoip: &GeoipConfig,
+        referenced: &[usize],
+    ) -> LockdownConfig {
+        let state_file = self.relative_path(raw.state_file.as_deref().unwrap_or(DEFAULT_LOCKDOWN_STATE_FILE));
+        let audit_log = self.relative_path(raw.audit_log.as_deref().unwrap_or(DEFAULT_LOCKDOWN_AUDIT_LOG));
+        if state_file == audit_log {
+            self.issue("lockdown.audit_log", "must not be the state file");
+        }
+        let mut seen = BTreeSet::new();
+        let flags = flags
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| self.flag(i, f, routes, geoip, &mut seen, referenced.contains(&i)))
+            .collect();
+        LockdownConfig {
+            state_file,
+            audit_log,
+            flags,
+        }
+    }
+
+    fn required_routes(&mut self, key: &str, names: Option<Vec<String>>, routes: &[String]) -> Vec<usize> {
+        match names {
+            Some(list) if !list.is_empty() => self.route_refs(key, Some(list), routes).unwrap_or_default(),
+            _ => {
+                self.issue(format!("{key}.routes"), "at least one route is required");
+                Vec::new()
+            }
+        }
+    }
+
+    fn flag(
+        &mut self,
+        i: usize,
+        raw: file::FileFlag,
+        routes: &[String],
+        geoip: &GeoipConfig,
+        seen: &mut BTreeSet<String>,
+        referenced: bool,
+    ) -> FlagConfig {
+        let key = format!("flags[{i}]");
+        let name = self.rule_name(&key, raw.name, i, seen);
+        let maintenance = raw.maintenance.map(|m| {
+            let mkey = format!("{key}.maintenance");
+            MaintenanceConfig {
+                routes: self.route_refs(&mkey, m.routes, routes),
+                retry_after: self.nonzero_duration(
+                    &format!("{mkey}.retry_after"),
+                    m.retry_after.as_deref(),
+                    DEFAULT_MAINTENANCE_RETRY_AFTER,
+                ),
+                message: m
+                    .message
+                    .unwrap_or_else(|| "The service is down for maintenance.".to_string()),
+            }
+        });
+        let blocks = raw
+            .block
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(j, b)| {
+                let bkey = format!("{key}.block[{j}]");
+                let status = match b.status {
+                    None => 403,
+                    Some(s) if (400..=599).contains(&s) => s as u16,
+                    Some(s) => {
+                        self.issue(
+                            format!("{bkey}.status"),
+                            format!("must be an error status from 400 to 599, got {s}"),
+                        );
+                        403
+                    }
+                };
+                BlockConfig {
+                    routes: self.required_routes(&bkey, b.routes, routes),
+                    status,
+                    message: b
+                        .message
+                        .unwrap_or_else(|| "This part of the service is temporarily closed.".to_string()),
+                }
+            })
+            .collect();
+        let allow_only_routes = raw.allow_only_routes.map(|list| {
+            if list.is_empty() {
+                self.issue(
+                    format!("{key}.allow_only_routes"),
+                    "an empty list would block everything; use maintenance instead",
+                );
+            }
+            let mut out = Vec::new();
+            for (j, name) in list.iter().enumerate() {
+                match routes.iter().position(|r| r == name) {
+                    Some(r) => out.push(r),
+                    None => self.issue(
+                        format!("{key}.allow_only_routes[{j}]"),
+                        format!("unknown route \"{name}\" (known: {})", list_or_none(routes)),
+                    ),
+                }
+            }
+            out
+        });
+        let require_session = raw.require_session.map(|s| {
+            let skey = format!("{key}.require_session");
+            if s.cookie.is_none() && s.header.is_none() {
+                self.issue(&skey, "give a cookie or a header that marks a session");
+            }
+            SessionConfig {
+                routes: self.required_routes(&skey, s.routes, routes),
+                cookie: s.cookie,
+                header: s.header.map(|h| h.to_ascii_lowercase()),
+            }
+        });
+        let restrict = raw
+            .restrict
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(j, r)| {
+                let rkey = format!("{key}.restrict[{j}]");
+                let mut cidrs = Vec::new();
+                for (k, text) in r.cidrs.unwrap_or_default().iter().enumerate() {
+                    match parse_cidr(text) {
+                        Ok(net) => cidrs.push(net),
+                        Err(e) => self.issue(format!("{rkey}.cidrs[{k}]"), e),
+                    }
+                }
+                let mut asns = Vec::new();
+                for (k, n) in r.asns.unwrap_or_default().into_iter().enumerate() {
+                    match u32::try_from(n) {
+                        Ok(n) if n > 0 => asns.push(n),
+                        _ => self.issue(format!("{rkey}.asns[{k}]"), format!("{n} is not an AS number")),
+                    }
+                }
+                if !asns.is_empty() && geoip.asn_db.is_none() {
+                    self.issue(format!("{rkey}.asns"), "needs geoip.asn_db");
+                }
+                let mut countries = Vec::new();
+                for (k, c) in r.countries.unwrap_or_default().into_iter().enumerate() {
+                    match country_code(&c) {
+                        Some(c) => countries.push(c),
+                        None => self.issue(
+                            format!("{rkey}.countries[{k}]"),
+                            format!("\"{c}\" is not a two-letter country code (ISO 3166-1 alpha-2, e.g. \"US\")"),
+                        ),
+                    }
+                }
+                if !countries.is_empty() && geoip.country_db.is_none() {
+                    self.issue(format!("{rkey}.countries"), "needs geoip.country_db");
+                }
+                RestrictConfig {
+                    routes: self.required_routes(&rkey, r.routes, routes),
+                    cidrs,
+                    asns,
+                    countries,
+                }
+            })
+            .collect();
+        let body_rules = raw
+            .body_rules
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, b)| {
+                let bkey = format!("{key}.body_rules[{j}]");
+                let route = match b.route {
+                    None => {
+                        self.issue(format!("{bkey}.route"), "is required");
+                        None
+                    }
+                    Some(name) => {
+                        let found = routes.iter().position(|r| *r == name);
+                        if found.is_none() {
+                            self.issue(
+                                format!("{bkey}.route"),
+                                format!("unknown route \"{name}\" (known: {})", list_or_none(routes)),
+                            );
+                        }
+                        found
+                    }
+                };
+                let field = match b.field {
+                    Some(f) if !f.is_empty() => f,
+                    _ => {
+                        self.issue(format!("{bkey}.field"), "is required (e.g. \"phone\")");
+                        String::new()
+                    }
+                };
+                let mut codes = Vec::new();
+                for (k, c) in b.allowed_calling_codes.unwrap_or_default().iter().enumerate() {
+                    let digits = c.trim().trim_start_matches('+');
+                    if (1..=3).contains(&digits.len()) && digits.bytes().all(|d| d.is_ascii_digit()) && !digits.starts_with('0') {
+                        codes.push(digits.to_string());
+                    } else {
+                        self.issue(
+                            format!("{bkey}.allowed_calling_codes[{k}]"),
+                            format!("\"{c}\" is not a country calling code (e.g. \"+86\")"),
+                        );
+                    }
+                }
+                if codes.is_empty() {
+                    self.issue(format!("{bkey}.allowed_calling_codes"), "at least one calling code is required");
+                }
+                let max_body_bytes = match b.max_body_bytes {
+                    None => DEFAULT_MAX_BODY_BYTES,
+                    Some(n) if n >= 1 && (n as usize) <= MAX_BODY_BYTES_LIMIT => n as usize,
+                    Some(n) => {
+                        self.issue(
+                            format!("{bkey}.max_body_bytes"),
+                            format!("must be from 1 to {MAX_BODY_BYTES_LIMIT} (the body is replayed from a 64 KiB buffer), got {n}"),
+                        );
+                        DEFAULT_MAX_BODY_BYTES
+                    }
+                };
+                Some(BodyRuleConfig {
+                    route: route?,
+                    field,
+                    allowed_calling_codes: codes,
+                    max_body_bytes,
+                })
+            })
+            .collect();
+        let limit_scale = raw.limit_scale.filter(|s| {
+            let ok = *s > 0.0 && *s <= 1.0;
+            if !ok {
+                self.issue(
+                    format!("{key}.limit_scale"),
+                    format!("must be above 0 and at most 1 (it tightens buckets), got {s}"),
+                );
+            }
+            ok
+        });
+        let flag = FlagConfig {
+            name,
+            description: raw.description.unwrap_or_default(),
+            default_active: raw.default_active.unwrap_or(false),
+            maintenance,
+            blocks,
+            allow_only_routes,
+            require_session,
+            restrict,
+            body_rules,
+            limit_scale,
+        };
+        let does_something = flag.maintenance.is_some()
+            || !flag.blocks.is_empty()
+            || flag.allow_only_routes.is_some()
+            || flag.require_session.is_some()
+            || !flag.restrict.is_empty()
+            || !flag.body_rules.is_empty()
+            || flag.limit_scale.is_some();
+        if !does_something && !referenced {
+            self.issue(
+                &key,
+                "does nothing: give maintenance, block, allow_only_routes, require_session, restrict, body_rules or limit_scale (or reference it from a limit's only_with_flag)",
+            );
+        }
+        flag
     }
 }
 

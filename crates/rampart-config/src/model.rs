@@ -46,6 +46,17 @@ pub const DEFAULT_MAX_KEYS: u32 = 100_000;
 pub const DEFAULT_PREFIX_V4: u8 = 24;
 /// Default IPv6 prefix length of `key = "prefix"`.
 pub const DEFAULT_PREFIX_V6: u8 = 64;
+/// Default lockdown state file, relative to the config file.
+pub const DEFAULT_LOCKDOWN_STATE_FILE: &str = "state/lockdown.json";
+/// Default lockdown audit log, relative to the config file.
+pub const DEFAULT_LOCKDOWN_AUDIT_LOG: &str = "state/lockdown-audit.jsonl";
+/// Default Retry-After of a maintenance answer.
+pub const DEFAULT_MAINTENANCE_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Default largest request body a body rule reads.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+/// Largest `max_body_bytes` allowed: Pingora's retry buffer, which replays the
+/// body to the origin, holds 64 KiB.
+pub const MAX_BODY_BYTES_LIMIT: usize = 60 * 1024;
 /// Default interval between checks of the GeoIP files for changes.
 pub const DEFAULT_GEOIP_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -74,6 +85,110 @@ pub struct Config {
     pub limits: Vec<LimitConfig>,
     /// In-flight caps.
     pub concurrency: Vec<ConcurrencyConfig>,
+    /// Lockdown flags and where their state lives.
+    pub lockdown: LockdownConfig,
+}
+
+/// `[lockdown]` and `[[flags]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockdownConfig {
+    /// Active flags, persisted across restarts (written atomically).
+    pub state_file: PathBuf,
+    /// Every change, one JSON line each.
+    pub audit_log: PathBuf,
+    /// The flags, in config order.
+    pub flags: Vec<FlagConfig>,
+}
+
+impl LockdownConfig {
+    /// The index of the flag called `name`.
+    pub fn flag_index(&self, name: &str) -> Option<usize> {
+        self.flags.iter().position(|f| f.name == name)
+    }
+}
+
+/// One `[[flags]]` overlay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlagConfig {
+    /// Flag name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// Active at start when no state file says otherwise.
+    pub default_active: bool,
+    /// 503 with Retry-After.
+    pub maintenance: Option<MaintenanceConfig>,
+    /// Blocked routes.
+    pub blocks: Vec<BlockConfig>,
+    /// When set, every route not listed is blocked (503).
+    pub allow_only_routes: Option<Vec<usize>>,
+    /// Session required.
+    pub require_session: Option<SessionConfig>,
+    /// Client restrictions.
+    pub restrict: Vec<RestrictConfig>,
+    /// Body checks.
+    pub body_rules: Vec<BodyRuleConfig>,
+    /// Bucket scale factor, 0 < f <= 1.
+    pub limit_scale: Option<f64>,
+}
+
+/// Maintenance answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaintenanceConfig {
+    /// Routes in maintenance; every request when `None`.
+    pub routes: Option<Vec<usize>>,
+    /// Retry-After.
+    pub retry_after: Duration,
+    /// Message for clients.
+    pub message: String,
+}
+
+/// A route block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockConfig {
+    /// Route indices.
+    pub routes: Vec<usize>,
+    /// Status.
+    pub status: u16,
+    /// Message for clients.
+    pub message: String,
+}
+
+/// Session requirement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    /// Route indices.
+    pub routes: Vec<usize>,
+    /// Cookie name.
+    pub cookie: Option<String>,
+    /// Header name, lower case.
+    pub header: Option<String>,
+}
+
+/// Client restriction on routes: the client must match one of the lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestrictConfig {
+    /// Route indices.
+    pub routes: Vec<usize>,
+    /// Allowed networks.
+    pub cidrs: Vec<IpNet>,
+    /// Allowed ASNs.
+    pub asns: Vec<u32>,
+    /// Allowed countries (upper case).
+    pub countries: Vec<String>,
+}
+
+/// A phone-number check on request bodies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BodyRuleConfig {
+    /// Route index.
+    pub route: usize,
+    /// JSON or form field.
+    pub field: String,
+    /// Allowed calling codes, digits only (`"86"`).
+    pub allowed_calling_codes: Vec<String>,
+    /// Largest body read.
+    pub max_body_bytes: usize,
 }
 
 /// What to do with a client whose country or ASN is unknown.
@@ -182,6 +297,8 @@ pub struct LimitConfig {
     pub max_keys: NonZeroU32,
     /// Count would-be rejections, never reject.
     pub shadow: bool,
+    /// Only in force while this flag (index) is enforced.
+    pub only_with_flag: Option<usize>,
 }
 
 /// `[[concurrency]]`: most requests in flight per key.

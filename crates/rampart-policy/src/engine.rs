@@ -2,7 +2,10 @@
 //! stacked rate limits and in-flight caps, in that order.
 //!
 //! - `[[access]]` rules are tried in config order; the first that matches decides:
-//!   `deny` answers 403, `allow` skips everything below (monitoring, office).
+//!   `deny` answers 403, `allow` skips the limits below (monitoring, office).
+//! - Active lockdown flags, in config order: maintenance, routes left open,
+//!   blocked routes, session requirement, client restrictions. The first enforced
+//!   flag that matches answers; a previewed one is only reported.
 //! - A client whose country (ASN) is unknown is refused when
 //!   `geoip.unknown_country` (`unknown_asn`) is `deny`.
 //! - Every `[[limits]]` rule of the route (and every global one) is charged in
@@ -16,6 +19,7 @@ use crate::geo::{CountryCode, GeoInfo};
 use crate::limits::{
     BucketState, ConcurrencyPermit, ConcurrencyRule, KeyFacts, LimitKey, RateRule, RuleOutcome,
 };
+use crate::lockdown::{CompiledFlags, FlagMode};
 use crate::Rejection;
 use governor::clock::{Clock, DefaultClock};
 use http::HeaderMap;
@@ -72,8 +76,21 @@ pub struct RequestFacts<'a> {
     pub geo: GeoInfo,
     /// Matched route index; `None` for requests proxied by `[unmatched]`.
     pub route: Option<usize>,
-    /// Request headers (for header-keyed rules).
+    /// Request headers (for header-keyed rules and session checks).
     pub headers: &'a HeaderMap,
+    /// Mode of each lockdown flag, in config order (shorter means off).
+    pub flags: &'a [FlagMode],
+}
+
+/// A body check the proxy must run before the request goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyCheck {
+    /// Flag index.
+    pub flag: usize,
+    /// Body rule index within the flag.
+    pub rule: usize,
+    /// Whether the flag is only previewed (count, do not reject).
+    pub preview: bool,
 }
 
 /// What the policy decided.
@@ -87,6 +104,10 @@ pub struct Decision {
     pub shadow: Vec<Arc<str>>,
     /// In-flight slots held until the request ends (dropping releases them).
     pub permits: Vec<ConcurrencyPermit>,
+    /// Flags in preview that would have rejected this request.
+    pub preview: Vec<Arc<str>>,
+    /// Body rules to run on the request body.
+    pub body_checks: Vec<BodyCheck>,
 }
 
 /// The policy of one config: rules, limiter state and per-route rule lists.
@@ -101,6 +122,11 @@ pub struct Policy<C: Clock + Clone = DefaultClock> {
     per_route: Vec<RouteRules>,
     unknown_country: UnknownPolicy,
     unknown_asn: UnknownPolicy,
+    flags: CompiledFlags,
+}
+
+fn mode(flags: &[FlagMode], i: usize) -> FlagMode {
+    flags.get(i).copied().unwrap_or_default()
 }
 
 fn applies(routes: &Option<Vec<usize>>, route: Option<usize>) -> bool {
@@ -198,7 +224,47 @@ impl<C: Clock + Clone> Policy<C> {
             per_route,
             unknown_country: config.geoip.unknown_country,
             unknown_asn: config.geoip.unknown_asn,
+            flags: CompiledFlags::new(&config.lockdown),
         }
+    }
+
+    /// The compiled lockdown flags.
+    pub fn flags(&self) -> &CompiledFlags {
+        &self.flags
+    }
+
+    /// Runs body rule `check` on a body.
+    pub fn check_body(&self, check: BodyCheck, content_type: Option<&str>, body: &[u8]) -> Option<Rejection> {
+        let flag = self.flags.flags.get(check.flag)?;
+        let rule = flag.config.body_rules.get(check.rule)?;
+        crate::body::check_body(rule, content_type, body)
+            .err()
+            .map(|refusal| Rejection::BodyRefused {
+                flag: flag.name.clone(),
+                status: refusal.status(),
+                detail: refusal.detail(),
+            })
+    }
+
+    /// The largest body any of `checks` reads.
+    pub fn body_limit(&self, checks: &[BodyCheck]) -> usize {
+        checks
+            .iter()
+            .filter_map(|c| self.flags.flags.get(c.flag)?.config.body_rules.get(c.rule))
+            .map(|r| r.max_body_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The tightest `limit_scale` among flags in `wanted` mode, with its flag index.
+    fn scale(&self, flags: &[FlagMode], wanted: FlagMode) -> Option<(f64, usize)> {
+        self.flags
+            .flags
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mode(flags, *i) == wanted)
+            .filter_map(|(i, f)| f.config.limit_scale.map(|s| (s, i)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
     }
 
     fn rules_for(&self, route: Option<usize>) -> &RouteRules {
@@ -230,7 +296,7 @@ impl<C: Clock + Clone> Policy<C> {
             match rule.action {
                 AccessAction::Allow => {
                     decision.allowed_by = Some(rule.name.clone());
-                    return decision;
+                    break;
                 }
                 AccessAction::Deny => {
                     let name = rule.name.clone();
@@ -246,6 +312,36 @@ impl<C: Clock + Clone> Policy<C> {
                 }
             }
         }
+
+        for (i, flag) in self.flags.flags.iter().enumerate() {
+            let m = mode(facts.flags, i);
+            if m == FlagMode::Off {
+                continue;
+            }
+            if let Some(rejection) = flag.check(facts.route, facts.ip, &facts.geo, facts.headers) {
+                if m == FlagMode::Enforce {
+                    decision.rejection = Some(rejection);
+                    return decision;
+                }
+                decision.preview.push(flag.name.clone());
+            }
+            if let Some(route) = facts.route {
+                for (j, rule) in flag.config.body_rules.iter().enumerate() {
+                    if rule.route == route {
+                        decision.body_checks.push(BodyCheck {
+                            flag: i,
+                            rule: j,
+                            preview: m == FlagMode::Preview,
+                        });
+                    }
+                }
+            }
+        }
+        // The allow list skips unknown-origin refusals, limits and in-flight caps.
+        if decision.allowed_by.is_some() {
+            return decision;
+        }
+
         if self.unknown_country == UnknownPolicy::Deny && facts.geo.country.is_none() {
             decision.rejection = Some(Rejection::UnknownCountry);
             return decision;
@@ -255,12 +351,42 @@ impl<C: Clock + Clone> Policy<C> {
             return decision;
         }
 
+        let scale = self.scale(facts.flags, FlagMode::Enforce).map(|(s, _)| s);
+        let preview_scale = self.scale(facts.flags, FlagMode::Preview);
+        let mut preview_scale_hit = false;
         for &i in &rules.limits {
             let rule = &self.limits[i];
+            let mut preview_flag = None;
+            if let Some(f) = rule.config.only_with_flag {
+                match mode(facts.flags, f) {
+                    FlagMode::Off => continue,
+                    FlagMode::Preview => {
+                        preview_flag = self.flags.flags.get(f).map(|f| f.name.clone())
+                    }
+                    FlagMode::Enforce => {}
+                }
+            }
             let key = rule.key(&Self::key_facts(facts, &rule.config.key));
-            let RuleOutcome::Limited { retry_after } = rule.check(key) else {
-                continue;
+            let cost = scale.map_or(rule.config.cost, |s| rule.scaled_cost(s));
+            let retry_after = match rule.check_cost(key, cost) {
+                RuleOutcome::Allowed => {
+                    if let Some((s, _)) = preview_scale {
+                        // Would a bucket tightened by `s` have held this request? Its
+                        // use is the real use divided by `s` (as if every request so
+                        // far had been charged the tightened cost).
+                        let burst = f64::from(rule.config.burst.get());
+                        let before = f64::from(rule.peek(&key).cells + cost.get());
+                        let tight_free = burst - (burst - before) / s;
+                        preview_scale_hit |= tight_free < f64::from(rule.scaled_cost(s).get());
+                    }
+                    continue;
+                }
+                RuleOutcome::Limited { retry_after } => retry_after,
             };
+            if let Some(flag) = preview_flag {
+                decision.preview.push(flag);
+                continue;
+            }
             if rule.config.shadow {
                 decision.shadow.push(self.limit_names[i].clone());
                 continue;
@@ -273,6 +399,11 @@ impl<C: Clock + Clone> Policy<C> {
                 window: rate.per.as_secs().max(1),
             });
             return decision;
+        }
+        if preview_scale_hit {
+            if let Some(flag) = preview_scale.and_then(|(_, f)| self.flags.flags.get(f)) {
+                decision.preview.push(flag.name.clone());
+            }
         }
 
         for &i in &rules.concurrency {
@@ -326,7 +457,7 @@ impl<C: Clock + Clone> Policy<C> {
         for &i in &rules.limits {
             let rule = &self.limits[i];
             let key = rule.key(&Self::key_facts(facts, &rule.config.key));
-            let BucketState { tracked, remaining } = rule.peek(&key);
+            let BucketState { tracked, remaining, .. } = rule.peek(&key);
             let would_reject = remaining == 0;
             out.rules.push(ExplainedRule {
                 name: rule.config.name.clone(),
@@ -465,13 +596,117 @@ pool = "web"
     }
 
     fn decide(p: &Policy<FakeRelativeClock>, ip: &str, route: usize) -> Decision {
-        let headers = HeaderMap::new();
+        decide_with(p, ip, route, &[], &HeaderMap::new())
+    }
+
+    fn decide_with(
+        p: &Policy<FakeRelativeClock>,
+        ip: &str,
+        route: usize,
+        flags: &[FlagMode],
+        headers: &HeaderMap,
+    ) -> Decision {
         p.decide(&RequestFacts {
             ip: ip.parse().unwrap(),
             geo: GeoInfo::default(),
             route: Some(route),
-            headers: &headers,
+            headers,
+            flags,
         })
+    }
+
+    const FLAGS: &str = r#"
+[[limits]]
+name = "login-ip"
+key = "ip"
+rate = "4/min"
+burst = 4
+routes = ["login"]
+[[limits]]
+name = "attack-only"
+key = "route"
+rate = "1/h"
+burst = 1
+routes = ["chat"]
+only_with_flag = "under_attack"
+[[flags]]
+name = "under_attack"
+limit_scale = 0.5
+[[flags]]
+name = "login_only"
+allow_only_routes = ["login"]
+[[flags]]
+name = "sessions"
+require_session = { routes = ["chat"], cookie = "sid", header = "authorization" }
+[[flags]]
+name = "office_only"
+restrict = [{ routes = ["chat"], cidrs = ["192.0.2.0/24"] }]
+[[flags]]
+name = "maintenance"
+maintenance = { retry_after = "2m", message = "Back soon." }
+"#;
+
+    use crate::lockdown::FlagMode::{Enforce, Off, Preview};
+
+    #[test]
+    fn limit_scale_tightens_every_bucket_and_preview_only_reports() {
+        let (p, _clock) = policy(FLAGS);
+        let none = HeaderMap::new();
+        // Scale 0.5: each login costs 2 cells of 4, so two requests pass.
+        assert!(decide_with(&p, "10.0.0.1", 0, &[Enforce], &none).rejection.is_none());
+        assert!(decide_with(&p, "10.0.0.1", 0, &[Enforce], &none).rejection.is_none());
+        assert_eq!(decide_with(&p, "10.0.0.1", 0, &[Enforce], &none).rejection.unwrap().rule(), Some("login-ip"));
+        // In preview, the third and fourth requests pass but are reported.
+        assert!(decide_with(&p, "10.0.0.2", 0, &[Preview], &none).preview.is_empty());
+        assert!(decide_with(&p, "10.0.0.2", 0, &[Preview], &none).preview.is_empty());
+        let d = decide_with(&p, "10.0.0.2", 0, &[Preview], &none);
+        assert!(d.rejection.is_none());
+        assert_eq!(d.preview, vec![Arc::<str>::from("under_attack")]);
+    }
+
+    #[test]
+    fn only_with_flag_rules_apply_while_their_flag_is_on() {
+        let (p, _clock) = policy(FLAGS);
+        let none = HeaderMap::new();
+        for _ in 0..3 {
+            assert!(decide_with(&p, "10.0.0.1", 1, &[Off], &none).rejection.is_none());
+        }
+        assert!(decide_with(&p, "10.0.0.1", 1, &[Enforce], &none).rejection.is_none());
+        assert_eq!(decide_with(&p, "10.0.0.1", 1, &[Enforce], &none).rejection.unwrap().rule(), Some("attack-only"));
+    }
+
+    #[test]
+    fn login_only_sessions_restrictions_and_maintenance() {
+        let (p, _clock) = policy(FLAGS);
+        let none = HeaderMap::new();
+        let login_only = [Off, Enforce];
+        assert!(decide_with(&p, "10.0.0.1", 0, &login_only, &none).rejection.is_none());
+        let r = decide_with(&p, "10.0.0.1", 1, &login_only, &none).rejection.unwrap();
+        assert_eq!((r.status(), r.label()), (503, "locked_down"));
+
+        let sessions = [Off, Off, Enforce];
+        assert_eq!(decide_with(&p, "10.0.0.1", 1, &sessions, &none).rejection.unwrap().label(), "session_required");
+        let mut cookie = HeaderMap::new();
+        cookie.insert("cookie", "theme=dark; sid=abc".parse().unwrap());
+        assert!(decide_with(&p, "10.0.0.1", 1, &sessions, &cookie).rejection.is_none());
+        let mut empty_cookie = HeaderMap::new();
+        empty_cookie.insert("cookie", "sid=".parse().unwrap());
+        assert!(decide_with(&p, "10.0.0.1", 1, &sessions, &empty_cookie).rejection.is_some());
+
+        let office = [Off, Off, Off, Enforce];
+        assert_eq!(decide_with(&p, "10.0.0.1", 1, &office, &none).rejection.unwrap().status(), 403);
+        assert!(decide_with(&p, "192.0.2.5", 1, &office, &none).rejection.is_none());
+        assert!(decide_with(&p, "10.0.0.1", 0, &office, &none).rejection.is_none()); // login not restricted
+
+        let maintenance = [Off, Off, Off, Off, Enforce];
+        let r = decide_with(&p, "10.0.0.1", 0, &maintenance, &none).rejection.unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.retry_after(), Some(120));
+        assert_eq!(r.detail(), "Back soon.");
+        let preview = [Off, Off, Off, Off, Preview];
+        let d = decide_with(&p, "10.0.0.1", 0, &preview, &none);
+        assert!(d.rejection.is_none());
+        assert_eq!(d.preview, vec![Arc::<str>::from("maintenance")]);
     }
 
     #[test]

@@ -2,16 +2,19 @@
 //! config to a decision. Nothing here does I/O on the request path or imports
 //! Pingora, so every rule is testable with plain values and a fake clock.
 
+pub mod body;
 pub mod cidr;
 pub mod client_ip;
 pub mod engine;
 pub mod geo;
 pub mod limits;
+pub mod lockdown;
 pub mod rejection;
 pub mod route;
 
 pub use client_ip::resolve_client_ip;
 pub use engine::{Decision, Explanation, Policy, RequestFacts};
 pub use geo::{CountryCode, GeoDb, GeoInfo};
+pub use lockdown::FlagMode;
 pub use rejection::Rejection;
 pub use route::{RouteMatch, RouteTable};

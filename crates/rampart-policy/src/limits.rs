@@ -234,6 +234,8 @@ pub struct BucketState {
     pub tracked: bool,
     /// Requests of the rule's cost that fit right now.
     pub remaining: u32,
+    /// Cells free right now.
+    pub cells: u32,
 }
 
 /// One `[[limits]]` rule: a keyed GCRA limiter with a key cap.
@@ -322,8 +324,23 @@ impl<C: Clock + Clone> RateRule<C> {
 
     /// Charges the rule's cost to `key`.
     pub fn check(&self, key: LimitKey) -> RuleOutcome {
+        self.check_cost(key, self.config.cost)
+    }
+
+    /// The rule's cost scaled for a lockdown that tightens buckets by `scale`
+    /// (0 < scale <= 1): `ceil(cost / scale)`, at most the burst. Charging more
+    /// cells per request is the same as a bucket `scale` times the size refilling
+    /// `scale` times as fast, and keeps the bucket's state.
+    pub fn scaled_cost(&self, scale: f64) -> NonZeroU32 {
+        let cost = (f64::from(self.config.cost.get()) / scale).ceil();
+        let cost = cost.min(f64::from(self.config.burst.get())).max(1.0) as u32;
+        NonZeroU32::new(cost).unwrap_or(NonZeroU32::MIN)
+    }
+
+    /// Charges `cost` cells to `key`.
+    pub fn check_cost(&self, key: LimitKey, cost: NonZeroU32) -> RuleOutcome {
         let key = self.admitted(key);
-        match self.limiter.check_key_n(&key, self.config.cost) {
+        match self.limiter.check_key_n(&key, cost) {
             Ok(Ok(())) => RuleOutcome::Allowed,
             Ok(Err(not_until)) => RuleOutcome::Limited {
                 retry_after: not_until.wait_time_from(self.clock.now()),
@@ -343,6 +360,7 @@ impl<C: Clock + Clone> RateRule<C> {
             return BucketState {
                 tracked: false,
                 remaining: (burst / cost) as u32,
+                cells: burst as u32,
             };
         };
         let now = self.clock.now().duration_since(self.created).as_u64();
@@ -353,6 +371,7 @@ impl<C: Clock + Clone> RateRule<C> {
         BucketState {
             tracked: true,
             remaining: (free / cost) as u32,
+            cells: free as u32,
         }
     }
 
@@ -486,6 +505,7 @@ mod tests {
             routes: None,
             max_keys: NonZeroU32::new(max_keys).unwrap(),
             shadow: false,
+            only_with_flag: None,
         };
         (RateRule::new(config, clock.clone()), clock)
     }
@@ -536,7 +556,8 @@ mod tests {
             r.peek(&k),
             BucketState {
                 tracked: false,
-                remaining: 3
+                remaining: 3,
+                cells: 6
             }
         );
         assert_eq!(r.check(k), RuleOutcome::Allowed);
@@ -544,7 +565,8 @@ mod tests {
             r.peek(&k),
             BucketState {
                 tracked: true,
-                remaining: 2
+                remaining: 2,
+                cells: 4
             }
         );
         assert_eq!(r.check(k), RuleOutcome::Allowed);

@@ -66,6 +66,43 @@ pub enum Rejection {
         /// Rule name.
         rule: Arc<str>,
     },
+    /// A lockdown flag put the route in maintenance (503).
+    Maintenance {
+        /// Flag name.
+        flag: Arc<str>,
+        /// Seconds until clients should retry.
+        retry_after: u64,
+        /// Message from the flag's config.
+        message: Arc<str>,
+    },
+    /// A lockdown flag blocks the route.
+    LockedDown {
+        /// Flag name.
+        flag: Arc<str>,
+        /// Status from the flag's config.
+        status: u16,
+        /// Message from the flag's config.
+        message: Arc<str>,
+    },
+    /// A lockdown flag admits only requests with an existing session.
+    SessionRequired {
+        /// Flag name.
+        flag: Arc<str>,
+    },
+    /// A lockdown flag admits only some networks, ASNs or countries.
+    RestrictedByFlag {
+        /// Flag name.
+        flag: Arc<str>,
+    },
+    /// A lockdown flag's body rule refused the body (400, 403 or 413).
+    BodyRefused {
+        /// Flag name.
+        flag: Arc<str>,
+        /// 400 malformed, 403 not allowed, 413 too large.
+        status: u16,
+        /// What was refused and why.
+        detail: String,
+    },
 }
 
 impl Rejection {
@@ -81,6 +118,9 @@ impl Rejection {
             | Rejection::UnknownCountry
             | Rejection::UnknownAsn => 403,
             Rejection::RateLimited { .. } | Rejection::TooManyInFlight { .. } => 429,
+            Rejection::Maintenance { .. } => 503,
+            Rejection::LockedDown { status, .. } | Rejection::BodyRefused { status, .. } => *status,
+            Rejection::SessionRequired { .. } | Rejection::RestrictedByFlag { .. } => 403,
         }
     }
 
@@ -92,6 +132,11 @@ impl Rejection {
             | Rejection::DeniedByCountry { rule, .. }
             | Rejection::RateLimited { rule, .. }
             | Rejection::TooManyInFlight { rule } => Some(rule),
+            Rejection::Maintenance { flag, .. }
+            | Rejection::LockedDown { flag, .. }
+            | Rejection::SessionRequired { flag }
+            | Rejection::RestrictedByFlag { flag }
+            | Rejection::BodyRefused { flag, .. } => Some(flag),
             _ => None,
         }
     }
@@ -130,6 +175,11 @@ impl Rejection {
             Rejection::UnknownAsn => "unknown_asn",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::TooManyInFlight { .. } => "too_many_in_flight",
+            Rejection::Maintenance { .. } => "maintenance",
+            Rejection::LockedDown { .. } => "locked_down",
+            Rejection::SessionRequired { .. } => "session_required",
+            Rejection::RestrictedByFlag { .. } => "restricted_by_flag",
+            Rejection::BodyRefused { .. } => "body_refused",
         }
     }
 
@@ -147,6 +197,13 @@ impl Rejection {
             | Rejection::UnknownAsn => "Forbidden",
             Rejection::RateLimited { .. } => "Too many requests",
             Rejection::TooManyInFlight { .. } => "Too many requests in flight",
+            Rejection::Maintenance { .. } => "Down for maintenance",
+            Rejection::LockedDown { .. } => "Temporarily closed",
+            Rejection::SessionRequired { .. } => "Existing sessions only",
+            Rejection::RestrictedByFlag { .. } => "Forbidden",
+            Rejection::BodyRefused { status: 413, .. } => "Request body too large",
+            Rejection::BodyRefused { status: 400, .. } => "Malformed request body",
+            Rejection::BodyRefused { .. } => "Request refused",
         }
     }
 
@@ -182,6 +239,16 @@ impl Rejection {
             Rejection::TooManyInFlight { .. } => {
                 "Too many of your requests are in progress; wait for one to finish.".to_string()
             }
+            Rejection::Maintenance { message, .. } | Rejection::LockedDown { message, .. } => {
+                message.to_string()
+            }
+            Rejection::SessionRequired { .. } => {
+                "Only signed-in users are served right now; new sessions are not accepted.".to_string()
+            }
+            Rejection::RestrictedByFlag { .. } => {
+                "This part of the service is temporarily restricted to some networks and regions.".to_string()
+            }
+            Rejection::BodyRefused { detail, .. } => detail.clone(),
         }
     }
 
@@ -191,6 +258,7 @@ impl Rejection {
             Rejection::NoHealthyUpstream { .. } => Some(5),
             Rejection::RateLimited { retry_after, .. } => Some(*retry_after),
             Rejection::TooManyInFlight { .. } => Some(1),
+            Rejection::Maintenance { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -10,8 +10,12 @@
 //! | GET | `/status` | config generation, pools and server health as JSON |
 //! | POST | `/reload` | re-read the config file; 200 or 400 with every error |
 //! | GET | `/debug/explain?ip=&path=&method=&host=` | what the policy sees and would decide for such a request |
+//! | GET | `/lockdown` | every flag with its state, actor, reason, since and expiry |
+//! | PUT | `/lockdown/{flag}` | turn a flag on: `{"reason": "...", "actor": "...", "ttl": "2h", "mode": "enforce"}` |
+//! | DELETE | `/lockdown/{flag}` | turn a flag off (optional body `{"actor": "...", "reason": "..."}`) |
 
-use crate::state::{ReloadError, Shared};
+use crate::lockdown::{parse_ttl, Mode};
+use crate::state::{FlagError, ReloadError, Shared};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -139,13 +143,25 @@ impl ServeHttp for AdminService {
                 ),
                 Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
-            (_, "/metrics" | "/status" | "/reload") => problem(
+            (Method::GET, "/lockdown") => json_reply(StatusCode::OK, self.lockdown_list()),
+            (method, p) if p.starts_with("/lockdown/") => {
+                let flag = p.trim_start_matches("/lockdown/").to_string();
+                match method {
+                    Method::PUT => self.enable(session, &flag).await,
+                    Method::DELETE => self.disable(session, &flag).await,
+                    _ => problem(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "use PUT or DELETE on /lockdown/{flag}",
+                    ),
+                }
+            }
+            (_, "/metrics" | "/status" | "/reload" | "/debug/explain" | "/lockdown") => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed on this path",
             ),
             _ => problem(
                 StatusCode::NOT_FOUND,
-                "unknown admin path (known: /healthz, /readyz, /metrics, /status, /reload, /debug/explain)",
+                "unknown admin path (known: /healthz, /readyz, /metrics, /status, /reload, /debug/explain, /lockdown)",
             ),
         }
     }
@@ -176,7 +192,154 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Largest admin request body read.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_ADMIN_BODY {
+                    return Err(format!("the body is larger than {MAX_ADMIN_BODY} bytes"));
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("cannot read the body: {e}")),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnableRequest {
+    reason: String,
+    actor: String,
+    ttl: Option<String>,
+    mode: Option<Mode>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DisableRequest {
+    actor: Option<String>,
+    reason: Option<String>,
+}
+
+fn unknown_flag(flag: &str, e: &FlagError) -> Response<Vec<u8>> {
+    let FlagError::Unknown(known) = e;
+    let mut r = json_reply(
+        StatusCode::NOT_FOUND,
+        json!({
+            "type": "about:blank",
+            "title": "Not Found",
+            "status": 404,
+            "detail": format!("no flag \"{flag}\" in the config"),
+            "known_flags": known,
+        }),
+    );
+    if let Ok(v) = "application/problem+json".parse() {
+        r.headers_mut().insert("content-type", v);
+    }
+    r
+}
+
 impl AdminService {
+    fn lockdown_list(&self) -> serde_json::Value {
+        let snapshot = self.shared.snapshot();
+        let flags = self.shared.flags();
+        let list: Vec<_> = snapshot
+            .config
+            .lockdown
+            .flags
+            .iter()
+            .map(|f| {
+                let a = flags.active.get(&f.name);
+                json!({
+                    "name": f.name,
+                    "description": f.description,
+                    "active": a.is_some(),
+                    "mode": a.map(|a| a.mode.as_str()),
+                    "actor": a.map(|a| a.actor.clone()),
+                    "reason": a.map(|a| a.reason.clone()),
+                    "since": a.map(|a| a.since),
+                    "expires": a.and_then(|a| a.expires),
+                })
+            })
+            .collect();
+        json!({ "node": self.shared.node, "flags": list })
+    }
+
+    async fn enable(&self, session: &mut ServerSession, flag: &str) -> Response<Vec<u8>> {
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
+        };
+        let req: EnableRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    &format!("body must be JSON {{\"reason\", \"actor\", \"ttl\"?, \"mode\"?: \"enforce\"|\"preview\"}}: {e}"),
+                )
+            }
+        };
+        if req.reason.trim().is_empty() || req.actor.trim().is_empty() {
+            return problem(StatusCode::BAD_REQUEST, "reason and actor must not be empty");
+        }
+        let ttl = match parse_ttl(req.ttl.as_deref()) {
+            Ok(t) => t,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
+        };
+        let mode = req.mode.unwrap_or(Mode::Enforce);
+        match self.shared.enable_flag(flag, mode, &req.actor, &req.reason, ttl).await {
+            Ok((a, persisted)) => json_reply(
+                StatusCode::OK,
+                json!({
+                    "flag": flag,
+                    "active": true,
+                    "mode": a.mode.as_str(),
+                    "actor": a.actor,
+                    "reason": a.reason,
+                    "since": a.since,
+                    "expires": a.expires,
+                    "persisted": persisted,
+                }),
+            ),
+            Err(e) => unknown_flag(flag, &e),
+        }
+    }
+
+    async fn disable(&self, session: &mut ServerSession, flag: &str) -> Response<Vec<u8>> {
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
+        };
+        let req: DisableRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            DisableRequest::default()
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        &format!("body must be empty or JSON {{\"actor\"?, \"reason\"?}}: {e}"),
+                    )
+                }
+            }
+        };
+        let actor = req.actor.unwrap_or_else(|| "admin-api".to_string());
+        let reason = req.reason.unwrap_or_default();
+        match self.shared.disable_flag(flag, &actor, &reason).await {
+            Ok((was_on, persisted)) => json_reply(
+                StatusCode::OK,
+                json!({"flag": flag, "active": false, "was_active": was_on, "persisted": persisted}),
+            ),
+            Err(e) => unknown_flag(flag, &e),
+        }
+    }
+
     fn explain(&self, query: &str) -> Result<serde_json::Value, String> {
         let mut ip = None;
         let mut path = "/".to_string();
@@ -219,6 +382,7 @@ impl AdminService {
             geo: info,
             route,
             headers: &headers,
+            flags: &self.shared.modes_for(&snapshot, &self.shared.flags()).unwrap_or_else(|| self.shared.flags().modes.clone()),
         });
         let verdict = match found {
             rampart_policy::RouteMatch::Reject { status } => {

@@ -46,6 +46,37 @@ impl BackgroundService for GeoRefresh {
     }
 }
 
+/// How often flag expiries are checked.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Turns off lockdown flags whose TTL has passed (audited).
+#[derive(Debug)]
+pub struct FlagExpiry {
+    shared: Arc<Shared>,
+}
+
+impl FlagExpiry {
+    /// An expiry service for `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for FlagExpiry {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(EXPIRY_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+            for flag in self.shared.expire_flags().await {
+                log::warn!("lockdown flag {flag} expired and is off");
+            }
+        }
+    }
+}
+
 /// Sweeps every limiter rule every [`SWEEP_INTERVAL`] and updates its metrics.
 #[derive(Debug)]
 pub struct LimiterSweep {

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod background;
 pub mod health;
+pub mod lockdown;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
@@ -156,6 +157,10 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
     server.add_service(background_service(
         "geoip refresh",
         background::GeoRefresh::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "lockdown expiry",
+        background::FlagExpiry::new(shared.clone()),
     ));
     server.add_service(background_service(
         "limiter sweep",

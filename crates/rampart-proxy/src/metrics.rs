@@ -30,6 +30,10 @@ pub struct Metrics {
     geo_reloads: IntCounterVec,
     /// [country found, country unknown, asn found, asn unknown]
     geo_lookups: [IntCounter; 4],
+    flag_active: IntGaugeVec,
+    flag_changes: IntCounterVec,
+    flag_preview: IntCounterVec,
+    lockdown_state_errors: IntCounter,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -163,7 +167,34 @@ impl Metrics {
             lookups.with_label_values(&["asn", "found"]),
             lookups.with_label_values(&["asn", "unknown"]),
         ];
+        let flag_active = gauge(
+            "rampart_lockdown_flag_active",
+            "1 while a lockdown flag is on in this mode (enforce or preview), else 0.",
+            &["flag", "mode"],
+        );
+        let flag_changes = counter(
+            "rampart_lockdown_changes_total",
+            "Lockdown flag changes by flag and action (enable, disable, expire).",
+            &["flag", "action"],
+        );
+        let flag_preview = counter(
+            "rampart_lockdown_preview_matches_total",
+            "Requests a lockdown flag in preview mode would have rejected, by route and flag.",
+            &["route", "flag"],
+        );
+        let lockdown_state_errors = registered(
+            &registry,
+            IntCounter::new(
+                "rampart_lockdown_state_errors_total",
+                "Lockdown state file problems: corrupt at start, or a write that failed.",
+            )
+            .expect("valid metric"),
+        );
         Self {
+            flag_active,
+            flag_changes,
+            flag_preview,
+            lockdown_state_errors,
             registry,
             requests,
             request_duration,
@@ -252,6 +283,33 @@ impl Metrics {
             let seen = c.get();
             c.inc_by(if total >= seen { total - seen } else { total });
         }
+    }
+
+    /// Records which flags are on, in which mode.
+    pub fn set_flags(&self, state: &crate::lockdown::FlagState, config: &rampart_config::LockdownConfig) {
+        for flag in &config.flags {
+            let mode = state.active.get(&flag.name).map(|a| a.mode.as_str());
+            for m in ["enforce", "preview"] {
+                self.flag_active
+                    .with_label_values(&[&flag.name, m])
+                    .set(i64::from(mode == Some(m)));
+            }
+        }
+    }
+
+    /// Counts one flag change.
+    pub fn lockdown_change(&self, flag: &str, action: &str) {
+        self.flag_changes.with_label_values(&[flag, action]).inc();
+    }
+
+    /// Counts one request a previewed flag would have rejected.
+    pub fn lockdown_preview(&self, route: &str, flag: &str) {
+        self.flag_preview.with_label_values(&[route, flag]).inc();
+    }
+
+    /// Counts one state file problem.
+    pub fn lockdown_state_error(&self) {
+        self.lockdown_state_errors.inc();
     }
 
     /// Counts one reload attempt.

@@ -13,6 +13,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use rampart_config::{ForwardedHeader, RouteKind};
 use rampart_policy::limits::ConcurrencyPermit;
+use rampart_policy::engine::BodyCheck;
 use rampart_policy::{resolve_client_ip, GeoInfo, Rejection, RequestFacts, RouteMatch};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -28,6 +29,58 @@ impl RampartProxy {
     /// A proxy reading its policy from `shared`.
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    /// Reads the request body (up to the largest limit of `checks`) into Pingora's
+    /// retry buffer, which replays it to the origin byte for byte, and runs the
+    /// body rules on it. Previewed rules are only counted.
+    async fn check_body(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        snapshot: &Snapshot,
+        checks: &[BodyCheck],
+    ) -> Result<Option<Rejection>> {
+        let policy = &snapshot.policy;
+        let limit = policy.body_limit(checks);
+        let declared = session
+            .req_header()
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let mut body = Vec::new();
+        if declared.is_none_or(|n| n <= limit) {
+            session.enable_retry_buffering();
+            while let Some(chunk) = session.read_request_body().await? {
+                body.extend_from_slice(&chunk);
+                if body.len() > limit {
+                    break;
+                }
+            }
+        } else {
+            // Declared too large: no need to read it to know.
+            body.resize(limit + 1, 0);
+        }
+        let content_type = session
+            .req_header()
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        for &check in checks {
+            let Some(refusal) = policy.check_body(check, content_type.as_deref(), &body) else {
+                continue;
+            };
+            if check.preview {
+                if let Some(flag) = refusal.rule() {
+                    self.shared.metrics.lockdown_preview(ctx.route_label(), flag);
+                }
+                continue;
+            }
+            return Ok(Some(refusal));
+        }
+        Ok(None)
     }
 }
 
@@ -117,7 +170,7 @@ impl ProxyHttp for RampartProxy {
         let found = snapshot
             .routes
             .find(request_host(req), req.uri.path(), req.method.as_str());
-        let rejection = match found {
+        let mut rejection = match found {
             RouteMatch::Route { route, pool } => {
                 ctx.route = Some(route);
                 ctx.pool = Some(pool);
@@ -129,22 +182,33 @@ impl ProxyHttp for RampartProxy {
             }
             RouteMatch::Reject { status } => Some(Rejection::NoRoute { status }),
         };
-        let rejection = rejection.or_else(|| {
+        let mut body_checks = Vec::new();
+        if rejection.is_none() {
             let geo = self.shared.geo();
             ctx.geo = geo.lookup(ctx.client_ip);
             self.shared.metrics.geo_lookup(&geo, &ctx.geo);
+            let flags = self.shared.flags();
+            let recomputed = self.shared.modes_for(&snapshot, &flags);
             let decision = snapshot.policy.decide(&RequestFacts {
                 ip: ctx.client_ip,
                 geo: ctx.geo,
                 route: ctx.route,
                 headers: &session.req_header().headers,
+                flags: recomputed.as_deref().unwrap_or(&flags.modes),
             });
             for rule in &decision.shadow {
                 self.shared.metrics.shadow_match(ctx.route_label(), rule);
             }
+            for flag in &decision.preview {
+                self.shared.metrics.lockdown_preview(ctx.route_label(), flag);
+            }
             ctx.permits = decision.permits;
-            decision.rejection
-        });
+            body_checks = decision.body_checks;
+            rejection = decision.rejection;
+        }
+        if rejection.is_none() && !body_checks.is_empty() {
+            rejection = self.check_body(session, ctx, &snapshot, &body_checks).await?;
+        }
         let rejection = rejection.or_else(|| {
             let pool = snapshot.pools.get(ctx.pool?)?;
             (!pool.has_healthy()).then(|| Rejection::NoHealthyUpstream {
@@ -156,7 +220,9 @@ impl ProxyHttp for RampartProxy {
                 .route
                 .and_then(|r| snapshot.config.routes.get(r))
                 .is_some_and(|r| r.close_on_reject);
-            if close {
+            // A refused body may not have been read to its end: the connection
+            // cannot carry another request.
+            if close || matches!(rejection, Rejection::BodyRefused { .. }) {
                 session.set_keepalive(None);
             }
             write_rejection(session, &rejection, ctx.kind()).await?;

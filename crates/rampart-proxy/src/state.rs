@@ -1,7 +1,10 @@
 //! Runtime state: the immutable policy snapshot that each request reads once, and
 //! the one place that replaces it (reload).
 
+use crate::lockdown::{self, Activation, AuditEntry, FlagState, Loaded, Mode};
 use crate::metrics::Metrics;
+use rampart_policy::FlagMode;
+use std::collections::BTreeMap;
 use crate::pool::{HealthRegistry, Pool};
 use arc_swap::ArcSwap;
 use rampart_config::{Config, ConfigError, GeoipConfig};
@@ -81,6 +84,10 @@ pub struct Shared {
     pub config_path: PathBuf,
     snapshot: ArcSwap<Snapshot>,
     geo: ArcSwap<GeoDb>,
+    flags: ArcSwap<FlagState>,
+    flag_lock: tokio::sync::Mutex<()>,
+    /// This node's name in audit records (the host name).
+    pub node: String,
     health: HealthRegistry,
     generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
@@ -97,10 +104,48 @@ impl Shared {
         let metrics = Metrics::new();
         metrics.set_config_info(&snapshot);
         metrics.set_geo_info(&geo);
+        let node = node_name();
+        let (active, loaded) = lockdown::load(&snapshot.config);
+        let lockdown_config = &snapshot.config.lockdown;
+        match &loaded {
+            Loaded::Corrupt { moved_to, error } => {
+                log::error!(
+                    "LOCKDOWN STATE FILE {} IS CORRUPT ({error}); set aside as {}; starting with the flags config marks default_active",
+                    lockdown_config.state_file.display(),
+                    moved_to.display()
+                );
+                metrics.lockdown_state_error();
+                lockdown::audit(
+                    &lockdown_config.audit_log,
+                    &AuditEntry {
+                        time: lockdown::now_unix(),
+                        actor: "rampart",
+                        action: "corrupt_state",
+                        flag: "",
+                        mode: None,
+                        reason: error,
+                        ttl_seconds: None,
+                        expires: None,
+                        node: &node,
+                    },
+                );
+            }
+            Loaded::Restored => log::info!(
+                "lockdown state restored from {}: {} active flag(s)",
+                lockdown_config.state_file.display(),
+                active.len()
+            ),
+            Loaded::Missing => {}
+        }
+        let flags = FlagState::new(active, lockdown_config, 1);
+        metrics.set_flags(&flags, lockdown_config);
         Ok(Self {
             config_path,
             snapshot: ArcSwap::from_pointee(snapshot),
             geo: ArcSwap::from_pointee(geo),
+            flags: ArcSwap::from_pointee(flags),
+            flag_lock: tokio::sync::Mutex::new(()),
+            node,
             health,
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -111,6 +156,151 @@ impl Shared {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The current flag state.
+    pub fn flags(&self) -> arc_swap::Guard<Arc<FlagState>> {
+        self.flags.load()
+    }
+
+    /// Flag modes for `snapshot`: the precomputed ones, or (in the instant after a
+    /// reload, before they are recomputed) computed for this request.
+    pub fn modes_for(&self, snapshot: &Snapshot, flags: &FlagState) -> Option<Vec<FlagMode>> {
+        (flags.generation != snapshot.generation)
+            .then(|| lockdown::modes_for(&flags.active, &snapshot.config.lockdown))
+    }
+
+    fn store_flags(&self, active: BTreeMap<String, Activation>) -> bool {
+        let snapshot = self.snapshot();
+        let lockdown_config = &snapshot.config.lockdown;
+        let persisted = match lockdown::persist(&lockdown_config.state_file, &active) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "cannot write the lockdown state file {}: {e}; the change is in force but will not survive a restart",
+                    lockdown_config.state_file.display()
+                );
+                self.metrics.lockdown_state_error();
+                false
+            }
+        };
+        let state = FlagState::new(active, lockdown_config, snapshot.generation);
+        self.metrics.set_flags(&state, lockdown_config);
+        self.flags.store(Arc::new(state));
+        persisted
+    }
+
+    /// Turns `flag` on. Returns the activation and whether it was persisted.
+    pub async fn enable_flag(
+        &self,
+        flag: &str,
+        mode: Mode,
+        actor: &str,
+        reason: &str,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<(Activation, bool), FlagError> {
+        let _one_writer = self.flag_lock.lock().await;
+        let snapshot = self.snapshot();
+        if snapshot.config.lockdown.flag_index(flag).is_none() {
+            return Err(FlagError::Unknown(known_flags(&snapshot)));
+        }
+        let since = lockdown::now_unix();
+        let activation = Activation {
+            mode,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            since,
+            expires: ttl.map(|t| since + t.as_secs().max(1)),
+        };
+        let mut active = self.flags().active.clone();
+        active.insert(flag.to_string(), activation.clone());
+        let persisted = self.store_flags(active);
+        self.metrics.lockdown_change(flag, "enable");
+        lockdown::audit(
+            &snapshot.config.lockdown.audit_log,
+            &AuditEntry {
+                time: since,
+                actor,
+                action: "enable",
+                flag,
+                mode: Some(mode.as_str()),
+                reason,
+                ttl_seconds: ttl.map(|t| t.as_secs()),
+                expires: activation.expires,
+                node: &self.node,
+            },
+        );
+        Ok((activation, persisted))
+    }
+
+    /// Turns `flag` off. Returns whether it was on, and whether the new state was persisted.
+    pub async fn disable_flag(&self, flag: &str, actor: &str, reason: &str) -> Result<(bool, bool), FlagError> {
+        let _one_writer = self.flag_lock.lock().await;
+        let snapshot = self.snapshot();
+        if snapshot.config.lockdown.flag_index(flag).is_none() {
+            return Err(FlagError::Unknown(known_flags(&snapshot)));
+        }
+        let mut active = self.flags().active.clone();
+        if active.remove(flag).is_none() {
+            return Ok((false, true));
+        }
+        let persisted = self.store_flags(active);
+        self.metrics.lockdown_change(flag, "disable");
+        lockdown::audit(
+            &snapshot.config.lockdown.audit_log,
+            &AuditEntry {
+                time: lockdown::now_unix(),
+                actor,
+                action: "disable",
+                flag,
+                mode: None,
+                reason,
+                ttl_seconds: None,
+                expires: None,
+                node: &self.node,
+            },
+        );
+        Ok((true, persisted))
+    }
+
+    /// Turns off every flag whose expiry has passed; returns their names.
+    pub async fn expire_flags(&self) -> Vec<String> {
+        let now = lockdown::now_unix();
+        let due = |a: &Activation| a.expires.is_some_and(|e| e <= now);
+        if !self.flags().active.values().any(due) {
+            return Vec::new();
+        }
+        let _one_writer = self.flag_lock.lock().await;
+        let mut active = self.flags().active.clone();
+        let expired: Vec<String> = active
+            .iter()
+            .filter(|(_, a)| due(a))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if expired.is_empty() {
+            return expired;
+        }
+        active.retain(|_, a| !due(a));
+        self.store_flags(active);
+        let snapshot = self.snapshot();
+        for flag in &expired {
+            self.metrics.lockdown_change(flag, "expire");
+            lockdown::audit(
+                &snapshot.config.lockdown.audit_log,
+                &AuditEntry {
+                    time: now,
+                    actor: "rampart",
+                    action: "expire",
+                    flag,
+                    mode: None,
+                    reason: "ttl passed",
+                    ttl_seconds: None,
+                    expires: None,
+                    node: &self.node,
+                },
+            );
+        }
+        expired
     }
 
     /// The current GeoIP databases (cheap; read once per request).
@@ -189,7 +379,20 @@ impl Shared {
             .collect();
         self.health.retain(&keep);
         self.metrics.set_config_info(&snapshot);
+        let lockdown_config = snapshot.config.lockdown.clone();
         self.snapshot.store(Arc::new(snapshot));
+        {
+            let _one_writer = self.flag_lock.lock().await;
+            let mut active = self.flags().active.clone();
+            active.retain(|name, _| {
+                let known = lockdown_config.flag_index(name).is_some();
+                if !known {
+                    log::warn!("reload: active flag \"{name}\" is no longer in the config; turned off");
+                }
+                known
+            });
+            self.store_flags(active);
+        }
         self.metrics.reloads("success");
         log::info!(
             "config reloaded from {} (generation {generation})",
@@ -197,6 +400,27 @@ impl Shared {
         );
         Ok(generation)
     }
+}
+
+/// Why a flag change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    /// No such flag in the config; the known ones are listed.
+    #[error("unknown flag (known: {})", .0.join(", "))]
+    Unknown(Vec<String>),
+}
+
+fn known_flags(snapshot: &Snapshot) -> Vec<String> {
+    snapshot.config.lockdown.flags.iter().map(|f| f.name.clone()).collect()
+}
+
+/// The host name, for audit records.
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "rampart".to_string())
 }
 
 fn warn_restart_only_changes(old: &Config, new: &Config) {

@@ -1,6 +1,7 @@
 //! Protects the per-request policy budget (about 1 µs for route, lists, country,
 //! ASN and three buckets) and the costs inside it: a limiter check on a hot key
-//! and on a new key, a country and ASN lookup, rendering a 429 with its fields.
+//! and on a new key, a country and ASN lookup, rendering a 429 with its fields,
+//! the phone-number body rule on a registration body.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -129,6 +130,7 @@ fn full_decision(c: &mut Criterion) {
             geo: info,
             route,
             headers: &headers,
+            flags: &[],
         });
         assert!(d.rejection.is_none(), "{client}: {:?}", d.rejection);
         d
@@ -168,7 +170,7 @@ fn limit_config(max_keys: u32) -> LimitConfig {
         routes: None,
         max_keys: NonZeroU32::new(max_keys).unwrap(),
         shadow: false,
-            only_with_flag: None,
+        only_with_flag: None,
     }
 }
 
@@ -222,5 +224,24 @@ fn rendering(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, full_decision, limiter, rendering);
+fn body_rule(c: &mut Criterion) {
+    let rule = rampart_config::BodyRuleConfig {
+        route: 0,
+        field: "phone".into(),
+        allowed_calling_codes: vec!["86".into()],
+        max_body_bytes: 16 * 1024,
+    };
+    let body = br#"{"username":"li.wei","password":"correct horse battery staple","phone":"+86 138-0013-8000","captcha":"x7kq"}"#;
+    c.bench_function("body/registration_json_phone_check", |b| {
+        b.iter(|| {
+            black_box(rampart_policy::body::check_body(
+                &rule,
+                Some("application/json"),
+                black_box(body),
+            ))
+        })
+    });
+}
+
+criterion_group!(benches, full_decision, limiter, rendering, body_rule);
 criterion_main!(benches);

@@ -256,7 +256,10 @@ impl Validator {
             .enumerate()
             .map(|(i, c)| self.concurrency(i, c, &route_names, &geoip, &mut rule_names))
             .collect();
-        let referenced: Vec<usize> = limits.iter().filter_map(|l: &LimitConfig| l.only_with_flag).collect();
+        let referenced: Vec<usize> = limits
+            .iter()
+            .filter_map(|l: &LimitConfig| l.only_with_flag)
+            .collect();
         let lockdown = self.lockdown(raw.lockdown, raw.flags, &route_names, &geoip, &referenced);
         Some(Config {
             server,
@@ -1062,8 +1065,16 @@ impl Validator {
         geoip: &GeoipConfig,
         referenced: &[usize],
     ) -> LockdownConfig {
-        let state_file = self.relative_path(raw.state_file.as_deref().unwrap_or(DEFAULT_LOCKDOWN_STATE_FILE));
-        let audit_log = self.relative_path(raw.audit_log.as_deref().unwrap_or(DEFAULT_LOCKDOWN_AUDIT_LOG));
+        let state_file = self.relative_path(
+            raw.state_file
+                .as_deref()
+                .unwrap_or(DEFAULT_LOCKDOWN_STATE_FILE),
+        );
+        let audit_log = self.relative_path(
+            raw.audit_log
+                .as_deref()
+                .unwrap_or(DEFAULT_LOCKDOWN_AUDIT_LOG),
+        );
         if state_file == audit_log {
             self.issue("lockdown.audit_log", "must not be the state file");
         }
@@ -1080,9 +1091,16 @@ impl Validator {
         }
     }
 
-    fn required_routes(&mut self, key: &str, names: Option<Vec<String>>, routes: &[String]) -> Vec<usize> {
+    fn required_routes(
+        &mut self,
+        key: &str,
+        names: Option<Vec<String>>,
+        routes: &[String],
+    ) -> Vec<usize> {
         match names {
-            Some(list) if !list.is_empty() => self.route_refs(key, Some(list), routes).unwrap_or_default(),
+            Some(list) if !list.is_empty() => {
+                self.route_refs(key, Some(list), routes).unwrap_or_default()
+            }
             _ => {
                 self.issue(format!("{key}.routes"), "at least one route is required");
                 Vec::new()
@@ -1136,9 +1154,9 @@ impl Validator {
                 BlockConfig {
                     routes: self.required_routes(&bkey, b.routes, routes),
                     status,
-                    message: b
-                        .message
-                        .unwrap_or_else(|| "This part of the service is temporarily closed.".to_string()),
+                    message: b.message.unwrap_or_else(|| {
+                        "This part of the service is temporarily closed.".to_string()
+                    }),
                 }
             })
             .collect();

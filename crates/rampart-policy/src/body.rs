@@ -64,7 +64,11 @@ pub fn normalize_phone(raw: &str) -> Option<String> {
 }
 
 /// The value of `field` in a JSON object or a form body.
-fn field_value(content_type: Option<&str>, body: &[u8], field: &str) -> Result<String, BodyRefusal> {
+fn field_value(
+    content_type: Option<&str>,
+    body: &[u8],
+    field: &str,
+) -> Result<String, BodyRefusal> {
     let ct = content_type.unwrap_or("").to_ascii_lowercase();
     if ct.starts_with("application/x-www-form-urlencoded") {
         let text = std::str::from_utf8(body)
@@ -81,8 +85,12 @@ fn field_value(content_type: Option<&str>, body: &[u8], field: &str) -> Result<S
         .map_err(|e| BodyRefusal::Malformed(format!("The body is not valid JSON: {e}.")))?;
     match value.get(field) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(BodyRefusal::Malformed(format!("The \"{field}\" field must be a string."))),
-        None => Err(BodyRefusal::Malformed(format!("The body has no \"{field}\" field."))),
+        Some(_) => Err(BodyRefusal::Malformed(format!(
+            "The \"{field}\" field must be a string."
+        ))),
+        None => Err(BodyRefusal::Malformed(format!(
+            "The body has no \"{field}\" field."
+        ))),
     }
 }
 
@@ -94,7 +102,10 @@ fn form_decode(text: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(b) => {
                         out.push(b);
                         i += 2;
@@ -110,7 +121,11 @@ fn form_decode(text: &str) -> String {
 }
 
 /// Checks one body against `rule`.
-pub fn check_body(rule: &BodyRuleConfig, content_type: Option<&str>, body: &[u8]) -> Result<(), BodyRefusal> {
+pub fn check_body(
+    rule: &BodyRuleConfig,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(), BodyRefusal> {
     if body.len() > rule.max_body_bytes {
         return Err(BodyRefusal::TooLarge {
             limit: rule.max_body_bytes,
@@ -132,7 +147,11 @@ pub fn check_body(rule: &BodyRuleConfig, content_type: Option<&str>, body: &[u8]
         )));
     };
     let digits = &number[1..];
-    if rule.allowed_calling_codes.iter().any(|c| digits.starts_with(c.as_str())) {
+    if rule
+        .allowed_calling_codes
+        .iter()
+        .any(|c| digits.starts_with(c.as_str()))
+    {
         Ok(())
     } else {
         Err(BodyRefusal::NotAllowed(format!(
@@ -157,9 +176,18 @@ mod tests {
 
     #[test]
     fn numbers_are_normalised() {
-        assert_eq!(normalize_phone("+86 138-0013 8000").as_deref(), Some("+8613800138000"));
-        assert_eq!(normalize_phone("0086 (138) 0013.8000").as_deref(), Some("+8613800138000"));
-        assert_eq!(normalize_phone("+1 (415) 555-0100").as_deref(), Some("+14155550100"));
+        assert_eq!(
+            normalize_phone("+86 138-0013 8000").as_deref(),
+            Some("+8613800138000")
+        );
+        assert_eq!(
+            normalize_phone("0086 (138) 0013.8000").as_deref(),
+            Some("+8613800138000")
+        );
+        assert_eq!(
+            normalize_phone("+1 (415) 555-0100").as_deref(),
+            Some("+14155550100")
+        );
         assert_eq!(normalize_phone("13800138000"), None); // no calling code
         assert_eq!(normalize_phone("+86 138 x 0013"), None);
         assert_eq!(normalize_phone("+8+6123456"), None);
@@ -168,25 +196,69 @@ mod tests {
     #[test]
     fn json_and_form_bodies() {
         let r = rule();
-        assert_eq!(check_body(&r, Some("application/json"), br#"{"phone":"+86 138 0013 8000","name":"a"}"#), Ok(()));
         assert_eq!(
-            check_body(&r, Some("application/x-www-form-urlencoded"), b"name=a&phone=%2B86+138+0013+8000"),
+            check_body(
+                &r,
+                Some("application/json"),
+                br#"{"phone":"+86 138 0013 8000","name":"a"}"#
+            ),
             Ok(())
         );
-        assert_eq!(check_body(&r, None, br#"{"phone":"0086 13800138000"}"#), Ok(()));
-        let us = check_body(&r, Some("application/json"), br#"{"phone":"+1 415 555 0100"}"#).unwrap_err();
+        assert_eq!(
+            check_body(
+                &r,
+                Some("application/x-www-form-urlencoded"),
+                b"name=a&phone=%2B86+138+0013+8000"
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_body(&r, None, br#"{"phone":"0086 13800138000"}"#),
+            Ok(())
+        );
+        let us = check_body(
+            &r,
+            Some("application/json"),
+            br#"{"phone":"+1 415 555 0100"}"#,
+        )
+        .unwrap_err();
         assert_eq!(us.status(), 403);
         assert!(us.detail().contains("+86"));
-        assert_eq!(check_body(&r, Some("application/json"), br#"{"phone":"13800138000"}"#).unwrap_err().status(), 403);
+        assert_eq!(
+            check_body(&r, Some("application/json"), br#"{"phone":"13800138000"}"#)
+                .unwrap_err()
+                .status(),
+            403
+        );
     }
 
     #[test]
     fn malformed_and_oversized_bodies() {
         let r = rule();
-        assert_eq!(check_body(&r, Some("application/json"), b"{not json").unwrap_err().status(), 400);
-        assert_eq!(check_body(&r, Some("application/json"), br#"{"mobile":"+86 1"}"#).unwrap_err().status(), 400);
-        assert_eq!(check_body(&r, Some("application/json"), br#"{"phone":8613800138000}"#).unwrap_err().status(), 400);
-        assert_eq!(check_body(&r, Some("application/x-www-form-urlencoded"), b"a=b").unwrap_err().status(), 400);
+        assert_eq!(
+            check_body(&r, Some("application/json"), b"{not json")
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            check_body(&r, Some("application/json"), br#"{"mobile":"+86 1"}"#)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            check_body(&r, Some("application/json"), br#"{"phone":8613800138000}"#)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            check_body(&r, Some("application/x-www-form-urlencoded"), b"a=b")
+                .unwrap_err()
+                .status(),
+            400
+        );
         let big = vec![b' '; 300];
         assert_eq!(
             check_body(&r, Some("application/json"), &big),

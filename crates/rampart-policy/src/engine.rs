@@ -234,7 +234,12 @@ impl<C: Clock + Clone> Policy<C> {
     }
 
     /// Runs body rule `check` on a body.
-    pub fn check_body(&self, check: BodyCheck, content_type: Option<&str>, body: &[u8]) -> Option<Rejection> {
+    pub fn check_body(
+        &self,
+        check: BodyCheck,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Option<Rejection> {
         let flag = self.flags.flags.get(check.flag)?;
         let rule = flag.config.body_rules.get(check.rule)?;
         crate::body::check_body(rule, content_type, body)
@@ -457,7 +462,9 @@ impl<C: Clock + Clone> Policy<C> {
         for &i in &rules.limits {
             let rule = &self.limits[i];
             let key = rule.key(&Self::key_facts(facts, &rule.config.key));
-            let BucketState { tracked, remaining, .. } = rule.peek(&key);
+            let BucketState {
+                tracked, remaining, ..
+            } = rule.peek(&key);
             let would_reject = remaining == 0;
             out.rules.push(ExplainedRule {
                 name: rule.config.name.clone(),
@@ -653,12 +660,26 @@ maintenance = { retry_after = "2m", message = "Back soon." }
         let (p, _clock) = policy(FLAGS);
         let none = HeaderMap::new();
         // Scale 0.5: each login costs 2 cells of 4, so two requests pass.
-        assert!(decide_with(&p, "10.0.0.1", 0, &[Enforce], &none).rejection.is_none());
-        assert!(decide_with(&p, "10.0.0.1", 0, &[Enforce], &none).rejection.is_none());
-        assert_eq!(decide_with(&p, "10.0.0.1", 0, &[Enforce], &none).rejection.unwrap().rule(), Some("login-ip"));
+        assert!(decide_with(&p, "10.0.0.1", 0, &[Enforce], &none)
+            .rejection
+            .is_none());
+        assert!(decide_with(&p, "10.0.0.1", 0, &[Enforce], &none)
+            .rejection
+            .is_none());
+        assert_eq!(
+            decide_with(&p, "10.0.0.1", 0, &[Enforce], &none)
+                .rejection
+                .unwrap()
+                .rule(),
+            Some("login-ip")
+        );
         // In preview, the third and fourth requests pass but are reported.
-        assert!(decide_with(&p, "10.0.0.2", 0, &[Preview], &none).preview.is_empty());
-        assert!(decide_with(&p, "10.0.0.2", 0, &[Preview], &none).preview.is_empty());
+        assert!(decide_with(&p, "10.0.0.2", 0, &[Preview], &none)
+            .preview
+            .is_empty());
+        assert!(decide_with(&p, "10.0.0.2", 0, &[Preview], &none)
+            .preview
+            .is_empty());
         let d = decide_with(&p, "10.0.0.2", 0, &[Preview], &none);
         assert!(d.rejection.is_none());
         assert_eq!(d.preview, vec![Arc::<str>::from("under_attack")]);
@@ -669,10 +690,20 @@ maintenance = { retry_after = "2m", message = "Back soon." }
         let (p, _clock) = policy(FLAGS);
         let none = HeaderMap::new();
         for _ in 0..3 {
-            assert!(decide_with(&p, "10.0.0.1", 1, &[Off], &none).rejection.is_none());
+            assert!(decide_with(&p, "10.0.0.1", 1, &[Off], &none)
+                .rejection
+                .is_none());
         }
-        assert!(decide_with(&p, "10.0.0.1", 1, &[Enforce], &none).rejection.is_none());
-        assert_eq!(decide_with(&p, "10.0.0.1", 1, &[Enforce], &none).rejection.unwrap().rule(), Some("attack-only"));
+        assert!(decide_with(&p, "10.0.0.1", 1, &[Enforce], &none)
+            .rejection
+            .is_none());
+        assert_eq!(
+            decide_with(&p, "10.0.0.1", 1, &[Enforce], &none)
+                .rejection
+                .unwrap()
+                .rule(),
+            Some("attack-only")
+        );
     }
 
     #[test]
@@ -680,26 +711,52 @@ maintenance = { retry_after = "2m", message = "Back soon." }
         let (p, _clock) = policy(FLAGS);
         let none = HeaderMap::new();
         let login_only = [Off, Enforce];
-        assert!(decide_with(&p, "10.0.0.1", 0, &login_only, &none).rejection.is_none());
-        let r = decide_with(&p, "10.0.0.1", 1, &login_only, &none).rejection.unwrap();
+        assert!(decide_with(&p, "10.0.0.1", 0, &login_only, &none)
+            .rejection
+            .is_none());
+        let r = decide_with(&p, "10.0.0.1", 1, &login_only, &none)
+            .rejection
+            .unwrap();
         assert_eq!((r.status(), r.label()), (503, "locked_down"));
 
         let sessions = [Off, Off, Enforce];
-        assert_eq!(decide_with(&p, "10.0.0.1", 1, &sessions, &none).rejection.unwrap().label(), "session_required");
+        assert_eq!(
+            decide_with(&p, "10.0.0.1", 1, &sessions, &none)
+                .rejection
+                .unwrap()
+                .label(),
+            "session_required"
+        );
         let mut cookie = HeaderMap::new();
         cookie.insert("cookie", "theme=dark; sid=abc".parse().unwrap());
-        assert!(decide_with(&p, "10.0.0.1", 1, &sessions, &cookie).rejection.is_none());
+        assert!(decide_with(&p, "10.0.0.1", 1, &sessions, &cookie)
+            .rejection
+            .is_none());
         let mut empty_cookie = HeaderMap::new();
         empty_cookie.insert("cookie", "sid=".parse().unwrap());
-        assert!(decide_with(&p, "10.0.0.1", 1, &sessions, &empty_cookie).rejection.is_some());
+        assert!(decide_with(&p, "10.0.0.1", 1, &sessions, &empty_cookie)
+            .rejection
+            .is_some());
 
         let office = [Off, Off, Off, Enforce];
-        assert_eq!(decide_with(&p, "10.0.0.1", 1, &office, &none).rejection.unwrap().status(), 403);
-        assert!(decide_with(&p, "192.0.2.5", 1, &office, &none).rejection.is_none());
-        assert!(decide_with(&p, "10.0.0.1", 0, &office, &none).rejection.is_none()); // login not restricted
+        assert_eq!(
+            decide_with(&p, "10.0.0.1", 1, &office, &none)
+                .rejection
+                .unwrap()
+                .status(),
+            403
+        );
+        assert!(decide_with(&p, "192.0.2.5", 1, &office, &none)
+            .rejection
+            .is_none());
+        assert!(decide_with(&p, "10.0.0.1", 0, &office, &none)
+            .rejection
+            .is_none()); // login not restricted
 
         let maintenance = [Off, Off, Off, Off, Enforce];
-        let r = decide_with(&p, "10.0.0.1", 0, &maintenance, &none).rejection.unwrap();
+        let r = decide_with(&p, "10.0.0.1", 0, &maintenance, &none)
+            .rejection
+            .unwrap();
         assert_eq!(r.status(), 503);
         assert_eq!(r.retry_after(), Some(120));
         assert_eq!(r.detail(), "Back soon.");

@@ -70,7 +70,11 @@ impl CompiledFlags {
                         routes: r.routes.clone(),
                         cidrs: CidrSet::new(&r.cidrs),
                         asns: r.asns.clone(),
-                        countries: r.countries.iter().filter_map(|c| CountryCode::parse(c)).collect(),
+                        countries: r
+                            .countries
+                            .iter()
+                            .filter_map(|c| CountryCode::parse(c))
+                            .collect(),
                     })
                     .collect(),
                 config: f.clone(),
@@ -95,7 +99,13 @@ fn has_cookie(headers: &HeaderMap, name: &str) -> bool {
 impl CompiledFlag {
     /// What this flag says about a request on `route` (not counting body rules
     /// or limit scaling, which the engine applies).
-    pub fn check(&self, route: Option<usize>, ip: IpAddr, geo: &GeoInfo, headers: &HeaderMap) -> Option<Rejection> {
+    pub fn check(
+        &self,
+        route: Option<usize>,
+        ip: IpAddr,
+        geo: &GeoInfo,
+        headers: &HeaderMap,
+    ) -> Option<Rejection> {
         let on = |routes: &[usize]| route.is_some_and(|r| routes.contains(&r));
         let c = &self.config;
         if let Some(m) = &c.maintenance {
@@ -128,7 +138,10 @@ impl CompiledFlag {
         if let Some(s) = &c.require_session {
             if on(&s.routes) {
                 let by_header = s.header.as_deref().is_some_and(|h| headers.contains_key(h));
-                let by_cookie = s.cookie.as_deref().is_some_and(|name| has_cookie(headers, name));
+                let by_cookie = s
+                    .cookie
+                    .as_deref()
+                    .is_some_and(|name| has_cookie(headers, name));
                 if !by_header && !by_cookie {
                     return Some(Rejection::SessionRequired {
                         flag: self.name.clone(),

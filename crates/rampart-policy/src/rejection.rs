@@ -243,10 +243,12 @@ impl Rejection {
                 message.to_string()
             }
             Rejection::SessionRequired { .. } => {
-                "Only signed-in users are served right now; new sessions are not accepted.".to_string()
+                "Only signed-in users are served right now; new sessions are not accepted."
+                    .to_string()
             }
             Rejection::RestrictedByFlag { .. } => {
-                "This part of the service is temporarily restricted to some networks and regions.".to_string()
+                "This part of the service is temporarily restricted to some networks and regions."
+                    .to_string()
             }
             Rejection::BodyRefused { detail, .. } => detail.clone(),
         }

@@ -286,14 +286,21 @@ impl AdminService {
             }
         };
         if req.reason.trim().is_empty() || req.actor.trim().is_empty() {
-            return problem(StatusCode::BAD_REQUEST, "reason and actor must not be empty");
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "reason and actor must not be empty",
+            );
         }
         let ttl = match parse_ttl(req.ttl.as_deref()) {
             Ok(t) => t,
             Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
         };
         let mode = req.mode.unwrap_or(Mode::Enforce);
-        match self.shared.enable_flag(flag, mode, &req.actor, &req.reason, ttl).await {
+        match self
+            .shared
+            .enable_flag(flag, mode, &req.actor, &req.reason, ttl)
+            .await
+        {
             Ok((a, persisted)) => json_reply(
                 StatusCode::OK,
                 json!({
@@ -382,7 +389,10 @@ impl AdminService {
             geo: info,
             route,
             headers: &headers,
-            flags: &self.shared.modes_for(&snapshot, &self.shared.flags()).unwrap_or_else(|| self.shared.flags().modes.clone()),
+            flags: &self
+                .shared
+                .modes_for(&snapshot, &self.shared.flags())
+                .unwrap_or_else(|| self.shared.flags().modes.clone()),
         });
         let verdict = match found {
             rampart_policy::RouteMatch::Reject { status } => {

@@ -89,7 +89,11 @@ pub struct FlagState {
 
 impl FlagState {
     /// Builds the state for `active` against `config`'s flags.
-    pub fn new(active: BTreeMap<String, Activation>, lockdown: &LockdownConfig, generation: u64) -> Self {
+    pub fn new(
+        active: BTreeMap<String, Activation>,
+        lockdown: &LockdownConfig,
+        generation: u64,
+    ) -> Self {
         let modes = modes_for(&active, lockdown);
         Self {
             active,
@@ -100,11 +104,18 @@ impl FlagState {
 }
 
 /// Mode of each configured flag given the active set.
-pub fn modes_for(active: &BTreeMap<String, Activation>, lockdown: &LockdownConfig) -> Vec<FlagMode> {
+pub fn modes_for(
+    active: &BTreeMap<String, Activation>,
+    lockdown: &LockdownConfig,
+) -> Vec<FlagMode> {
     lockdown
         .flags
         .iter()
-        .map(|f| active.get(&f.name).map_or(FlagMode::Off, |a| a.mode.flag_mode()))
+        .map(|f| {
+            active
+                .get(&f.name)
+                .map_or(FlagMode::Off, |a| a.mode.flag_mode())
+        })
         .collect()
 }
 
@@ -159,7 +170,9 @@ pub fn load(config: &Config) -> (BTreeMap<String, Activation>, Loaded) {
             active.retain(|name, _| {
                 let known = lockdown.flag_index(name).is_some();
                 if !known {
-                    log::warn!("lockdown state: flag \"{name}\" is no longer in the config; dropped");
+                    log::warn!(
+                        "lockdown state: flag \"{name}\" is no longer in the config; dropped"
+                    );
                 }
                 known
             });
@@ -169,7 +182,10 @@ pub fn load(config: &Config) -> (BTreeMap<String, Activation>, Loaded) {
             defaults(),
             set_aside(path, format!("unsupported state version {}", file.version)),
         ),
-        Err(e) => (defaults(), set_aside(path, format!("not a valid state file: {e}"))),
+        Err(e) => (
+            defaults(),
+            set_aside(path, format!("not a valid state file: {e}")),
+        ),
     }
 }
 
@@ -186,7 +202,10 @@ fn set_aside(path: &Path, error: String) -> Loaded {
 /// Writes the active flags atomically: a temporary file, fsync, rename, fsync of
 /// the folder.
 pub fn persist(path: &Path, active: &BTreeMap<String, Activation>) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let file = StateFile {
         version: STATE_VERSION,
@@ -237,13 +256,19 @@ pub fn audit(path: &Path, entry: &AuditEntry<'_>) {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         f.write_all(line.as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_data()
     };
     if let Err(e) = write() {
-        log::error!("cannot append to the lockdown audit log {}: {e}", path.display());
+        log::error!(
+            "cannot append to the lockdown audit log {}: {e}",
+            path.display()
+        );
     }
 }
 

@@ -286,7 +286,11 @@ impl Metrics {
     }
 
     /// Records which flags are on, in which mode.
-    pub fn set_flags(&self, state: &crate::lockdown::FlagState, config: &rampart_config::LockdownConfig) {
+    pub fn set_flags(
+        &self,
+        state: &crate::lockdown::FlagState,
+        config: &rampart_config::LockdownConfig,
+    ) {
         for flag in &config.flags {
             let mode = state.active.get(&flag.name).map(|a| a.mode.as_str());
             for m in ["enforce", "preview"] {

@@ -12,8 +12,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use rampart_config::{ForwardedHeader, RouteKind};
-use rampart_policy::limits::ConcurrencyPermit;
 use rampart_policy::engine::BodyCheck;
+use rampart_policy::limits::ConcurrencyPermit;
 use rampart_policy::{resolve_client_ip, GeoInfo, Rejection, RequestFacts, RouteMatch};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -74,7 +74,9 @@ impl RampartProxy {
             };
             if check.preview {
                 if let Some(flag) = refusal.rule() {
-                    self.shared.metrics.lockdown_preview(ctx.route_label(), flag);
+                    self.shared
+                        .metrics
+                        .lockdown_preview(ctx.route_label(), flag);
                 }
                 continue;
             }
@@ -200,14 +202,18 @@ impl ProxyHttp for RampartProxy {
                 self.shared.metrics.shadow_match(ctx.route_label(), rule);
             }
             for flag in &decision.preview {
-                self.shared.metrics.lockdown_preview(ctx.route_label(), flag);
+                self.shared
+                    .metrics
+                    .lockdown_preview(ctx.route_label(), flag);
             }
             ctx.permits = decision.permits;
             body_checks = decision.body_checks;
             rejection = decision.rejection;
         }
         if rejection.is_none() && !body_checks.is_empty() {
-            rejection = self.check_body(session, ctx, &snapshot, &body_checks).await?;
+            rejection = self
+                .check_body(session, ctx, &snapshot, &body_checks)
+                .await?;
         }
         let rejection = rejection.or_else(|| {
             let pool = snapshot.pools.get(ctx.pool?)?;

@@ -3,13 +3,13 @@
 
 use crate::lockdown::{self, Activation, AuditEntry, FlagState, Loaded, Mode};
 use crate::metrics::Metrics;
-use rampart_policy::FlagMode;
-use std::collections::BTreeMap;
 use crate::pool::{HealthRegistry, Pool};
 use arc_swap::ArcSwap;
 use rampart_config::{Config, ConfigError, GeoipConfig};
 use rampart_policy::geo::{FileStamp, GeoError, GeoFile};
+use rampart_policy::FlagMode;
 use rampart_policy::{GeoDb, Policy, RouteTable};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -234,7 +234,12 @@ impl Shared {
     }
 
     /// Turns `flag` off. Returns whether it was on, and whether the new state was persisted.
-    pub async fn disable_flag(&self, flag: &str, actor: &str, reason: &str) -> Result<(bool, bool), FlagError> {
+    pub async fn disable_flag(
+        &self,
+        flag: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(bool, bool), FlagError> {
         let _one_writer = self.flag_lock.lock().await;
         let snapshot = self.snapshot();
         if snapshot.config.lockdown.flag_index(flag).is_none() {
@@ -387,7 +392,9 @@ impl Shared {
             active.retain(|name, _| {
                 let known = lockdown_config.flag_index(name).is_some();
                 if !known {
-                    log::warn!("reload: active flag \"{name}\" is no longer in the config; turned off");
+                    log::warn!(
+                        "reload: active flag \"{name}\" is no longer in the config; turned off"
+                    );
                 }
                 known
             });
@@ -411,7 +418,13 @@ pub enum FlagError {
 }
 
 fn known_flags(snapshot: &Snapshot) -> Vec<String> {
-    snapshot.config.lockdown.flags.iter().map(|f| f.name.clone()).collect()
+    snapshot
+        .config
+        .lockdown
+        .flags
+        .iter()
+        .map(|f| f.name.clone())
+        .collect()
 }
 
 /// The host name, for audit records.

@@ -132,6 +132,17 @@ impl Rampart {
         self.child = Some(child);
     }
 
+    /// Stops the process (SIGKILL, like a crash) and starts it again with the same
+    /// config, folder and ports; waits until it is ready.
+    pub async fn restart(&mut self, binary: &Path) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn(binary);
+        self.wait_ready().await;
+    }
+
     /// Waits until `/readyz` answers 200; panics with the process log otherwise.
     pub async fn wait_ready(&mut self) {
         let url = self.admin_url("/readyz");

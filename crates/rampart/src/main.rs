@@ -1,5 +1,6 @@
 //! The `rampart` command line: `run`, `check` and `demo`.
 
+mod cli_lockdown;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,13 @@ enum Command {
         #[arg(long, short, required = true)]
         config: Vec<PathBuf>,
     },
+    /// Turn lockdown flags on and off through the admin API.
+    Lockdown {
+        #[command(flatten)]
+        target: cli_lockdown::AdminTarget,
+        #[command(subcommand)]
+        command: cli_lockdown::LockdownCommand,
+    },
     /// GeoIP tools.
     Geoip {
         #[command(subcommand)]
@@ -67,6 +75,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(config),
+        Command::Lockdown { target, command } => {
+            ExitCode::from(cli_lockdown::run(&target, &command))
+        }
         Command::Geoip {
             command: GeoipCommand::Lookup { ip, config },
         } => geoip_lookup(&ip, &config),

@@ -50,6 +50,20 @@ pub struct FileConfig {
     /// `[[flags]]`
     #[serde(default)]
     pub flags: Vec<FileFlag>,
+    /// `[access_log]`
+    #[serde(default)]
+    pub access_log: FileAccessLog,
+}
+
+/// `[access_log]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileAccessLog {
+    /// Write one JSON line per request.
+    pub enabled: Option<bool>,
+    /// File, or `-` for standard output.
+    pub path: Option<String>,
+    /// Most lines per second for rejected requests; the rest are counted.
+    pub rejected_lines_per_second: Option<i64>,
 }
 
 /// `[lockdown]`

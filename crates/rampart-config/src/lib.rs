@@ -261,7 +261,9 @@ impl Validator {
             .filter_map(|l: &LimitConfig| l.only_with_flag)
             .collect();
         let lockdown = self.lockdown(raw.lockdown, raw.flags, &route_names, &geoip, &referenced);
+        let access_log = self.access_log(raw.access_log);
         Some(Config {
+            access_log,
             server,
             client_ip,
             listeners,
@@ -1057,6 +1059,29 @@ fn list_or_none(names: &[String]) -> String {
 }
 
 impl Validator {
+    fn access_log(&mut self, raw: file::FileAccessLog) -> AccessLogConfig {
+        let target = match (raw.enabled.unwrap_or(false), raw.path.as_deref()) {
+            (false, _) => None,
+            (true, None | Some("-")) => Some(AccessLogTarget::Stdout),
+            (true, Some(p)) => Some(AccessLogTarget::File(self.relative_path(p))),
+        };
+        let rejected_lines_per_second = match raw.rejected_lines_per_second {
+            None => DEFAULT_REJECTED_LINES_PER_SECOND,
+            Some(n) if (0..=1_000_000).contains(&n) => n as u32,
+            Some(n) => {
+                self.issue(
+                    "access_log.rejected_lines_per_second",
+                    format!("must be from 0 to 1000000, got {n}"),
+                );
+                DEFAULT_REJECTED_LINES_PER_SECOND
+            }
+        };
+        AccessLogConfig {
+            target,
+            rejected_lines_per_second,
+        }
+    }
+
     fn lockdown(
         &mut self,
         raw: file::FileLockdown,

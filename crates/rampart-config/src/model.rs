@@ -46,6 +46,8 @@ pub const DEFAULT_MAX_KEYS: u32 = 100_000;
 pub const DEFAULT_PREFIX_V4: u8 = 24;
 /// Default IPv6 prefix length of `key = "prefix"`.
 pub const DEFAULT_PREFIX_V6: u8 = 64;
+/// Default most access log lines per second for rejected requests.
+pub const DEFAULT_REJECTED_LINES_PER_SECOND: u32 = 100;
 /// Default lockdown state file, relative to the config file.
 pub const DEFAULT_LOCKDOWN_STATE_FILE: &str = "state/lockdown.json";
 /// Default lockdown audit log, relative to the config file.
@@ -87,6 +89,26 @@ pub struct Config {
     pub concurrency: Vec<ConcurrencyConfig>,
     /// Lockdown flags and where their state lives.
     pub lockdown: LockdownConfig,
+    /// The access log.
+    pub access_log: AccessLogConfig,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output.
+    Stdout,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// `[access_log]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// `None` when the access log is off.
+    pub target: Option<AccessLogTarget>,
+    /// Most lines per second for rejected requests (sampling under attack).
+    pub rejected_lines_per_second: u32,
 }
 
 /// `[lockdown]` and `[[flags]]`.

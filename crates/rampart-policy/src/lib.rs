@@ -11,6 +11,7 @@ pub mod limits;
 pub mod lockdown;
 pub mod rejection;
 pub mod route;
+pub mod top;
 
 pub use client_ip::resolve_client_ip;
 pub use engine::{Decision, Explanation, Policy, RequestFacts};

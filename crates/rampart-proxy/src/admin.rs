@@ -10,6 +10,7 @@
 //! | GET | `/status` | config generation, pools and server health as JSON |
 //! | POST | `/reload` | re-read the config file; 200 or 400 with every error |
 //! | GET | `/debug/explain?ip=&path=&method=&host=` | what the policy sees and would decide for such a request |
+//! | GET | `/debug/top?n=10` | top sources of rejected requests (addresses, /24 or /48 networks, ASNs) over the last 1–2 minutes |
 //! | GET | `/lockdown` | every flag with its state, actor, reason, since and expiry |
 //! | PUT | `/lockdown/{flag}` | turn a flag on: `{"reason": "...", "actor": "...", "ttl": "2h", "mode": "enforce"}` |
 //! | DELETE | `/lockdown/{flag}` | turn a flag off (optional body `{"actor": "...", "reason": "..."}`) |
@@ -144,6 +145,13 @@ impl ServeHttp for AdminService {
                 Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
             (Method::GET, "/lockdown") => json_reply(StatusCode::OK, self.lockdown_list()),
+            (Method::GET, "/debug/top") => {
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                match top_n(&query) {
+                    Ok(n) => json_reply(StatusCode::OK, self.top(n)),
+                    Err(e) => problem(StatusCode::BAD_REQUEST, &e),
+                }
+            }
             (method, p) if p.starts_with("/lockdown/") => {
                 let flag = p.trim_start_matches("/lockdown/").to_string();
                 match method {
@@ -155,13 +163,13 @@ impl ServeHttp for AdminService {
                     ),
                 }
             }
-            (_, "/metrics" | "/status" | "/reload" | "/debug/explain" | "/lockdown") => problem(
+            (_, "/metrics" | "/status" | "/reload" | "/debug/explain" | "/debug/top" | "/lockdown") => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed on this path",
             ),
             _ => problem(
                 StatusCode::NOT_FOUND,
-                "unknown admin path (known: /healthz, /readyz, /metrics, /status, /reload, /debug/explain, /lockdown)",
+                "unknown admin path (known: /healthz, /readyz, /metrics, /status, /reload, /debug/explain, /debug/top, /lockdown)",
             ),
         }
     }
@@ -245,7 +253,64 @@ fn unknown_flag(flag: &str, e: &FlagError) -> Response<Vec<u8>> {
     r
 }
 
+/// `n` from `?n=…` (default 10, at most 64).
+fn top_n(query: &str) -> Result<usize, String> {
+    let mut n = 10;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("n", v)) => {
+                n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=crate::state::OFFENDER_CAPACITY).contains(n))
+                    .ok_or_else(|| {
+                        format!("n must be from 1 to {}", crate::state::OFFENDER_CAPACITY)
+                    })?;
+            }
+            _ => return Err(format!("unknown parameter \"{pair}\" (use n)")),
+        }
+    }
+    Ok(n)
+}
+
 impl AdminService {
+    fn top(&self, n: usize) -> serde_json::Value {
+        let now = crate::lockdown::now_unix();
+        let Ok(mut top) = self.shared.offenders.lock() else {
+            return json!({});
+        };
+        let window = top.ips.window_secs();
+        let rows = |list: Vec<(String, u64)>| {
+            list.into_iter()
+                .map(|(key, rejected)| json!({"key": key, "rejected": rejected}))
+                .collect::<Vec<_>>()
+        };
+        let ips = top
+            .ips
+            .top(n, now)
+            .into_iter()
+            .map(|(k, c)| (k.to_string(), c))
+            .collect();
+        let prefixes = top
+            .prefixes
+            .top(n, now)
+            .into_iter()
+            .map(|(k, c)| (k.to_string(), c))
+            .collect();
+        let asns = top
+            .asns
+            .top(n, now)
+            .into_iter()
+            .map(|(k, c)| (format!("AS{k}"), c))
+            .collect();
+        json!({
+            "window_seconds": window,
+            "ips": rows(ips),
+            "prefixes": rows(prefixes),
+            "asns": rows(asns),
+        })
+    }
+
     fn lockdown_list(&self) -> serde_json::Value {
         let snapshot = self.shared.snapshot();
         let flags = self.shared.flags();

@@ -2,6 +2,7 @@
 //! checks, the admin API, metrics, and the background services that reload config.
 //! Policy decisions are made by `rampart-policy`; this crate only wires them in.
 
+pub mod access_log;
 pub mod admin;
 pub mod background;
 pub mod health;
@@ -92,9 +93,17 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
     let token = read_admin_token(&config.admin.token)?;
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
+    let (access_log, access_log_writer) = match access_log::access_log(&config.access_log) {
+        Some((log, writer)) => (Some(log), Some(writer)),
+        None => (None, None),
+    };
     let shared = Arc::new(
-        Shared::new(config_path, config.clone()).map_err(|e| StartError::Geo(e.to_string()))?,
+        Shared::new(config_path, config.clone(), access_log)
+            .map_err(|e| StartError::Geo(e.to_string()))?,
     );
+    if let Some(writer) = access_log_writer {
+        server.add_service(background_service("access log", writer));
+    }
     let conf = server.configuration.clone();
 
     // Plain HTTP/2 (h2c) is an option of the service, so h2c listeners get their own.

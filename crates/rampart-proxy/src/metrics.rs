@@ -34,12 +34,23 @@ pub struct Metrics {
     flag_changes: IntCounterVec,
     flag_preview: IntCounterVec,
     lockdown_state_errors: IntCounter,
+    upstream_duration: HistogramVec,
+    upstream_connects: IntCounterVec,
+    /// Requests being handled now.
+    pub in_flight: IntGauge,
+    access_log_dropped: IntCounter,
+    access_log_sampled_out: IntCounter,
+    names: Vec<String>,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
+    names: &std::cell::RefCell<Vec<String>>,
     metric: T,
 ) -> T {
+    names
+        .borrow_mut()
+        .extend(metric.desc().iter().map(|d| d.fq_name.clone()));
     // Names are literals below and registered once per registry.
     #[allow(clippy::expect_used)]
     registry
@@ -53,8 +64,10 @@ impl Metrics {
     #[allow(clippy::expect_used)] // start-up only: the metric definitions are constants
     pub fn new() -> Self {
         let registry = Registry::new();
+        let names = std::cell::RefCell::new(Vec::new());
         let requests = registered(
             &registry,
+            &names,
             IntCounterVec::new(
                 Opts::new(
                     "rampart_http_requests_total",
@@ -66,6 +79,7 @@ impl Metrics {
         );
         let request_duration = registered(
             &registry,
+            &names,
             HistogramVec::new(
                 HistogramOpts::new(
                     "rampart_http_request_duration_seconds",
@@ -81,6 +95,7 @@ impl Metrics {
         );
         let reloads = registered(
             &registry,
+            &names,
             IntCounterVec::new(
                 Opts::new(
                     "rampart_config_reloads_total",
@@ -92,6 +107,7 @@ impl Metrics {
         );
         let config_generation = registered(
             &registry,
+            &names,
             IntGauge::new(
                 "rampart_config_generation",
                 "Generation of the config in force; increases with each successful reload.",
@@ -100,6 +116,7 @@ impl Metrics {
         );
         let upstream_healthy = registered(
             &registry,
+            &names,
             IntGaugeVec::new(
                 Opts::new(
                     "rampart_upstream_server_healthy",
@@ -112,12 +129,14 @@ impl Metrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             registered(
                 &registry,
+                &names,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             registered(
                 &registry,
+                &names,
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
@@ -184,13 +203,68 @@ impl Metrics {
         );
         let lockdown_state_errors = registered(
             &registry,
+            &names,
             IntCounter::new(
                 "rampart_lockdown_state_errors_total",
                 "Lockdown state file problems: corrupt at start, or a write that failed.",
             )
             .expect("valid metric"),
         );
+        let upstream_duration = registered(
+            &registry,
+            &names,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "rampart_upstream_response_duration_seconds",
+                    "Time from choosing an origin server to its response header, by pool.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]),
+                &["pool"],
+            )
+            .expect("valid metric"),
+        );
+        let upstream_connects = counter(
+            "rampart_upstream_connections_total",
+            "Origin connections used, by pool and whether a kept-alive one was reused.",
+            &["pool", "reused"],
+        );
+        let in_flight = registered(
+            &registry,
+            &names,
+            IntGauge::new(
+                "rampart_http_requests_in_flight",
+                "Requests being handled now.",
+            )
+            .expect("valid metric"),
+        );
+        let access_log_dropped = registered(
+            &registry,
+            &names,
+            IntCounter::new(
+                "rampart_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind.",
+            )
+            .expect("valid metric"),
+        );
+        let access_log_sampled_out = registered(
+            &registry,
+            &names,
+            IntCounter::new(
+                "rampart_access_log_sampled_out_total",
+                "Rejected requests not logged because of rejected_lines_per_second.",
+            )
+            .expect("valid metric"),
+        );
         Self {
+            upstream_duration,
+            upstream_connects,
+            in_flight,
+            access_log_dropped,
+            access_log_sampled_out,
+            names: names.into_inner(),
             flag_active,
             flag_changes,
             flag_preview,
@@ -314,6 +388,35 @@ impl Metrics {
     /// Counts one state file problem.
     pub fn lockdown_state_error(&self) {
         self.lockdown_state_errors.inc();
+    }
+
+    /// Records the time an origin took to answer with its header.
+    pub fn upstream_response(&self, pool: &str, seconds: f64) {
+        self.upstream_duration
+            .with_label_values(&[pool])
+            .observe(seconds);
+    }
+
+    /// Counts one origin connection handed to a request.
+    pub fn upstream_connect(&self, pool: &str, reused: bool) {
+        self.upstream_connects
+            .with_label_values(&[pool, if reused { "true" } else { "false" }])
+            .inc();
+    }
+
+    /// Counts one dropped access log line.
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
+    }
+
+    /// Counts one rejected request left out of the access log by sampling.
+    pub fn access_log_sampled_out(&self) {
+        self.access_log_sampled_out.inc();
+    }
+
+    /// Names of every metric this registry exports (for the README check).
+    pub fn metric_names(&self) -> &[String] {
+        &self.names
     }
 
     /// Counts one reload attempt.

@@ -31,6 +31,22 @@ impl RampartProxy {
         Self { shared }
     }
 
+    /// Counts a rejected request against its address, network and AS.
+    fn record_offender(&self, ctx: &RequestCtx) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let prefix = rampart_policy::limits::prefix_of(ctx.client_ip, 24, 48);
+        if let Ok(mut top) = self.shared.offenders.lock() {
+            top.ips.add(ctx.client_ip, now);
+            top.prefixes.add(prefix, now);
+            if let Some(asn) = ctx.geo.asn {
+                top.asns.add(asn, now);
+            }
+        }
+    }
+
     /// Reads the request body (up to the largest limit of `checks`) into Pingora's
     /// retry buffer, which replays it to the origin byte for byte, and runs the
     /// body rules on it. Previewed rules are only counted.
@@ -100,6 +116,61 @@ pub struct RequestCtx {
     geo: GeoInfo,
     /// In-flight slots, released when the context is dropped at the end of the request.
     permits: Vec<ConcurrencyPermit>,
+    upstream_start: Option<Instant>,
+    _in_flight: InFlight,
+}
+
+/// Counts a request in `rampart_http_requests_in_flight` for as long as it lives.
+#[derive(Debug)]
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One access log line (JSON). The query string is left out: it may carry tokens.
+fn access_line(
+    session: &Session,
+    ctx: &RequestCtx,
+    now: std::time::Duration,
+    status: u16,
+    verdict: &str,
+    rule: Option<&str>,
+    elapsed: std::time::Duration,
+) -> String {
+    use rampart_policy::rejection::json_string;
+    let req = session.req_header();
+    let upstream = ctx
+        .pool
+        .and_then(|p| ctx.snapshot.pools.get(p))
+        .and_then(|p| p.servers.get(ctx.server?))
+        .map(|s| format!("\"{}\"", s.addr))
+        .unwrap_or_else(|| "null".into());
+    format!(
+        "{{\"time\":{}.{:03},\"client\":\"{}\",\"country\":{},\"asn\":{},\"route\":{},\"method\":{},\"path\":{},\"status\":{},\"verdict\":\"{}\",\"rule\":{},\"upstream\":{},\"duration_ms\":{:.3}}}",
+        now.as_secs(),
+        now.subsec_millis(),
+        ctx.client_ip,
+        ctx.geo.country.map(|c| format!("\"{c}\"")).unwrap_or_else(|| "null".into()),
+        ctx.geo.asn.map(|a| a.to_string()).unwrap_or_else(|| "null".into()),
+        json_string(ctx.route_label()),
+        json_string(req.method.as_str()),
+        json_string(req.uri.path()),
+        status,
+        verdict,
+        rule.map(json_string).unwrap_or_else(|| "null".into()),
+        upstream,
+        elapsed.as_secs_f64() * 1000.0,
+    )
 }
 
 impl RequestCtx {
@@ -139,6 +210,8 @@ impl ProxyHttp for RampartProxy {
         RequestCtx {
             snapshot: self.shared.snapshot(),
             started: Instant::now(),
+            upstream_start: None,
+            _in_flight: InFlight::new(&self.shared.metrics.in_flight),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             route: None,
             pool: None,
@@ -257,6 +330,7 @@ impl ProxyHttp for RampartProxy {
         match pool.pick(exclude) {
             Some(i) => {
                 ctx.server = Some(i);
+                ctx.upstream_start = Some(Instant::now());
                 Ok(Box::new(pool.servers[i].peer.clone()))
             }
             None => {
@@ -369,16 +443,60 @@ impl ProxyHttp for RampartProxy {
             .as_ref()
             .map(|r| r.label())
             .unwrap_or("proxied");
-        if let Some(rule) = ctx.rejection.as_ref().and_then(|r| r.rule()) {
+        let policy_rule = ctx.rejection.as_ref().and_then(|r| r.rule());
+        if let Some(rule) = policy_rule {
             self.shared
                 .metrics
                 .rejection(ctx.route_label(), verdict, rule);
+            self.record_offender(ctx);
         }
-        self.shared.metrics.request(
-            ctx.route_label(),
-            verdict,
-            status,
-            ctx.started.elapsed().as_secs_f64(),
-        );
+        let elapsed = ctx.started.elapsed();
+        self.shared
+            .metrics
+            .request(ctx.route_label(), verdict, status, elapsed.as_secs_f64());
+        if let Some(log) = &self.shared.access_log {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            if ctx.rejection.is_some() && !log.admit_rejected(now.as_secs()) {
+                self.shared.metrics.access_log_sampled_out();
+            } else {
+                let line = access_line(session, ctx, now, status, verdict, policy_rule, elapsed);
+                log.write(line, &self.shared.metrics);
+            }
+        }
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(pool) = ctx.pool.and_then(|p| ctx.snapshot.pools.get(p)) {
+            self.shared.metrics.upstream_connect(pool.name(), reused);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(start), Some(pool)) = (
+            ctx.upstream_start,
+            ctx.pool.and_then(|p| ctx.snapshot.pools.get(p)),
+        ) {
+            self.shared
+                .metrics
+                .upstream_response(pool.name(), start.elapsed().as_secs_f64());
+        }
+        Ok(())
     }
 }

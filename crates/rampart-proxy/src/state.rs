@@ -93,11 +93,46 @@ pub struct Shared {
     reload_lock: tokio::sync::Mutex<()>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The access log, when on.
+    pub access_log: Option<crate::access_log::AccessLog>,
+    /// Top sources of rejected requests.
+    pub offenders: std::sync::Mutex<Offenders>,
+}
+
+/// Keys per kind kept by the top-offender summaries.
+pub const OFFENDER_CAPACITY: usize = 64;
+/// Length of one epoch of the top-offender window (the window is two epochs).
+pub const OFFENDER_EPOCH_SECS: u64 = 60;
+
+/// Top sources of rejected requests by address, network and AS.
+#[derive(Debug)]
+pub struct Offenders {
+    /// By client address.
+    pub ips: rampart_policy::top::WindowedTop<std::net::IpAddr>,
+    /// By /24 (IPv4) or /48 (IPv6).
+    pub prefixes: rampart_policy::top::WindowedTop<ipnet::IpNet>,
+    /// By AS number.
+    pub asns: rampart_policy::top::WindowedTop<u32>,
+}
+
+impl Default for Offenders {
+    fn default() -> Self {
+        use rampart_policy::top::WindowedTop;
+        Self {
+            ips: WindowedTop::new(OFFENDER_CAPACITY, OFFENDER_EPOCH_SECS),
+            prefixes: WindowedTop::new(OFFENDER_CAPACITY, OFFENDER_EPOCH_SECS),
+            asns: WindowedTop::new(OFFENDER_CAPACITY, OFFENDER_EPOCH_SECS),
+        }
+    }
 }
 
 impl Shared {
     /// State for a freshly loaded config; opens its GeoIP databases.
-    pub fn new(config_path: PathBuf, config: Config) -> Result<Self, GeoError> {
+    pub fn new(
+        config_path: PathBuf,
+        config: Config,
+        access_log: Option<crate::access_log::AccessLog>,
+    ) -> Result<Self, GeoError> {
         let geo = GeoDb::open(&config.geoip)?;
         let health = HealthRegistry::default();
         let snapshot = Snapshot::new(config, &health, 1, None);
@@ -146,6 +181,8 @@ impl Shared {
             flags: ArcSwap::from_pointee(flags),
             flag_lock: tokio::sync::Mutex::new(()),
             node,
+            access_log,
+            offenders: std::sync::Mutex::new(Offenders::default()),
             health,
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),

@@ -363,3 +363,49 @@ pub fn run(target: &AdminTarget, command: &LockdownCommand) -> u8 {
     }
     0
 }
+
+/// `rampart top`: the top sources of rejected requests.
+pub fn top(target: &AdminTarget, n: usize) -> u8 {
+    let (addr, token) = match resolve(target) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("rampart top: {e}");
+            return 64;
+        }
+    };
+    let reply = match call(&addr, &token, "GET", &format!("/debug/top?n={n}"), None) {
+        Ok(r) if (200..300).contains(&r.status) => r,
+        Ok(r) => {
+            eprintln!(
+                "rampart top: {} {}",
+                r.status,
+                r.body["detail"].as_str().unwrap_or("refused")
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("rampart top: {e}");
+            return 1;
+        }
+    };
+    if target.json {
+        println!("{}", reply.body);
+        return 0;
+    }
+    println!(
+        "rejected requests over the last {} s (approximate counts, at most over-estimated)",
+        reply.body["window_seconds"].as_u64().unwrap_or(0)
+    );
+    for (title, key) in [("ADDRESS", "ips"), ("NETWORK", "prefixes"), ("AS", "asns")] {
+        println!();
+        println!("{title:<42} REJECTED");
+        for row in reply.body[key].as_array().into_iter().flatten() {
+            println!(
+                "{:<42} {}",
+                row["key"].as_str().unwrap_or("?"),
+                row["rejected"].as_u64().unwrap_or(0)
+            );
+        }
+    }
+    0
+}

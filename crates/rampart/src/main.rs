@@ -44,6 +44,14 @@ enum Command {
         #[command(subcommand)]
         command: cli_lockdown::LockdownCommand,
     },
+    /// Top sources of rejected requests (addresses, networks, ASNs).
+    Top {
+        #[command(flatten)]
+        target: cli_lockdown::AdminTarget,
+        /// Rows per table.
+        #[arg(long, short, default_value_t = 10)]
+        n: usize,
+    },
     /// GeoIP tools.
     Geoip {
         #[command(subcommand)]
@@ -75,6 +83,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(config),
+        Command::Top { target, n } => ExitCode::from(cli_lockdown::top(&target, n)),
         Command::Lockdown { target, command } => {
             ExitCode::from(cli_lockdown::run(&target, &command))
         }

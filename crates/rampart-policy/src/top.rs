@@ -51,7 +51,7 @@ impl<K: Hash + Eq + Clone> SpaceSaving<K> {
             .iter()
             .map(|(k, c)| (k.clone(), c.0, c.1))
             .collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1));
+        all.sort_by_key(|e| std::cmp::Reverse(e.1));
         all.truncate(n);
         all
     }
@@ -108,7 +108,7 @@ impl<K: Hash + Eq + Clone> WindowedTop<K> {
             }
         }
         let mut all: Vec<_> = merged.into_iter().collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1));
+        all.sort_by_key(|e| std::cmp::Reverse(e.1));
         all.truncate(n);
         all
     }

@@ -105,6 +105,7 @@ impl LimiterSweep {
                 &rule.config.name,
                 "rate",
                 rule.tracked_keys(),
+                rule.config.max_keys.get(),
                 rule.evicted(),
                 rule.fallbacks(),
             );
@@ -114,6 +115,7 @@ impl LimiterSweep {
                 &rule.config.name,
                 "concurrency",
                 rule.tracked_keys(),
+                rule.config.max_keys.get(),
                 0,
                 rule.fallbacks(),
             );

@@ -24,6 +24,7 @@ pub struct Metrics {
     rejections: IntCounterVec,
     shadow: IntCounterVec,
     limiter_keys: IntGaugeVec,
+    limiter_max_keys: IntGaugeVec,
     limiter_evictions: IntCounterVec,
     limiter_fallbacks: IntCounterVec,
     geo_build: IntGaugeVec,
@@ -155,6 +156,11 @@ impl Metrics {
             "Keys tracked by a limiter rule now.",
             &["rule", "kind"],
         );
+        let limiter_max_keys = gauge(
+            "rampart_limiter_max_keys",
+            "The key cap (max_keys) of a limiter rule.",
+            &["rule", "kind"],
+        );
         let limiter_evictions = counter(
             "rampart_limiter_evictions_total",
             "Keys dropped by limiter sweeps (their bucket had refilled).",
@@ -278,6 +284,7 @@ impl Metrics {
             rejections,
             shadow,
             limiter_keys,
+            limiter_max_keys,
             limiter_evictions,
             limiter_fallbacks,
             geo_build,
@@ -345,10 +352,22 @@ impl Metrics {
 
     /// Records a limiter rule's key count and brings its counters up to the
     /// rule's own totals (a rule replaced by a reload starts again from zero).
-    pub fn limiter(&self, rule: &str, kind: &str, keys: usize, evicted: u64, fallbacks: u64) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn limiter(
+        &self,
+        rule: &str,
+        kind: &str,
+        keys: usize,
+        max_keys: u32,
+        evicted: u64,
+        fallbacks: u64,
+    ) {
         self.limiter_keys
             .with_label_values(&[rule, kind])
             .set(keys as i64);
+        self.limiter_max_keys
+            .with_label_values(&[rule, kind])
+            .set(i64::from(max_keys));
         for (vec, total) in [
             (&self.limiter_evictions, evicted),
             (&self.limiter_fallbacks, fallbacks),
@@ -435,6 +454,7 @@ impl Metrics {
     pub fn set_config_info(&self, snapshot: &Snapshot) {
         self.config_generation.set(snapshot.generation as i64);
         self.limiter_keys.reset();
+        self.limiter_max_keys.reset();
         self.upstream_healthy.reset();
         for pool in &snapshot.pools {
             for s in &pool.servers {
@@ -456,5 +476,36 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The README's metrics table and the exported metric names agree, both ways.
+    #[test]
+    fn readme_metrics_table_lists_exactly_the_exported_metrics() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let documented: BTreeSet<String> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `rampart_"))
+            .filter_map(|l| l.split('`').next())
+            .map(|name| format!("rampart_{name}"))
+            .collect();
+        let exported: BTreeSet<String> = Metrics::new().metric_names().iter().cloned().collect();
+        let missing: Vec<_> = exported.difference(&documented).collect();
+        let stale: Vec<_> = documented.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "exported but not in the README table: {missing:?}"
+        );
+        assert!(
+            stale.is_empty(),
+            "in the README table but not exported: {stale:?}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 mod cli_lockdown;
 mod demo;
+mod geoip_build;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -75,6 +76,15 @@ enum GeoipCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Build an ASN database (MMDB) from the free ASN CSV files.
+    Build {
+        /// CSV file (first_ip,last_ip,asn,organisation); repeat for IPv4 and IPv6.
+        #[arg(long = "asn-csv", required = true)]
+        asn_csv: Vec<PathBuf>,
+        /// Output MMDB file (written to a temporary file, then renamed).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +100,24 @@ fn main() -> ExitCode {
         Command::Geoip {
             command: GeoipCommand::Lookup { ip, config },
         } => geoip_lookup(&ip, &config),
+        Command::Geoip {
+            command: GeoipCommand::Build { asn_csv, out },
+        } => match geoip_build::build(&asn_csv, &out) {
+            Ok(r) => {
+                println!(
+                    "{}: {} ranges as {} networks ({} in reserved or IPv4-alias space skipped)",
+                    out.display(),
+                    r.ranges,
+                    r.networks,
+                    r.skipped
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rampart geoip build: {e}");
+                ExitCode::from(EXIT_START_FAILED)
+            }
+        },
         Command::Demo { config } => {
             if let Err(e) = demo::start_origins() {
                 eprintln!("rampart demo: {e}");

@@ -14,6 +14,8 @@ rampart=${2:-$(command -v rampart || echo target/release/rampart)}
 command -v npm >/dev/null || { echo "npm is needed (apt-get install -y npm)" >&2; exit 1; }
 [ -x "$rampart" ] || { echo "rampart binary not found at $rampart (cargo build --release -p rampart)" >&2; exit 1; }
 mkdir -p "$target"
+target=$(cd "$target" && pwd)
+rampart=$(cd "$(dirname "$rampart")" && pwd)/$(basename "$rampart")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"

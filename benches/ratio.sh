@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# End-to-end guard for the hot path: runs the nginx yardstick
+# (../shared/tools/ratio-vs-nginx) against a release Rampart with mitigation on
+# and nobody limited (benches/configs/ratio-mitigation.toml), and prints the
+# median throughput and CPU-per-request ratios plus the number of new origin
+# connections per second (connection reuse). Loopback only, bounded runs.
+#   benches/ratio.sh [ROUNDS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}; secs=${2:-8}
+[ -f benches/data/country.mmdb ] && [ -f benches/data/asn.mmdb ] || {
+  cargo build --release -p rampart
+  deploy/geoip/fetch.sh benches/data target/release/rampart
+}
+cargo build --release -p rampart
+command -v nginx >/dev/null && command -v wrk >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
+}
+export RAMPART_ADMIN_TOKEN=bench-token-0123456789abcdef
+tmp=$(mktemp -d)
+# The yardstick starts its own origin on 19000; start one first so Rampart's
+# first health check finds it.
+cat > "$tmp/origin.conf" <<C
+worker_processes 1; pid $tmp/origin.pid; error_log $tmp/origin.err warn; daemon on;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  server { listen 127.0.0.1:19000 reuseport; location / { return 200 "ok\n"; } } }
+C
+nginx -c "$tmp/origin.conf" -e "$tmp/origin.err"
+RUST_LOG=warn target/release/rampart run --config benches/configs/ratio-mitigation.toml >"$tmp/rampart.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; kill $(cat "$tmp/origin.pid") 2>/dev/null; rm -rf "$tmp"' EXIT
+sleep 2
+metric() { curl -s -H "Authorization: Bearer $RAMPART_ADMIN_TOKEN" http://127.0.0.1:19901/metrics | awk -v m="$1" '$1==m {print $2}'; }
+new0=$(metric 'rampart_upstream_connections_total{pool="origin",reused="false"}'); t0=$(date +%s)
+../shared/tools/ratio-vs-nginx --proxy-port 18080 --proxy-pid "$pid" --rounds "$rounds" --seconds "$secs"
+new1=$(metric 'rampart_upstream_connections_total{pool="origin",reused="false"}'); t1=$(date +%s)
+reused=$(metric 'rampart_upstream_connections_total{pool="origin",reused="true"}')
+echo "new origin connections: $((${new1:-0} - ${new0:-0})) in $((t1 - t0)) s ($(python3 -c "print(f'{(${new1:-0}-${new0:-0})/max(1,$t1-$t0):.2f}')")/s); reused total ${reused:-0}"

@@ -33,6 +33,7 @@ fn rule(max_keys: u32) -> RateRule<DefaultClock> {
             max_keys: NonZeroU32::new(max_keys).unwrap(),
             shadow: false,
             only_with_flag: None,
+            scope: rampart_config::LimitScope::Local,
         },
         DefaultClock::default(),
     )

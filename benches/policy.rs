@@ -171,6 +171,7 @@ fn limit_config(max_keys: u32) -> LimitConfig {
         max_keys: NonZeroU32::new(max_keys).unwrap(),
         shadow: false,
         only_with_flag: None,
+        scope: rampart_config::LimitScope::Local,
     }
 }
 

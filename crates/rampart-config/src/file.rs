@@ -53,6 +53,25 @@ pub struct FileConfig {
     /// `[access_log]`
     #[serde(default)]
     pub access_log: FileAccessLog,
+    /// `[fleet]`
+    pub fleet: Option<FileFleet>,
+}
+
+/// `[fleet]`: shared state through Redis.
+#[derive(Debug, Default, Deserialize)]
+pub struct FileFleet {
+    /// `redis://host:port/db`
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    pub key_prefix: Option<String>,
+    /// This node's name (audit records); the host name by default.
+    pub node: Option<String>,
+    /// Longest a request waits on Redis.
+    pub timeout: Option<String>,
+    /// Full flag resync period.
+    pub resync_interval: Option<String>,
+    /// Tokens leased from a fleet bucket per Redis round trip.
+    pub quota_batch: Option<i64>,
 }
 
 /// `[access_log]`
@@ -218,6 +237,12 @@ pub struct FileLimit {
     pub shadow: Option<bool>,
     /// Only in force while this lockdown flag is enforced.
     pub only_with_flag: Option<String>,
+    /// `local` (default) or `fleet`.
+    pub scope: Option<String>,
+    /// For fleet rules when Redis fails: `open`, `closed` or `local`.
+    pub fleet_failure: Option<String>,
+    /// Share of the budget the local fallback gets (0 < share <= 1).
+    pub fleet_local_share: Option<f64>,
 }
 
 /// `[[concurrency]]`

@@ -262,7 +262,19 @@ impl Validator {
             .collect();
         let lockdown = self.lockdown(raw.lockdown, raw.flags, &route_names, &geoip, &referenced);
         let access_log = self.access_log(raw.access_log);
+        let fleet = raw.fleet.map(|f| self.fleet(f));
+        if fleet.is_none() {
+            for (i, l) in limits.iter().enumerate() {
+                if matches!(l.scope, LimitScope::Fleet { .. }) {
+                    self.issue(
+                        format!("limits[{i}].scope"),
+                        "\"fleet\" needs a [fleet] section",
+                    );
+                }
+            }
+        }
         Some(Config {
+            fleet,
             access_log,
             server,
             client_ip,
@@ -1006,7 +1018,52 @@ impl Validator {
             }
             found
         });
+        let scope = match raw.scope.as_deref() {
+            None | Some("local") => {
+                if raw.fleet_failure.is_some() {
+                    self.issue(
+                        format!("{key}.fleet_failure"),
+                        "only used with scope = \"fleet\"",
+                    );
+                }
+                LimitScope::Local
+            }
+            Some("fleet") => {
+                let failure = match raw.fleet_failure.as_deref() {
+                    None | Some("local") => {
+                        let share = raw.fleet_local_share.unwrap_or(0.5);
+                        if !(share > 0.0 && share <= 1.0) {
+                            self.issue(
+                                format!("{key}.fleet_local_share"),
+                                format!("must be above 0 and at most 1, got {share}"),
+                            );
+                        }
+                        FleetFailure::Local {
+                            share: share.clamp(0.001, 1.0),
+                        }
+                    }
+                    Some("open") => FleetFailure::Open,
+                    Some("closed") => FleetFailure::Closed,
+                    Some(other) => {
+                        self.issue(
+                            format!("{key}.fleet_failure"),
+                            format!("\"{other}\" is not a failure mode (use \"open\", \"closed\" or \"local\")"),
+                        );
+                        FleetFailure::Closed
+                    }
+                };
+                LimitScope::Fleet { failure }
+            }
+            Some(other) => {
+                self.issue(
+                    format!("{key}.scope"),
+                    format!("\"{other}\" is not a scope (use \"local\" or \"fleet\")"),
+                );
+                LimitScope::Local
+            }
+        };
         LimitConfig {
+            scope,
             only_with_flag,
             max_keys: self.count(&format!("{key}.max_keys"), raw.max_keys, DEFAULT_MAX_KEYS),
             routes: self.route_refs(&key, raw.routes, routes),
@@ -1059,6 +1116,50 @@ fn list_or_none(names: &[String]) -> String {
 }
 
 impl Validator {
+    fn fleet(&mut self, raw: file::FileFleet) -> FleetConfig {
+        let redis_url = match raw.redis_url {
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => u,
+            Some(u) => {
+                self.issue("fleet.redis_url", format!("\"{u}\" is not a redis:// URL"));
+                u
+            }
+            None => {
+                self.issue(
+                    "fleet.redis_url",
+                    "is required (e.g. \"redis://127.0.0.1:6379/0\")",
+                );
+                String::new()
+            }
+        };
+        let quota_batch = match raw.quota_batch {
+            None => DEFAULT_FLEET_QUOTA_BATCH,
+            Some(n) if (1..=1000).contains(&n) => n as u32,
+            Some(n) => {
+                self.issue(
+                    "fleet.quota_batch",
+                    format!("must be from 1 to 1000, got {n}"),
+                );
+                DEFAULT_FLEET_QUOTA_BATCH
+            }
+        };
+        FleetConfig {
+            redis_url,
+            key_prefix: raw.key_prefix.unwrap_or_else(|| "rampart:".to_string()),
+            node: raw.node,
+            timeout: self.nonzero_duration(
+                "fleet.timeout",
+                raw.timeout.as_deref(),
+                DEFAULT_FLEET_TIMEOUT,
+            ),
+            resync_interval: self.nonzero_duration(
+                "fleet.resync_interval",
+                raw.resync_interval.as_deref(),
+                DEFAULT_FLEET_RESYNC,
+            ),
+            quota_batch,
+        }
+    }
+
     fn access_log(&mut self, raw: file::FileAccessLog) -> AccessLogConfig {
         let target = match (raw.enabled.unwrap_or(false), raw.path.as_deref()) {
             (false, _) => None,

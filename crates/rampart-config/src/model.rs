@@ -46,6 +46,12 @@ pub const DEFAULT_MAX_KEYS: u32 = 100_000;
 pub const DEFAULT_PREFIX_V4: u8 = 24;
 /// Default IPv6 prefix length of `key = "prefix"`.
 pub const DEFAULT_PREFIX_V6: u8 = 64;
+/// Default Redis timeout on the request path.
+pub const DEFAULT_FLEET_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default full flag resync period.
+pub const DEFAULT_FLEET_RESYNC: Duration = Duration::from_secs(1);
+/// Default tokens leased per round trip.
+pub const DEFAULT_FLEET_QUOTA_BATCH: u32 = 5;
 /// Default most access log lines per second for rejected requests.
 pub const DEFAULT_REJECTED_LINES_PER_SECOND: u32 = 100;
 /// Default lockdown state file, relative to the config file.
@@ -91,6 +97,51 @@ pub struct Config {
     pub lockdown: LockdownConfig,
     /// The access log.
     pub access_log: AccessLogConfig,
+    /// Fleet mode; `None` runs standalone.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Redis URL.
+    pub redis_url: String,
+    /// Prefix of every key and channel.
+    pub key_prefix: String,
+    /// This node's name, when set.
+    pub node: Option<String>,
+    /// Longest a request waits on Redis.
+    pub timeout: Duration,
+    /// Full flag resync period.
+    pub resync_interval: Duration,
+    /// Tokens leased per round trip.
+    pub quota_batch: u32,
+}
+
+/// Where a limit's bucket lives.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LimitScope {
+    /// This node's memory.
+    Local,
+    /// Redis, shared by the fleet.
+    Fleet {
+        /// What to do when Redis fails.
+        failure: FleetFailure,
+    },
+}
+
+/// Failure mode of a fleet rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FleetFailure {
+    /// Allow.
+    Open,
+    /// Reject (429).
+    Closed,
+    /// Use a local bucket with this share of the budget.
+    Local {
+        /// 0 < share <= 1.
+        share: f64,
+    },
 }
 
 /// Where the access log goes.
@@ -321,6 +372,8 @@ pub struct LimitConfig {
     pub shadow: bool,
     /// Only in force while this flag (index) is enforced.
     pub only_with_flag: Option<usize>,
+    /// Local or fleet-wide.
+    pub scope: LimitScope,
 }
 
 /// `[[concurrency]]`: most requests in flight per key.

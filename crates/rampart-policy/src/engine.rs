@@ -82,6 +82,21 @@ pub struct RequestFacts<'a> {
     pub flags: &'a [FlagMode],
 }
 
+/// A fleet-wide bucket the proxy must charge (through Redis) before the request
+/// goes upstream.
+#[derive(Debug, Clone)]
+pub struct FleetCheck {
+    /// Limit rule index.
+    pub rule: usize,
+    /// The key charged.
+    pub key: LimitKey,
+    /// Cells to take (the rule's cost, scaled by lockdown flags).
+    pub cost: u32,
+    /// Count would-be rejections under this name instead of rejecting
+    /// (shadow rules: the rule name, `false`; previewed flags: the flag name, `true`).
+    pub report_only: Option<(Arc<str>, bool)>,
+}
+
 /// A body check the proxy must run before the request goes upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyCheck {
@@ -108,6 +123,8 @@ pub struct Decision {
     pub preview: Vec<Arc<str>>,
     /// Body rules to run on the request body.
     pub body_checks: Vec<BodyCheck>,
+    /// Fleet-wide buckets to charge.
+    pub fleet_checks: Vec<FleetCheck>,
 }
 
 /// The policy of one config: rules, limiter state and per-route rule lists.
@@ -116,6 +133,9 @@ pub struct Policy<C: Clock + Clone = DefaultClock> {
     access: Vec<AccessRule>,
     limits: Vec<Arc<RateRule<C>>>,
     limit_names: Vec<Arc<str>>,
+    /// For fleet rules whose failure mode is `local`: the local bucket at the
+    /// configured share of the budget, used while Redis is unreachable.
+    fleet_fallback: Vec<Option<Arc<RateRule<C>>>>,
     concurrency: Vec<Arc<ConcurrencyRule>>,
     concurrency_names: Vec<Arc<str>>,
     /// Index `routes.len()` holds the rules for requests without a route.
@@ -207,8 +227,28 @@ impl<C: Clock + Clone> Policy<C> {
                 }
             })
             .collect();
+        let fleet_fallback = config
+            .limits
+            .iter()
+            .map(|l| match l.scope {
+                rampart_config::LimitScope::Fleet {
+                    failure: rampart_config::FleetFailure::Local { share },
+                } => {
+                    let mut local = l.clone();
+                    let scale = |n: u32| {
+                        std::num::NonZeroU32::new(((f64::from(n) * share).floor() as u32).max(1))
+                    };
+                    local.rate.count = scale(l.rate.count.get()).unwrap_or(l.rate.count);
+                    local.burst = scale(l.burst.get()).unwrap_or(l.burst);
+                    local.cost = local.cost.min(local.burst);
+                    Some(Arc::new(RateRule::new(local, clock.clone())))
+                }
+                _ => None,
+            })
+            .collect();
         Self {
             access,
+            fleet_fallback,
             limit_names: config
                 .limits
                 .iter()
@@ -373,6 +413,20 @@ impl<C: Clock + Clone> Policy<C> {
             }
             let key = rule.key(&Self::key_facts(facts, &rule.config.key));
             let cost = scale.map_or(rule.config.cost, |s| rule.scaled_cost(s));
+            if matches!(rule.config.scope, rampart_config::LimitScope::Fleet { .. }) {
+                let report_only = match (&preview_flag, rule.config.shadow) {
+                    (Some(flag), _) => Some((flag.clone(), true)),
+                    (None, true) => Some((self.limit_names[i].clone(), false)),
+                    (None, false) => None,
+                };
+                decision.fleet_checks.push(FleetCheck {
+                    rule: i,
+                    key,
+                    cost: cost.get(),
+                    report_only,
+                });
+                continue;
+            }
             let retry_after = match rule.check_cost(key, cost) {
                 RuleOutcome::Allowed => {
                     if let Some((s, _)) = preview_scale {
@@ -515,6 +569,30 @@ impl<C: Clock + Clone> Policy<C> {
             }
         }
         out
+    }
+
+    /// The rejection for fleet rule `rule` with `retry_after` seconds to wait.
+    pub fn rate_limited(&self, rule: usize, retry_after: u64) -> Option<Rejection> {
+        let r = self.limits.get(rule)?;
+        Some(Rejection::RateLimited {
+            rule: self.limit_names[rule].clone(),
+            retry_after: retry_after.max(1),
+            quota: r.config.rate.count.get(),
+            window: r.config.rate.per.as_secs().max(1),
+        })
+    }
+
+    /// Charges the local fallback bucket of fleet rule `rule` (failure mode
+    /// `local`); `None` when the rule has no local fallback.
+    pub fn fleet_fallback_check(
+        &self,
+        rule: usize,
+        key: LimitKey,
+        cost: u32,
+    ) -> Option<RuleOutcome> {
+        let local = self.fleet_fallback.get(rule)?.as_ref()?;
+        let cost = std::num::NonZeroU32::new(cost.min(local.config.burst.get()).max(1))?;
+        Some(local.check_cost(key, cost))
     }
 
     /// Rate rules, in config order.

@@ -300,9 +300,17 @@ impl<C: Clock + Clone> RateRule<C> {
             && c.max_keys == other.max_keys
     }
 
-    /// The key for a request, before the cap is applied.
+    /// The key for a request, before the cap is applied. Fleet rules hash header
+    /// values with fixed keys so that every node names a client's bucket alike.
     pub fn key(&self, facts: &KeyFacts<'_>) -> LimitKey {
-        key_for(&self.config.key, facts, &self.hasher)
+        if matches!(self.config.scope, rampart_config::LimitScope::Fleet { .. }) {
+            let fixed =
+                std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(
+                );
+            key_for(&self.config.key, facts, &fixed)
+        } else {
+            key_for(&self.config.key, facts, &self.hasher)
+        }
     }
 
     /// The key actually charged: `key` itself, or a coarser one when the store is full.
@@ -506,6 +514,7 @@ mod tests {
             max_keys: NonZeroU32::new(max_keys).unwrap(),
             shadow: false,
             only_with_flag: None,
+            scope: rampart_config::LimitScope::Local,
         };
         (RateRule::new(config, clock.clone()), clock)
     }

@@ -236,7 +236,10 @@ struct DisableRequest {
 }
 
 fn unknown_flag(flag: &str, e: &FlagError) -> Response<Vec<u8>> {
-    let FlagError::Unknown(known) = e;
+    let known = match e {
+        FlagError::Unknown(known) => known,
+        FlagError::Fleet(_) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
     let mut r = json_reply(
         StatusCode::NOT_FOUND,
         json!({

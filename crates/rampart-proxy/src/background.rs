@@ -46,6 +46,80 @@ impl BackgroundService for GeoRefresh {
     }
 }
 
+/// Keeps this node's flags in line with the fleet: subscribes to flag changes
+/// and re-reads all flags on each announcement and every `resync_interval`;
+/// reconnects by itself.
+#[derive(Debug)]
+pub struct FleetSync {
+    shared: Arc<Shared>,
+}
+
+impl FleetSync {
+    /// A sync service for `shared` (does nothing without `[fleet]`).
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for FleetSync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use futures_util::StreamExt;
+        let Some(fleet) = self.shared.fleet.clone() else {
+            return;
+        };
+        let every = fleet.config.resync_interval;
+        loop {
+            if let Err(e) = fleet.connect().await {
+                self.shared.metrics.fleet_degraded(true);
+                log::warn!("fleet: cannot connect to Redis: {e}; retrying");
+            }
+            let pubsub = fleet.subscribe().await;
+            let _ = self.shared.fleet_resync().await;
+            let mut messages = match pubsub {
+                Ok(p) => Some(p.into_on_message()),
+                Err(e) => {
+                    log::warn!(
+                        "fleet: cannot subscribe to flag changes: {e}; polling every {every:?}"
+                    );
+                    None
+                }
+            };
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                let message = async {
+                    match messages.as_mut() {
+                        Some(m) => m.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = ticker.tick() => {
+                        if self.shared.fleet_resync().await.is_err() && messages.is_some() {
+                            // Redis is gone: drop the subscription and reconnect.
+                            break;
+                        }
+                        if messages.is_none() {
+                            break;
+                        }
+                    }
+                    m = message => {
+                        if m.is_none() {
+                            break;
+                        }
+                        let _ = self.shared.fleet_resync().await;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            }
+        }
+    }
+}
+
 /// How often flag expiries are checked.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -91,6 +165,9 @@ impl LimiterSweep {
 
     /// One sweep of the current snapshot's rules, then [`LimiterSweep::record`].
     pub fn sweep_once(shared: &Shared) {
+        if let Some(fleet) = &shared.fleet {
+            fleet.sweep();
+        }
         for rule in shared.snapshot().policy.rate_rules() {
             rule.sweep();
         }

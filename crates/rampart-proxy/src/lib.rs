@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod background;
+pub mod fleet;
 pub mod health;
 pub mod lockdown;
 pub mod metrics;
@@ -166,6 +167,10 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
     server.add_service(background_service(
         "geoip refresh",
         background::GeoRefresh::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "fleet sync",
+        background::FleetSync::new(shared.clone()),
     ));
     server.add_service(background_service(
         "lockdown expiry",

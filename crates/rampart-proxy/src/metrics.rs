@@ -42,6 +42,10 @@ pub struct Metrics {
     access_log_dropped: IntCounter,
     access_log_sampled_out: IntCounter,
     names: Vec<String>,
+    fleet_degraded: IntGauge,
+    fleet_redis_duration: HistogramVec,
+    fleet_redis_errors: IntCounterVec,
+    fleet_sync_lag: prometheus::Gauge,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -264,7 +268,49 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let fleet_degraded = registered(
+            &registry,
+            &names,
+            IntGauge::new(
+                "rampart_fleet_degraded",
+                "1 while this node cannot reach Redis (fleet mode): last known flags, fleet rules on their failure mode.",
+            )
+            .expect("valid metric"),
+        );
+        let fleet_redis_duration = registered(
+            &registry,
+            &names,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "rampart_fleet_redis_duration_seconds",
+                    "Redis round-trip time by operation (quota, resync, flag_write, flag_expire).",
+                )
+                .buckets(vec![
+                    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
+                &["op"],
+            )
+            .expect("valid metric"),
+        );
+        let fleet_redis_errors = counter(
+            "rampart_fleet_redis_errors_total",
+            "Redis operations that failed or timed out, by operation.",
+            &["op"],
+        );
+        let fleet_sync_lag = registered(
+            &registry,
+            &names,
+            prometheus::Gauge::new(
+                "rampart_fleet_flag_sync_lag_seconds",
+                "Time between a flag change on another node and this node applying it (last change seen).",
+            )
+            .expect("valid metric"),
+        );
         Self {
+            fleet_degraded,
+            fleet_redis_duration,
+            fleet_redis_errors,
+            fleet_sync_lag,
             upstream_duration,
             upstream_connects,
             in_flight,
@@ -436,6 +482,26 @@ impl Metrics {
     /// Names of every metric this registry exports (for the README check).
     pub fn metric_names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Records whether this node is degraded (Redis unreachable).
+    pub fn fleet_degraded(&self, degraded: bool) {
+        self.fleet_degraded.set(i64::from(degraded));
+    }
+
+    /// Records one Redis operation.
+    pub fn fleet_redis(&self, op: &str, seconds: f64, ok: bool) {
+        self.fleet_redis_duration
+            .with_label_values(&[op])
+            .observe(seconds);
+        if !ok {
+            self.fleet_redis_errors.with_label_values(&[op]).inc();
+        }
+    }
+
+    /// Records the lag of the last flag change applied from the fleet.
+    pub fn fleet_sync_lag(&self, seconds: f64) {
+        self.fleet_sync_lag.set(seconds);
     }
 
     /// Counts one reload attempt.

@@ -31,6 +31,69 @@ impl RampartProxy {
         Self { shared }
     }
 
+    /// Charges fleet-wide buckets through Redis; on a Redis failure each rule's
+    /// failure mode decides. Shadow rules and previewed flags only count.
+    async fn check_fleet(
+        &self,
+        ctx: &RequestCtx,
+        snapshot: &Snapshot,
+        checks: Vec<rampart_policy::engine::FleetCheck>,
+    ) -> Option<Rejection> {
+        use crate::fleet::QuotaOutcome;
+        use rampart_config::{FleetFailure, LimitScope};
+        let fleet = self.shared.fleet.as_ref()?;
+        let policy = &snapshot.policy;
+        for check in checks {
+            let Some(rule) = snapshot.config.limits.get(check.rule) else {
+                continue;
+            };
+            let outcome = match fleet
+                .take(
+                    check.rule,
+                    rule,
+                    &check.key,
+                    check.cost,
+                    &self.shared.metrics,
+                )
+                .await
+            {
+                Ok(o) => o,
+                Err(_) => match rule.scope {
+                    LimitScope::Fleet {
+                        failure: FleetFailure::Open,
+                    }
+                    | LimitScope::Local => QuotaOutcome::Allowed,
+                    LimitScope::Fleet {
+                        failure: FleetFailure::Closed,
+                    } => QuotaOutcome::Limited(1),
+                    LimitScope::Fleet {
+                        failure: FleetFailure::Local { .. },
+                    } => match policy.fleet_fallback_check(check.rule, check.key, check.cost) {
+                        Some(rampart_policy::limits::RuleOutcome::Limited { retry_after }) => {
+                            QuotaOutcome::Limited(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+                        }
+                        _ => QuotaOutcome::Allowed,
+                    },
+                },
+            };
+            let QuotaOutcome::Limited(retry_after) = outcome else {
+                continue;
+            };
+            match &check.report_only {
+                Some((flag, true)) => self
+                    .shared
+                    .metrics
+                    .lockdown_preview(ctx.route_label(), flag),
+                Some((rule_name, false)) => self
+                    .shared
+                    .metrics
+                    .shadow_match(ctx.route_label(), rule_name),
+                None => return policy.rate_limited(check.rule, retry_after),
+            }
+        }
+        None
+    }
+
     /// Counts a rejected request against its address, network and AS.
     fn record_offender(&self, ctx: &RequestCtx) {
         let now = std::time::SystemTime::now()
@@ -258,6 +321,7 @@ impl ProxyHttp for RampartProxy {
             RouteMatch::Reject { status } => Some(Rejection::NoRoute { status }),
         };
         let mut body_checks = Vec::new();
+        let mut fleet_checks = Vec::new();
         if rejection.is_none() {
             let geo = self.shared.geo();
             ctx.geo = geo.lookup(ctx.client_ip);
@@ -281,7 +345,11 @@ impl ProxyHttp for RampartProxy {
             }
             ctx.permits = decision.permits;
             body_checks = decision.body_checks;
+            fleet_checks = decision.fleet_checks;
             rejection = decision.rejection;
+        }
+        if rejection.is_none() && !fleet_checks.is_empty() {
+            rejection = self.check_fleet(ctx, &snapshot, fleet_checks).await;
         }
         if rejection.is_none() && !body_checks.is_empty() {
             rejection = self

@@ -97,6 +97,8 @@ pub struct Shared {
     pub access_log: Option<crate::access_log::AccessLog>,
     /// Top sources of rejected requests.
     pub offenders: std::sync::Mutex<Offenders>,
+    /// Fleet mode (Redis), when configured.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Keys per kind kept by the top-offender summaries.
@@ -139,7 +141,21 @@ impl Shared {
         let metrics = Metrics::new();
         metrics.set_config_info(&snapshot);
         metrics.set_geo_info(&geo);
-        let node = node_name();
+        let fleet = match &snapshot.config.fleet {
+            Some(f) => Some(Arc::new(crate::fleet::Fleet::new(f.clone()).map_err(
+                |reason| GeoError {
+                    path: config_path.clone(),
+                    reason,
+                },
+            )?)),
+            None => None,
+        };
+        let node = snapshot
+            .config
+            .fleet
+            .as_ref()
+            .and_then(|f| f.node.clone())
+            .unwrap_or_else(node_name);
         let (active, loaded) = lockdown::load(&snapshot.config);
         let lockdown_config = &snapshot.config.lockdown;
         match &loaded {
@@ -172,6 +188,9 @@ impl Shared {
             ),
             Loaded::Missing => {}
         }
+        if fleet.is_some() {
+            metrics.fleet_degraded(true);
+        }
         let flags = FlagState::new(active, lockdown_config, 1);
         metrics.set_flags(&flags, lockdown_config);
         Ok(Self {
@@ -183,6 +202,7 @@ impl Shared {
             node,
             access_log,
             offenders: std::sync::Mutex::new(Offenders::default()),
+            fleet,
             health,
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -249,6 +269,12 @@ impl Shared {
             since,
             expires: ttl.map(|t| since + t.as_secs().max(1)),
         };
+        if let Some(fleet) = &self.fleet {
+            fleet
+                .write_flag(flag, &activation, &self.metrics)
+                .await
+                .map_err(|e| FlagError::Fleet(e.to_string()))?;
+        }
         let mut active = self.flags().active.clone();
         active.insert(flag.to_string(), activation.clone());
         let persisted = self.store_flags(active);
@@ -281,6 +307,12 @@ impl Shared {
         let snapshot = self.snapshot();
         if snapshot.config.lockdown.flag_index(flag).is_none() {
             return Err(FlagError::Unknown(known_flags(&snapshot)));
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet
+                .delete_flag(flag, &self.metrics)
+                .await
+                .map_err(|e| FlagError::Fleet(e.to_string()))?;
         }
         let mut active = self.flags().active.clone();
         if active.remove(flag).is_none() {
@@ -322,10 +354,28 @@ impl Shared {
         if expired.is_empty() {
             return expired;
         }
+        let mut audited = Vec::new();
+        for flag in &expired {
+            let Some(a) = active.get(flag) else { continue };
+            // Fleet-wide, the node whose script removes the flag audits it, once.
+            let ours = match &self.fleet {
+                None => true,
+                Some(fleet) => match fleet.expire_flag(flag, a, &self.metrics).await {
+                    Ok(removed) => removed,
+                    Err(e) => {
+                        log::error!("fleet: cannot expire {flag} in Redis ({e}); expired locally");
+                        true
+                    }
+                },
+            };
+            if ours {
+                audited.push(flag.clone());
+            }
+        }
         active.retain(|_, a| !due(a));
         self.store_flags(active);
         let snapshot = self.snapshot();
-        for flag in &expired {
+        for flag in &audited {
             self.metrics.lockdown_change(flag, "expire");
             lockdown::audit(
                 &snapshot.config.lockdown.audit_log,
@@ -343,6 +393,38 @@ impl Shared {
             );
         }
         expired
+    }
+
+    /// Brings the local flags in line with Redis (fleet mode). Returns whether
+    /// anything changed.
+    pub async fn fleet_resync(&self) -> Result<bool, crate::fleet::FleetError> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(false);
+        };
+        let mut remote = fleet.read_flags(&self.metrics).await?;
+        let snapshot = self.snapshot();
+        remote.retain(|name, _| snapshot.config.lockdown.flag_index(name).is_some());
+        let _one_writer = self.flag_lock.lock().await;
+        let local = self.flags().active.clone();
+        if remote == local {
+            return Ok(false);
+        }
+        let now = lockdown::now_unix();
+        let newest = remote
+            .iter()
+            .filter(|(name, a)| local.get(*name) != Some(a))
+            .map(|(_, a)| a.since)
+            .max();
+        if let Some(since) = newest {
+            self.metrics
+                .fleet_sync_lag(now.saturating_sub(since) as f64);
+        }
+        log::info!(
+            "fleet: flags changed elsewhere; now active: {:?}",
+            remote.keys().collect::<Vec<_>>()
+        );
+        self.store_flags(remote);
+        Ok(true)
     }
 
     /// The current GeoIP databases (cheap; read once per request).
@@ -452,6 +534,9 @@ pub enum FlagError {
     /// No such flag in the config; the known ones are listed.
     #[error("unknown flag (known: {})", .0.join(", "))]
     Unknown(Vec<String>),
+    /// Fleet mode and Redis cannot be written: the change is not applied.
+    #[error("the fleet store (Redis) is unreachable, nothing changed: {0}")]
+    Fleet(String),
 }
 
 fn known_flags(snapshot: &Snapshot) -> Vec<String> {

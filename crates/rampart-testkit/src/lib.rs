@@ -5,6 +5,7 @@
 
 pub mod geo;
 pub mod origin;
+pub mod redis;
 
 pub use origin::{MockOrigin, Recorded};
 

@@ -1,0 +1,391 @@
+//! Fleet mode: lockdown flags and fleet-wide quotas shared through Redis.
+//!
+//! **Flags.** The hash `<prefix>flags` holds every active flag (field = flag name,
+//! value = the activation as JSON). A change made on any node is written there and
+//! announced on the channel `<prefix>flags`; every node re-reads the hash on each
+//! announcement and every `resync_interval`, so a missed message heals. A node
+//! that cannot reach Redis keeps its last known flags (also persisted in its
+//! local state file) and reports itself degraded.
+//!
+//! **Quotas.** A rule with `scope = "fleet"` keeps its bucket in Redis
+//! (`<prefix>q:<rule>:<key>`, a token bucket updated by one Lua script with
+//! Redis' own clock). A node leases up to `quota_batch` requests' worth of tokens
+//! per round trip and spends them locally for at most one second. Leased tokens
+//! are taken from the shared bucket, so over time the fleet never admits more
+//! than the budget; at any moment it may admit up to
+//! `nodes × (quota_batch − 1)` requests more than the bucket alone would, spent
+//! from leases taken in the last second. A request waits on Redis only when its
+//! node has no lease left, and never longer than `timeout`; then the rule's
+//! failure mode decides (`open`, `closed`, or `local`: the node's own bucket at
+//! `fleet_local_share` of the budget).
+
+use crate::lockdown::Activation;
+use crate::metrics::Metrics;
+use rampart_config::{FleetConfig, LimitConfig};
+use rampart_policy::limits::LimitKey;
+use redis::aio::ConnectionManager;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a lease may be spent.
+const LEASE_LIFETIME: Duration = Duration::from_secs(1);
+/// Most leases kept per node before the oldest are dropped.
+const MAX_LEASES: usize = 100_000;
+/// Timeout for admin-path Redis operations (flag changes, resyncs).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+const TAKE_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate) end
+local granted = math.min(want, math.floor(tokens / cost))
+tokens = tokens - granted * cost
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
+local wait = 0
+if granted == 0 then wait = math.ceil((cost - tokens) / rate) end
+return {granted, wait}
+"#;
+
+const EXPIRE_SCRIPT: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('PUBLISH', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+/// Why a fleet operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Not connected (yet, or any more).
+    #[error("Redis is not connected")]
+    NotConnected,
+    /// No answer within the timeout.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// What a fleet bucket said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaOutcome {
+    /// Allowed.
+    Allowed,
+    /// The fleet budget is spent; retry after this many seconds.
+    Limited(u64),
+}
+
+#[derive(Debug)]
+struct Lease {
+    left: u32,
+    until: Instant,
+}
+
+/// The fleet client of one node.
+pub struct Fleet {
+    /// Its config.
+    pub config: FleetConfig,
+    client: redis::Client,
+    manager: arc_swap::ArcSwapOption<ConnectionManager>,
+    degraded: AtomicBool,
+    leases: Mutex<HashMap<(usize, LimitKey), Lease>>,
+    take: redis::Script,
+    expire: redis::Script,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("redis", &self.config.redis_url)
+            .field("degraded", &self.is_degraded())
+            .finish()
+    }
+}
+
+impl Fleet {
+    /// A client for `config`; connects later, in the background.
+    pub fn new(config: FleetConfig) -> Result<Self, String> {
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| format!("fleet.redis_url: {e}"))?;
+        Ok(Self {
+            config,
+            client,
+            manager: arc_swap::ArcSwapOption::empty(),
+            degraded: AtomicBool::new(true),
+            leases: Mutex::new(HashMap::new()),
+            take: redis::Script::new(TAKE_SCRIPT),
+            expire: redis::Script::new(EXPIRE_SCRIPT),
+        })
+    }
+
+    /// The hash and channel of the flags.
+    pub fn flags_key(&self) -> String {
+        format!("{}flags", self.config.key_prefix)
+    }
+
+    /// Whether the last Redis operation failed.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    fn mark(&self, ok: bool, metrics: &Metrics, what: &str, error: Option<&FleetError>) {
+        let was = self.degraded.swap(!ok, Ordering::Relaxed);
+        metrics.fleet_degraded(!ok);
+        if was && ok {
+            log::warn!(
+                "fleet: Redis reachable again ({}); no longer degraded",
+                self.config.redis_url
+            );
+        } else if !was && !ok {
+            log::error!(
+                "fleet: DEGRADED, Redis unreachable during {what}: {}; keeping the last known flags and applying each fleet rule's failure mode",
+                error.map(|e| e.to_string()).unwrap_or_default()
+            );
+        }
+    }
+
+    /// Connects (or reconnects) the shared connection. Called by the sync service.
+    pub async fn connect(&self) -> Result<(), FleetError> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(ADMIN_TIMEOUT)
+            .set_response_timeout(ADMIN_TIMEOUT)
+            .set_number_of_retries(1);
+        let manager = tokio::time::timeout(
+            ADMIN_TIMEOUT,
+            self.client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| FleetError::Timeout(ADMIN_TIMEOUT))??;
+        self.manager.store(Some(std::sync::Arc::new(manager)));
+        Ok(())
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, FleetError> {
+        self.manager
+            .load_full()
+            .map(|m| (*m).clone())
+            .ok_or(FleetError::NotConnected)
+    }
+
+    async fn timed<T>(
+        &self,
+        metrics: &Metrics,
+        what: &str,
+        limit: Duration,
+        op: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, FleetError> {
+        let start = Instant::now();
+        let result = match tokio::time::timeout(limit, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(FleetError::Redis(e)),
+            Err(_) => Err(FleetError::Timeout(limit)),
+        };
+        metrics.fleet_redis(what, start.elapsed().as_secs_f64(), result.is_ok());
+        self.mark(result.is_ok(), metrics, what, result.as_ref().err());
+        result
+    }
+
+    /// Charges `cost` cells of fleet rule `rule` (index `index`) for `key`.
+    pub async fn take(
+        &self,
+        index: usize,
+        rule: &LimitConfig,
+        key: &LimitKey,
+        cost: u32,
+        metrics: &Metrics,
+    ) -> Result<QuotaOutcome, FleetError> {
+        let now = Instant::now();
+        if let Ok(mut leases) = self.leases.lock() {
+            if let Some(lease) = leases.get_mut(&(index, *key)) {
+                if lease.left > 0 && lease.until > now {
+                    lease.left -= 1;
+                    return Ok(QuotaOutcome::Allowed);
+                }
+            }
+        }
+        let mut conn = self
+            .connection()
+            .inspect_err(|e| self.mark(false, metrics, "quota", Some(e)))?;
+        let rate_per_ms =
+            f64::from(rule.rate.count.get()) / rule.rate.per.as_millis().max(1) as f64;
+        let bucket = format!(
+            "{}q:{}:{}",
+            self.config.key_prefix,
+            rule.name,
+            describe(key)
+        );
+        let mut invocation = self.take.key(bucket);
+        invocation
+            .arg(format!("{rate_per_ms:.12}"))
+            .arg(rule.burst.get())
+            .arg(self.config.quota_batch)
+            .arg(cost.max(1));
+        let (granted, wait_ms): (u32, u64) = self
+            .timed(
+                metrics,
+                "quota",
+                self.config.timeout,
+                invocation.invoke_async(&mut conn),
+            )
+            .await?;
+        if granted == 0 {
+            return Ok(QuotaOutcome::Limited(wait_ms.div_ceil(1000).max(1)));
+        }
+        if granted > 1 {
+            if let Ok(mut leases) = self.leases.lock() {
+                if leases.len() >= MAX_LEASES {
+                    leases.retain(|_, l| l.until > now && l.left > 0);
+                    if leases.len() >= MAX_LEASES {
+                        leases.clear();
+                    }
+                }
+                leases.insert(
+                    (index, *key),
+                    Lease {
+                        left: granted - 1,
+                        until: now + LEASE_LIFETIME,
+                    },
+                );
+            }
+        }
+        Ok(QuotaOutcome::Allowed)
+    }
+
+    /// Drops spent and expired leases.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        if let Ok(mut leases) = self.leases.lock() {
+            leases.retain(|_, l| l.until > now && l.left > 0);
+        }
+    }
+
+    /// Every flag active in Redis.
+    pub async fn read_flags(
+        &self,
+        metrics: &Metrics,
+    ) -> Result<BTreeMap<String, Activation>, FleetError> {
+        let mut conn = self.connection()?;
+        let raw: HashMap<String, String> = self
+            .timed(
+                metrics,
+                "resync",
+                ADMIN_TIMEOUT,
+                redis::cmd("HGETALL")
+                    .arg(self.flags_key())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut out = BTreeMap::new();
+        for (flag, json) in raw {
+            match serde_json::from_str::<Activation>(&json) {
+                Ok(a) => {
+                    out.insert(flag, a);
+                }
+                Err(e) => log::error!("fleet: flag {flag} in Redis is not readable ({e}); ignored"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes an activation and announces it.
+    pub async fn write_flag(
+        &self,
+        flag: &str,
+        activation: &Activation,
+        metrics: &Metrics,
+    ) -> Result<(), FleetError> {
+        let mut conn = self.connection()?;
+        let json = serde_json::to_string(activation).unwrap_or_default();
+        let key = self.flags_key();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(&key, flag, json)
+            .ignore()
+            .publish(&key, flag)
+            .ignore();
+        self.timed(
+            metrics,
+            "flag_write",
+            ADMIN_TIMEOUT,
+            pipe.query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Removes a flag and announces it.
+    pub async fn delete_flag(&self, flag: &str, metrics: &Metrics) -> Result<(), FleetError> {
+        let mut conn = self.connection()?;
+        let key = self.flags_key();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hdel(&key, flag)
+            .ignore()
+            .publish(&key, flag)
+            .ignore();
+        self.timed(
+            metrics,
+            "flag_write",
+            ADMIN_TIMEOUT,
+            pipe.query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Removes an expired flag if it is still the same activation; returns
+    /// whether this node was the one that removed it (and so audits it).
+    pub async fn expire_flag(
+        &self,
+        flag: &str,
+        activation: &Activation,
+        metrics: &Metrics,
+    ) -> Result<bool, FleetError> {
+        let mut conn = self.connection()?;
+        let json = serde_json::to_string(activation).unwrap_or_default();
+        let mut invocation = self.expire.key(self.flags_key());
+        invocation.arg(flag).arg(json);
+        let removed: i64 = self
+            .timed(
+                metrics,
+                "flag_expire",
+                ADMIN_TIMEOUT,
+                invocation.invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// A fresh subscription to the flags channel.
+    pub async fn subscribe(&self) -> Result<redis::aio::PubSub, FleetError> {
+        let mut pubsub = tokio::time::timeout(ADMIN_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| FleetError::Timeout(ADMIN_TIMEOUT))??;
+        pubsub.subscribe(self.flags_key()).await?;
+        Ok(pubsub)
+    }
+}
+
+/// A stable text form of a limit key for Redis key names.
+fn describe(key: &LimitKey) -> String {
+    match key {
+        LimitKey::Ip(ip) => ip.to_string(),
+        LimitKey::Net(net) => net.to_string(),
+        LimitKey::Asn(n) => format!("as{n}"),
+        LimitKey::Country(c) => c.to_string(),
+        LimitKey::Hashed(h) => format!("h{h:016x}"),
+        LimitKey::Whole => "all".into(),
+        LimitKey::Overflow => "overflow".into(),
+    }
+}

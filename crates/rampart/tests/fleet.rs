@@ -1,0 +1,331 @@
+//! Fleet mode with a real redis-server and two Rampart nodes: flags propagate,
+//! TTLs expire once fleet-wide, a fleet quota holds across nodes, and with Redis
+//! killed every request is still answered per each rule's failure mode, with the
+//! flags set before the failure in force; after Redis returns, nodes resync.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use rampart_testkit::redis::RedisServer;
+use rampart_testkit::{wait_until, MockOrigin, Rampart};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rampart"))
+}
+
+fn config(origin: &MockOrigin, redis: &RedisServer, node: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+address = "{{listen}}"
+[admin]
+address = "{{admin}}"
+[client_ip]
+trusted_proxies = ["127.0.0.0/8"]
+[fleet]
+redis_url = "{url}"
+key_prefix = "test:"
+node = "{node}"
+timeout = "200ms"
+resync_interval = "300ms"
+quota_batch = 3
+[pools.web]
+servers = ["{origin}"]
+[pools.web.health_check]
+interval = "1s"
+[[routes]]
+name = "register"
+path_prefix = "/register"
+pool = "web"
+[[routes]]
+name = "login"
+path_prefix = "/login"
+pool = "web"
+[[routes]]
+name = "chat"
+path_prefix = "/chat"
+pool = "web"
+[[routes]]
+name = "models"
+path_prefix = "/models"
+pool = "web"
+[[limits]]
+name = "models-fleet"
+key = "route"
+rate = "1/h"
+burst = 10
+scope = "fleet"
+fleet_failure = "closed"
+routes = ["models"]
+[[limits]]
+name = "login-fleet"
+key = "route"
+rate = "1/h"
+burst = 4
+scope = "fleet"
+fleet_failure = "local"
+fleet_local_share = 0.5
+routes = ["login"]
+[[limits]]
+name = "chat-fleet"
+key = "route"
+rate = "1/h"
+burst = 100
+scope = "fleet"
+fleet_failure = "open"
+routes = ["chat"]
+[[flags]]
+name = "registration_closed"
+block = [{{ routes = ["register"], status = 403, message = "closed" }}]
+"#,
+        url = redis.url(),
+        origin = origin.addr,
+    )
+}
+
+async fn status(r: &Rampart, path: &str) -> u16 {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap()
+        .get(r.url(path))
+        .send()
+        .await
+        .expect("every request is answered, Redis or not")
+        .status()
+        .as_u16()
+}
+
+async fn set_flag(r: &Rampart, flag: &str, body: Value) -> reqwest::Response {
+    r.admin_request(Method::PUT, &format!("/lockdown/{flag}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn active(r: &Rampart, flag: &str) -> bool {
+    let v: Value = r
+        .admin_request(Method::GET, "/lockdown")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == flag && f["active"] == true)
+}
+
+async fn metric(r: &Rampart, name: &str) -> Option<f64> {
+    let text = r
+        .admin_request(Method::GET, "/metrics")
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn two_nodes(origin: &MockOrigin, redis: &RedisServer) -> (Rampart, Rampart) {
+    let a = Rampart::start(bin(), &config(origin, redis, "node-a")).await;
+    let b = Rampart::start(bin(), &config(origin, redis, "node-b")).await;
+    // Both connected before the test starts.
+    for n in [&a, &b] {
+        let connected = wait_until(Duration::from_secs(10), || async {
+            metric(n, "rampart_fleet_degraded").await == Some(0.0)
+        })
+        .await;
+        assert!(connected, "node did not connect to Redis:\n{}", n.log());
+    }
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_enabled_on_a_is_enforced_on_b_within_a_second() {
+    let redis = RedisServer::start().await;
+    let origin = MockOrigin::start("o").await;
+    let (a, b) = two_nodes(&origin, &redis).await;
+    assert_eq!(status(&b, "/register").await, 200);
+    let r = set_flag(
+        &a,
+        "registration_closed",
+        json!({"reason": "flood", "actor": "oncall"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let enforced = wait_until(Duration::from_secs(1), || async {
+        status(&b, "/register").await == 403
+    })
+    .await;
+    assert!(
+        enforced,
+        "node B did not enforce the flag within a second:\n{}",
+        b.log()
+    );
+    let v: Value = b
+        .admin_request(Method::GET, "/lockdown")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let f = v["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "registration_closed")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (f["actor"].as_str(), f["reason"].as_str()),
+        (Some("oncall"), Some("flood"))
+    );
+    // The audit record names the node that made the change.
+    let audit = std::fs::read_to_string(a.dir().join("state/lockdown-audit.jsonl")).unwrap();
+    assert!(audit.contains("\"node\":\"node-a\""), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_expires_fleet_wide_and_once() {
+    let redis = RedisServer::start().await;
+    let origin = MockOrigin::start("o").await;
+    let (a, b) = two_nodes(&origin, &redis).await;
+    let r = set_flag(
+        &a,
+        "registration_closed",
+        json!({"reason": "x", "actor": "y", "ttl": "1s"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            active(&b, "registration_closed").await
+        })
+        .await
+    );
+    let expired = wait_until(Duration::from_secs(6), || async {
+        !active(&a, "registration_closed").await && !active(&b, "registration_closed").await
+    })
+    .await;
+    assert!(expired, "the flag did not expire on both nodes");
+    assert_eq!(status(&b, "/register").await, 200);
+    // Exactly one node audited the expiry.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let expiries: usize = [&a, &b]
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(n.dir().join("state/lockdown-audit.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("\"action\":\"expire\""))
+                .count()
+        })
+        .sum();
+    assert_eq!(expiries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_quota_holds_across_nodes() {
+    let redis = RedisServer::start().await;
+    let origin = MockOrigin::start("o").await;
+    let (a, b) = two_nodes(&origin, &redis).await;
+    // Budget 10 for the whole fleet, leased 3 at a time.
+    let mut allowed = 0;
+    for i in 0..30 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let s = status(node, "/models").await;
+        assert!(s == 200 || s == 429, "{s}");
+        allowed += usize::from(s == 200);
+    }
+    // Never above the budget; at most (batch - 1) per node left unspent in leases.
+    assert!(
+        (6..=10).contains(&allowed),
+        "{allowed} allowed for a fleet budget of 10"
+    );
+    assert_eq!(origin.request_count(), allowed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_failure_modes_apply_flags_stay_and_nodes_resync_after() {
+    let mut redis = RedisServer::start().await;
+    let origin = MockOrigin::start("o").await;
+    let (a, b) = two_nodes(&origin, &redis).await;
+    assert_eq!(
+        set_flag(
+            &a,
+            "registration_closed",
+            json!({"reason": "x", "actor": "y"})
+        )
+        .await
+        .status(),
+        200
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            active(&b, "registration_closed").await
+        })
+        .await
+    );
+
+    redis.kill();
+    // The flag set before the failure stays in force.
+    assert_eq!(status(&b, "/register").await, 403);
+    // open: allowed; closed: rejected; local: half the budget of 4, on this node alone.
+    for _ in 0..3 {
+        assert_eq!(status(&b, "/chat").await, 200);
+        assert_eq!(status(&b, "/models").await, 429);
+    }
+    assert_eq!(status(&b, "/login").await, 200);
+    assert_eq!(status(&b, "/login").await, 200);
+    assert_eq!(status(&b, "/login").await, 429);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            metric(&b, "rampart_fleet_degraded").await == Some(1.0)
+        })
+        .await
+    );
+    // A flag change cannot be made fleet-wide now: refused, nothing changed.
+    let refused = set_flag(
+        &a,
+        "registration_closed",
+        json!({"reason": "x", "actor": "y", "mode": "preview"}),
+    )
+    .await;
+    assert_eq!(refused.status(), 503);
+
+    redis.restart().await;
+    for n in [&a, &b] {
+        let back = wait_until(Duration::from_secs(10), || async {
+            metric(n, "rampart_fleet_degraded").await == Some(0.0)
+        })
+        .await;
+        assert!(back, "node did not reconnect:\n{}", n.log());
+    }
+    // A change made after the outage reaches the other node.
+    let off = a
+        .admin_request(Method::DELETE, "/lockdown/registration_closed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 200);
+    let resynced = wait_until(Duration::from_secs(3), || async {
+        status(&b, "/register").await == 200
+    })
+    .await;
+    assert!(
+        resynced,
+        "node B did not resync after Redis returned:\n{}",
+        b.log()
+    );
+}

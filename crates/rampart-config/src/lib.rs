@@ -824,39 +824,8 @@ impl Validator {
         let given = raw.cidrs.as_ref().is_some_and(|v| !v.is_empty())
             || raw.asns.as_ref().is_some_and(|v| !v.is_empty())
             || raw.countries.as_ref().is_some_and(|v| !v.is_empty());
-        let mut cidrs = Vec::new();
-        for (j, text) in raw.cidrs.unwrap_or_default().iter().enumerate() {
-            match parse_cidr(text) {
-                Ok(net) => cidrs.push(net),
-                Err(e) => self.issue(format!("{key}.cidrs[{j}]"), e),
-            }
-        }
-        let mut asns = Vec::new();
-        for (j, n) in raw.asns.unwrap_or_default().into_iter().enumerate() {
-            match u32::try_from(n) {
-                Ok(n) if n > 0 => asns.push(n),
-                _ => self.issue(
-                    format!("{key}.asns[{j}]"),
-                    format!("{n} is not an AS number"),
-                ),
-            }
-        }
-        if !asns.is_empty() && geoip.asn_db.is_none() {
-            self.issue(format!("{key}.asns"), "needs geoip.asn_db");
-        }
-        let mut countries = Vec::new();
-        for (j, c) in raw.countries.unwrap_or_default().into_iter().enumerate() {
-            match country_code(&c) {
-                Some(c) => countries.push(c),
-                None => self.issue(
-                    format!("{key}.countries[{j}]"),
-                    format!("\"{c}\" is not a two-letter country code (ISO 3166-1 alpha-2, e.g. \"US\")"),
-                ),
-            }
-        }
-        if !countries.is_empty() && geoip.country_db.is_none() {
-            self.issue(format!("{key}.countries"), "needs geoip.country_db");
-        }
+        let (cidrs, asns, countries) =
+            self.client_lists(&key, raw.cidrs, raw.asns, raw.countries, geoip);
         if !given {
             self.issue(&key, "matches nothing: give cidrs, asns or countries");
         }
@@ -868,6 +837,52 @@ impl Validator {
             asns,
             countries,
         }
+    }
+
+    /// Validates the `cidrs`, `asns` and `countries` lists of a rule that
+    /// matches clients (access rules, flag restrictions).
+    fn client_lists(
+        &mut self,
+        key: &str,
+        cidrs: Option<Vec<String>>,
+        asns: Option<Vec<i64>>,
+        countries: Option<Vec<String>>,
+        geoip: &GeoipConfig,
+    ) -> (Vec<IpNet>, Vec<u32>, Vec<String>) {
+        let mut nets = Vec::new();
+        for (j, text) in cidrs.unwrap_or_default().iter().enumerate() {
+            match parse_cidr(text) {
+                Ok(net) => nets.push(net),
+                Err(e) => self.issue(format!("{key}.cidrs[{j}]"), e),
+            }
+        }
+        let mut numbers = Vec::new();
+        for (j, n) in asns.unwrap_or_default().into_iter().enumerate() {
+            match u32::try_from(n) {
+                Ok(n) if n > 0 => numbers.push(n),
+                _ => self.issue(
+                    format!("{key}.asns[{j}]"),
+                    format!("{n} is not an AS number"),
+                ),
+            }
+        }
+        if !numbers.is_empty() && geoip.asn_db.is_none() {
+            self.issue(format!("{key}.asns"), "needs geoip.asn_db");
+        }
+        let mut codes = Vec::new();
+        for (j, c) in countries.unwrap_or_default().into_iter().enumerate() {
+            match country_code(&c) {
+                Some(c) => codes.push(c),
+                None => self.issue(
+                    format!("{key}.countries[{j}]"),
+                    format!("\"{c}\" is not a two-letter country code (ISO 3166-1 alpha-2, e.g. \"US\")"),
+                ),
+            }
+        }
+        if !codes.is_empty() && geoip.country_db.is_none() {
+            self.issue(format!("{key}.countries"), "needs geoip.country_db");
+        }
+        (nets, numbers, codes)
     }
 
     fn key_kind(
@@ -1323,36 +1338,8 @@ impl Validator {
             .enumerate()
             .map(|(j, r)| {
                 let rkey = format!("{key}.restrict[{j}]");
-                let mut cidrs = Vec::new();
-                for (k, text) in r.cidrs.unwrap_or_default().iter().enumerate() {
-                    match parse_cidr(text) {
-                        Ok(net) => cidrs.push(net),
-                        Err(e) => self.issue(format!("{rkey}.cidrs[{k}]"), e),
-                    }
-                }
-                let mut asns = Vec::new();
-                for (k, n) in r.asns.unwrap_or_default().into_iter().enumerate() {
-                    match u32::try_from(n) {
-                        Ok(n) if n > 0 => asns.push(n),
-                        _ => self.issue(format!("{rkey}.asns[{k}]"), format!("{n} is not an AS number")),
-                    }
-                }
-                if !asns.is_empty() && geoip.asn_db.is_none() {
-                    self.issue(format!("{rkey}.asns"), "needs geoip.asn_db");
-                }
-                let mut countries = Vec::new();
-                for (k, c) in r.countries.unwrap_or_default().into_iter().enumerate() {
-                    match country_code(&c) {
-                        Some(c) => countries.push(c),
-                        None => self.issue(
-                            format!("{rkey}.countries[{k}]"),
-                            format!("\"{c}\" is not a two-letter country code (ISO 3166-1 alpha-2, e.g. \"US\")"),
-                        ),
-                    }
-                }
-                if !countries.is_empty() && geoip.country_db.is_none() {
-                    self.issue(format!("{rkey}.countries"), "needs geoip.country_db");
-                }
+                let (cidrs, asns, countries) =
+                    self.client_lists(&rkey, r.cidrs, r.asns, r.countries, geoip);
                 RestrictConfig {
                     routes: self.required_routes(&rkey, r.routes, routes),
                     cidrs,

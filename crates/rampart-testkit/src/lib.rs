@@ -197,6 +197,26 @@ impl Rampart {
             .bearer_auth(TEST_TOKEN)
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        self.admin_request(reqwest::Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The value of one unlabelled series (or a full `name{labels}` series) in `/metrics`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().await.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+        })
+    }
+
     /// `GET /status` as JSON.
     pub async fn status(&self) -> serde_json::Value {
         self.admin_request(reqwest::Method::GET, "/status")

@@ -122,27 +122,13 @@ async fn active(r: &Rampart, flag: &str) -> bool {
         .any(|f| f["name"] == flag && f["active"] == true)
 }
 
-async fn metric(r: &Rampart, name: &str) -> Option<f64> {
-    let text = r
-        .admin_request(Method::GET, "/metrics")
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.parse().ok())
-}
-
 async fn two_nodes(origin: &MockOrigin, redis: &RedisServer) -> (Rampart, Rampart) {
     let a = Rampart::start(bin(), &config(origin, redis, "node-a")).await;
     let b = Rampart::start(bin(), &config(origin, redis, "node-b")).await;
     // Both connected before the test starts.
     for n in [&a, &b] {
         let connected = wait_until(Duration::from_secs(10), || async {
-            metric(n, "rampart_fleet_degraded").await == Some(0.0)
+            n.metric("rampart_fleet_degraded").await == Some(0.0)
         })
         .await;
         assert!(connected, "node did not connect to Redis:\n{}", n.log());
@@ -291,7 +277,7 @@ async fn with_redis_down_failure_modes_apply_flags_stay_and_nodes_resync_after()
     assert_eq!(status(&b, "/login").await, 429);
     assert!(
         wait_until(Duration::from_secs(5), || async {
-            metric(&b, "rampart_fleet_degraded").await == Some(1.0)
+            b.metric("rampart_fleet_degraded").await == Some(1.0)
         })
         .await
     );
@@ -307,7 +293,7 @@ async fn with_redis_down_failure_modes_apply_flags_stay_and_nodes_resync_after()
     redis.restart().await;
     for n in [&a, &b] {
         let back = wait_until(Duration::from_secs(10), || async {
-            metric(n, "rampart_fleet_degraded").await == Some(0.0)
+            n.metric("rampart_fleet_degraded").await == Some(0.0)
         })
         .await;
         assert!(back, "node did not reconnect:\n{}", n.log());

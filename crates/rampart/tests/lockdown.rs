@@ -99,16 +99,6 @@ async fn register(r: &Rampart, content_type: &str, body: &'static [u8]) -> reqwe
         .unwrap()
 }
 
-async fn metrics(r: &Rampart) -> String {
-    r.admin_request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cn_mobile_only_registration_passes_plus_86_and_refuses_the_rest() {
     let origin = MockOrigin::start("auth").await;
@@ -253,13 +243,14 @@ async fn preview_counts_without_blocking() {
     }
     assert_eq!(origin.request_count(), 3);
     let counted = wait_until(Duration::from_secs(5), || async {
-        metrics(&rampart)
+        rampart.metrics()
             .await
             .contains("rampart_lockdown_preview_matches_total{flag=\"registration_closed\",route=\"register\"} 3")
     })
     .await;
-    assert!(counted, "{}", metrics(&rampart).await);
-    assert!(metrics(&rampart)
+    assert!(counted, "{}", rampart.metrics().await);
+    assert!(rampart
+        .metrics()
         .await
         .contains("rampart_lockdown_flag_active{flag=\"registration_closed\",mode=\"preview\"} 1"));
 }
@@ -372,7 +363,8 @@ async fn a_corrupt_state_file_is_set_aside_and_reported() {
         "{}",
         rampart.log()
     );
-    assert!(metrics(&rampart)
+    assert!(rampart
+        .metrics()
         .await
         .contains("rampart_lockdown_state_errors_total 1"));
     let audit = std::fs::read_to_string(rampart.dir().join("state/lockdown-audit.jsonl")).unwrap();

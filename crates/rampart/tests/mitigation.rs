@@ -303,14 +303,7 @@ burst = 1
 
     // Metrics are recorded in the logging phase, just after the response is sent.
     let counted = wait_until(Duration::from_secs(5), || async {
-        let metrics = rampart
-            .admin_request(Method::GET, "/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = rampart.metrics().await;
         metrics.contains("rampart_policy_rejections_total{reason=\"denied_country\",route=\"chat\",rule=\"no-de\"} 1")
             && metrics.contains("rampart_policy_rejections_total{reason=\"rate_limited\",route=\"chat\",rule=\"everyone\"} 1")
     })

@@ -143,14 +143,7 @@ async fn prometheus_scrapes_and_every_dashboard_and_alert_expression_evaluates()
     );
 
     // promtool check metrics on a real scrape.
-    let scrape = rampart
-        .admin_request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = rampart.metrics().await;
     let mut check = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -340,14 +333,7 @@ async fn access_log_lines_sampling_and_top_offenders() {
     assert_eq!(limited[0]["status"], 429);
 
     let sampled = wait_until(Duration::from_secs(5), || async {
-        let m = rampart
-            .admin_request(Method::GET, "/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = rampart.metrics().await;
         m.lines()
             .find_map(|l| l.strip_prefix("rampart_access_log_sampled_out_total "))
             .and_then(|n| n.parse::<usize>().ok())

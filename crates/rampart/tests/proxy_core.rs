@@ -469,14 +469,7 @@ async fn admin_requires_the_token_and_is_not_on_the_public_listener() {
     }
     // Metrics are recorded in the logging phase, just after the response is sent.
     let counted = wait_until(Duration::from_secs(5), || async {
-        let metrics = rampart
-            .admin_request(Method::GET, "/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = rampart.metrics().await;
         metrics.contains("rampart_http_requests_total{route=\"_unmatched\",status_class=\"4xx\",verdict=\"no_route\"} 3")
     })
     .await;

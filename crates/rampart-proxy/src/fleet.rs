@@ -10,11 +10,12 @@
 //! **Quotas.** A rule with `scope = "fleet"` keeps its bucket in Redis
 //! (`<prefix>q:<rule>:<key>`, a token bucket updated by one Lua script with
 //! Redis' own clock). A node leases up to `quota_batch` requests' worth of tokens
-//! per round trip and spends them locally for at most one second. Leased tokens
-//! are taken from the shared bucket, so over time the fleet never admits more
-//! than the budget; at any moment it may admit up to
-//! `nodes × (quota_batch − 1)` requests more than the bucket alone would, spent
-//! from leases taken in the last second. A request waits on Redis only when its
+//! per round trip (more when more of its requests are waiting for that key: one
+//! request refills, the others wait for it) and spends them locally for at most
+//! one second. Leased tokens are taken from the shared bucket, so over time the
+//! fleet never admits more than the budget; at any moment it may admit up to
+//! `nodes × (lease − 1)` requests more than the bucket alone would, spent from
+//! leases taken in the last second. A request waits on Redis only when its
 //! node has no lease left, and never longer than `timeout`; then the rule's
 //! failure mode decides (`open`, `closed`, or `local`: the node's own bucket at
 //! `fleet_local_share` of the budget).
@@ -26,8 +27,9 @@ use rampart_policy::limits::LimitKey;
 use redis::aio::ConnectionManager;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// How long a lease may be spent.
 const LEASE_LIFETIME: Duration = Duration::from_secs(1);
@@ -92,6 +94,11 @@ pub enum QuotaOutcome {
 struct Lease {
     left: u32,
     until: Instant,
+    /// Set while one request refills this lease from Redis; the others wait
+    /// for it (at most `timeout`) instead of all asking Redis at once.
+    refill: Option<Arc<Notify>>,
+    /// Requests waiting for the refill, so that it asks for enough for all.
+    waiting: u32,
 }
 
 /// The fleet client of one node.
@@ -207,15 +214,73 @@ impl Fleet {
         cost: u32,
         metrics: &Metrics,
     ) -> Result<QuotaOutcome, FleetError> {
-        let now = Instant::now();
-        if let Ok(mut leases) = self.leases.lock() {
-            if let Some(lease) = leases.get_mut(&(index, *key)) {
+        let mut waited = false;
+        let (want, owner) = loop {
+            let now = Instant::now();
+            let wait = {
+                let Ok(mut leases) = self.leases.lock() else {
+                    break (self.config.quota_batch, false);
+                };
+                if leases.len() >= MAX_LEASES {
+                    leases.retain(|_, l| l.refill.is_some() || (l.until > now && l.left > 0));
+                }
+                let lease = leases.entry((index, *key)).or_insert(Lease {
+                    left: 0,
+                    until: now,
+                    refill: None,
+                    waiting: 0,
+                });
                 if lease.left > 0 && lease.until > now {
                     lease.left -= 1;
                     return Ok(QuotaOutcome::Allowed);
                 }
+                match &lease.refill {
+                    Some(notify) if !waited => {
+                        lease.waiting += 1;
+                        // Registered before the lock is released, so the refill's
+                        // wake-up cannot be missed.
+                        let mut notified = Box::pin(notify.clone().notified_owned());
+                        notified.as_mut().enable();
+                        notified
+                    }
+                    // Waited once already and another refill is under way: refill
+                    // for itself, leaving that refill (and its waiters) alone.
+                    Some(_) => break (self.config.quota_batch, false),
+                    None => {
+                        // This request refills, for itself and everyone waiting.
+                        lease.refill = Some(Arc::new(Notify::new()));
+                        let want = self.config.quota_batch.max(lease.waiting + 1);
+                        lease.waiting = 0;
+                        break (want, true);
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(self.config.timeout, wait).await;
+            waited = true;
+        };
+        let result = self.refill(index, rule, key, cost, want, metrics).await;
+        if !owner {
+            return result;
+        }
+        if let Ok(mut leases) = self.leases.lock() {
+            if let Some(notify) = leases.get_mut(&(index, *key)).and_then(|l| l.refill.take()) {
+                notify.notify_waiters();
             }
         }
+        result
+    }
+
+    /// One round trip: leases up to `want` requests' worth of tokens; keeps all
+    /// but one for the next requests of this node.
+    async fn refill(
+        &self,
+        index: usize,
+        rule: &LimitConfig,
+        key: &LimitKey,
+        cost: u32,
+        want: u32,
+        metrics: &Metrics,
+    ) -> Result<QuotaOutcome, FleetError> {
         let mut conn = self
             .connection()
             .inspect_err(|e| self.mark(false, metrics, "quota", Some(e)))?;
@@ -231,7 +296,7 @@ impl Fleet {
         invocation
             .arg(format!("{rate_per_ms:.12}"))
             .arg(rule.burst.get())
-            .arg(self.config.quota_batch)
+            .arg(want)
             .arg(cost.max(1));
         let (granted, wait_ms): (u32, u64) = self
             .timed(
@@ -244,31 +309,20 @@ impl Fleet {
         if granted == 0 {
             return Ok(QuotaOutcome::Limited(wait_ms.div_ceil(1000).max(1)));
         }
-        if granted > 1 {
-            if let Ok(mut leases) = self.leases.lock() {
-                if leases.len() >= MAX_LEASES {
-                    leases.retain(|_, l| l.until > now && l.left > 0);
-                    if leases.len() >= MAX_LEASES {
-                        leases.clear();
-                    }
-                }
-                leases.insert(
-                    (index, *key),
-                    Lease {
-                        left: granted - 1,
-                        until: now + LEASE_LIFETIME,
-                    },
-                );
+        if let Ok(mut leases) = self.leases.lock() {
+            if let Some(lease) = leases.get_mut(&(index, *key)) {
+                lease.left = granted - 1;
+                lease.until = Instant::now() + LEASE_LIFETIME;
             }
         }
         Ok(QuotaOutcome::Allowed)
     }
 
-    /// Drops spent and expired leases.
+    /// Drops spent and expired leases (not those being refilled).
     pub fn sweep(&self) {
         let now = Instant::now();
         if let Ok(mut leases) = self.leases.lock() {
-            leases.retain(|_, l| l.until > now && l.left > 0);
+            leases.retain(|_, l| l.refill.is_some() || (l.until > now && l.left > 0));
         }
     }
 

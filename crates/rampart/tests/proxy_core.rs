@@ -505,3 +505,29 @@ async fn sigterm_lets_in_flight_requests_finish() {
         "rampart did not exit after SIGTERM"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_forwarding_headers_over_a_raw_socket_fall_back_to_the_peer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = MockOrigin::start("o").await;
+    let config = format!(
+        "{}\n[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+        two_pool_config(&[origin.addr], &[origin.addr])
+    );
+    let rampart = Rampart::start(bin(), &config).await;
+    let mut stream = tokio::net::TcpStream::connect(rampart.addr).await.unwrap();
+    let mut request =
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-Forwarded-For: "
+            .to_vec();
+    request.extend_from_slice(b"\xff\xfe garbage, 198.51.100.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A header that is not even text cannot name a client: the peer is the client.
+    assert_eq!(origin.requests()[0].headers["x-forwarded-for"], "127.0.0.1");
+}

@@ -1,0 +1,112 @@
+//! Network-facing input never panics the policy engine: deterministic
+//! pseudo-random bytes (fixed seed) through the client IP resolver, the body
+//! rule, phone normalisation and the route table, and mutated configs through
+//! the config parser.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use rampart_config::{BodyRuleConfig, ClientIpConfig, ForwardedHeader};
+use rampart_policy::body::{check_body, normalize_phone};
+use rampart_policy::resolve_client_ip;
+use std::path::Path;
+
+/// xorshift64*: deterministic, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn bytes(&mut self, max: usize, alphabet: &[u8]) -> Vec<u8> {
+        let n = (self.next() as usize) % max;
+        (0..n)
+            .map(|_| {
+                if self.next() % 8 == 0 {
+                    self.next() as u8
+                } else {
+                    alphabet[(self.next() as usize) % alphabet.len()]
+                }
+            })
+            .collect()
+    }
+}
+
+fn shipped_config() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../conf/rampart.toml"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn random_forwarding_headers_bodies_and_paths_never_panic() {
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let trusted = ClientIpConfig {
+        trusted_proxies: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+        header: ForwardedHeader::XForwardedFor,
+    };
+    let forwarded = ClientIpConfig {
+        header: ForwardedHeader::Forwarded,
+        ..trusted.clone()
+    };
+    let rule = BodyRuleConfig {
+        route: 0,
+        field: "phone".into(),
+        allowed_calling_codes: vec!["86".into()],
+        max_body_bytes: 512,
+    };
+    let config = rampart_config::parse(&shipped_config(), Path::new("conf/rampart.toml")).unwrap();
+    let routes = rampart_policy::RouteTable::new(&config);
+    for _ in 0..20_000 {
+        let header = rng.bytes(80, b"0123456789abcdef.:,[] \"for=;");
+        let peer = if rng.next() % 2 == 0 {
+            "10.0.0.1"
+        } else {
+            "::1"
+        };
+        let values = [header.as_slice(), header.as_slice()];
+        let _ = resolve_client_ip(peer.parse().unwrap(), values.into_iter(), &trusted);
+        let _ = resolve_client_ip(peer.parse().unwrap(), values.into_iter(), &forwarded);
+        let body = rng.bytes(600, b"{}\":,phone+86 0123456789-()&=%2B");
+        let ct = if rng.next() % 2 == 0 {
+            "application/json"
+        } else {
+            "application/x-www-form-urlencoded"
+        };
+        let _ = check_body(&rule, Some(ct), &body);
+        let _ = normalize_phone(&String::from_utf8_lossy(&body));
+        let path = String::from_utf8_lossy(&rng.bytes(60, b"/api/auth/loginv1chat?")).into_owned();
+        let host = String::from_utf8_lossy(&rng.bytes(20, b"[]:.0123456789abc")).into_owned();
+        let _ = routes.find(Some(&host), &path, "POST");
+    }
+}
+
+#[test]
+fn mutated_configs_are_refused_or_accepted_never_a_panic() {
+    let text = shipped_config();
+    let mut rng = Rng(0x0ddc_0ffe_e000_0042);
+    let bytes = text.as_bytes();
+    let mut refused = 0;
+    for _ in 0..1_000 {
+        let mut mutated = bytes.to_vec();
+        for _ in 0..(1 + rng.next() % 4) {
+            let at = (rng.next() as usize) % mutated.len();
+            match rng.next() % 3 {
+                0 => {
+                    mutated.remove(at);
+                }
+                1 => mutated.insert(at, b"=\"[]{}0x-.9/"[(rng.next() % 12) as usize]),
+                _ => mutated[at] = rng.next() as u8,
+            }
+        }
+        if rampart_config::parse(&String::from_utf8_lossy(&mutated), Path::new("m.toml")).is_err() {
+            refused += 1;
+        }
+    }
+    // Most random edits break something, and each is reported, not a panic.
+    assert!(refused > 300, "{refused} of 1000 mutations refused");
+}

@@ -24,7 +24,7 @@ impl Rng {
         let n = (self.next() as usize) % max;
         (0..n)
             .map(|_| {
-                if self.next() % 8 == 0 {
+                if self.next().is_multiple_of(8) {
                     self.next() as u8
                 } else {
                     alphabet[(self.next() as usize) % alphabet.len()]
@@ -63,7 +63,7 @@ fn random_forwarding_headers_bodies_and_paths_never_panic() {
     let routes = rampart_policy::RouteTable::new(&config);
     for _ in 0..20_000 {
         let header = rng.bytes(80, b"0123456789abcdef.:,[] \"for=;");
-        let peer = if rng.next() % 2 == 0 {
+        let peer = if rng.next().is_multiple_of(2) {
             "10.0.0.1"
         } else {
             "::1"
@@ -72,7 +72,7 @@ fn random_forwarding_headers_bodies_and_paths_never_panic() {
         let _ = resolve_client_ip(peer.parse().unwrap(), values.into_iter(), &trusted);
         let _ = resolve_client_ip(peer.parse().unwrap(), values.into_iter(), &forwarded);
         let body = rng.bytes(600, b"{}\":,phone+86 0123456789-()&=%2B");
-        let ct = if rng.next() % 2 == 0 {
+        let ct = if rng.next().is_multiple_of(2) {
             "application/json"
         } else {
             "application/x-www-form-urlencoded"

@@ -235,7 +235,7 @@ struct DisableRequest {
     reason: Option<String>,
 }
 
-fn unknown_flag(flag: &str, e: &FlagError) -> Response<Vec<u8>> {
+fn flag_error(flag: &str, e: &FlagError) -> Response<Vec<u8>> {
     let known = match e {
         FlagError::Unknown(known) => known,
         FlagError::Fleet(_) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -382,7 +382,7 @@ impl AdminService {
                     "persisted": persisted,
                 }),
             ),
-            Err(e) => unknown_flag(flag, &e),
+            Err(e) => flag_error(flag, &e),
         }
     }
 
@@ -411,7 +411,7 @@ impl AdminService {
                 StatusCode::OK,
                 json!({"flag": flag, "active": false, "was_active": was_on, "persisted": persisted}),
             ),
-            Err(e) => unknown_flag(flag, &e),
+            Err(e) => flag_error(flag, &e),
         }
     }
 

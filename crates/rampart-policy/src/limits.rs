@@ -18,6 +18,12 @@
 
 use crate::geo::{CountryCode, GeoInfo};
 use dashmap::DashMap;
+
+/// The stores' hasher: aHash with per-process random keys. Keys are chosen by
+/// clients (addresses), so the hash must resist collision flooding; aHash does,
+/// for less than SipHash costs on these short keys (callgrind figures in
+/// benches/PROFILE.md).
+type KeyHasher = ahash::RandomState;
 use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
@@ -134,7 +140,7 @@ pub struct CountingStore {
 
 #[derive(Debug, Default)]
 struct StoreInner {
-    map: DashMap<LimitKey, AtomicU64>,
+    map: DashMap<LimitKey, AtomicU64, KeyHasher>,
     len: AtomicUsize,
 }
 
@@ -414,7 +420,7 @@ impl<C: Clock + Clone> RateRule<C> {
 pub struct ConcurrencyRule {
     /// Its config.
     pub config: ConcurrencyConfig,
-    in_flight: DashMap<LimitKey, u32>,
+    in_flight: DashMap<LimitKey, u32, KeyHasher>,
     hasher: std::hash::RandomState,
     fallbacks: AtomicU64,
 }
@@ -441,7 +447,7 @@ impl ConcurrencyRule {
     pub fn new(config: ConcurrencyConfig) -> Self {
         Self {
             config,
-            in_flight: DashMap::new(),
+            in_flight: DashMap::default(),
             hasher: std::hash::RandomState::new(),
             fallbacks: AtomicU64::new(0),
         }

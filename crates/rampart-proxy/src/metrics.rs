@@ -12,6 +12,58 @@ use rampart_policy::{GeoDb, GeoInfo};
 /// Route label for requests that matched no route.
 pub const UNMATCHED_ROUTE: &str = "_unmatched";
 
+/// Verdict label of a request that went to the origin.
+pub const PROXIED_VERDICT: &str = "proxied";
+
+/// Status class labels, indexed by [`status_class`].
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn status_class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+/// A route's proxied-request series, resolved once per snapshot rather than by a
+/// label lookup per request. A status class's counter is created on its first
+/// request, so the exposition only lists classes that happened.
+#[derive(Debug)]
+pub struct ProxiedHandles {
+    route: String,
+    by_class: [std::sync::OnceLock<IntCounter>; 6],
+    duration: prometheus::Histogram,
+}
+
+/// A pool's origin series, resolved once per snapshot. Both connection series
+/// exist from the start (0 is a meaningful value for new connections).
+#[derive(Debug)]
+pub struct PoolHandles {
+    connects_new: IntCounter,
+    connects_reused: IntCounter,
+    upstream_duration: prometheus::Histogram,
+}
+
+impl PoolHandles {
+    /// Counts one origin connection handed to a request.
+    pub fn connect(&self, reused: bool) {
+        if reused {
+            self.connects_reused.inc();
+        } else {
+            self.connects_new.inc();
+        }
+    }
+
+    /// Records the time an origin took to answer with its header.
+    pub fn upstream_response(&self, seconds: f64) {
+        self.upstream_duration.observe(seconds);
+    }
+}
+
 /// All metrics Rampart exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -341,20 +393,48 @@ impl Metrics {
 
     /// Counts one finished request.
     pub fn request(&self, route: &str, verdict: &str, status: u16, seconds: f64) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "none",
-        };
         self.requests
-            .with_label_values(&[route, verdict, class])
+            .with_label_values(&[route, verdict, STATUS_CLASSES[status_class(status)]])
             .inc();
         self.request_duration
             .with_label_values(&[route, verdict])
             .observe(seconds);
+    }
+
+    /// Handles for the requests of `route` that go to the origin (the common case),
+    /// resolved once per config snapshot.
+    pub fn proxied_handles(&self, route: &str) -> ProxiedHandles {
+        ProxiedHandles {
+            route: route.to_string(),
+            by_class: Default::default(),
+            duration: self
+                .request_duration
+                .with_label_values(&[route, PROXIED_VERDICT]),
+        }
+    }
+
+    /// Counts one proxied request through handles from [`Self::proxied_handles`].
+    pub fn proxied(&self, handles: &ProxiedHandles, status: u16, seconds: f64) {
+        let class = status_class(status);
+        handles.by_class[class]
+            .get_or_init(|| {
+                self.requests.with_label_values(&[
+                    &handles.route,
+                    PROXIED_VERDICT,
+                    STATUS_CLASSES[class],
+                ])
+            })
+            .inc();
+        handles.duration.observe(seconds);
+    }
+
+    /// Handles for one pool's origin metrics, resolved once per config snapshot.
+    pub fn pool_handles(&self, pool: &str) -> PoolHandles {
+        PoolHandles {
+            connects_new: self.upstream_connects.with_label_values(&[pool, "false"]),
+            connects_reused: self.upstream_connects.with_label_values(&[pool, "true"]),
+            upstream_duration: self.upstream_duration.with_label_values(&[pool]),
+        }
     }
 
     /// Counts one policy rejection.
@@ -453,20 +533,6 @@ impl Metrics {
     /// Counts one state file problem.
     pub fn lockdown_state_error(&self) {
         self.lockdown_state_errors.inc();
-    }
-
-    /// Records the time an origin took to answer with its header.
-    pub fn upstream_response(&self, pool: &str, seconds: f64) {
-        self.upstream_duration
-            .with_label_values(&[pool])
-            .observe(seconds);
-    }
-
-    /// Counts one origin connection handed to a request.
-    pub fn upstream_connect(&self, pool: &str, reused: bool) {
-        self.upstream_connects
-            .with_label_values(&[pool, if reused { "true" } else { "false" }])
-            .inc();
     }
 
     /// Counts one dropped access log line.

@@ -2,10 +2,11 @@
 //! crate and records what it decided in [`RequestCtx`]; decisions themselves live
 //! in `rampart-policy`.
 
-use crate::metrics::UNMATCHED_ROUTE;
+use crate::metrics::{PROXIED_VERDICT, UNMATCHED_ROUTE};
 use crate::respond::write_rejection;
 use crate::state::{Shared, Snapshot};
 use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -252,22 +253,68 @@ impl RequestCtx {
     }
 }
 
-fn header_name(header: ForwardedHeader) -> &'static str {
+/// Header names the hot path looks up, parsed once at compile time rather than
+/// from a string on every lookup.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+fn header_name(header: ForwardedHeader) -> HeaderName {
     match header {
-        ForwardedHeader::XForwardedFor => "x-forwarded-for",
-        ForwardedHeader::Forwarded => "forwarded",
+        ForwardedHeader::XForwardedFor => X_FORWARDED_FOR,
+        ForwardedHeader::Forwarded => http::header::FORWARDED,
     }
 }
 
+/// The client address as a header value, formatted on the stack. IPv4 (the
+/// common case) is written digit by digit; `fmt` machinery costs several times more.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 48];
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            len
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            // 48 bytes hold the longest IPv6 text form (45), so the write cannot fail.
+            let _ = write!(cursor, "{v6}");
+            usize::try_from(cursor.position()).unwrap_or(0)
+        }
+    };
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.uri
-        .host()
-        .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok()))
+    req.uri.host().or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 #[async_trait]
 impl ProxyHttp for RampartProxy {
     type CTX = RequestCtx;
+
+    /// No downstream modules: Rampart never compresses responses, and Pingora's
+    /// default (a disabled compression module) builds a module context per request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -439,13 +486,19 @@ impl ProxyHttp for RampartProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let ip = ctx.client_ip.to_string();
-        upstream_request.remove_header("forwarded");
-        upstream_request.insert_header("x-forwarded-for", &ip)?;
-        upstream_request.insert_header("x-real-ip", &ip)?;
+        let ip = ip_header_value(ctx.client_ip);
+        if upstream_request
+            .headers
+            .contains_key(http::header::FORWARDED)
+        {
+            upstream_request.remove_header(&http::header::FORWARDED);
+        }
+        upstream_request.insert_header("x-forwarded-for", ip.clone())?;
+        upstream_request.insert_header("x-real-ip", ip)?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
-        if upstream_request.headers.get("host").is_none() {
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        if !upstream_request.headers.contains_key(http::header::HOST) {
             // HTTP/2 clients send :authority instead of Host; HTTP/1.1 origins need Host.
             if let Some(authority) = upstream_request.uri.authority().map(|a| a.to_string()) {
                 upstream_request.insert_header("host", authority)?;
@@ -510,7 +563,7 @@ impl ProxyHttp for RampartProxy {
             .rejection
             .as_ref()
             .map(|r| r.label())
-            .unwrap_or("proxied");
+            .unwrap_or(PROXIED_VERDICT);
         let policy_rule = ctx.rejection.as_ref().and_then(|r| r.rule());
         if let Some(rule) = policy_rule {
             self.shared
@@ -519,9 +572,23 @@ impl ProxyHttp for RampartProxy {
             self.record_offender(ctx);
         }
         let elapsed = ctx.started.elapsed();
-        self.shared
-            .metrics
-            .request(ctx.route_label(), verdict, status, elapsed.as_secs_f64());
+        let proxied = ctx
+            .rejection
+            .is_none()
+            .then(|| ctx.snapshot.proxied_handles(ctx.route))
+            .flatten();
+        match proxied {
+            Some(handles) => self
+                .shared
+                .metrics
+                .proxied(handles, status, elapsed.as_secs_f64()),
+            None => self.shared.metrics.request(
+                ctx.route_label(),
+                verdict,
+                status,
+                elapsed.as_secs_f64(),
+            ),
+        }
         if let Some(log) = &self.shared.access_log {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -545,8 +612,8 @@ impl ProxyHttp for RampartProxy {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(pool) = ctx.pool.and_then(|p| ctx.snapshot.pools.get(p)) {
-            self.shared.metrics.upstream_connect(pool.name(), reused);
+        if let Some(handles) = ctx.pool.and_then(|p| ctx.snapshot.pool_metrics.get(p)) {
+            handles.connect(reused);
         }
         Ok(())
     }
@@ -557,14 +624,47 @@ impl ProxyHttp for RampartProxy {
         _upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(start), Some(pool)) = (
+        if let (Some(start), Some(handles)) = (
             ctx.upstream_start,
-            ctx.pool.and_then(|p| ctx.snapshot.pools.get(p)),
+            ctx.pool.and_then(|p| ctx.snapshot.pool_metrics.get(p)),
         ) {
-            self.shared
-                .metrics
-                .upstream_response(pool.name(), start.elapsed().as_secs_f64());
+            handles.upstream_response(start.elapsed().as_secs_f64());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_header_value;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ip_header_value_matches_display() {
+        let samples = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "255.255.255.255",
+            "203.0.113.7",
+            "::1",
+            "2001:db8::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+            "::ffff:192.0.2.1",
+        ];
+        for text in samples {
+            let ip: IpAddr = text.parse().expect("sample parses");
+            assert_eq!(
+                ip_header_value(ip).to_str().ok(),
+                Some(ip.to_string().as_str())
+            );
+        }
+        for octet in 0..=255u8 {
+            let ip = IpAddr::from([octet, 0, 10, octet]);
+            assert_eq!(
+                ip_header_value(ip).to_str().ok(),
+                Some(ip.to_string().as_str())
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! the one place that replaces it (reload).
 
 use crate::lockdown::{self, Activation, AuditEntry, FlagState, Loaded, Mode};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolHandles, ProxiedHandles, UNMATCHED_ROUTE};
 use crate::pool::{HealthRegistry, Pool};
 use arc_swap::ArcSwap;
 use rampart_config::{Config, ConfigError, GeoipConfig};
@@ -27,27 +27,52 @@ pub struct Snapshot {
     pub policy: Policy,
     /// Increases by one with every successful reload.
     pub generation: u64,
+    /// Proxied-request metric handles per route, plus one for unmatched requests.
+    proxied: Vec<ProxiedHandles>,
+    /// Origin metric handles, indexed like `pools`.
+    pub pool_metrics: Vec<PoolHandles>,
 }
 
 impl Snapshot {
     fn new(
         config: Config,
         registry: &HealthRegistry,
+        metrics: &Metrics,
         generation: u64,
         previous: Option<&Policy>,
     ) -> Self {
-        let pools = config
+        let pools: Vec<Pool> = config
             .pools
             .iter()
             .map(|p| Pool::new(p, registry))
             .collect();
+        let proxied = config
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .chain([UNMATCHED_ROUTE])
+            .map(|route| metrics.proxied_handles(route))
+            .collect();
+        let pool_metrics = pools
+            .iter()
+            .map(|p| metrics.pool_handles(p.name()))
+            .collect();
         Self {
+            proxied,
+            pool_metrics,
             policy: Policy::new(&config, governor_clock(), previous),
             routes: RouteTable::new(&config),
             pools,
             config,
             generation,
         }
+    }
+
+    /// The proxied-request metric handles of route `route` (`None`: unmatched).
+    pub fn proxied_handles(&self, route: Option<usize>) -> Option<&ProxiedHandles> {
+        route
+            .and_then(|r| self.proxied.get(r))
+            .or_else(|| self.proxied.last())
     }
 
     /// Whether every server of every pool has had its first health probe.
@@ -137,8 +162,8 @@ impl Shared {
     ) -> Result<Self, GeoError> {
         let geo = GeoDb::open(&config.geoip)?;
         let health = HealthRegistry::default();
-        let snapshot = Snapshot::new(config, &health, 1, None);
         let metrics = Metrics::new();
+        let snapshot = Snapshot::new(config, &health, &metrics, 1, None);
         metrics.set_config_info(&snapshot);
         metrics.set_geo_info(&geo);
         let fleet = match &snapshot.config.fleet {
@@ -495,7 +520,13 @@ impl Shared {
             }
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot = Snapshot::new(config, &self.health, generation, Some(&old.policy));
+        let snapshot = Snapshot::new(
+            config,
+            &self.health,
+            &self.metrics,
+            generation,
+            Some(&old.policy),
+        );
         let keep: Vec<_> = snapshot
             .pools
             .iter()

@@ -4,6 +4,7 @@
 
 use crate::geo::CountryCode;
 use rampart_config::RouteKind;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Base of the stable problem `type` URIs.
@@ -207,50 +208,49 @@ impl Rejection {
         }
     }
 
-    /// Human explanation.
-    pub fn detail(&self) -> String {
+    /// Human explanation. Fixed texts are borrowed; only the few that name a
+    /// value (pool, AS, country, wait) are formatted.
+    pub fn detail(&self) -> Cow<'_, str> {
         match self {
-            Rejection::NoRoute { .. } => "No route is configured for this request.".to_string(),
+            Rejection::NoRoute { .. } => "No route is configured for this request.".into(),
             Rejection::NoHealthyUpstream { pool } => {
-                format!("No healthy origin server in pool \"{pool}\"; try again shortly.")
+                format!("No healthy origin server in pool \"{pool}\"; try again shortly.").into()
             }
             Rejection::UpstreamFailed { .. } => {
-                "The origin server could not complete the request.".to_string()
+                "The origin server could not complete the request.".into()
             }
             Rejection::DeniedByNetwork { .. } => {
-                "Requests from your network are not accepted.".to_string()
+                "Requests from your network are not accepted.".into()
             }
             Rejection::DeniedByAsn { asn, .. } => {
-                format!("Requests from AS{asn} are not accepted.")
+                format!("Requests from AS{asn} are not accepted.").into()
             }
             Rejection::DeniedByCountry { country, .. } => {
-                format!("Requests from country {country} are not accepted.")
+                format!("Requests from country {country} are not accepted.").into()
             }
             Rejection::UnknownCountry => {
-                "Requests from addresses with no known country are not accepted.".to_string()
+                "Requests from addresses with no known country are not accepted.".into()
             }
             Rejection::UnknownAsn => {
-                "Requests from addresses with no known network operator are not accepted."
-                    .to_string()
+                "Requests from addresses with no known network operator are not accepted.".into()
             }
             Rejection::RateLimited { retry_after, .. } => {
-                format!("Rate limit exceeded; retry in {retry_after} s.")
+                format!("Rate limit exceeded; retry in {retry_after} s.").into()
             }
             Rejection::TooManyInFlight { .. } => {
-                "Too many of your requests are in progress; wait for one to finish.".to_string()
+                "Too many of your requests are in progress; wait for one to finish.".into()
             }
             Rejection::Maintenance { message, .. } | Rejection::LockedDown { message, .. } => {
-                message.to_string()
+                Cow::Borrowed(message)
             }
             Rejection::SessionRequired { .. } => {
-                "Only signed-in users are served right now; new sessions are not accepted."
-                    .to_string()
+                "Only signed-in users are served right now; new sessions are not accepted.".into()
             }
             Rejection::RestrictedByFlag { .. } => {
                 "This part of the service is temporarily restricted to some networks and regions."
-                    .to_string()
+                    .into()
             }
-            Rejection::BodyRefused { detail, .. } => detail.clone(),
+            Rejection::BodyRefused { detail, .. } => Cow::Borrowed(detail),
         }
     }
 
@@ -269,39 +269,71 @@ impl Rejection {
     ///
     /// API routes get RFC 9457 `application/problem+json`; browser routes a small
     /// HTML page.
+    ///
+    /// Written into one buffer sized up front: a flood of rejections renders one
+    /// of these per request (benches/instructions.sh measures the whole path).
     pub fn render(&self, kind: RouteKind) -> (&'static str, String) {
+        let detail = self.detail();
+        let title = self.title();
         match kind {
             RouteKind::Api => {
                 let rule = self.rule().unwrap_or(self.label());
-                let mut body = format!(
-                    "{{\"type\":\"{PROBLEM_TYPE_BASE}{}\",\"title\":{},\"status\":{},\"detail\":{},\"rule\":{}",
-                    self.label().replace('_', "-"),
-                    json_string(self.title()),
-                    self.status(),
-                    json_string(&self.detail()),
-                    json_string(rule),
+                let mut body = String::with_capacity(
+                    PROBLEM_TYPE_BASE.len() + title.len() + detail.len() + 2 * rule.len() + 120,
                 );
+                body.push_str("{\"type\":\"");
+                body.push_str(PROBLEM_TYPE_BASE);
+                body.extend(self.label().chars().map(|c| if c == '_' { '-' } else { c }));
+                body.push_str("\",\"title\":");
+                push_json_string(&mut body, title);
+                body.push_str(",\"status\":");
+                push_decimal(&mut body, u64::from(self.status()));
+                body.push_str(",\"detail\":");
+                push_json_string(&mut body, &detail);
+                body.push_str(",\"rule\":");
+                push_json_string(&mut body, rule);
                 if let Rejection::RateLimited { .. } | Rejection::TooManyInFlight { .. } = self {
-                    body.push_str(&format!(",\"violated-policies\":[{}]", json_string(rule)));
+                    body.push_str(",\"violated-policies\":[");
+                    push_json_string(&mut body, rule);
+                    body.push(']');
                 }
                 body.push_str("}\n");
                 ("application/problem+json", body)
             }
-            RouteKind::Browser => (
-                "text/html; charset=utf-8",
-                format!(
-                    "<!doctype html><html><head><title>{0}</title></head><body><h1>{0}</h1><p>{1}</p></body></html>\n",
-                    html_escape(self.title()),
-                    html_escape(&self.detail())
-                ),
-            ),
+            RouteKind::Browser => {
+                let mut body = String::with_capacity(2 * title.len() + detail.len() + 110);
+                body.push_str("<!doctype html><html><head><title>");
+                push_html(&mut body, title);
+                body.push_str("</title></head><body><h1>");
+                push_html(&mut body, title);
+                body.push_str("</h1><p>");
+                push_html(&mut body, &detail);
+                body.push_str("</p></body></html>\n");
+                ("text/html; charset=utf-8", body)
+            }
         }
     }
 }
 
-/// A JSON string literal for `s`.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_string(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
     for c in s.chars() {
         match c {
@@ -310,11 +342,35 @@ pub fn json_string(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) < 0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[(c as usize) >> 4]));
+                out.push(char::from(HEX[(c as usize) & 0xf]));
+            }
             c => out.push(c),
         }
     }
     out.push('"');
+}
+
+/// Appends `s` with HTML's special characters escaped.
+fn push_html(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A JSON string literal for `s`.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    push_json_string(&mut out, s);
     out
 }
 
@@ -322,13 +378,6 @@ pub fn json_string(s: &str) -> String {
 /// Rule names are validated to `[a-z0-9_-]`, so nothing else needs care.
 fn sf_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -377,5 +426,31 @@ mod tests {
         let (ct, body) = Rejection::NoRoute { status: 404 }.render(RouteKind::Browser);
         assert!(ct.starts_with("text/html"));
         assert!(body.contains("<h1>No such route</h1>"));
+        let maintenance = Rejection::Maintenance {
+            flag: "m".into(),
+            retry_after: 60,
+            message: "Back <soon> & \"fast\"".into(),
+        };
+        let (_, body) = maintenance.render(RouteKind::Browser);
+        assert_eq!(
+            body,
+            "<!doctype html><html><head><title>Down for maintenance</title></head><body>\
+             <h1>Down for maintenance</h1><p>Back &lt;soon&gt; &amp; &quot;fast&quot;</p>\
+             </body></html>\n"
+        );
+    }
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_control_characters() {
+        assert_eq!(
+            json_string("a\"b\\c\nd\re\tf\u{1}g\u{1f}h\u{7f}é"),
+            "\"a\\\"b\\\\c\\nd\\re\\tf\\u0001g\\u001fh\u{7f}é\""
+        );
+        let mut out = String::new();
+        for n in [0, 7, 10, 429, 65_535, u64::MAX] {
+            out.clear();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Writing a [`Rejection`] to the client.
 
 use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -14,10 +16,11 @@ pub async fn write_rejection(
     kind: RouteKind,
 ) -> Result<()> {
     let (content_type, body) = rejection.render(kind);
-    let mut header = ResponseHeader::build(rejection.status(), Some(5))?;
-    header.insert_header("content-type", content_type)?;
-    header.insert_header("content-length", body.len().to_string())?;
-    header.insert_header("cache-control", "no-store")?;
+    // Room for every header below and the few Pingora adds, so the map never grows.
+    let mut header = ResponseHeader::build(rejection.status(), Some(8))?;
+    header.insert_header(CONTENT_TYPE, HeaderValue::from_static(content_type))?;
+    header.insert_header(CONTENT_LENGTH, HeaderValue::from(body.len()))?;
+    header.insert_header(CACHE_CONTROL, HeaderValue::from_static("no-store"))?;
     for (name, value) in rejection.headers() {
         header.insert_header(name, value)?;
     }

@@ -50,6 +50,9 @@ fn main() {
         threads: 1,
         work_stealing: false,
         upstream_keepalive_pool_size: 256,
+        // SIGTERM exits at once (Pingora's default grace is minutes).
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

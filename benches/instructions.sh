@@ -13,7 +13,9 @@
 # on a signal so that callgrind writes its totals. Instructions per request =
 # difference in instructions / difference in requests, so start-up and shutdown
 # cancel out.
-#   benches/instructions.sh [SECONDS]
+# RAMPART=/path/to/an/older/rampart measures that build instead of
+# target/release/rampart, for a before/after of one change.
+#   [RAMPART=...] benches/instructions.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -83,7 +85,8 @@ printf '%-34s %14s %10s\n' "nginx (proxy_pass, keepalive)" "$ng" "1.00x"
 row() { printf '%-34s %14s %10s\n' "$1" "$2" "$(python3 -c "print(f'{$2/$ng:.2f}x')")"; }
 row "pingora floor" "$(measure floor 18090 INT "X-Bench: 1" -- \
   "$PWD/target/release/rampart-pingora-floor" 127.0.0.1:18090 127.0.0.1:19000)"
+rampart=${RAMPART:-$PWD/target/release/rampart}
 row "rampart, proxied (mitigation on)" "$(measure rampart 18080 INT "X-Bench: 1" -- \
-  "$PWD/target/release/rampart" run --config ratio-mitigation.toml)"
+  "$rampart" run --config ratio-mitigation.toml)"
 row "rampart, rejected (deny list, 403)" "$(measure rejected 18080 INT "X-Forwarded-For: 198.51.100.7" -- \
-  "$PWD/target/release/rampart" run --config ratio-mitigation.toml)"
+  "$rampart" run --config ratio-mitigation.toml)"

@@ -5,7 +5,7 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/healthz` | 200 while the process runs (no token) |
-//! | GET | `/readyz` | 200 once every pool had its first health check, else 503 (no token) |
+//! | GET | `/readyz` | 200 once every public listener is bound and every pool had its first health check, else 503 (no token) |
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/status` | config generation, pools and server health as JSON |
 //! | POST | `/reload` | re-read the config file; 200 or 400 with every error |
@@ -92,15 +92,18 @@ impl ServeHttp for AdminService {
         match path.as_str() {
             "/healthz" => return reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                return if self.shared.snapshot().is_ready() {
-                    reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
+                let waiting: &[u8] = if !self.shared.listeners.all_listening() {
+                    b"waiting for the public listeners to be bound\n"
+                } else if !self.shared.snapshot().is_ready() {
+                    b"waiting for the first health checks\n"
                 } else {
-                    reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        b"waiting for the first health checks\n".to_vec(),
-                    )
+                    return reply(StatusCode::OK, "text/plain", b"ready\n".to_vec());
                 };
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    waiting.to_vec(),
+                );
             }
             _ => {}
         }

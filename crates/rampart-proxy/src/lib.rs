@@ -7,6 +7,7 @@ pub mod admin;
 pub mod background;
 pub mod fleet;
 pub mod health;
+pub mod listening;
 pub mod lockdown;
 pub mod metrics;
 pub mod pool;

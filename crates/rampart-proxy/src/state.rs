@@ -124,6 +124,8 @@ pub struct Shared {
     pub offenders: std::sync::Mutex<Offenders>,
     /// Fleet mode (Redis), when configured.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The public listeners this process started with, for `/readyz`.
+    pub listeners: crate::listening::ListenerProbe,
 }
 
 /// Keys per kind kept by the top-offender summaries.
@@ -218,8 +220,17 @@ impl Shared {
         }
         let flags = FlagState::new(active, lockdown_config, 1);
         metrics.set_flags(&flags, lockdown_config);
+        let listeners = crate::listening::ListenerProbe::new(
+            snapshot
+                .config
+                .listeners
+                .iter()
+                .map(|l| l.address)
+                .collect(),
+        );
         Ok(Self {
             config_path,
+            listeners,
             snapshot: ArcSwap::from_pointee(snapshot),
             geo: ArcSwap::from_pointee(geo),
             flags: ArcSwap::from_pointee(flags),

@@ -16,13 +16,9 @@ command -v redis-server >/dev/null || need+=(redis-server)
 cargo build --release -p rampart
 tmp=$(mktemp -d)
 redis-server --bind 127.0.0.1 --port 16379 --save "" --appendonly no --daemonize yes --pidfile "$tmp/redis.pid" --dir "$tmp" >/dev/null
-cat > "$tmp/origin.conf" <<C
-worker_processes 1; pid $tmp/origin.pid; error_log $tmp/origin.err warn; daemon on;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:19000 reuseport; location / { return 200 "ok\n"; } } }
-C
-nginx -c "$tmp/origin.conf" -e "$tmp/origin.err"
+# shellcheck source=benches/origin.sh
+. benches/origin.sh
+start_origin "$tmp"
 export RAMPART_ADMIN_TOKEN=bench-token-0123456789abcdef
 RUST_LOG=warn target/release/rampart run --config benches/configs/fleet-vs-local.toml >"$tmp/rampart.log" 2>&1 &
 pid=$!

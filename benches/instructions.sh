@@ -36,12 +36,8 @@ cargo build --release -p rampart
 cargo build --release -p rampart-benches --bin rampart-pingora-floor
 export RAMPART_ADMIN_TOKEN=bench-token-0123456789abcdef
 tmp=$(mktemp -d)
-cat > "$tmp/origin.conf" <<C
-worker_processes 1; pid $tmp/origin.pid; error_log $tmp/origin.err warn; daemon on;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:19000 reuseport; location / { return 200 "ok\n"; } } }
-C
+# shellcheck source=benches/origin.sh
+. benches/origin.sh
 cat > "$tmp/proxy.conf" <<C
 worker_processes 1; master_process off; daemon off; pid $tmp/proxy.pid; error_log $tmp/proxy.err warn;
 events { worker_connections 4096; }
@@ -50,7 +46,7 @@ http { access_log off; keepalive_requests 10000000;
   server { listen 127.0.0.1:19080;
     location / { proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 C
-nginx -c "$tmp/origin.conf" -e "$tmp/origin.err"
+start_origin "$tmp"
 trap 'kill $(cat "$tmp/origin.pid") 2>/dev/null; rm -rf "$tmp"' EXIT
 
 # run NAME PORT SIGNAL LOAD_SECONDS HEADER COMMAND...: prints "requests instructions"

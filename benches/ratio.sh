@@ -24,13 +24,9 @@ export RAMPART_ADMIN_TOKEN=bench-token-0123456789abcdef
 tmp=$(mktemp -d)
 # The yardstick starts its own origin on 19000; start one first so Rampart's
 # first health check finds it.
-cat > "$tmp/origin.conf" <<C
-worker_processes 1; pid $tmp/origin.pid; error_log $tmp/origin.err warn; daemon on;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:19000 reuseport; location / { return 200 "ok\n"; } } }
-C
-nginx -c "$tmp/origin.conf" -e "$tmp/origin.err"
+# shellcheck source=benches/origin.sh
+. benches/origin.sh
+start_origin "$tmp"
 RUST_LOG=warn target/release/rampart run --config benches/configs/ratio-mitigation.toml >"$tmp/rampart.log" 2>&1 &
 pid=$!
 floor=""

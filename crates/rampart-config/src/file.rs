@@ -55,6 +55,16 @@ pub struct FileConfig {
     pub access_log: FileAccessLog,
     /// `[fleet]`
     pub fleet: Option<FileFleet>,
+    /// `[request]`
+    #[serde(default)]
+    pub request: FileRequest,
+}
+
+/// `[request]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileRequest {
+    /// Keep `;` in paths instead of refusing it.
+    pub allow_semicolons: Option<bool>,
 }
 
 /// `[fleet]`: shared state through Redis.
@@ -174,6 +184,12 @@ pub struct FileBodyRule {
     pub field: Option<String>,
     /// Allowed country calling codes, e.g. `["+86"]`.
     pub allowed_calling_codes: Option<Vec<String>>,
+    /// Allowed regions, e.g. `["CN"]`.
+    pub allowed_regions: Option<Vec<String>>,
+    /// Allowed number types, e.g. `["mobile"]`.
+    pub number_types: Option<Vec<String>>,
+    /// Methods checked; every method when absent.
+    pub methods: Option<Vec<String>>,
     /// Largest body read, in bytes.
     pub max_body_bytes: Option<i64>,
 }
@@ -380,6 +396,8 @@ pub struct FileRoute {
     pub kind: Option<String>,
     /// Close the client connection after answering a rejection.
     pub close_on_reject: Option<bool>,
+    /// Match the path prefix without regard to case.
+    pub case_insensitive: Option<bool>,
 }
 
 /// `[unmatched]`

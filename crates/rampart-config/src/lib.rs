@@ -263,6 +263,7 @@ impl Validator {
         let lockdown = self.lockdown(raw.lockdown, raw.flags, &route_names, &geoip, &referenced);
         let access_log = self.access_log(raw.access_log);
         let fleet = raw.fleet.map(|f| self.fleet(f));
+        let request = self.request(raw.request);
         if fleet.is_none() {
             for (i, l) in limits.iter().enumerate() {
                 if matches!(l.scope, LimitScope::Fleet { .. }) {
@@ -274,6 +275,7 @@ impl Validator {
             }
         }
         Some(Config {
+            request,
             fleet,
             access_log,
             server,
@@ -619,12 +621,38 @@ impl Validator {
                 host,
                 path_prefix,
                 methods,
+                case_insensitive: r.case_insensitive.unwrap_or(false),
                 pool: pool.unwrap_or(0),
                 kind,
                 close_on_reject: r.close_on_reject.unwrap_or(false),
             });
         }
+        // Routes match on host and path only (methods answer 405, never route
+        // elsewhere), so an earlier route that covers a later one's host and
+        // path takes every request meant for it, with none of its flags, body
+        // rules or limits.
+        for (j, later) in out.iter().enumerate() {
+            if let Some((i, earlier)) = out[..j]
+                .iter()
+                .enumerate()
+                .find(|(_, earlier)| route_covers(earlier, later))
+            {
+                self.issue(
+                    format!("routes[{j}].path_prefix"),
+                    format!(
+                        "route \"{}\" is never reached: route \"{}\" (routes[{i}], path_prefix \"{}\") comes first and takes every request under \"{}\"; list the narrower route first",
+                        later.name, earlier.name, earlier.path_prefix, later.path_prefix
+                    ),
+                );
+            }
+        }
         out
+    }
+
+    fn request(&mut self, raw: file::FileRequest) -> RequestConfig {
+        RequestConfig {
+            allow_semicolons: raw.allow_semicolons.unwrap_or(false),
+        }
     }
 
     fn pool_ref(&mut self, key: &str, name: Option<&str>, pools: &[String]) -> Option<usize> {
@@ -1378,6 +1406,13 @@ impl Validator {
                         String::new()
                     }
                 };
+                let pointer = match field_pointer(&field) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        self.issue(format!("{bkey}.field"), why);
+                        Vec::new()
+                    }
+                };
                 let mut codes = Vec::new();
                 for (k, c) in b.allowed_calling_codes.unwrap_or_default().iter().enumerate() {
                     let digits = c.trim().trim_start_matches('+');
@@ -1390,8 +1425,43 @@ impl Validator {
                         );
                     }
                 }
-                if codes.is_empty() {
-                    self.issue(format!("{bkey}.allowed_calling_codes"), "at least one calling code is required");
+                let mut regions = Vec::new();
+                for (k, r) in b.allowed_regions.unwrap_or_default().iter().enumerate() {
+                    if r.len() == 2 && r.bytes().all(|c| c.is_ascii_uppercase()) {
+                        regions.push(r.clone());
+                    } else {
+                        self.issue(
+                            format!("{bkey}.allowed_regions[{k}]"),
+                            format!("\"{r}\" is not a region code (two upper-case letters, e.g. \"CN\")"),
+                        );
+                    }
+                }
+                if codes.is_empty() && regions.is_empty() {
+                    self.issue(
+                        bkey.clone(),
+                        "needs allowed_regions (e.g. [\"CN\"]) or allowed_calling_codes (e.g. [\"+86\"])",
+                    );
+                }
+                let mut number_types = Vec::new();
+                for (k, t) in b.number_types.unwrap_or_default().iter().enumerate() {
+                    match PhoneType::parse(t) {
+                        Some(t) => number_types.push(t),
+                        None => {
+                            let known: Vec<&str> = PhoneType::ALL.iter().map(|(_, n)| *n).collect();
+                            self.issue(
+                                format!("{bkey}.number_types[{k}]"),
+                                format!("\"{t}\" is not a number type (known: {})", known.join(", ")),
+                            );
+                        }
+                    }
+                }
+                let mut methods = Vec::new();
+                for (k, m) in b.methods.unwrap_or_default().into_iter().enumerate() {
+                    if m.is_empty() || !m.bytes().all(|c| c.is_ascii_alphabetic()) {
+                        self.issue(format!("{bkey}.methods[{k}]"), format!("\"{m}\" is not an HTTP method"));
+                    } else {
+                        methods.push(m.to_ascii_uppercase());
+                    }
                 }
                 let max_body_bytes = match b.max_body_bytes {
                     None => DEFAULT_MAX_BODY_BYTES,
@@ -1407,7 +1477,11 @@ impl Validator {
                 Some(BodyRuleConfig {
                     route: route?,
                     field,
+                    pointer,
                     allowed_calling_codes: codes,
+                    allowed_regions: regions,
+                    number_types,
+                    methods,
                     max_body_bytes,
                 })
             })
@@ -1467,6 +1541,65 @@ fn is_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Whether route `a` (earlier) takes every request that route `b` would match:
+/// same or no host, and `b`'s path prefix lies under `a`'s on whole segments
+/// (without regard to case when `a` ignores case).
+fn route_covers(a: &RouteConfig, b: &RouteConfig) -> bool {
+    let host = match (&a.host, &b.host) {
+        (None, _) => true,
+        (Some(x), Some(y)) => x == y,
+        (Some(_), None) => false,
+    };
+    if !host {
+        return false;
+    }
+    let (p, q) = (a.path_prefix.as_bytes(), b.path_prefix.as_bytes());
+    if q.len() < p.len() {
+        return false;
+    }
+    let head = &q[..p.len()];
+    let same = if a.case_insensitive {
+        head.eq_ignore_ascii_case(p)
+    } else {
+        head == p
+    };
+    // b's prefix may itself end mid-segment ("/api/x" vs "/api/xy"): only whole
+    // segments count, as in matching.
+    same && (p.ends_with(b"/") || q.len() == p.len() || matches!(q[p.len()], b'/' | b';'))
+}
+
+/// The segments of a body field: a top-level name, or a JSON Pointer (RFC 6901)
+/// when it starts with `/`.
+fn field_pointer(field: &str) -> Result<Vec<String>, String> {
+    let Some(rest) = field.strip_prefix('/') else {
+        return Ok(vec![field.to_string()]);
+    };
+    rest.split('/')
+        .map(|seg| {
+            let mut out = String::with_capacity(seg.len());
+            let mut chars = seg.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '~' => match chars.next() {
+                        Some('0') => out.push('~'),
+                        Some('1') => out.push('/'),
+                        _ => {
+                            return Err(format!(
+                                "\"{field}\" is not a JSON Pointer: '~' must be followed by 0 or 1"
+                            ))
+                        }
+                    },
+                    c => out.push(c),
+                }
+            }
+            if out.is_empty() {
+                return Err(format!("\"{field}\" has an empty segment"));
+            }
+            Ok(out)
+        })
+        .collect()
 }
 
 /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (a /32 or /128).
@@ -1548,6 +1681,7 @@ pool = "web"
                 "server.threads: must be from 1 to 256, got 0",
                 "routes[1].name: \"Bad Name\": route names use lower-case letters, digits, '_' and '-' only",
                 "routes[1].pool: unknown pool \"nope\" (known: web)",
+                "routes[1].path_prefix: route \"Bad Name\" is never reached: route \"all\" (routes[0], path_prefix \"/\") comes first and takes every request under \"/\"; list the narrower route first",
             ]
         );
     }

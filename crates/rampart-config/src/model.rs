@@ -99,6 +99,15 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// Fleet mode; `None` runs standalone.
     pub fleet: Option<FleetConfig>,
+    /// How request targets are canonicalised.
+    pub request: RequestConfig,
+}
+
+/// `[request]`: how request targets are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestConfig {
+    /// Keep `;` in paths as an ordinary character (default: refuse with 400).
+    pub allow_semicolons: bool,
 }
 
 /// `[fleet]`
@@ -256,12 +265,76 @@ pub struct RestrictConfig {
 pub struct BodyRuleConfig {
     /// Route index.
     pub route: usize,
-    /// JSON or form field.
+    /// The field as written in the config: a top-level name or a JSON Pointer.
     pub field: String,
-    /// Allowed calling codes, digits only (`"86"`).
+    /// The field's path: one segment for a top-level name, the unescaped
+    /// segments of a JSON Pointer (`/user/phone` is `["user", "phone"]`).
+    pub pointer: Vec<String>,
+    /// Allowed calling codes, digits only (`"86"`); empty means any.
     pub allowed_calling_codes: Vec<String>,
+    /// Allowed regions (ISO 3166-1 alpha-2, upper case, as libphonenumber
+    /// names them); empty means any.
+    pub allowed_regions: Vec<String>,
+    /// Allowed number types; empty means any valid number.
+    pub number_types: Vec<PhoneType>,
+    /// Methods the rule checks, upper case; empty means every method.
+    pub methods: Vec<String>,
     /// Largest body read.
     pub max_body_bytes: usize,
+}
+
+/// A phone number type, as libphonenumber classifies numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhoneType {
+    /// Mobile (also numbers that may be mobile or fixed, as in the US).
+    Mobile,
+    /// Fixed line (also numbers that may be mobile or fixed).
+    FixedLine,
+    /// Freephone.
+    TollFree,
+    /// Premium rate.
+    PremiumRate,
+    /// Shared cost.
+    SharedCost,
+    /// Voice over IP.
+    Voip,
+    /// Personal number.
+    PersonalNumber,
+    /// Pager.
+    Pager,
+    /// Universal access number.
+    Uan,
+    /// Voicemail access.
+    Voicemail,
+}
+
+impl PhoneType {
+    /// Every type, with its config name.
+    pub const ALL: [(PhoneType, &'static str); 10] = [
+        (PhoneType::Mobile, "mobile"),
+        (PhoneType::FixedLine, "fixed_line"),
+        (PhoneType::TollFree, "toll_free"),
+        (PhoneType::PremiumRate, "premium_rate"),
+        (PhoneType::SharedCost, "shared_cost"),
+        (PhoneType::Voip, "voip"),
+        (PhoneType::PersonalNumber, "personal_number"),
+        (PhoneType::Pager, "pager"),
+        (PhoneType::Uan, "uan"),
+        (PhoneType::Voicemail, "voicemail"),
+    ];
+
+    /// The config name (`"mobile"`).
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(t, _)| *t == self)
+            .map_or("unknown", |(_, n)| n)
+    }
+
+    /// The type of a config name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == name).map(|(t, _)| *t)
+    }
 }
 
 /// What to do with a client whose country or ASN is unknown.
@@ -564,8 +637,12 @@ pub struct RouteConfig {
     pub host: Option<String>,
     /// Path prefix, starts with `/`.
     pub path_prefix: String,
-    /// Allowed methods, upper case; empty means any.
+    /// Methods the route accepts, upper case; empty means any. Others get 405:
+    /// methods never route a request elsewhere.
     pub methods: Vec<String>,
+    /// Match the path prefix without regard to ASCII case (for origins that
+    /// route that way).
+    pub case_insensitive: bool,
     /// Index into [`Config::pools`].
     pub pool: usize,
     /// Rejection rendering.

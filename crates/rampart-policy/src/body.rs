@@ -1,14 +1,31 @@
-//! Body rules: a phone number in a JSON or form body must carry an allowed
-//! country calling code ("new registrations only for +86 mobile numbers").
+//! Body rules: a phone number in a JSON or form body must be a valid number of
+//! an allowed region, calling code and type ("new registrations only for
+//! mainland-China mobile numbers").
 //!
-//! Normalisation: spaces, dashes, dots and parentheses are dropped, a leading
-//! `00` becomes `+`; what remains must be `+` and 6 to 15 digits (E.164). A
-//! number without its calling code cannot be attributed to a country and is
-//! refused like a number from a country that is not allowed.
+//! The body is read the way origins read it, or refused: what Rampart checks must
+//! be the one value the origin will act on.
+//! - Only `application/json` (and `+json` types) and
+//!   `application/x-www-form-urlencoded` bodies are read, matched as exact media
+//!   types (parameters allowed; a `charset` must be UTF-8); anything else is 415.
+//!   Two `Content-Type` fields are 400; a `Content-Encoding` other than
+//!   `identity` is 415.
+//! - The field present more than once is 400: repeated form keys (first-wins and
+//!   last-wins parsers disagree), `phone[]`-style keys, duplicate JSON keys on the
+//!   field's path, and case variants (`Phone`). A case variant or bracketed key
+//!   alone is 400 too: some origins would read it as the field. The field in the
+//!   query string as well is 400 (frameworks merge query and form).
+//! - A form body that is also a JSON object is 400 (an origin that sniffs the
+//!   body would read the other half).
+//! - Numbers are parsed and validated by the `phonenumber` crate (libphonenumber
+//!   metadata). Before that, only digits, a leading `+` (or `00`), spaces, `-`,
+//!   `.` and parentheses are accepted: no letters, no extensions.
 
-use rampart_config::BodyRuleConfig;
+use http::HeaderMap;
+use rampart_config::{BodyRuleConfig, PhoneType};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::fmt;
 
-/// Why a body was refused; becomes a 400, 403 or 413 problem.
+/// Why a body was refused; becomes a 400, 403, 413 or 415 problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyRefusal {
     /// Larger than the rule reads (413).
@@ -16,9 +33,11 @@ pub enum BodyRefusal {
         /// The limit in bytes.
         limit: usize,
     },
-    /// Not parseable, or the field is missing or not a string (400).
+    /// A media type or content coding the rule does not read (415).
+    UnsupportedMediaType(String),
+    /// Not parseable, ambiguous, or the field is missing or not a string (400).
     Malformed(String),
-    /// The number's calling code is not allowed (403).
+    /// The number is not allowed (403).
     NotAllowed(String),
 }
 
@@ -27,6 +46,7 @@ impl BodyRefusal {
     pub fn status(&self) -> u16 {
         match self {
             BodyRefusal::TooLarge { .. } => 413,
+            BodyRefusal::UnsupportedMediaType(_) => 415,
             BodyRefusal::Malformed(_) => 400,
             BodyRefusal::NotAllowed(_) => 403,
         }
@@ -38,13 +58,365 @@ impl BodyRefusal {
             BodyRefusal::TooLarge { limit } => {
                 format!("The request body is larger than {limit} bytes.")
             }
-            BodyRefusal::Malformed(why) | BodyRefusal::NotAllowed(why) => why.clone(),
+            BodyRefusal::UnsupportedMediaType(why)
+            | BodyRefusal::Malformed(why)
+            | BodyRefusal::NotAllowed(why) => why.clone(),
         }
     }
 }
 
-/// Normalises a phone number to `+` and digits, or `None` when it is not an
-/// international number.
+/// What a body rule reads of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyInput<'a> {
+    /// Request headers (`Content-Type`, `Content-Encoding`).
+    pub headers: &'a HeaderMap,
+    /// The raw query string, if any.
+    pub query: Option<&'a str>,
+    /// The body as received (possibly cut just past the rule's limit).
+    pub body: &'a [u8],
+}
+
+/// Which parser a body needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Form,
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The body kind of a `Content-Type` value, strictly: `type/subtype` tokens and
+/// `name=value` parameters, where a `charset` must be UTF-8.
+fn media_kind(value: &[u8]) -> Result<BodyKind, BodyRefusal> {
+    let unsupported = || {
+        BodyRefusal::UnsupportedMediaType(
+            "The body must be application/json or application/x-www-form-urlencoded (UTF-8)."
+                .into(),
+        )
+    };
+    let text = std::str::from_utf8(value).map_err(|_| unsupported())?;
+    let mut parts = text.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let Some((ty, sub)) = essence.split_once('/') else {
+        return Err(unsupported());
+    };
+    if !is_token(ty) || !is_token(sub) {
+        return Err(unsupported());
+    }
+    let kind = match (ty, sub) {
+        ("application", "json") => BodyKind::Json,
+        ("application", s) if s.ends_with("+json") && s.len() > 5 => BodyKind::Json,
+        ("application", "x-www-form-urlencoded") => BodyKind::Form,
+        _ => return Err(unsupported()),
+    };
+    for param in parts {
+        let Some((name, val)) = param.split_once('=') else {
+            return Err(unsupported());
+        };
+        let name = name.trim().to_ascii_lowercase();
+        let val = val.trim();
+        let val = match val.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            Some(quoted) if !quoted.contains(['"', '\\']) => quoted,
+            Some(_) => return Err(unsupported()),
+            None if is_token(val) => val,
+            None => return Err(unsupported()),
+        };
+        if !is_token(&name) {
+            return Err(unsupported());
+        }
+        if name == "charset" && !val.eq_ignore_ascii_case("utf-8") {
+            return Err(unsupported());
+        }
+    }
+    Ok(kind)
+}
+
+/// Decodes `application/x-www-form-urlencoded` text: `+` is a space, `%XX` a byte,
+/// a malformed escape stays as written (as WHATWG URLSearchParams and Werkzeug do).
+/// `None` when the bytes do not decode to UTF-8.
+pub fn form_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// How a key relates to the field name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyMatch {
+    No,
+    Exact,
+    /// A spelling some origin may read as the field: other case, `phone[]`, `phone[x]`.
+    Variant,
+}
+
+fn key_match(key: &str, field: &str, brackets: bool) -> KeyMatch {
+    if key == field {
+        return KeyMatch::Exact;
+    }
+    if key.eq_ignore_ascii_case(field) {
+        return KeyMatch::Variant;
+    }
+    if brackets
+        && key.len() > field.len()
+        && key.as_bytes()[..field.len()].eq_ignore_ascii_case(field.as_bytes())
+        && key.as_bytes()[field.len()] == b'['
+    {
+        return KeyMatch::Variant;
+    }
+    KeyMatch::No
+}
+
+/// Keys of a form-encoded string, decoded; `None` when one is not UTF-8.
+fn form_pairs(text: &str) -> Option<Vec<(String, String)>> {
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((form_decode(k)?, form_decode(v)?))
+        })
+        .collect()
+}
+
+/// A JSON value that keeps duplicate object keys, so that they can be refused.
+#[derive(Debug)]
+enum Json {
+    Str(String),
+    Obj(Vec<(String, Json)>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Json;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Json, E> {
+                Ok(Json::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Json, E> {
+                Ok(Json::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Json, E> {
+                Ok(Json::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Json, E> {
+                Ok(Json::Other)
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Json, E> {
+                Ok(Json::Str(s.to_string()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Json, E> {
+                Ok(Json::Str(s))
+            }
+            fn visit_unit<E>(self) -> Result<Json, E> {
+                Ok(Json::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Json::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    out.push((k, map.next_value::<Json>()?));
+                }
+                Ok(Json::Obj(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The names the field goes by in a query string: the pointer's first and last
+/// segments (frameworks that merge query and body read either).
+fn query_names(pointer: &[String]) -> impl Iterator<Item = &str> {
+    pointer
+        .first()
+        .into_iter()
+        .chain(pointer.last().filter(|_| pointer.len() > 1))
+        .map(String::as_str)
+}
+
+/// The one value of `rule.pointer` in `input`, or why it cannot be read unambiguously.
+fn field_value(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<String, BodyRefusal> {
+    let field = &rule.field;
+    let malformed = |why: String| Err(BodyRefusal::Malformed(why));
+    let mut types = input.headers.get_all(http::header::CONTENT_TYPE).iter();
+    let kind = match (types.next(), types.next()) {
+        (None, _) => {
+            return Err(BodyRefusal::UnsupportedMediaType(
+                "The body must be application/json or application/x-www-form-urlencoded; no Content-Type was sent.".into(),
+            ))
+        }
+        (Some(_), Some(_)) => return malformed("The request has more than one Content-Type.".into()),
+        (Some(ct), None) => media_kind(ct.as_bytes())?,
+    };
+    for coding in input.headers.get_all(http::header::CONTENT_ENCODING) {
+        let identity = coding.to_str().is_ok_and(|c| {
+            c.split(',')
+                .all(|c| c.trim().eq_ignore_ascii_case("identity"))
+        });
+        if !identity {
+            return Err(BodyRefusal::UnsupportedMediaType(
+                "Compressed request bodies are not accepted here.".into(),
+            ));
+        }
+    }
+    if let Some(query) = input.query {
+        let pairs = form_pairs(query)
+            .ok_or_else(|| BodyRefusal::Malformed("The query string is not valid UTF-8.".into()))?;
+        for name in query_names(&rule.pointer) {
+            if pairs
+                .iter()
+                .any(|(k, _)| key_match(k, name, true) != KeyMatch::No)
+            {
+                return malformed(format!(
+                    "\"{name}\" must be sent in the body only, not in the query string."
+                ));
+            }
+        }
+    }
+    match kind {
+        BodyKind::Form => {
+            let [name] = rule.pointer.as_slice() else {
+                return Err(BodyRefusal::UnsupportedMediaType(format!(
+                    "\"{field}\" is read from JSON bodies only."
+                )));
+            };
+            if body_is_json_object(input.body) {
+                return malformed(
+                    "The form body is also a JSON object; send one or the other.".into(),
+                );
+            }
+            let text = std::str::from_utf8(input.body)
+                .map_err(|_| BodyRefusal::Malformed("The form body is not valid UTF-8.".into()))?;
+            let pairs = form_pairs(text).ok_or_else(|| {
+                BodyRefusal::Malformed("The form body does not decode to UTF-8.".into())
+            })?;
+            one_value(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (key_match(&k, name, true), Json::Str(v))),
+                field,
+            )
+            .map_err(BodyRefusal::from)
+        }
+        BodyKind::Json => {
+            let value: Json = serde_json::from_slice(input.body)
+                .map_err(|e| BodyRefusal::Malformed(format!("The body is not valid JSON: {e}.")))?;
+            let mut current = value;
+            for (depth, segment) in rule.pointer.iter().enumerate() {
+                let Json::Obj(members) = current else {
+                    return malformed(format!("The body has no \"{field}\" field."));
+                };
+                let last = depth + 1 == rule.pointer.len();
+                let found = one_value(
+                    members
+                        .into_iter()
+                        .map(|(k, v)| (key_match(&k, segment, false), v)),
+                    field,
+                );
+                current = match found {
+                    Ok(s) => {
+                        return if last {
+                            Ok(s)
+                        } else {
+                            malformed(format!("The body has no \"{field}\" field."))
+                        }
+                    }
+                    Err(FieldError::Object(v)) if !last => v,
+                    Err(FieldError::Object(_)) | Err(FieldError::NotString) => {
+                        return malformed(format!("The \"{field}\" field must be a string."))
+                    }
+                    Err(FieldError::Refused(r)) => return Err(r),
+                };
+            }
+            malformed(format!("The body has no \"{field}\" field."))
+        }
+    }
+}
+
+enum FieldError {
+    Object(Json),
+    NotString,
+    Refused(BodyRefusal),
+}
+
+impl From<FieldError> for BodyRefusal {
+    fn from(e: FieldError) -> Self {
+        match e {
+            FieldError::Refused(r) => r,
+            _ => BodyRefusal::Malformed("The field has an unexpected type.".into()),
+        }
+    }
+}
+
+/// The single exactly-named member among `members`; refuses duplicates and variants.
+fn one_value(
+    members: impl Iterator<Item = (KeyMatch, Json)>,
+    field: &str,
+) -> Result<String, FieldError> {
+    let mut found = None;
+    for (m, v) in members {
+        match m {
+            KeyMatch::No => {}
+            KeyMatch::Variant => {
+                return Err(FieldError::Refused(BodyRefusal::Malformed(format!(
+                    "The body spells \"{field}\" in another way (case or brackets); send it exactly once, as \"{field}\"."
+                ))))
+            }
+            KeyMatch::Exact if found.is_some() => {
+                return Err(FieldError::Refused(BodyRefusal::Malformed(format!(
+                    "\"{field}\" appears more than once in the body."
+                ))))
+            }
+            KeyMatch::Exact => found = Some(v),
+        }
+    }
+    match found {
+        None => Err(FieldError::Refused(BodyRefusal::Malformed(format!(
+            "The body has no \"{field}\" field."
+        )))),
+        Some(Json::Str(s)) => Ok(s),
+        Some(obj @ Json::Obj(_)) => Err(FieldError::Object(obj)),
+        Some(Json::Other) => Err(FieldError::NotString),
+    }
+}
+
+fn body_is_json_object(body: &[u8]) -> bool {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    start.is_some_and(|s| body[s] == b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
+/// The digits of an international number (`+` and digits), or `None` when `raw`
+/// holds anything but digits, one leading `+` or `00`, spaces, `-`, `.` and
+/// parentheses.
 pub fn normalize_phone(raw: &str) -> Option<String> {
     let mut out = String::with_capacity(raw.len());
     for c in raw.trim().chars() {
@@ -56,109 +428,109 @@ pub fn normalize_phone(raw: &str) -> Option<String> {
         }
     }
     let out = match out.strip_prefix("00") {
-        Some(rest) if !out.starts_with('+') => format!("+{rest}"),
-        _ => out,
+        Some(rest) => format!("+{rest}"),
+        None => out,
     };
     let digits = out.strip_prefix('+')?;
-    ((6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())).then_some(out)
+    ((4..=17).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())).then_some(out)
 }
 
-/// The value of `field` in a JSON object or a form body.
-fn field_value(
-    content_type: Option<&str>,
-    body: &[u8],
-    field: &str,
-) -> Result<String, BodyRefusal> {
-    let ct = content_type.unwrap_or("").to_ascii_lowercase();
-    if ct.starts_with("application/x-www-form-urlencoded") {
-        let text = std::str::from_utf8(body)
-            .map_err(|_| BodyRefusal::Malformed("The form body is not valid UTF-8.".into()))?;
-        return text
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| form_decode(k) == field)
-            .map(|(_, v)| form_decode(v))
-            .ok_or_else(|| BodyRefusal::Malformed(format!("The form has no \"{field}\" field.")));
-    }
-    // JSON is the default: registration APIs speak it, and guessing costs nothing.
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| BodyRefusal::Malformed(format!("The body is not valid JSON: {e}.")))?;
-    match value.get(field) {
-        Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(BodyRefusal::Malformed(format!(
-            "The \"{field}\" field must be a string."
-        ))),
-        None => Err(BodyRefusal::Malformed(format!(
-            "The body has no \"{field}\" field."
-        ))),
+/// Loads the phone number metadata now, so that the first request does not pay
+/// for it.
+pub fn warm_up() {
+    let _ = phonenumber::parse(None, "+8613800138000");
+}
+
+fn type_allowed(wanted: PhoneType, got: phonenumber::Type) -> bool {
+    use phonenumber::Type as T;
+    match wanted {
+        PhoneType::Mobile => matches!(got, T::Mobile | T::FixedLineOrMobile),
+        PhoneType::FixedLine => matches!(got, T::FixedLine | T::FixedLineOrMobile),
+        PhoneType::TollFree => got == T::TollFree,
+        PhoneType::PremiumRate => got == T::PremiumRate,
+        PhoneType::SharedCost => got == T::SharedCost,
+        PhoneType::Voip => got == T::Voip,
+        PhoneType::PersonalNumber => got == T::PersonalNumber,
+        PhoneType::Pager => got == T::Pager,
+        PhoneType::Uan => got == T::Uan,
+        PhoneType::Voicemail => got == T::Voicemail,
     }
 }
 
-fn form_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
+/// Whether `raw` is a number `rule` accepts.
+pub fn phone_allowed(rule: &BodyRuleConfig, raw: &str) -> bool {
+    let Some(e164) = normalize_phone(raw) else {
+        return false;
+    };
+    let Ok(number) = phonenumber::parse(None, &e164) else {
+        return false;
+    };
+    let db = &*phonenumber::metadata::DATABASE;
+    let Some(meta) = number.metadata(db) else {
+        return false;
+    };
+    if !number.is_valid_with(db) {
+        return false;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    let code = number.code().value().to_string();
+    if !rule.allowed_calling_codes.is_empty() && !rule.allowed_calling_codes.contains(&code) {
+        return false;
+    }
+    if !rule.allowed_regions.is_empty() && !rule.allowed_regions.iter().any(|r| r == meta.id()) {
+        return false;
+    }
+    rule.number_types.is_empty() || {
+        let got = number.number_type(db);
+        rule.number_types.iter().any(|&t| type_allowed(t, got))
+    }
 }
 
-/// Checks one body against `rule`.
-pub fn check_body(
-    rule: &BodyRuleConfig,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> Result<(), BodyRefusal> {
-    if body.len() > rule.max_body_bytes {
+/// What `rule` accepts, for refusal messages: "mobile numbers from CN".
+fn accepted(rule: &BodyRuleConfig) -> String {
+    let types = if rule.number_types.is_empty() {
+        "phone numbers".to_string()
+    } else {
+        let names: Vec<&str> = rule.number_types.iter().map(|t| t.as_str()).collect();
+        format!("{} numbers", names.join(" or ").replace('_', " "))
+    };
+    let mut from = Vec::new();
+    if !rule.allowed_regions.is_empty() {
+        from.push(format!("from {}", rule.allowed_regions.join(", ")));
+    }
+    if !rule.allowed_calling_codes.is_empty() {
+        let codes: Vec<String> = rule
+            .allowed_calling_codes
+            .iter()
+            .map(|c| format!("+{c}"))
+            .collect();
+        from.push(format!("with calling code {}", codes.join(", ")));
+    }
+    format!("{types} {}", from.join(" "))
+}
+
+/// Checks one request body against `rule`.
+pub fn check_body(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<(), BodyRefusal> {
+    if input.body.len() > rule.max_body_bytes {
         return Err(BodyRefusal::TooLarge {
             limit: rule.max_body_bytes,
         });
     }
-    let raw = field_value(content_type, body, &rule.field)?;
-    let allowed = || {
-        rule.allowed_calling_codes
-            .iter()
-            .map(|c| format!("+{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let Some(number) = normalize_phone(&raw) else {
-        return Err(BodyRefusal::NotAllowed(format!(
-            "\"{}\" must be an international phone number starting with an allowed calling code ({}).",
-            rule.field,
-            allowed()
-        )));
-    };
-    let digits = &number[1..];
-    if rule
-        .allowed_calling_codes
-        .iter()
-        .any(|c| digits.starts_with(c.as_str()))
-    {
+    let raw = field_value(rule, input)?;
+    if phone_allowed(rule, &raw) {
         Ok(())
     } else {
         Err(BodyRefusal::NotAllowed(format!(
-            "Registration is temporarily limited to phone numbers with calling code {}.",
-            allowed()
+            "\"{}\" must be a valid international number; this service currently accepts only {}.",
+            rule.field,
+            accepted(rule)
         )))
     }
+}
+
+/// The value of the rule's field as the origin will read it, or why it cannot be
+/// read unambiguously (for tests and explain).
+pub fn read_field(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<String, BodyRefusal> {
+    field_value(rule, input)
 }
 
 #[cfg(test)]
@@ -169,100 +541,216 @@ mod tests {
         BodyRuleConfig {
             route: 0,
             field: "phone".into(),
-            allowed_calling_codes: vec!["86".into()],
+            pointer: vec!["phone".into()],
+            allowed_calling_codes: vec![],
+            allowed_regions: vec!["CN".into()],
+            number_types: vec![PhoneType::Mobile],
+            methods: vec![],
             max_body_bytes: 256,
         }
     }
 
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn check(ct: &str, body: &str) -> Result<(), BodyRefusal> {
+        check_with(&rule(), &headers(&[("content-type", ct)]), None, body)
+    }
+
+    fn check_with(
+        r: &BodyRuleConfig,
+        h: &HeaderMap,
+        query: Option<&str>,
+        body: &str,
+    ) -> Result<(), BodyRefusal> {
+        check_body(
+            r,
+            &BodyInput {
+                headers: h,
+                query,
+                body: body.as_bytes(),
+            },
+        )
+    }
+
+    fn status(r: Result<(), BodyRefusal>) -> u16 {
+        r.err().map_or(200, |e| e.status())
+    }
+
+    const JSON: &str = "application/json";
+    const FORM: &str = "application/x-www-form-urlencoded";
+
     #[test]
-    fn numbers_are_normalised() {
-        assert_eq!(
-            normalize_phone("+86 138-0013 8000").as_deref(),
-            Some("+8613800138000")
-        );
-        assert_eq!(
-            normalize_phone("0086 (138) 0013.8000").as_deref(),
-            Some("+8613800138000")
-        );
-        assert_eq!(
-            normalize_phone("+1 (415) 555-0100").as_deref(),
-            Some("+14155550100")
-        );
-        assert_eq!(normalize_phone("13800138000"), None); // no calling code
-        assert_eq!(normalize_phone("+86 138 x 0013"), None);
-        assert_eq!(normalize_phone("+8+6123456"), None);
+    fn mainland_china_mobile_numbers_only() {
+        assert_eq!(check(JSON, r#"{"phone":"+86 138 0013 8000"}"#), Ok(()));
+        assert_eq!(check(JSON, r#"{"phone":"0086 (138) 0013.8000"}"#), Ok(()));
+        assert_eq!(check(FORM, "phone=%2B86+138+0013+8000&name=a"), Ok(()));
+        for refused in [
+            "+861234",
+            "+8600000000",
+            "+852 9123 4567",
+            "+1 415 555 0100",
+            "+86 10 6552 9988", // Beijing fixed line
+            "13800138000",      // no calling code
+            "+86 138 0013 8000 ext 12",
+            "+86 138 x 0013",
+            "+8+6123456",
+            "",
+        ] {
+            let r = check(JSON, &format!(r#"{{"phone":"{refused}"}}"#));
+            assert_eq!(status(r.clone()), 403, "{refused}: {r:?}");
+        }
+        let detail = check(JSON, r#"{"phone":"+1 415 555 0100"}"#)
+            .unwrap_err()
+            .detail();
+        assert!(detail.contains("mobile numbers from CN"), "{detail}");
     }
 
     #[test]
-    fn json_and_form_bodies() {
-        let r = rule();
+    fn calling_codes_still_work() {
+        let mut r = rule();
+        r.allowed_regions.clear();
+        r.number_types.clear();
+        r.allowed_calling_codes = vec!["1".into()];
+        let h = headers(&[("content-type", JSON)]);
         assert_eq!(
-            check_body(
-                &r,
-                Some("application/json"),
-                br#"{"phone":"+86 138 0013 8000","name":"a"}"#
-            ),
-            Ok(())
+            check_with(&r, &h, None, r#"{"phone":"+1 415 555 0100"}"#).err(),
+            None
         );
         assert_eq!(
-            check_body(
-                &r,
-                Some("application/x-www-form-urlencoded"),
-                b"name=a&phone=%2B86+138+0013+8000"
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            check_body(&r, None, br#"{"phone":"0086 13800138000"}"#),
-            Ok(())
-        );
-        let us = check_body(
-            &r,
-            Some("application/json"),
-            br#"{"phone":"+1 415 555 0100"}"#,
-        )
-        .unwrap_err();
-        assert_eq!(us.status(), 403);
-        assert!(us.detail().contains("+86"));
-        assert_eq!(
-            check_body(&r, Some("application/json"), br#"{"phone":"13800138000"}"#)
-                .unwrap_err()
-                .status(),
+            status(check_with(&r, &h, None, r#"{"phone":"+86 138 0013 8000"}"#)),
             403
         );
     }
 
     #[test]
-    fn malformed_and_oversized_bodies() {
-        let r = rule();
+    fn media_types_are_matched_exactly() {
+        let ok = r#"{"phone":"+8613800138000"}"#;
+        assert_eq!(check("application/json; charset=utf-8", ok), Ok(()));
+        assert_eq!(check("Application/JSON", ok), Ok(()));
+        assert_eq!(check("application/vnd.api+json", ok), Ok(()));
+        assert_eq!(check("application/json;charset=\"UTF-8\"", ok), Ok(()));
+        for ct in [
+            "text/plain",
+            "application/jsonx",
+            "application/json-patch",
+            "text/json",
+            "application/json; charset=latin1",
+            "application/json, text/plain",
+            "application/json;",
+            "multipart/form-data; boundary=x",
+            "application/x-www-form-urlencodedx",
+            "application/+json",
+        ] {
+            assert_eq!(status(check(ct, ok)), 415, "{ct}");
+        }
+        let none = HeaderMap::new();
+        assert_eq!(status(check_with(&rule(), &none, None, ok)), 415);
+        let two = headers(&[("content-type", JSON), ("content-type", JSON)]);
+        assert_eq!(status(check_with(&rule(), &two, None, ok)), 400);
+        let gz = headers(&[("content-type", JSON), ("content-encoding", "gzip")]);
+        assert_eq!(status(check_with(&rule(), &gz, None, ok)), 415);
+        let id = headers(&[("content-type", JSON), ("content-encoding", "identity")]);
+        assert_eq!(check_with(&rule(), &id, None, ok), Ok(()));
+    }
+
+    #[test]
+    fn duplicates_variants_and_query_are_refused() {
+        let cn = "%2B8613800138000";
+        for body in [
+            format!("phone={cn}&phone=%2B14155550100"),
+            format!("phone=%2B14155550100&phone={cn}"),
+            format!("phone={cn}&Phone=%2B14155550100"),
+            format!("phone={cn}&PHONE=%2B14155550100"),
+            format!("phone={cn}&phone[]=%2B14155550100"),
+            format!("phone[]={cn}"),
+            format!("phon%65={cn}&phone=%2B14155550100"),
+            format!("Phone={cn}"),
+            "name=a".to_string(),
+        ] {
+            assert_eq!(status(check(FORM, &body)), 400, "{body}");
+        }
+        for body in [
+            r#"{"phone":"+8613800138000","phone":"+14155550100"}"#,
+            r#"{"phone":"+8613800138000","Phone":"+14155550100"}"#,
+            r#"{"phone":"+8613800138000","ph\u006fne":"+14155550100"}"#,
+            r#"{"phone":8613800138000}"#,
+            r#"{"phone":["+8613800138000"]}"#,
+            r#"["+8613800138000"]"#,
+            r#"{"phone":"+8613800138000"} x"#,
+            "{not json",
+        ] {
+            assert_eq!(status(check(JSON, body)), 400, "{body}");
+        }
+        let h = headers(&[("content-type", JSON)]);
+        let ok = r#"{"phone":"+8613800138000"}"#;
+        for q in ["phone=%2B14155550100", "Phone=1", "phone[]=1", "a=1&phone"] {
+            assert_eq!(status(check_with(&rule(), &h, Some(q), ok)), 400, "{q}");
+        }
+        assert_eq!(check_with(&rule(), &h, Some("ref=ad&x=1"), ok), Ok(()));
+    }
+
+    #[test]
+    fn polyglot_form_and_json_is_refused() {
+        let body = r#"{"phone":"+14155550100","x":"&phone=%2B8613800138000"}"#;
+        assert_eq!(status(check(FORM, body)), 400);
+    }
+
+    #[test]
+    fn json_pointer_fields() {
+        let mut r = rule();
+        r.field = "/user/phone".into();
+        r.pointer = vec!["user".into(), "phone".into()];
+        let h = headers(&[("content-type", JSON)]);
         assert_eq!(
-            check_body(&r, Some("application/json"), b"{not json")
-                .unwrap_err()
-                .status(),
+            check_with(
+                &r,
+                &h,
+                None,
+                r#"{"user":{"phone":"+8613800138000"},"phone":"+1"}"#
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            status(check_with(
+                &r,
+                &h,
+                None,
+                r#"{"user":{"phone":"+14155550100"}}"#
+            )),
+            403
+        );
+        assert_eq!(
+            status(check_with(
+                &r,
+                &h,
+                None,
+                r#"{"user":{"phone":"+8613800138000"},"user":{"phone":"+14155550100"}}"#
+            )),
             400
         );
-        assert_eq!(
-            check_body(&r, Some("application/json"), br#"{"mobile":"+86 1"}"#)
-                .unwrap_err()
-                .status(),
-            400
-        );
-        assert_eq!(
-            check_body(&r, Some("application/json"), br#"{"phone":8613800138000}"#)
-                .unwrap_err()
-                .status(),
-            400
-        );
-        assert_eq!(
-            check_body(&r, Some("application/x-www-form-urlencoded"), b"a=b")
-                .unwrap_err()
-                .status(),
-            400
-        );
-        let big = vec![b' '; 300];
-        assert_eq!(
-            check_body(&r, Some("application/json"), &big),
-            Err(BodyRefusal::TooLarge { limit: 256 })
-        );
+        assert_eq!(status(check_with(&r, &h, None, r#"{"user":"x"}"#)), 400);
+        let form = headers(&[("content-type", FORM)]);
+        assert_eq!(status(check_with(&r, &form, None, "user=1")), 415);
+    }
+
+    #[test]
+    fn oversized_bodies() {
+        let big = " ".repeat(300);
+        assert_eq!(check(JSON, &big), Err(BodyRefusal::TooLarge { limit: 256 }));
+    }
+
+    #[test]
+    fn form_decoding_matches_urlsearchparams() {
+        assert_eq!(form_decode("a+b%20c").as_deref(), Some("a b c"));
+        assert_eq!(form_decode("%zz%4").as_deref(), Some("%zz%4"));
+        assert_eq!(form_decode("%").as_deref(), Some("%"));
+        assert_eq!(form_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(form_decode("%ff"), None);
     }
 }

@@ -76,6 +76,8 @@ pub struct RequestFacts<'a> {
     pub geo: GeoInfo,
     /// Matched route index; `None` for requests proxied by `[unmatched]`.
     pub route: Option<usize>,
+    /// The request method (canonical: upper case).
+    pub method: &'a str,
     /// Request headers (for header-keyed rules and session checks).
     pub headers: &'a HeaderMap,
     /// Mode of each lockdown flag, in config order (shorter means off).
@@ -162,6 +164,15 @@ impl<C: Clock + Clone> Policy<C> {
     /// every rule whose name, key, rate, burst and key cap are unchanged, so a
     /// reload never hands an attacker fresh buckets.
     pub fn new(config: &Config, clock: C, previous: Option<&Policy<C>>) -> Self {
+        if config
+            .lockdown
+            .flags
+            .iter()
+            .any(|f| !f.body_rules.is_empty())
+        {
+            // Phone number metadata loads once, here rather than on a request.
+            crate::body::warm_up();
+        }
         let access = config
             .access
             .iter()
@@ -273,16 +284,15 @@ impl<C: Clock + Clone> Policy<C> {
         &self.flags
     }
 
-    /// Runs body rule `check` on a body.
+    /// Runs body rule `check` on a request's body.
     pub fn check_body(
         &self,
         check: BodyCheck,
-        content_type: Option<&str>,
-        body: &[u8],
+        input: &crate::body::BodyInput<'_>,
     ) -> Option<Rejection> {
         let flag = self.flags.flags.get(check.flag)?;
         let rule = flag.config.body_rules.get(check.rule)?;
-        crate::body::check_body(rule, content_type, body)
+        crate::body::check_body(rule, input)
             .err()
             .map(|refusal| Rejection::BodyRefused {
                 flag: flag.name.clone(),
@@ -372,7 +382,9 @@ impl<C: Clock + Clone> Policy<C> {
             }
             if let Some(route) = facts.route {
                 for (j, rule) in flag.config.body_rules.iter().enumerate() {
-                    if rule.route == route {
+                    let method_checked =
+                        rule.methods.is_empty() || rule.methods.iter().any(|m| m == facts.method);
+                    if rule.route == route && method_checked {
                         decision.body_checks.push(BodyCheck {
                             flag: i,
                             rule: j,
@@ -695,6 +707,7 @@ pool = "web"
             ip: ip.parse().unwrap(),
             geo: GeoInfo::default(),
             route: Some(route),
+            method: "POST",
             headers,
             flags,
         })

@@ -3,6 +3,7 @@
 //! Pingora, so every rule is testable with plain values and a fake clock.
 
 pub mod body;
+pub mod canonical;
 pub mod cidr;
 pub mod client_ip;
 pub mod engine;
@@ -13,6 +14,7 @@ pub mod rejection;
 pub mod route;
 pub mod top;
 
+pub use canonical::{canonicalize_path, check_method, CanonicalOptions, CanonicalRefusal};
 pub use client_ip::resolve_client_ip;
 pub use engine::{Decision, Explanation, Policy, RequestFacts};
 pub use geo::{CountryCode, GeoDb, GeoInfo};

@@ -2,6 +2,7 @@
 //! gives the HTTP status, the response body, the metric label and the log field, so
 //! they can never disagree.
 
+use crate::canonical::CanonicalRefusal;
 use crate::geo::CountryCode;
 use rampart_config::RouteKind;
 use std::borrow::Cow;
@@ -95,14 +96,26 @@ pub enum Rejection {
         /// Flag name.
         flag: Arc<str>,
     },
-    /// A lockdown flag's body rule refused the body (400, 403 or 413).
+    /// A lockdown flag's body rule refused the body (400, 403, 413 or 415).
     BodyRefused {
         /// Flag name.
         flag: Arc<str>,
-        /// 400 malformed, 403 not allowed, 413 too large.
+        /// 400 malformed or ambiguous, 403 not allowed, 413 too large, 415
+        /// unsupported media type or coding.
         status: u16,
         /// What was refused and why.
         detail: String,
+    },
+    /// The request target or method has no single canonical form (400); it is
+    /// never forwarded.
+    NonCanonical {
+        /// What was wrong.
+        refusal: CanonicalRefusal,
+    },
+    /// The route owning the path does not accept the method (405).
+    MethodNotAllowed {
+        /// Methods the route accepts, comma-separated (the `Allow` field).
+        allow: Arc<str>,
     },
 }
 
@@ -122,6 +135,8 @@ impl Rejection {
             Rejection::Maintenance { .. } => 503,
             Rejection::LockedDown { status, .. } | Rejection::BodyRefused { status, .. } => *status,
             Rejection::SessionRequired { .. } | Rejection::RestrictedByFlag { .. } => 403,
+            Rejection::NonCanonical { .. } => 400,
+            Rejection::MethodNotAllowed { .. } => 405,
         }
     }
 
@@ -138,6 +153,7 @@ impl Rejection {
             | Rejection::SessionRequired { flag }
             | Rejection::RestrictedByFlag { flag }
             | Rejection::BodyRefused { flag, .. } => Some(flag),
+            Rejection::NonCanonical { refusal } => Some(refusal.rule()),
             _ => None,
         }
     }
@@ -148,6 +164,9 @@ impl Rejection {
         let mut out = Vec::new();
         if let Some(s) = self.retry_after() {
             out.push(("retry-after", s.to_string()));
+        }
+        if let Rejection::MethodNotAllowed { allow } = self {
+            out.push(("allow", allow.to_string()));
         }
         if let Rejection::RateLimited {
             rule,
@@ -181,6 +200,8 @@ impl Rejection {
             Rejection::SessionRequired { .. } => "session_required",
             Rejection::RestrictedByFlag { .. } => "restricted_by_flag",
             Rejection::BodyRefused { .. } => "body_refused",
+            Rejection::NonCanonical { .. } => "non_canonical",
+            Rejection::MethodNotAllowed { .. } => "method_not_allowed",
         }
     }
 
@@ -204,6 +225,9 @@ impl Rejection {
             Rejection::RestrictedByFlag { .. } => "Forbidden",
             Rejection::BodyRefused { status: 413, .. } => "Request body too large",
             Rejection::BodyRefused { status: 400, .. } => "Malformed request body",
+            Rejection::BodyRefused { status: 415, .. } => "Unsupported media type",
+            Rejection::NonCanonical { .. } => "Bad request",
+            Rejection::MethodNotAllowed { .. } => "Method not allowed",
             Rejection::BodyRefused { .. } => "Request refused",
         }
     }
@@ -251,6 +275,10 @@ impl Rejection {
                     .into()
             }
             Rejection::BodyRefused { detail, .. } => Cow::Borrowed(detail),
+            Rejection::NonCanonical { refusal } => refusal.detail().into(),
+            Rejection::MethodNotAllowed { allow } => {
+                format!("This path accepts only {allow}.").into()
+            }
         }
     }
 

@@ -1,4 +1,12 @@
-//! Route matching: host, path prefix and method, in config order.
+//! Route matching on the canonical path: host and path prefix, in config order.
+//!
+//! Methods are not a routing dimension. The first route whose host and path
+//! prefix match owns the request; when the route lists `methods` and the request's
+//! method is not among them, the answer is 405 at the edge. A request therefore
+//! never falls through from a narrow route (with its flags, body rules and
+//! limits) to a broader one because of its method: what a route's rules catch is
+//! decided by the path alone. `rampart check` refuses configs where an earlier
+//! route covers a later one (the later one would never be reached).
 
 use rampart_config::{Config, RouteConfig, UnmatchedConfig};
 
@@ -16,6 +24,11 @@ pub enum RouteMatch {
     Fallback {
         /// Pool index.
         pool: usize,
+    },
+    /// A route owns the path but does not accept the method (405).
+    MethodNotAllowed {
+        /// Route index.
+        route: usize,
     },
     /// No route matched; answer with this status at the edge.
     Reject {
@@ -40,12 +53,15 @@ impl RouteTable {
         }
     }
 
-    /// The first route whose host, path prefix and methods all match.
+    /// The first route whose host and path prefix match; 405 when it does not
+    /// accept `method`.
     ///
-    /// `host` may carry a port, which is ignored; it is compared without regard to
-    /// case. A prefix matches whole path segments: `/api/auth/login` matches
-    /// `/api/auth/login` and `/api/auth/login/x` but not `/api/auth/loginx`, unless
-    /// the prefix itself ends in `/`.
+    /// `path` is the canonical path (see [`crate::canonical`]). `host` may carry a
+    /// port, which is ignored; it is compared without regard to case. A prefix
+    /// matches whole path segments: `/api/auth/login` matches `/api/auth/login`,
+    /// `/api/auth/login/x` and `/api/auth/login;p` but not `/api/auth/loginx`,
+    /// unless the prefix itself ends in `/`. Routes with `case_insensitive` compare
+    /// ASCII letters without regard to case.
     pub fn find(&self, host: Option<&str>, path: &str, method: &str) -> RouteMatch {
         let host = host.map(strip_port);
         for (i, route) in self.routes.iter().enumerate() {
@@ -55,11 +71,11 @@ impl RouteTable {
                     _ => continue,
                 }
             }
-            if !prefix_matches(&route.path_prefix, path) {
+            if !prefix_matches(&route.path_prefix, path, route.case_insensitive) {
                 continue;
             }
             if !route.methods.is_empty() && !route.methods.iter().any(|m| m == method) {
-                continue;
+                return RouteMatch::MethodNotAllowed { route: i };
             }
             return RouteMatch::Route {
                 route: i,
@@ -89,11 +105,19 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?']),
+/// Whether `prefix` matches `path` on whole segments (see [`RouteTable::find`]).
+pub fn prefix_matches(prefix: &str, path: &str, case_insensitive: bool) -> bool {
+    let (p, rest) = (prefix.as_bytes(), path.as_bytes());
+    if rest.len() < p.len() {
+        return false;
     }
+    let (head, rest) = rest.split_at(p.len());
+    let same = if case_insensitive {
+        head.eq_ignore_ascii_case(p)
+    } else {
+        head == p
+    };
+    same && (prefix.ends_with('/') || rest.is_empty() || matches!(rest[0], b'/' | b'?' | b';'))
 }
 
 #[cfg(test)]
@@ -137,9 +161,15 @@ pool = "chat"
             t.find(None, "/api/auth/login", "POST"),
             RouteMatch::Route { route: 0, pool: 0 }
         );
+        // The login route owns its path for every method: GET is 405, never a
+        // fall-through to a broader route.
         assert_eq!(
             t.find(None, "/api/auth/login", "GET"),
-            RouteMatch::Reject { status: 404 }
+            RouteMatch::MethodNotAllowed { route: 0 }
+        );
+        assert_eq!(
+            t.find(None, "/api/auth/login/x", "PUT"),
+            RouteMatch::MethodNotAllowed { route: 0 }
         );
         assert_eq!(
             t.find(None, "/api/auth/loginx", "POST"),

@@ -56,7 +56,11 @@ fn random_forwarding_headers_bodies_and_paths_never_panic() {
     let rule = BodyRuleConfig {
         route: 0,
         field: "phone".into(),
+        pointer: vec!["phone".into()],
         allowed_calling_codes: vec!["86".into()],
+        allowed_regions: vec!["CN".into()],
+        number_types: vec![rampart_config::PhoneType::Mobile],
+        methods: vec![],
         max_body_bytes: 512,
     };
     let config = rampart_config::parse(&shipped_config(), Path::new("conf/rampart.toml")).unwrap();
@@ -77,9 +81,27 @@ fn random_forwarding_headers_bodies_and_paths_never_panic() {
         } else {
             "application/x-www-form-urlencoded"
         };
-        let _ = check_body(&rule, Some(ct), &body);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ct),
+        );
+        let query = String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned();
+        let _ = check_body(
+            &rule,
+            &rampart_policy::body::BodyInput {
+                headers: &headers,
+                query: Some(&query),
+                body: &body,
+            },
+        );
         let _ = normalize_phone(&String::from_utf8_lossy(&body));
-        let path = String::from_utf8_lossy(&rng.bytes(60, b"/api/auth/loginv1chat?")).into_owned();
+        let path = String::from_utf8_lossy(&rng.bytes(60, b"/api/auth/loginv1chat?%2e5Cf;.\\"))
+            .into_owned();
+        if let Ok(canonical) = rampart_policy::canonicalize_path(&path, Default::default()) {
+            let again = rampart_policy::canonicalize_path(&canonical, Default::default());
+            assert_eq!(again.as_deref(), Ok(&*canonical), "{path}");
+        }
         let host = String::from_utf8_lossy(&rng.bytes(20, b"[]:.0123456789abc")).into_owned();
         let _ = routes.find(Some(&host), &path, "POST");
     }

@@ -448,10 +448,25 @@ impl AdminService {
         let snapshot = self.shared.snapshot();
         let geo = self.shared.geo();
         let info = geo.lookup(ip);
+        let options = rampart_policy::CanonicalOptions {
+            allow_semicolons: snapshot.config.request.allow_semicolons,
+        };
+        let path = match rampart_policy::canonicalize_path(&path, options) {
+            Ok(p) => p.into_owned(),
+            Err(refusal) => {
+                return Ok(json!({
+                    "ip": ip.to_string(),
+                    "path": path,
+                    "verdict": format!("refused at the edge (400, {}): {}", refusal.rule(), refusal.detail()),
+                    "rules": [],
+                }))
+            }
+        };
         let found = snapshot.routes.find(host.as_deref(), &path, &method);
         let (route, pool) = match found {
             rampart_policy::RouteMatch::Route { route, pool } => (Some(route), Some(pool)),
             rampart_policy::RouteMatch::Fallback { pool } => (None, Some(pool)),
+            rampart_policy::RouteMatch::MethodNotAllowed { route } => (Some(route), None),
             rampart_policy::RouteMatch::Reject { .. } => (None, None),
         };
         let headers = http::HeaderMap::new();
@@ -459,6 +474,7 @@ impl AdminService {
             ip,
             geo: info,
             route,
+            method: &method,
             headers: &headers,
             flags: &self
                 .shared
@@ -469,10 +485,14 @@ impl AdminService {
             rampart_policy::RouteMatch::Reject { status } => {
                 format!("no route: answered {status} at the edge")
             }
+            rampart_policy::RouteMatch::MethodNotAllowed { .. } => {
+                format!("method {method} not allowed on this route: answered 405 at the edge")
+            }
             _ => explanation.verdict.unwrap_or_else(|| "proxied".to_string()),
         };
         Ok(json!({
             "ip": ip.to_string(),
+            "path": path,
             "country": info.country.map(|c| c.to_string()),
             "asn": info.asn,
             "as_organization": geo.as_organization(ip),

@@ -113,11 +113,13 @@ impl RampartProxy {
 
     /// Reads the request body (up to the largest limit of `checks`) into Pingora's
     /// retry buffer, which replays it to the origin byte for byte, and runs the
-    /// body rules on it. Previewed rules are only counted.
+    /// body rules on it. Previewed rules are only counted. A client that sent
+    /// `Expect: 100-continue` is told to go on first (HTTP/1.1; HTTP/2 clients
+    /// send without waiting), unless the declared length is already too large.
     async fn check_body(
         &self,
         session: &mut Session,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         snapshot: &Snapshot,
         checks: &[BodyCheck],
     ) -> Result<Option<Rejection>> {
@@ -126,11 +128,23 @@ impl RampartProxy {
         let declared = session
             .req_header()
             .headers
-            .get("content-length")
+            .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<usize>().ok());
         let mut body = Vec::new();
         if declared.is_none_or(|n| n <= limit) {
+            let expects_continue = session
+                .req_header()
+                .headers
+                .get(http::header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if expects_continue {
+                if let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut()
+                {
+                    h1.write_continue_response().await?;
+                }
+                ctx.continue_sent = true;
+            }
             session.enable_retry_buffering();
             while let Some(chunk) = session.read_request_body().await? {
                 body.extend_from_slice(&chunk);
@@ -142,14 +156,14 @@ impl RampartProxy {
             // Declared too large: no need to read it to know.
             body.resize(limit + 1, 0);
         }
-        let content_type = session
-            .req_header()
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let req = session.req_header();
+        let input = rampart_policy::body::BodyInput {
+            headers: &req.headers,
+            query: req.uri.query(),
+            body: &body,
+        };
         for &check in checks {
-            let Some(refusal) = policy.check_body(check, content_type.as_deref(), &body) else {
+            let Some(refusal) = policy.check_body(check, &input) else {
                 continue;
             };
             if check.preview {
@@ -164,6 +178,41 @@ impl RampartProxy {
         }
         Ok(None)
     }
+}
+
+/// Puts the request target in its canonical form, in place, so that routing,
+/// rules, logs and the origin all see the one spelling (see
+/// `rampart_policy::canonical`). Absolute-form targets become origin-form; the
+/// query is kept as sent. Untouched when already canonical.
+fn canonicalize_target(
+    session: &mut Session,
+    options: rampart_policy::CanonicalOptions,
+) -> std::result::Result<(), rampart_policy::CanonicalRefusal> {
+    use rampart_policy::CanonicalRefusal;
+    let req = session.req_header();
+    if !req.raw_path_is_utf8() {
+        return Err(CanonicalRefusal::NotUtf8);
+    }
+    rampart_policy::check_method(req.method.as_str())?;
+    let path = req.uri.path();
+    let canonical = rampart_policy::canonicalize_path(path, options)?;
+    let query = req.uri.query();
+    let raw = req.raw_path();
+    let unchanged = raw.len() == canonical.len() + query.map_or(0, |q| q.len() + 1)
+        && raw.starts_with(canonical.as_bytes())
+        && query.is_none_or(|q| raw[canonical.len() + 1..] == *q.as_bytes());
+    if unchanged {
+        return Ok(());
+    }
+    let target = match query {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical.into_owned(),
+    };
+    // The canonical path is made of characters the URI parser accepted in the
+    // original, so this parse only fails on a bug; refuse rather than forward.
+    let uri = http::Uri::try_from(target).map_err(|_| CanonicalRefusal::InvalidEscape)?;
+    session.req_header_mut().set_uri(uri);
+    Ok(())
 }
 
 /// What the phases of one request decided.
@@ -181,6 +230,8 @@ pub struct RequestCtx {
     /// In-flight slots, released when the context is dropped at the end of the request.
     permits: Vec<ConcurrencyPermit>,
     upstream_start: Option<Instant>,
+    /// `100 Continue` was sent to the client before its body was read.
+    continue_sent: bool,
     _in_flight: InFlight,
 }
 
@@ -321,6 +372,7 @@ impl ProxyHttp for RampartProxy {
             snapshot: self.shared.snapshot(),
             started: Instant::now(),
             upstream_start: None,
+            continue_sent: false,
             _in_flight: InFlight::new(&self.shared.metrics.in_flight),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             route: None,
@@ -352,6 +404,18 @@ impl ProxyHttp for RampartProxy {
             .map(|v| v.as_bytes());
         ctx.client_ip = resolve_client_ip(peer, forwarded, client_config);
 
+        let options = rampart_policy::CanonicalOptions {
+            allow_semicolons: snapshot.config.request.allow_semicolons,
+        };
+        if let Err(refusal) = canonicalize_target(session, options) {
+            let rejection = Rejection::NonCanonical { refusal };
+            // The rest of a request we cannot read unambiguously is not worth reading.
+            session.set_keepalive(None);
+            write_rejection(session, &rejection, RouteKind::Api).await?;
+            ctx.rejection = Some(rejection);
+            return Ok(true);
+        }
+        let req = session.req_header();
         let found = snapshot
             .routes
             .find(request_host(req), req.uri.path(), req.method.as_str());
@@ -364,6 +428,18 @@ impl ProxyHttp for RampartProxy {
             RouteMatch::Fallback { pool } => {
                 ctx.pool = Some(pool);
                 None
+            }
+            RouteMatch::MethodNotAllowed { route } => {
+                ctx.route = Some(route);
+                Some(Rejection::MethodNotAllowed {
+                    allow: snapshot
+                        .config
+                        .routes
+                        .get(route)
+                        .map(|r| r.methods.join(", "))
+                        .unwrap_or_default()
+                        .into(),
+                })
             }
             RouteMatch::Reject { status } => Some(Rejection::NoRoute { status }),
         };
@@ -379,6 +455,7 @@ impl ProxyHttp for RampartProxy {
                 ip: ctx.client_ip,
                 geo: ctx.geo,
                 route: ctx.route,
+                method: session.req_header().method.as_str(),
                 headers: &session.req_header().headers,
                 flags: recomputed.as_deref().unwrap_or(&flags.modes),
             });
@@ -498,6 +575,11 @@ impl ProxyHttp for RampartProxy {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         upstream_request.insert_header("x-forwarded-proto", proto)?;
+        if ctx.continue_sent {
+            // The client has been told to go on and its body is buffered: the origin
+            // must not hold the request back waiting to say the same.
+            upstream_request.remove_header(&http::header::EXPECT);
+        }
         if !upstream_request.headers.contains_key(http::header::HOST) {
             // HTTP/2 clients send :authority instead of Host; HTTP/1.1 origins need Host.
             if let Some(authority) = upstream_request.uri.authority().map(|a| a.to_string()) {

@@ -93,19 +93,24 @@ async fn each_route_reaches_its_pool_and_unmatched_is_answered_at_the_edge() {
         .unwrap();
     assert_eq!(origin_of(r).await, "auth");
 
-    // Wrong method for the route, and a path no route has: 404 problem, nothing upstream.
-    for (method, path) in [(Method::GET, "/api/auth/login"), (Method::GET, "/nowhere")] {
-        let r = client
-            .request(method, rampart.url(path))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
-        assert_eq!(r.headers()["content-type"], "application/problem+json");
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(body["rule"], "no_route");
-        assert_eq!(body["status"], 404);
-    }
+    // Wrong method for the route: 405 with Allow, never a fall-through elsewhere.
+    let r = client
+        .get(rampart.url("/api/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["rule"], "method_not_allowed");
+    // A path no route has: 404 problem, nothing upstream.
+    let r = client.get(rampart.url("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["rule"], "no_route");
+    assert_eq!(body["status"], 404);
     assert_eq!(chat.request_count(), 1);
     assert_eq!(auth.request_count(), 1);
 }

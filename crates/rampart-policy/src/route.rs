@@ -94,15 +94,18 @@ impl RouteTable {
     }
 }
 
+/// The host without port and without the trailing dot of a fully qualified
+/// name (`api.example.com.` is `api.example.com` to DNS and to origins).
 fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
         return rest.split(']').next().unwrap_or(rest);
     }
-    match host.rsplit_once(':') {
+    let host = match host.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
-    }
+    };
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 /// Whether `prefix` matches `path` on whole segments (see [`RouteTable::find`]).
@@ -177,6 +180,10 @@ pool = "chat"
         );
         assert_eq!(
             t.find(Some("admin.example.com:8080"), "/x", "GET"),
+            RouteMatch::Route { route: 1, pool: 0 }
+        );
+        assert_eq!(
+            t.find(Some("ADMIN.example.com.:8080"), "/x", "GET"),
             RouteMatch::Route { route: 1, pool: 0 }
         );
         assert_eq!(

@@ -204,13 +204,24 @@ fn canonicalize_target(
     if unchanged {
         return Ok(());
     }
-    let target = match query {
+    let path_and_query = match query {
         Some(q) => format!("{canonical}?{q}"),
         None => canonical.into_owned(),
     };
+    // HTTP/2 targets carry scheme and authority (from :scheme and :authority),
+    // which the upstream Host is built from: keep them. HTTP/1.1 absolute-form
+    // targets do not have them in the URI (Pingora checked the authority against
+    // Host), so they become origin-form.
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = req.uri.scheme().cloned();
+    parts.authority = req.uri.authority().cloned();
     // The canonical path is made of characters the URI parser accepted in the
     // original, so this parse only fails on a bug; refuse rather than forward.
-    let uri = http::Uri::try_from(target).map_err(|_| CanonicalRefusal::InvalidEscape)?;
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path_and_query)
+            .map_err(|_| CanonicalRefusal::InvalidEscape)?,
+    );
+    let uri = http::Uri::from_parts(parts).map_err(|_| CanonicalRefusal::InvalidEscape)?;
     session.req_header_mut().set_uri(uri);
     Ok(())
 }

@@ -216,3 +216,44 @@ async fn registration_spellings_cannot_escape_the_body_rule() {
     assert_eq!(seen[0].body, body.as_bytes());
     assert!(!seen[0].headers.contains_key("expect"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_paths_are_canonicalised_and_keep_their_authority() {
+    let origin = MockOrigin::start("auth").await;
+    let template = config(&origin).replace(
+        "address = \"{listen}\"",
+        "address = \"{listen}\"\nh2c = true",
+    );
+    let r = Rampart::start(bin(), &template).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = client
+        .get(r.url("/api/auth//%6cogin?a=%2F"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let seen = origin.requests();
+    assert_eq!(seen.last().unwrap().path, "/api/auth/login?a=%2F");
+    // The HTTP/1.1 origin still gets a Host built from :authority.
+    assert_eq!(
+        seen.last().unwrap().headers["host"],
+        r.addr.to_string().as_str()
+    );
+    let resp = client
+        .post(r.url("/api/auth%2Fregister"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = client
+        .put(r.url("/api/auth/%72egister"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(origin.request_count(), 1);
+}

@@ -65,6 +65,8 @@ pub struct FileConfig {
 pub struct FileRequest {
     /// Keep `;` in paths instead of refusing it.
     pub allow_semicolons: Option<bool>,
+    /// Client header fields removed before forwarding (replaces the default list).
+    pub strip_headers: Option<Vec<String>>,
 }
 
 /// `[fleet]`: shared state through Redis.

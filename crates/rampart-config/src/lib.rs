@@ -650,9 +650,31 @@ impl Validator {
     }
 
     fn request(&mut self, raw: file::FileRequest) -> RequestConfig {
-        RequestConfig {
+        let mut config = RequestConfig {
             allow_semicolons: raw.allow_semicolons.unwrap_or(false),
+            ..RequestConfig::default()
+        };
+        if let Some(names) = raw.strip_headers {
+            config.strip_headers.clear();
+            for (i, name) in names.iter().enumerate() {
+                let normal = name.to_ascii_lowercase().replace('_', "-");
+                let token = !normal.is_empty()
+                    && normal
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^`|~".contains(&b));
+                if !token {
+                    self.issue(
+                        format!("request.strip_headers[{i}]"),
+                        format!("\"{name}\" is not a header field name"),
+                    );
+                } else {
+                    config.strip_headers.push(normal);
+                }
+            }
         }
+        config.strip_headers.sort();
+        config.strip_headers.dedup();
+        config
     }
 
     fn pool_ref(&mut self, key: &str, name: Option<&str>, pools: &[String]) -> Option<usize> {

@@ -103,11 +103,47 @@ pub struct Config {
     pub request: RequestConfig,
 }
 
-/// `[request]`: how request targets are read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// `[request]`: how requests are read and what of them is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestConfig {
     /// Keep `;` in paths as an ordinary character (default: refuse with 400).
     pub allow_semicolons: bool,
+    /// Client-sent header fields removed before forwarding: lower case, sorted,
+    /// with `_` written as `-`. A field whose name matches after `_` becomes `-`
+    /// (`X_Forwarded_For`) is removed too.
+    pub strip_headers: Vec<String>,
+}
+
+/// Client-sent fields that claim a client address, host or scheme, which only
+/// Rampart may set (it sends `X-Forwarded-For`, `X-Real-IP` and
+/// `X-Forwarded-Proto` itself).
+pub const DEFAULT_STRIP_HEADERS: &[&str] = &[
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "forwarded",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-forwarded-server",
+    "x-original-forwarded-for",
+    "x-real-ip",
+];
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        Self {
+            allow_semicolons: false,
+            strip_headers: DEFAULT_STRIP_HEADERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// `[fleet]`

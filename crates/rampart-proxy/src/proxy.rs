@@ -180,6 +180,30 @@ impl RampartProxy {
     }
 }
 
+/// Removes the client-sent fields of `strip` (sorted, lower case, `-` for `_`),
+/// also when spelled with underscores (`X_Forwarded_For`), which some origin
+/// stacks (CGI, PHP, some WSGI servers) read as the dashed name. One pass over
+/// the names; nothing is allocated unless a field is found.
+fn strip_client_headers(req: &mut RequestHeader, strip: &[String]) {
+    let listed = |name: &str| {
+        if name.contains('_') {
+            let dashed = name.replace('_', "-");
+            strip.binary_search_by(|s| s.as_str().cmp(&dashed)).is_ok()
+        } else {
+            strip.binary_search_by(|s| s.as_str().cmp(name)).is_ok()
+        }
+    };
+    let found: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| listed(name.as_str()))
+        .cloned()
+        .collect();
+    for name in found {
+        req.remove_header(&name);
+    }
+}
+
 /// Puts the request target in its canonical form, in place, so that routing,
 /// rules, logs and the origin all see the one spelling (see
 /// `rampart_policy::canonical`). Absolute-form targets become origin-form; the
@@ -575,12 +599,7 @@ impl ProxyHttp for RampartProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let ip = ip_header_value(ctx.client_ip);
-        if upstream_request
-            .headers
-            .contains_key(http::header::FORWARDED)
-        {
-            upstream_request.remove_header(&http::header::FORWARDED);
-        }
+        strip_client_headers(upstream_request, &ctx.snapshot.config.request.strip_headers);
         upstream_request.insert_header("x-forwarded-for", ip.clone())?;
         upstream_request.insert_header("x-real-ip", ip)?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());

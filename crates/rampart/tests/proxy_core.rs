@@ -256,6 +256,14 @@ async fn forwarding_headers_from_untrusted_peers_are_ignored_and_replaced() {
             .header("x-forwarded-for", xff)
             .header("x-real-ip", "6.6.6.6")
             .header("forwarded", "for=6.6.6.6")
+            .header("x-client-ip", "6.6.6.6")
+            .header("true-client-ip", "6.6.6.6")
+            .header("cf-connecting-ip", "6.6.6.6")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .header("x_forwarded_for", "6.6.6.6")
+            .header("X_Real_IP", "6.6.6.6")
+            .header("x-app-trace", "kept")
             .send()
     };
 
@@ -303,6 +311,22 @@ async fn forwarding_headers_from_untrusted_peers_are_ignored_and_replaced() {
             ("2001:db8:1::5".into(), "2001:db8:1::5".into(), false),
         ]
     );
+    // Every other client-sent claim of address, host or scheme is gone, also in
+    // underscore spelling; unrelated fields pass.
+    for r in origin.requests() {
+        for name in [
+            "x-client-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-forwarded-host",
+            "x_forwarded_for",
+            "x_real_ip",
+        ] {
+            assert!(!r.headers.contains_key(name), "{name} reached the origin");
+        }
+        assert_eq!(r.headers["x-forwarded-proto"], "http");
+        assert_eq!(r.headers["x-app-trace"], "kept");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

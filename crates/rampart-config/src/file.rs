@@ -299,6 +299,20 @@ pub struct FileServer {
     pub grace_period: Option<String>,
     /// Time the runtimes get to stop after the drain.
     pub graceful_shutdown_timeout: Option<String>,
+    /// Whole request head deadline.
+    pub client_header_timeout: Option<String>,
+    /// Whole request body deadline.
+    pub client_body_timeout: Option<String>,
+    /// Keep-alive idle deadline.
+    pub keepalive_timeout: Option<String>,
+    /// HTTP/2 idle deadline.
+    pub h2_idle_timeout: Option<String>,
+    /// Largest request head, bytes.
+    pub max_request_head_bytes: Option<i64>,
+    /// Most header fields per request.
+    pub max_request_headers: Option<i64>,
+    /// Most open connections per client address (0: no cap).
+    pub max_connections_per_source: Option<i64>,
 }
 
 /// `[client_ip]`

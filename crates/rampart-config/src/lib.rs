@@ -327,6 +327,61 @@ impl Validator {
                 raw.graceful_shutdown_timeout.as_deref(),
                 DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
             ),
+            client: ClientLimits {
+                header_timeout: self.duration(
+                    "server.client_header_timeout",
+                    raw.client_header_timeout.as_deref(),
+                    DEFAULT_HEADER_TIMEOUT,
+                ),
+                body_timeout: self.duration(
+                    "server.client_body_timeout",
+                    raw.client_body_timeout.as_deref(),
+                    DEFAULT_BODY_TIMEOUT,
+                ),
+                keepalive_timeout: self.duration(
+                    "server.keepalive_timeout",
+                    raw.keepalive_timeout.as_deref(),
+                    DEFAULT_KEEPALIVE_TIMEOUT,
+                ),
+                h2_idle_timeout: self.duration(
+                    "server.h2_idle_timeout",
+                    raw.h2_idle_timeout.as_deref(),
+                    DEFAULT_H2_IDLE_TIMEOUT,
+                ),
+                max_head_bytes: self.bounded(
+                    "server.max_request_head_bytes",
+                    raw.max_request_head_bytes,
+                    1024,
+                    1 << 20,
+                    DEFAULT_MAX_HEAD_BYTES as i64,
+                ) as usize,
+                max_headers: self.bounded(
+                    "server.max_request_headers",
+                    raw.max_request_headers,
+                    8,
+                    250,
+                    DEFAULT_MAX_HEADERS as i64,
+                ) as usize,
+                max_connections_per_source: self.bounded(
+                    "server.max_connections_per_source",
+                    raw.max_connections_per_source,
+                    0,
+                    1_000_000,
+                    i64::from(DEFAULT_MAX_CONNECTIONS_PER_SOURCE),
+                ) as u32,
+            },
+        }
+    }
+
+    /// `value` when within `min..=max`, else an issue and `default`.
+    fn bounded(&mut self, key: &str, value: Option<i64>, min: i64, max: i64, default: i64) -> i64 {
+        match value {
+            None => default,
+            Some(n) if (min..=max).contains(&n) => n,
+            Some(n) => {
+                self.issue(key, format!("must be from {min} to {max}, got {n}"));
+                default
+            }
         }
     }
 

@@ -525,6 +525,59 @@ pub struct ServerConfig {
     /// After the grace period, the time the runtimes get to stop; requests still
     /// running then are cut.
     pub graceful_shutdown_timeout: Duration,
+    /// How long clients may take; see [`ClientLimits`].
+    pub client: ClientLimits,
+}
+
+/// Deadlines and caps for client connections (HTTP/1.1 unless named HTTP/2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Whole request head, from its first byte (from accept for the first
+    /// request): 408 after.
+    pub header_timeout: Duration,
+    /// Whole request body, from the end of the head: 408 after.
+    pub body_timeout: Duration,
+    /// Idle time between requests on a kept-alive connection (closed after).
+    pub keepalive_timeout: Duration,
+    /// Idle time of an HTTP/2 connection with no open stream (closed after).
+    pub h2_idle_timeout: Duration,
+    /// Largest request head (request line and fields), bytes: 431 above.
+    pub max_head_bytes: usize,
+    /// Most header fields in one request: 431 above.
+    pub max_headers: usize,
+    /// Most open connections from one client address (the socket peer, unless
+    /// it is a trusted proxy); 0 means no cap. Beyond it, new connections are
+    /// closed at accept.
+    pub max_connections_per_source: u32,
+}
+
+/// Whole request head deadline (nginx `client_header_timeout`).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Whole request body deadline.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Keep-alive idle deadline (nginx `keepalive_timeout`).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// HTTP/2 idle deadline.
+pub const DEFAULT_H2_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Largest request head (nginx's `large_client_header_buffers 4 8k` is 32 KiB).
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 32 * 1024;
+/// Most header fields per request.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Most open connections per client address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: u32 = 256;
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            h2_idle_timeout: DEFAULT_H2_IDLE_TIMEOUT,
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        }
+    }
 }
 
 /// Which header carries the client chain from a trusted proxy.

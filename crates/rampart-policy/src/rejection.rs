@@ -117,6 +117,17 @@ pub enum Rejection {
         /// Methods the route accepts, comma-separated (the `Allow` field).
         allow: Arc<str>,
     },
+    /// The client did not send its request head or body within its deadline (408).
+    ClientTimeout,
+    /// The request head is larger than allowed or has too many fields (431).
+    HeaderTooLarge,
+    /// The client sent a malformed request or went away before it was complete;
+    /// never counted against an origin.
+    ClientError {
+        /// 400 for a malformed request, 499 for a client that went away (logged
+        /// only: nothing can be written).
+        status: u16,
+    },
 }
 
 impl Rejection {
@@ -137,6 +148,9 @@ impl Rejection {
             Rejection::SessionRequired { .. } | Rejection::RestrictedByFlag { .. } => 403,
             Rejection::NonCanonical { .. } => 400,
             Rejection::MethodNotAllowed { .. } => 405,
+            Rejection::ClientTimeout => 408,
+            Rejection::HeaderTooLarge => 431,
+            Rejection::ClientError { status } => *status,
         }
     }
 
@@ -202,6 +216,9 @@ impl Rejection {
             Rejection::BodyRefused { .. } => "body_refused",
             Rejection::NonCanonical { .. } => "non_canonical",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
+            Rejection::ClientTimeout => "client_timeout",
+            Rejection::HeaderTooLarge => "header_too_large",
+            Rejection::ClientError { .. } => "client_error",
         }
     }
 
@@ -228,6 +245,9 @@ impl Rejection {
             Rejection::BodyRefused { status: 415, .. } => "Unsupported media type",
             Rejection::NonCanonical { .. } => "Bad request",
             Rejection::MethodNotAllowed { .. } => "Method not allowed",
+            Rejection::ClientTimeout => "Request timeout",
+            Rejection::HeaderTooLarge => "Request header fields too large",
+            Rejection::ClientError { .. } => "Bad request",
             Rejection::BodyRefused { .. } => "Request refused",
         }
     }
@@ -279,6 +299,13 @@ impl Rejection {
             Rejection::MethodNotAllowed { allow } => {
                 format!("This path accepts only {allow}.").into()
             }
+            Rejection::ClientTimeout => {
+                "The request was not received in time; the connection is closed.".into()
+            }
+            Rejection::HeaderTooLarge => {
+                "The request head is too large or has too many header fields.".into()
+            }
+            Rejection::ClientError { .. } => "The request is malformed or incomplete.".into(),
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod background;
+pub mod edge;
 pub mod fleet;
 pub mod health;
 pub mod listening;
@@ -18,7 +19,6 @@ pub mod state;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -107,6 +107,7 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
         server.add_service(background_service("access log", writer));
     }
     let conf = server.configuration.clone();
+    let sources = Arc::new(edge::SourceCounter::default());
 
     // Plain HTTP/2 (h2c) is an option of the service, so h2c listeners get their own.
     for h2c in [false, true] {
@@ -119,15 +120,19 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
         } else {
             "rampart proxy"
         };
-        let mut service =
-            http_proxy_service_with_name(&conf, proxy::RampartProxy::new(shared.clone()), name);
-        if h2c {
-            if let Some(app) = service.app_logic_mut() {
-                let mut options = HttpServerOptions::default();
-                options.h2c = true;
-                app.server_options = Some(options);
-            }
-        }
+        let mut app = pingora::proxy::http_proxy(&conf, proxy::RampartProxy::new(shared.clone()));
+        let limits = config.server.client;
+        let mut options = HttpServerOptions::default();
+        options.h2c = h2c;
+        options.h2_idle_timeout = Some(limits.h2_idle_timeout);
+        app.server_options = Some(options);
+        let mut h2 = pingora::protocols::http::v2::server::H2Options::new();
+        h2.max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
+        app.h2_options = Some(h2);
+        let mut service = Service::new(
+            name.to_string(),
+            edge::EdgeApp::new(app, shared.clone(), sources.clone(), h2c),
+        );
         for listener in listeners {
             let address = listener.address.to_string();
             match &listener.tls {

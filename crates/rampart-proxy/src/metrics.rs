@@ -98,6 +98,8 @@ pub struct Metrics {
     fleet_redis_duration: HistogramVec,
     fleet_redis_errors: IntCounterVec,
     fleet_sync_lag: prometheus::Gauge,
+    client_closed: IntCounterVec,
+    client_sources: IntGauge,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -358,7 +360,23 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let client_closed = counter(
+            "rampart_client_connections_closed_total",
+            "Client connections the edge closed itself, by reason (keepalive_timeout, header_timeout, body_timeout, header_too_large, per_source_cap).",
+            &["reason"],
+        );
+        let client_sources = registered(
+            &registry,
+            &names,
+            IntGauge::new(
+                "rampart_client_sources",
+                "Client addresses with at least one open connection (the per-source connection counter's size).",
+            )
+            .expect("valid metric"),
+        );
         Self {
+            client_closed,
+            client_sources,
             fleet_degraded,
             fleet_redis_duration,
             fleet_redis_errors,
@@ -389,6 +407,17 @@ impl Metrics {
             geo_reloads,
             geo_lookups,
         }
+    }
+
+    /// Counts a client connection the edge closed, by [`crate::edge::EdgeRefusal`] label.
+    pub fn client_connection_closed(&self, reason: &str) {
+        self.client_closed.with_label_values(&[reason]).inc();
+    }
+
+    /// Sets the number of client addresses with open connections.
+    pub fn set_client_sources(&self, n: usize) {
+        self.client_sources
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts one finished request.

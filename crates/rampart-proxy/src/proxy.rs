@@ -152,6 +152,12 @@ impl RampartProxy {
                     break;
                 }
             }
+            if body.len() <= limit {
+                ctx.body_done = true;
+                if let Some(conn) = &ctx.conn {
+                    conn.answering();
+                }
+            }
         } else {
             // Declared too large: no need to read it to know.
             body.resize(limit + 1, 0);
@@ -201,6 +207,48 @@ fn strip_client_headers(req: &mut RequestHeader, strip: &[String]) {
         .collect();
     for name in found {
         req.remove_header(&name);
+    }
+}
+
+/// Whose fault a failed request is. The client's when it ran out of its
+/// deadline, sent a malformed request or went away, and when the origin timed
+/// out waiting for a request body the client never finished; the origin's
+/// otherwise. A client can never make a healthy origin look like it is failing.
+fn failure_verdict(e: &Error, ctx: &RequestCtx) -> Rejection {
+    let timeout = matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    );
+    let client_deadline = ctx
+        .conn
+        .as_ref()
+        .and_then(|c| c.refused())
+        .is_some_and(|r| r == crate::edge::EdgeRefusal::BodyTimeout);
+    if client_deadline {
+        return Rejection::ClientTimeout;
+    }
+    if matches!(e.esource(), ErrorSource::Downstream) {
+        return match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Rejection::ClientTimeout,
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+                Rejection::ClientError { status: 499 }
+            }
+            _ => Rejection::ClientError { status: 400 },
+        };
+    }
+    if !ctx.body_done
+        && matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        )
+    {
+        // The origin waited for a body the client never finished sending.
+        return Rejection::ClientTimeout;
+    }
+    if timeout {
+        Rejection::UpstreamFailed { status: 504 }
+    } else {
+        Rejection::UpstreamFailed { status: 502 }
     }
 }
 
@@ -267,6 +315,10 @@ pub struct RequestCtx {
     upstream_start: Option<Instant>,
     /// `100 Continue` was sent to the client before its body was read.
     continue_sent: bool,
+    /// The client connection's phase and deadline (HTTP/1.1; see `edge`).
+    conn: Option<Arc<crate::edge::ConnState>>,
+    /// The whole request body has been read (or there is none).
+    body_done: bool,
     _in_flight: InFlight,
 }
 
@@ -408,6 +460,8 @@ impl ProxyHttp for RampartProxy {
             started: Instant::now(),
             upstream_start: None,
             continue_sent: false,
+            conn: None,
+            body_done: false,
             _in_flight: InFlight::new(&self.shared.metrics.in_flight),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             route: None,
@@ -420,11 +474,50 @@ impl ProxyHttp for RampartProxy {
         }
     }
 
+    /// Receives the connection's deadline state from `edge::EdgeApp` (it hands it
+    /// over as the connection user context before every request).
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(conn) = prev.downcast::<Arc<crate::edge::ConnState>>() {
+            ctx.conn = Some(*conn);
+        }
+    }
+
+    /// Marks the end of the request body: the body deadline no longer applies.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if end_of_stream && !ctx.body_done {
+            ctx.body_done = true;
+            if let Some(conn) = &ctx.conn {
+                conn.answering();
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves the client, matches the route, applies the policy (lists, limits,
     /// in-flight caps) and answers at the edge when the request cannot or must not
     /// go upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = ctx.snapshot.clone();
+        if session.is_body_empty() {
+            ctx.body_done = true;
+        }
+        if let Some(conn) = &ctx.conn {
+            conn.request_seen();
+            if ctx.body_done {
+                conn.answering();
+            }
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -626,25 +719,15 @@ impl ProxyHttp for RampartProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let rejection = match (&ctx.rejection, e.etype()) {
-            (Some(r), _) => r.clone(),
-            (
-                None,
-                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
-            ) => Rejection::UpstreamFailed { status: 504 },
-            (None, _) if matches!(e.esource(), ErrorSource::Downstream) => {
-                // The client went away or sent garbage: nothing useful to write.
-                return FailToProxy {
-                    error_code: 0,
-                    can_reuse_downstream: false,
-                };
-            }
-            (None, _) => Rejection::UpstreamFailed { status: 502 },
-        };
+        let rejection = ctx
+            .rejection
+            .clone()
+            .unwrap_or_else(|| failure_verdict(e, ctx));
         let status = rejection.status();
         // A response may already be on its way (the origin failed mid-stream).
         let written = session.response_written().is_some();
-        if !written {
+        let client_gone = matches!(rejection, Rejection::ClientError { status: 499 });
+        if !written && !client_gone {
             if let Err(write_error) = write_rejection(session, &rejection, ctx.kind()).await {
                 log::debug!("cannot write error response: {write_error}");
             }

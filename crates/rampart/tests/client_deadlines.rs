@@ -1,0 +1,313 @@
+//! The edge cannot be held open: client deadlines, head caps, the per-source
+//! connection cap and honest client verdicts, over real sockets. The configs set
+//! deadlines of about a second; each test waits with a generous bound for what
+//! must happen (a connection that stayed open would be held for minutes).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use rampart_testkit::{wait_until, MockOrigin, Rampart};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rampart"))
+}
+
+fn config(origin: &MockOrigin, extra_server: &str) -> String {
+    format!(
+        r#"
+[server]
+client_header_timeout = "1s"
+client_body_timeout = "1s"
+keepalive_timeout = "1s"
+h2_idle_timeout = "1s"
+max_request_head_bytes = 4096
+max_request_headers = 20
+{extra_server}
+[[listeners]]
+address = "{{listen}}"
+[admin]
+address = "{{admin}}"
+[pools.web]
+servers = ["{origin}"]
+read_timeout = "30s"
+[[routes]]
+name = "register"
+path_prefix = "/api/auth/register"
+pool = "web"
+[[routes]]
+name = "web"
+pool = "web"
+[[flags]]
+name = "registration_cn_mobile_only"
+default_active = true
+body_rules = [{{ route = "register", field = "phone", allowed_regions = ["CN"] }}]
+[lockdown]
+state_file = "{{dir}}/state.json"
+audit_log = "{{dir}}/audit.jsonl"
+"#,
+        origin = origin.addr
+    )
+}
+
+/// Reads until the server closes or `limit` passes; returns what was read and
+/// how long the connection stayed open.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Duration, bool) {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (String::from_utf8_lossy(&out).into(), start.elapsed(), true)
+            }
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into(), start.elapsed(), false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripped_head_gets_408_when_its_deadline_passes() {
+    let origin = MockOrigin::start("o").await;
+    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // One header line every 300 ms: each read is quick, the head never ends.
+    let drip = async {
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if s.write_all(format!("X-Drip-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), drip).await;
+    let (text, _, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed, "the connection is still open");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("\"client_timeout\""), "{text}");
+    assert_eq!(origin.request_count(), 0);
+    assert_eq!(
+        r.metric(r#"rampart_client_connections_closed_total{reason="header_timeout"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        r.metric(r#"rampart_http_requests_total{route="_unmatched",status_class="4xx",verdict="client_timeout"}"#)
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_keepalive_requests_are_closed() {
+    let origin = MockOrigin::start("o").await;
+    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    // Idle after a complete request: closed quietly after keepalive_timeout.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (_, held, closed) = read_until_closed(&mut s, Duration::from_secs(20)).await;
+    assert!(
+        closed,
+        "idle keep-alive connection still open after {held:?}"
+    );
+
+    // A partial second request on a kept-alive connection: 408, then closed.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s.write_all(b"GET /c HTTP/1.1\r\nHo").await.unwrap();
+    let (text, _, closed) = read_until_closed(&mut s, Duration::from_secs(20)).await;
+    assert!(closed);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(origin.request_count(), 2);
+    assert!(r
+        .metric(r#"rampart_client_connections_closed_total{reason="keepalive_timeout"}"#)
+        .await
+        .is_some_and(|n| n >= 1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_too_large_or_with_too_many_fields_get_431() {
+    let origin = MockOrigin::start("o").await;
+    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(8000)
+    );
+    let many: String = (0..30).map(|i| format!("X-F{i}: 1\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    for request in [big, many] {
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        let _ = s.write_all(request.as_bytes()).await;
+        let (text, _, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        assert!(closed);
+        assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+        assert!(text.contains("\"header_too_large\""), "{text}");
+    }
+    // Just under the caps still works.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    let ok = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(3000)
+    );
+    s.write_all(ok.as_bytes()).await.unwrap();
+    let (text, _, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(origin.request_count(), 1);
+    assert_eq!(
+        r.metric(r#"rampart_client_connections_closed_total{reason="header_too_large"}"#)
+            .await,
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripped_body_gets_408_and_is_never_blamed_on_the_origin() {
+    let origin = MockOrigin::start("o").await;
+    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    // A registration body read by the body rule, dripped one byte at a time.
+    let body = br#"{"phone":"+8613800138000"}"#;
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /api/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let drip = async {
+        for b in body.iter() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if s.write_all(&[*b]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), drip).await;
+    let (text, _, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+
+    // A proxied body (no body rule on this route) that stalls half-way.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
+        .await
+        .unwrap();
+    let (text, _, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed);
+    assert!(!text.contains(" 502 ") && !text.contains(" 504 "), "{text}");
+
+    // A client that goes away mid-body.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+
+    let metrics = wait_until(Duration::from_secs(10), || async {
+        let m = r.metrics().await;
+        m.contains("verdict=\"client_error\"") && m.contains("verdict=\"client_timeout\"")
+    })
+    .await;
+    let m = r.metrics().await;
+    assert!(metrics, "{m}");
+    assert!(
+        !m.contains("verdict=\"upstream_failed\""),
+        "a client fault was blamed on the origin:\n{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_hold_more_than_its_connections() {
+    let origin = MockOrigin::start("o").await;
+    let r = Rampart::start(bin(), &config(&origin, "max_connections_per_source = 3")).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    // The fourth is closed at accept, before it can send anything.
+    let mut fourth = TcpStream::connect(r.addr).await.unwrap();
+    let (text, took, closed) = read_until_closed(&mut fourth, Duration::from_secs(5)).await;
+    assert!(closed && text.is_empty(), "{text}");
+    assert!(took < Duration::from_secs(1), "closed only after {took:?}");
+    assert_eq!(
+        r.metric(r#"rampart_client_connections_closed_total{reason="per_source_cap"}"#)
+            .await,
+        Some(1.0)
+    );
+    // Another source address is not affected.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = other.connect(r.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // A slot frees when a connection closes.
+    held.pop();
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let (text, _, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        if text.starts_with("HTTP/1.1 200") {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "no slot came back after a connection closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_counted_as_client_errors() {
+    let origin = MockOrigin::start("o").await;
+    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    )
+    .await
+    .unwrap();
+    let (text, _, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(origin.request_count(), 0);
+    let counted = wait_until(Duration::from_secs(5), || async {
+        r.metric(r#"rampart_http_requests_total{route="_unmatched",status_class="4xx",verdict="client_error"}"#)
+            .await
+            .is_some()
+    })
+    .await;
+    assert!(counted, "{}", r.metrics().await);
+}

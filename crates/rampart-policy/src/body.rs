@@ -458,6 +458,12 @@ fn type_allowed(wanted: PhoneType, got: phonenumber::Type) -> bool {
 }
 
 /// Whether `raw` is a number `rule` accepts.
+///
+/// Cheap refusals first: the calling code is compared with the allowed codes and
+/// with those of the allowed regions before libphonenumber classifies the
+/// number (the costly part: its patterns). A number is valid when its type is
+/// known, which is libphonenumber's own definition of `is_valid`; the type is
+/// computed once.
 pub fn phone_allowed(rule: &BodyRuleConfig, raw: &str) -> bool {
     let Some(e164) = normalize_phone(raw) else {
         return false;
@@ -466,23 +472,34 @@ pub fn phone_allowed(rule: &BodyRuleConfig, raw: &str) -> bool {
         return false;
     };
     let db = &*phonenumber::metadata::DATABASE;
+    let code = number.code().value();
+    if !rule.allowed_calling_codes.is_empty()
+        && !rule
+            .allowed_calling_codes
+            .iter()
+            .any(|c| c.parse::<u16>().is_ok_and(|c| c == code))
+    {
+        return false;
+    }
+    if !rule.allowed_regions.is_empty()
+        && !rule
+            .allowed_regions
+            .iter()
+            .any(|r| db.by_id(r.as_str()).is_some_and(|m| m.country_code() == code))
+    {
+        return false;
+    }
     let Some(meta) = number.metadata(db) else {
         return false;
     };
-    if !number.is_valid_with(db) {
-        return false;
-    }
-    let code = number.code().value().to_string();
-    if !rule.allowed_calling_codes.is_empty() && !rule.allowed_calling_codes.contains(&code) {
-        return false;
-    }
     if !rule.allowed_regions.is_empty() && !rule.allowed_regions.iter().any(|r| r == meta.id()) {
         return false;
     }
-    rule.number_types.is_empty() || {
-        let got = number.number_type(db);
-        rule.number_types.iter().any(|&t| type_allowed(t, got))
+    let kind = number.number_type(db);
+    if kind == phonenumber::Type::Unknown {
+        return false;
     }
+    rule.number_types.is_empty() || rule.number_types.iter().any(|&t| type_allowed(t, kind))
 }
 
 /// What `rule` accepts, for refusal messages: "mobile numbers from CN".

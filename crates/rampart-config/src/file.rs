@@ -104,6 +104,8 @@ pub struct FileLockdown {
     pub state_file: Option<String>,
     /// Where every flag change is appended as a JSON line.
     pub audit_log: Option<String>,
+    /// Longest ttl an activation may ask for.
+    pub max_ttl: Option<String>,
 }
 
 /// `[[flags]]`: a named lockdown overlay.

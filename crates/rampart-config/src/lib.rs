@@ -1330,10 +1330,16 @@ impl Validator {
             .enumerate()
             .map(|(i, f)| self.flag(i, f, routes, geoip, &mut seen, referenced.contains(&i)))
             .collect();
+        let max_ttl = self.nonzero_duration(
+            "lockdown.max_ttl",
+            raw.max_ttl.as_deref(),
+            DEFAULT_LOCKDOWN_MAX_TTL,
+        );
         LockdownConfig {
             state_file,
             audit_log,
             flags,
+            max_ttl,
         }
     }
 

@@ -216,7 +216,12 @@ pub struct LockdownConfig {
     pub audit_log: PathBuf,
     /// The flags, in config order.
     pub flags: Vec<FlagConfig>,
+    /// Longest `ttl` an activation may ask for (`"none"` asks for no expiry).
+    pub max_ttl: Duration,
 }
+
+/// Longest flag `ttl` by default.
+pub const DEFAULT_LOCKDOWN_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl LockdownConfig {
     /// The index of the flag called `name`.

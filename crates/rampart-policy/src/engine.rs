@@ -466,7 +466,9 @@ impl<C: Clock + Clone> Policy<C> {
             decision.rejection = Some(Rejection::RateLimited {
                 rule: self.limit_names[i].clone(),
                 retry_after: retry_after.as_secs_f64().ceil().max(1.0) as u64,
-                quota: rate.count.get(),
+                // What a client may send now: a flag's limit_scale raises the
+                // cost, so the advertised quota shrinks with it.
+                quota: (rate.count.get() / cost.get()).max(1),
                 window: rate.per.as_secs().max(1),
             });
             return decision;
@@ -583,13 +585,14 @@ impl<C: Clock + Clone> Policy<C> {
         out
     }
 
-    /// The rejection for fleet rule `rule` with `retry_after` seconds to wait.
-    pub fn rate_limited(&self, rule: usize, retry_after: u64) -> Option<Rejection> {
+    /// The rejection for fleet rule `rule` charged `cost` cells per request, with
+    /// `retry_after` seconds to wait.
+    pub fn rate_limited(&self, rule: usize, cost: u32, retry_after: u64) -> Option<Rejection> {
         let r = self.limits.get(rule)?;
         Some(Rejection::RateLimited {
             rule: self.limit_names[rule].clone(),
             retry_after: retry_after.max(1),
-            quota: r.config.rate.count.get(),
+            quota: (r.config.rate.count.get() / cost.max(1)).max(1),
             window: r.config.rate.per.as_secs().max(1),
         })
     }
@@ -757,13 +760,17 @@ maintenance = { retry_after = "2m", message = "Back soon." }
         assert!(decide_with(&p, "10.0.0.1", 0, &[Enforce], &none)
             .rejection
             .is_none());
-        assert_eq!(
-            decide_with(&p, "10.0.0.1", 0, &[Enforce], &none)
-                .rejection
-                .unwrap()
-                .rule(),
-            Some("login-ip")
-        );
+        let limited = decide_with(&p, "10.0.0.1", 0, &[Enforce], &none)
+            .rejection
+            .unwrap();
+        assert_eq!(limited.rule(), Some("login-ip"));
+        // The advertised quota is the scaled one: 4/min at 0.5 is 2 requests.
+        let policy_field = limited
+            .headers()
+            .into_iter()
+            .find(|(k, _)| *k == "ratelimit-policy")
+            .map(|(_, v)| v);
+        assert_eq!(policy_field.as_deref(), Some("\"login-ip\";q=2;w=60"));
         // In preview, the third and fourth requests pass but are reported.
         assert!(decide_with(&p, "10.0.0.2", 0, &[Preview], &none)
             .preview

@@ -145,6 +145,14 @@ impl ServeHttp for AdminService {
                         "errors": e.to_string().lines().collect::<Vec<_>>(),
                     }),
                 ),
+                Err(e @ ReloadError::ActiveFlagRemoved(_)) => json_reply(
+                    StatusCode::CONFLICT,
+                    json!({
+                        "result": "refused",
+                        "detail": e.to_string(),
+                        "errors": [e.to_string()],
+                    }),
+                ),
                 Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
             (Method::GET, "/lockdown") => json_reply(StatusCode::OK, self.lockdown_list()),
@@ -334,8 +342,10 @@ impl AdminService {
                     "mode": a.map(|a| a.mode.as_str()),
                     "actor": a.map(|a| a.actor.clone()),
                     "reason": a.map(|a| a.reason.clone()),
-                    "since": a.map(|a| a.since),
-                    "expires": a.and_then(|a| a.expires),
+                    "since": a.map(|a| a.since()),
+                    "expires": a.and_then(|a| a.expires()),
+                    "since_ms": a.map(|a| a.since_ms),
+                    "expires_ms": a.and_then(|a| a.expires_ms),
                 })
             })
             .collect();
@@ -362,7 +372,8 @@ impl AdminService {
                 "reason and actor must not be empty",
             );
         }
-        let ttl = match parse_ttl(req.ttl.as_deref()) {
+        let max_ttl = self.shared.snapshot().config.lockdown.max_ttl;
+        let ttl = match parse_ttl(req.ttl.as_deref(), max_ttl) {
             Ok(t) => t,
             Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
         };
@@ -380,8 +391,10 @@ impl AdminService {
                     "mode": a.mode.as_str(),
                     "actor": a.actor,
                     "reason": a.reason,
-                    "since": a.since,
-                    "expires": a.expires,
+                    "since": a.since(),
+                    "expires": a.expires(),
+                    "since_ms": a.since_ms,
+                    "expires_ms": a.expires_ms,
                     "persisted": persisted,
                 }),
             ),

@@ -18,9 +18,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch, now.
 pub fn now_unix() -> u64 {
+    now_unix_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -53,7 +58,7 @@ impl Mode {
 
 /// One active flag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "StoredActivation")]
 pub struct Activation {
     /// Enforce or preview.
     pub mode: Mode,
@@ -61,10 +66,60 @@ pub struct Activation {
     pub actor: String,
     /// Why.
     pub reason: String,
-    /// When (Unix seconds).
-    pub since: u64,
-    /// When it turns itself off (Unix seconds), if ever.
-    pub expires: Option<u64>,
+    /// When (Unix milliseconds).
+    pub since_ms: u64,
+    /// When it turns itself off (Unix milliseconds), if ever.
+    pub expires_ms: Option<u64>,
+}
+
+impl Activation {
+    /// When it was turned on, Unix seconds.
+    pub fn since(&self) -> u64 {
+        self.since_ms / 1000
+    }
+
+    /// When it turns itself off, Unix seconds (rounded up), if ever.
+    pub fn expires(&self) -> Option<u64> {
+        self.expires_ms.map(|e| e.div_ceil(1000))
+    }
+
+    /// Whether its expiry has passed at `now_ms`.
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| e <= now_ms)
+    }
+}
+
+/// An activation as stored: milliseconds (state version 2, fleet records), or
+/// whole seconds as version 1 wrote them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredActivation {
+    mode: Mode,
+    actor: String,
+    reason: String,
+    #[serde(default)]
+    since_ms: Option<u64>,
+    #[serde(default)]
+    expires_ms: Option<u64>,
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(default)]
+    expires: Option<u64>,
+}
+
+impl From<StoredActivation> for Activation {
+    fn from(s: StoredActivation) -> Self {
+        Activation {
+            mode: s.mode,
+            actor: s.actor,
+            reason: s.reason,
+            since_ms: s
+                .since_ms
+                .or(s.since.map(|t| t.saturating_mul(1000)))
+                .unwrap_or(0),
+            expires_ms: s.expires_ms.or(s.expires.map(|t| t.saturating_mul(1000))),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -74,7 +129,8 @@ struct StateFile {
     flags: BTreeMap<String, Activation>,
 }
 
-const STATE_VERSION: u32 = 1;
+/// Version 2 stores milliseconds; version 1 (whole seconds) is still read.
+const STATE_VERSION: u32 = 2;
 
 /// The flag state of one moment, immutable; replaced as a whole on each change.
 #[derive(Debug, Clone, Default)]
@@ -139,7 +195,7 @@ pub enum Loaded {
 pub fn load(config: &Config) -> (BTreeMap<String, Activation>, Loaded) {
     let lockdown = &config.lockdown;
     let defaults = || {
-        let since = now_unix();
+        let since_ms = now_unix_ms();
         lockdown
             .flags
             .iter()
@@ -151,8 +207,8 @@ pub fn load(config: &Config) -> (BTreeMap<String, Activation>, Loaded) {
                         mode: Mode::Enforce,
                         actor: "config".into(),
                         reason: "default_active in config".into(),
-                        since,
-                        expires: None,
+                        since_ms,
+                        expires_ms: None,
                     },
                 )
             })
@@ -165,18 +221,8 @@ pub fn load(config: &Config) -> (BTreeMap<String, Activation>, Loaded) {
         Err(e) => return (defaults(), set_aside(path, format!("cannot read: {e}"))),
     };
     match serde_json::from_slice::<StateFile>(&text) {
-        Ok(file) if file.version == STATE_VERSION => {
-            let mut active = file.flags;
-            active.retain(|name, _| {
-                let known = lockdown.flag_index(name).is_some();
-                if !known {
-                    log::warn!(
-                        "lockdown state: flag \"{name}\" is no longer in the config; dropped"
-                    );
-                }
-                known
-            });
-            (active, Loaded::Restored)
+        Ok(file) if file.version == STATE_VERSION || file.version == 1 => {
+            (file.flags, Loaded::Restored)
         }
         Ok(file) => (
             defaults(),
@@ -272,19 +318,97 @@ pub fn audit(path: &Path, entry: &AuditEntry<'_>) {
     }
 }
 
-/// Parses a TTL such as `"2h"`; `None` or empty means no expiry.
-pub fn parse_ttl(ttl: Option<&str>) -> Result<Option<Duration>, String> {
-    match ttl.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(t) => rampart_config::parse_duration(t)
-            .and_then(|d| {
-                if d.is_zero() {
-                    Err("ttl must be longer than zero".to_string())
-                } else {
-                    Ok(d)
-                }
-            })
-            .map(Some)
-            .map_err(|e| format!("ttl: {e}")),
+/// Parses a TTL: a positive duration such as `"2h"`, at most `max`, or `"none"`
+/// for no expiry. An absent TTL means no expiry; an empty one is refused (it is
+/// more likely a mistake than a wish for forever).
+pub fn parse_ttl(ttl: Option<&str>, max: Duration) -> Result<Option<Duration>, String> {
+    let Some(text) = ttl.map(str::trim) else {
+        return Ok(None);
+    };
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    if text.is_empty() {
+        return Err(
+            "ttl is empty: give a duration such as \"2h\", or \"none\" for no expiry".into(),
+        );
+    }
+    let d = rampart_config::parse_duration(text).map_err(|e| format!("ttl: {e}"))?;
+    if d.is_zero() {
+        return Err("ttl must be longer than zero".into());
+    }
+    if d > max {
+        return Err(format!(
+            "ttl {text} is longer than lockdown.max_ttl ({} s); use \"none\" for no expiry",
+            max.as_secs()
+        ));
+    }
+    Ok(Some(d))
+}
+
+/// `text` with control characters (and other invisible formatting characters)
+/// written as escapes, for terminals and logs: reasons and actors come from
+/// whoever called the admin API.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    #[test]
+    fn ttls_are_positive_bounded_or_explicitly_none() {
+        assert_eq!(parse_ttl(None, WEEK), Ok(None));
+        assert_eq!(parse_ttl(Some("none"), WEEK), Ok(None));
+        assert_eq!(
+            parse_ttl(Some("2h"), WEEK),
+            Ok(Some(Duration::from_secs(7200)))
+        );
+        assert!(parse_ttl(Some(""), WEEK).is_err());
+        assert!(parse_ttl(Some("  "), WEEK).is_err());
+        assert!(parse_ttl(Some("0s"), WEEK).is_err());
+        assert!(parse_ttl(Some("8d"), WEEK).is_err());
+        assert!(parse_ttl(Some("999999999999h"), WEEK).is_err());
+    }
+
+    #[test]
+    fn activations_keep_milliseconds_and_read_version_1() {
+        let old: Activation = serde_json::from_str(
+            r#"{"mode":"enforce","actor":"a","reason":"r","since":1700000000,"expires":1700000060}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(old.since_ms, 1_700_000_000_000);
+        assert_eq!(old.expires_ms, Some(1_700_000_060_000));
+        let new = Activation {
+            since_ms: 1_700_000_000_123,
+            expires_ms: Some(1_700_000_000_623),
+            ..old
+        };
+        let text = serde_json::to_string(&new).unwrap_or_default();
+        assert!(text.contains("\"since_ms\":1700000000123"), "{text}");
+        let back: Activation = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, new);
+        assert!(!new.is_due(1_700_000_000_622));
+        assert!(new.is_due(1_700_000_000_623));
+    }
+
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert_eq!(printable("ok reason"), "ok reason");
+        assert_eq!(printable("a\u{1b}[31mred\n"), "a\\u{1b}[31mred\\u{a}");
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
     }
 }

@@ -89,7 +89,7 @@ impl RampartProxy {
                     .shared
                     .metrics
                     .shadow_match(ctx.route_label(), rule_name),
-                None => return policy.rate_limited(check.rule, retry_after),
+                None => return policy.rate_limited(check.rule, check.cost, retry_after),
             }
         }
         None

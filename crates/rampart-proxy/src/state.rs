@@ -100,6 +100,10 @@ pub enum ReloadError {
     /// The reload task could not run.
     #[error("reload task failed: {0}")]
     Task(String),
+    /// The new file no longer defines flags that are on: a reload must not
+    /// lift a lockdown silently. Turn them off first.
+    #[error("the new config no longer defines active lockdown flag(s) {}; disable them first (rampart lockdown disable NAME), then reload", .0.join(", "))]
+    ActiveFlagRemoved(Vec<String>),
 }
 
 /// State shared by the proxy, the admin API and the background services.
@@ -218,6 +222,7 @@ impl Shared {
         if fleet.is_some() {
             metrics.fleet_degraded(true);
         }
+        let active = settle_restored(active, &snapshot.config, &node, &metrics);
         let flags = FlagState::new(active, lockdown_config, 1);
         metrics.set_flags(&flags, lockdown_config);
         let listeners = crate::listening::ListenerProbe::new(
@@ -297,13 +302,16 @@ impl Shared {
         if snapshot.config.lockdown.flag_index(flag).is_none() {
             return Err(FlagError::Unknown(known_flags(&snapshot)));
         }
-        let since = lockdown::now_unix();
+        let since_ms = lockdown::now_unix_ms();
+        let since = since_ms / 1000;
         let activation = Activation {
             mode,
             actor: actor.to_string(),
             reason: reason.to_string(),
-            since,
-            expires: ttl.map(|t| since + t.as_secs().max(1)),
+            since_ms,
+            expires_ms: ttl.map(|t| {
+                since_ms.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
+            }),
         };
         if let Some(fleet) = &self.fleet {
             fleet
@@ -325,7 +333,7 @@ impl Shared {
                 mode: Some(mode.as_str()),
                 reason,
                 ttl_seconds: ttl.map(|t| t.as_secs()),
-                expires: activation.expires,
+                expires: activation.expires(),
                 node: &self.node,
             },
         );
@@ -375,8 +383,9 @@ impl Shared {
 
     /// Turns off every flag whose expiry has passed; returns their names.
     pub async fn expire_flags(&self) -> Vec<String> {
-        let now = lockdown::now_unix();
-        let due = |a: &Activation| a.expires.is_some_and(|e| e <= now);
+        let now_ms = lockdown::now_unix_ms();
+        let now = now_ms / 1000;
+        let due = |a: &Activation| a.is_due(now_ms);
         if !self.flags().active.values().any(due) {
             return Vec::new();
         }
@@ -445,15 +454,15 @@ impl Shared {
         if remote == local {
             return Ok(false);
         }
-        let now = lockdown::now_unix();
+        let now_ms = lockdown::now_unix_ms();
         let newest = remote
             .iter()
             .filter(|(name, a)| local.get(*name) != Some(a))
-            .map(|(_, a)| a.since)
+            .map(|(_, a)| a.since_ms)
             .max();
-        if let Some(since) = newest {
+        if let Some(since_ms) = newest {
             self.metrics
-                .fleet_sync_lag(now.saturating_sub(since) as f64);
+                .fleet_sync_lag(now_ms.saturating_sub(since_ms) as f64 / 1000.0);
         }
         log::info!(
             "fleet: flags changed elsewhere; now active: {:?}",
@@ -521,6 +530,19 @@ impl Shared {
                 return Err(e);
             }
         };
+        let dropped: Vec<String> = self
+            .flags()
+            .active
+            .keys()
+            .filter(|name| config.lockdown.flag_index(name).is_none())
+            .cloned()
+            .collect();
+        if !dropped.is_empty() {
+            self.metrics.reloads("error");
+            let e = ReloadError::ActiveFlagRemoved(dropped);
+            log::error!("config reload refused, old config keeps serving: {e}");
+            return Err(e);
+        }
         let old = self.snapshot();
         warn_restart_only_changes(&old.config, &config);
         if old.config.geoip != config.geoip {
@@ -548,17 +570,16 @@ impl Shared {
         let lockdown_config = snapshot.config.lockdown.clone();
         self.snapshot.store(Arc::new(snapshot));
         {
+            // Recompute modes for the new flag order. A flag enabled between the
+            // check above and here, and dropped by the file, cannot be: enabling
+            // checks the snapshot, which was the old one then; keep it, loudly.
             let _one_writer = self.flag_lock.lock().await;
-            let mut active = self.flags().active.clone();
-            active.retain(|name, _| {
-                let known = lockdown_config.flag_index(name).is_some();
-                if !known {
-                    log::warn!(
-                        "reload: active flag \"{name}\" is no longer in the config; turned off"
-                    );
+            let active = self.flags().active.clone();
+            for name in active.keys() {
+                if lockdown_config.flag_index(name).is_none() {
+                    log::error!("reload: active flag \"{name}\" is not in the new config; it stays recorded and has no effect until it is defined again or disabled");
                 }
-                known
-            });
+            }
             self.store_flags(active);
         }
         self.metrics.reloads("success");
@@ -589,6 +610,58 @@ fn known_flags(snapshot: &Snapshot) -> Vec<String> {
         .iter()
         .map(|f| f.name.clone())
         .collect()
+}
+
+/// Drops, before the first request is served, restored flags whose expiry passed
+/// while Rampart was down and flags the config no longer defines; each drop is
+/// audited and the state file rewritten.
+fn settle_restored(
+    mut active: BTreeMap<String, Activation>,
+    config: &Config,
+    node: &str,
+    metrics: &Metrics,
+) -> BTreeMap<String, Activation> {
+    let now_ms = lockdown::now_unix_ms();
+    let lockdown_config = &config.lockdown;
+    let mut dropped = Vec::new();
+    active.retain(|name, a| {
+        let why = if a.is_due(now_ms) {
+            Some(("expire", "ttl passed while Rampart was down"))
+        } else if lockdown_config.flag_index(name).is_none() {
+            Some(("disable", "no longer defined in the config at start-up"))
+        } else {
+            None
+        };
+        if let Some((action, reason)) = why {
+            dropped.push((name.clone(), action, reason, a.expires()));
+        }
+        why.is_none()
+    });
+    for (flag, action, reason, expires) in &dropped {
+        log::warn!("lockdown state: flag \"{flag}\" dropped at start-up: {reason}");
+        metrics.lockdown_change(flag, action);
+        lockdown::audit(
+            &lockdown_config.audit_log,
+            &AuditEntry {
+                time: now_ms / 1000,
+                actor: "rampart",
+                action,
+                flag,
+                mode: None,
+                reason,
+                ttl_seconds: None,
+                expires: *expires,
+                node,
+            },
+        );
+    }
+    if !dropped.is_empty() {
+        if let Err(e) = lockdown::persist(&lockdown_config.state_file, &active) {
+            log::error!("cannot rewrite the lockdown state file: {e}");
+            metrics.lockdown_state_error();
+        }
+    }
+    active
 }
 
 /// The host name, for audit records.

@@ -3,6 +3,7 @@
 //! token come from flags, the environment, or the config file.
 
 use rampart_config::TokenSource;
+use rampart_proxy::lockdown::printable;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -195,7 +196,7 @@ fn print_table(body: &Value) {
             flags
                 .iter()
                 .map(|f| {
-                    let s = |k: &str| f[k].as_str().unwrap_or("").to_string();
+                    let s = |k: &str| printable(f[k].as_str().unwrap_or(""));
                     let active = f["active"].as_bool().unwrap_or(false);
                     [
                         s("name"),
@@ -329,7 +330,11 @@ pub fn run(target: &AdminTarget, command: &LockdownCommand) -> u8 {
                 )
             })
             .unwrap_or_default();
-        eprintln!("rampart lockdown: {} {detail}{known}", reply.status);
+        eprintln!(
+            "rampart lockdown: {} {}",
+            reply.status,
+            printable(&format!("{detail}{known}"))
+        );
         return 1;
     }
     if target.json {
@@ -345,9 +350,10 @@ pub fn run(target: &AdminTarget, command: &LockdownCommand) -> u8 {
                 .map(|t| format!(", expires {}", ago(now(), t)))
                 .unwrap_or_default();
             println!(
-                "{flag}: {} by {}{expires}",
-                b["mode"].as_str().unwrap_or("?").to_uppercase(),
-                b["actor"].as_str().unwrap_or("?")
+                "{}: {} by {}{expires}",
+                printable(flag),
+                printable(&b["mode"].as_str().unwrap_or("?").to_uppercase()),
+                printable(b["actor"].as_str().unwrap_or("?"))
             );
             if b["persisted"] == false {
                 println!("warning: the state file could not be written; this change will not survive a restart");
@@ -355,9 +361,9 @@ pub fn run(target: &AdminTarget, command: &LockdownCommand) -> u8 {
         }
         LockdownCommand::Disable { flag, .. } => {
             if reply.body["was_active"] == true {
-                println!("{flag}: off");
+                println!("{}: off", printable(flag));
             } else {
-                println!("{flag}: was already off");
+                println!("{}: was already off", printable(flag));
             }
         }
     }
@@ -379,7 +385,7 @@ pub fn top(target: &AdminTarget, n: usize) -> u8 {
             eprintln!(
                 "rampart top: {} {}",
                 r.status,
-                r.body["detail"].as_str().unwrap_or("refused")
+                printable(r.body["detail"].as_str().unwrap_or("refused"))
             );
             return 1;
         }
@@ -402,7 +408,7 @@ pub fn top(target: &AdminTarget, n: usize) -> u8 {
         for row in reply.body[key].as_array().into_iter().flatten() {
             println!(
                 "{:<42} {}",
-                row["key"].as_str().unwrap_or("?"),
+                printable(row["key"].as_str().unwrap_or("?")),
                 row["rejected"].as_u64().unwrap_or(0)
             );
         }

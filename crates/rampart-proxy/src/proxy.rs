@@ -146,7 +146,16 @@ impl RampartProxy {
                 ctx.continue_sent = true;
             }
             session.enable_retry_buffering();
-            while let Some(chunk) = session.read_request_body().await? {
+            // The whole body within client_body_timeout, also on HTTP/2 (HTTP/1.1
+            // connections are held to it by their stream as well).
+            let deadline = tokio::time::Instant::from_std(ctx.body_deadline());
+            loop {
+                let chunk =
+                    match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+                        Ok(read) => read?,
+                        Err(_) => return Ok(Some(Rejection::ClientTimeout)),
+                    };
+                let Some(chunk) = chunk else { break };
                 body.extend_from_slice(&chunk);
                 if body.len() > limit {
                     break;
@@ -376,6 +385,11 @@ fn access_line(
 }
 
 impl RequestCtx {
+    /// When the whole request body must have arrived.
+    fn body_deadline(&self) -> Instant {
+        self.started + self.snapshot.config.server.client.body_timeout
+    }
+
     fn kind(&self) -> RouteKind {
         self.route
             .and_then(|r| self.snapshot.config.routes.get(r))
@@ -488,6 +502,8 @@ impl ProxyHttp for RampartProxy {
     }
 
     /// Marks the end of the request body: the body deadline no longer applies.
+    /// A body still arriving after `client_body_timeout` is cut off with 408 (a
+    /// dripping HTTP/2 stream; HTTP/1.1 streams are cut by their connection).
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -495,6 +511,13 @@ impl ProxyHttp for RampartProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if !end_of_stream && !ctx.body_done && Instant::now() > ctx.body_deadline() {
+            ctx.rejection = Some(Rejection::ClientTimeout);
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "client_body_timeout passed while the body was arriving",
+            ));
+        }
         if end_of_stream && !ctx.body_done {
             ctx.body_done = true;
             if let Some(conn) = &ctx.conn {

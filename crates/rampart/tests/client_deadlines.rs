@@ -311,3 +311,46 @@ async fn malformed_requests_are_counted_as_client_errors() {
     .await;
     assert!(counted, "{}", r.metrics().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripping_http2_stream_is_cut_at_its_body_deadline() {
+    let origin = MockOrigin::start("o").await;
+    let template = config(&origin, "").replace(
+        "address = \"{listen}\"",
+        "address = \"{listen}\"\nh2c = true",
+    );
+    let r = Rampart::start(bin(), &template).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let chunks = futures_util::stream::unfold(0u32, |i| async move {
+        if i >= 20 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Some((Ok::<_, std::io::Error>(vec![b'x'; 10]), i + 1))
+    });
+    let started = Instant::now();
+    let resp = client
+        .post(r.url("/upload"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    // Cut well before the 5 s the drip would take.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 408);
+    }
+    let counted = wait_until(Duration::from_secs(5), || async {
+        r.metrics().await.contains("verdict=\"client_timeout\"")
+    })
+    .await;
+    let m = r.metrics().await;
+    assert!(counted, "{m}");
+    assert!(!m.contains("verdict=\"upstream_failed\""), "{m}");
+}

@@ -92,6 +92,19 @@ fn server_conf(config: &Config) -> ServerConf {
 /// listeners, the admin listener and the background services. Call
 /// `run_forever()` on the result.
 pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, StartError> {
+    build_server_with(config_path, config, None)
+}
+
+/// [`build_server`] with an overlay applied to the config now and on every
+/// reload.
+pub fn build_server_with(
+    config_path: PathBuf,
+    mut config: Config,
+    overlay: Option<state::ConfigOverlay>,
+) -> Result<Server, StartError> {
+    if let Some(overlay) = overlay {
+        overlay(&mut config);
+    }
     let token = read_admin_token(&config.admin.token)?;
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
@@ -99,10 +112,10 @@ pub fn build_server(config_path: PathBuf, config: Config) -> Result<Server, Star
         Some((log, writer)) => (Some(log), Some(writer)),
         None => (None, None),
     };
-    let shared = Arc::new(
-        Shared::new(config_path, config.clone(), access_log)
-            .map_err(|e| StartError::Geo(e.to_string()))?,
-    );
+    let mut shared = Shared::new(config_path, config.clone(), access_log)
+        .map_err(|e| StartError::Geo(e.to_string()))?;
+    shared.overlay = overlay;
+    let shared = Arc::new(shared);
     if let Some(writer) = access_log_writer {
         server.add_service(background_service("access log", writer));
     }

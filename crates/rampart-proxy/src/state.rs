@@ -130,7 +130,13 @@ pub struct Shared {
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// The public listeners this process started with, for `/readyz`.
     pub listeners: crate::listening::ListenerProbe,
+    /// Applied to every config this process loads (start-up and reloads).
+    pub overlay: Option<ConfigOverlay>,
 }
+
+/// A change applied to every loaded config: `rampart demo` trusts loopback as a
+/// proxy for itself without the shipped file doing so.
+pub type ConfigOverlay = fn(&mut Config);
 
 /// Keys per kind kept by the top-offender summaries.
 pub const OFFENDER_CAPACITY: usize = 64;
@@ -248,6 +254,7 @@ impl Shared {
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
             metrics,
+            overlay: None,
         })
     }
 
@@ -519,7 +526,12 @@ impl Shared {
             .await
             .map_err(|e| ReloadError::Task(e.to_string()));
         let config = match loaded {
-            Ok(Ok(config)) => config,
+            Ok(Ok(mut config)) => {
+                if let Some(overlay) = self.overlay {
+                    overlay(&mut config);
+                }
+                config
+            }
             Ok(Err(e)) => {
                 self.metrics.reloads("error");
                 log::error!("config reload refused, old config keeps serving:\n{e}");

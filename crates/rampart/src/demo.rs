@@ -150,6 +150,20 @@ async fn serve(listener: tokio::net::TcpListener, is_auth: bool) {
 }
 
 /// The demo needs an admin token; makes one up (and prints it) when none is set.
+/// The demo runs everything on this host and may be driven with forwarding
+/// headers from loopback (a trusted-proxy header is how one machine presents
+/// many clients): it trusts loopback as a proxy, for itself only. The shipped
+/// file trusts nobody, so `rampart run` with it never does.
+pub fn trust_loopback(config: &mut rampart_config::Config) {
+    for net in ["127.0.0.0/8", "::1/128"] {
+        if let Ok(net) = net.parse() {
+            if !config.client_ip.trusted_proxies.contains(&net) {
+                config.client_ip.trusted_proxies.push(net);
+            }
+        }
+    }
+}
+
 pub fn ensure_admin_token() {
     let name = rampart_config::DEFAULT_ADMIN_TOKEN_ENV;
     if std::env::var(name).is_ok() {
@@ -170,4 +184,26 @@ pub fn ensure_admin_token() {
     }
     std::env::set_var(name, &token);
     println!("demo admin token (export {name}={token} to reuse it):\n  curl -H 'Authorization: Bearer {token}' http://127.0.0.1:9901/status");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_demo_trusts_loopback_and_the_shipped_file_does_not() {
+        let path = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../conf/rampart.toml"
+        ));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut config = rampart_config::parse(&text, path).unwrap_or_else(|e| panic!("{e}"));
+        let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
+        assert!(!config.client_ip.is_trusted(loopback));
+        super::trust_loopback(&mut config);
+        super::trust_loopback(&mut config);
+        assert!(config.client_ip.is_trusted(loopback));
+        assert!(config
+            .client_ip
+            .is_trusted("::1".parse().unwrap_or(loopback)));
+        assert_eq!(config.client_ip.trusted_proxies.len(), 2);
+    }
 }

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => run(config),
+        Command::Run { config } => run(config, None),
         Command::Top { target, n } => ExitCode::from(cli_lockdown::top(&target, n)),
         Command::Lockdown { target, command } => {
             ExitCode::from(cli_lockdown::run(&target, &command))
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_START_FAILED);
             }
             demo::ensure_admin_token();
-            run(config)
+            run(config, Some(demo::trust_loopback))
         }
     }
 }
@@ -186,7 +186,7 @@ fn geoip_lookup(ip: &str, config_path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(config_path: PathBuf) -> ExitCode {
+fn run(config_path: PathBuf, overlay: Option<rampart_proxy::state::ConfigOverlay>) -> ExitCode {
     let config = match rampart_config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -203,7 +203,7 @@ fn run(config_path: PathBuf) -> ExitCode {
         })
         .collect();
     let admin = config.admin.address;
-    match rampart_proxy::build_server(config_path, config) {
+    match rampart_proxy::build_server_with(config_path, config, overlay) {
         Ok(server) => {
             log::info!(
                 "rampart listening on {} (admin on http://{admin})",

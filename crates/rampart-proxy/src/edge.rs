@@ -296,6 +296,8 @@ pub struct DeadlineStream {
     shared: Arc<Shared>,
     client: IpAddr,
     head_started: Instant,
+    /// Count refusals as public requests (not on the admin listener).
+    public: bool,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -312,6 +314,7 @@ impl DeadlineStream {
         state: Arc<ConnState>,
         shared: Arc<Shared>,
         client: IpAddr,
+        public: bool,
     ) -> Self {
         Self {
             inner,
@@ -322,6 +325,7 @@ impl DeadlineStream {
             shared,
             client,
             head_started: Instant::now(),
+            public,
         }
     }
 
@@ -371,12 +375,14 @@ impl DeadlineStream {
         bytes.extend_from_slice(body.as_bytes());
         let _ = Pin::new(&mut self.inner).poll_write(cx, &bytes);
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
-        record_edge_request(
-            &self.shared,
-            self.client,
-            &rejection,
-            self.head_started.elapsed(),
-        );
+        if self.public {
+            record_edge_request(
+                &self.shared,
+                self.client,
+                &rejection,
+                self.head_started.elapsed(),
+            );
+        }
     }
 
     fn timed_out(&mut self, cx: &mut Context<'_>) -> std::io::Error {
@@ -581,16 +587,32 @@ pub struct EdgeApp<A> {
     shared: Arc<Shared>,
     sources: Arc<SourceCounter>,
     h2c: bool,
+    public: bool,
 }
 
 impl<A> EdgeApp<A> {
-    /// Wraps `inner`; `h2c` says whether plaintext HTTP/2 is served.
+    /// Wraps the public proxy; `h2c` says whether plaintext HTTP/2 is served.
+    /// Requests it refuses before the proxy sees them are counted and logged
+    /// like the proxy's own.
     pub fn new(inner: A, shared: Arc<Shared>, sources: Arc<SourceCounter>, h2c: bool) -> Self {
         Self {
             inner: Arc::new(inner),
             shared,
             sources,
             h2c,
+            public: true,
+        }
+    }
+
+    /// Wraps the admin API: the same deadlines and caps, nothing counted as
+    /// public traffic.
+    pub fn admin(inner: A, shared: Arc<Shared>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            shared,
+            sources: Arc::new(SourceCounter::default()),
+            h2c: false,
+            public: false,
         }
     }
 }
@@ -633,9 +655,11 @@ where
             }
             _ => None,
         };
-        self.shared
-            .metrics
-            .set_client_sources(self.sources.sources());
+        if self.public {
+            self.shared
+                .metrics
+                .set_client_sources(self.sources.sources());
+        }
         let mut stream = stream;
         let is_h2 = if stream.get_ssl_digest().is_some() {
             matches!(
@@ -663,6 +687,7 @@ where
             state.clone(),
             self.shared.clone(),
             client,
+            self.public,
         ));
         let mut session = ServerSession::new_http1(wrapped);
         session.set_keepalive(if *shutdown.borrow() {
@@ -674,7 +699,8 @@ where
             session.set_connection_user_context(Some(Box::new(state.clone())));
             let round_started = Instant::now();
             let reused = self.inner.process_new_http(session, shutdown).await;
-            if !state.seen_by_proxy.load(Ordering::Acquire)
+            if self.public
+                && !state.seen_by_proxy.load(Ordering::Acquire)
                 && state.refused().is_none()
                 && state.phase() != Phase::Idle
             {

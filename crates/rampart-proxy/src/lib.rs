@@ -173,7 +173,10 @@ pub fn build_server_with(
 
     let mut admin = Service::new(
         "rampart admin".to_string(),
-        admin::AdminService::new(shared.clone(), token),
+        edge::EdgeApp::admin(
+            admin::AdminService::new(shared.clone(), token),
+            shared.clone(),
+        ),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.admin.address.to_string());

@@ -354,3 +354,34 @@ async fn a_dripping_http2_stream_is_cut_at_its_body_deadline() {
     assert!(counted, "{m}");
     assert!(!m.contains("verdict=\"upstream_failed\""), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_has_the_same_deadlines() {
+    let origin = MockOrigin::start("o").await;
+    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let mut s = TcpStream::connect(r.admin).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let drip = async {
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if s.write_all(format!("X-Drip-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), drip).await;
+    let (text, _, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed, "the admin connection is still open");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // Admin traffic is not counted as public requests.
+    assert_eq!(
+        r.metric(r#"rampart_http_requests_total{route="_unmatched",status_class="4xx",verdict="client_timeout"}"#)
+            .await,
+        None
+    );
+}

@@ -69,13 +69,9 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Durat
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dripped_head_gets_408_when_its_deadline_passes() {
-    let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
-    let mut s = TcpStream::connect(r.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    // One header line every 300 ms: each read is quick, the head never ends.
+/// Sends one header line every 300 ms for up to 3 s (each read is quick, the
+/// head never ends), then reads what the server answers until it closes.
+async fn drip_head(s: &mut TcpStream) -> (String, bool) {
     let drip = async {
         for i in 0..40 {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -88,7 +84,17 @@ async fn a_dripped_head_gets_408_when_its_deadline_passes() {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(3), drip).await;
-    let (text, _, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    let (text, _, closed) = read_until_closed(s, Duration::from_secs(10)).await;
+    (text, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripped_head_gets_408_when_its_deadline_passes() {
+    let origin = MockOrigin::start("o").await;
+    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let (text, closed) = drip_head(&mut s).await;
     assert!(closed, "the connection is still open");
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("application/problem+json"), "{text}");
@@ -363,19 +369,7 @@ async fn the_admin_listener_has_the_same_deadlines() {
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let drip = async {
-        for i in 0..40 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if s.write_all(format!("X-Drip-{i}: 1\r\n").as_bytes())
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(3), drip).await;
-    let (text, _, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    let (text, closed) = drip_head(&mut s).await;
     assert!(closed, "the admin connection is still open");
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     // Admin traffic is not counted as public requests.

@@ -315,6 +315,8 @@ pub struct FileServer {
     pub max_request_headers: Option<i64>,
     /// Most open connections per client address (0: no cap).
     pub max_connections_per_source: Option<i64>,
+    /// Read buffer of each client connection, bytes.
+    pub client_read_buffer_bytes: Option<i64>,
 }
 
 /// `[client_ip]`

@@ -369,6 +369,13 @@ impl Validator {
                     1_000_000,
                     i64::from(DEFAULT_MAX_CONNECTIONS_PER_SOURCE),
                 ) as u32,
+                read_buffer_bytes: self.bounded(
+                    "server.client_read_buffer_bytes",
+                    raw.client_read_buffer_bytes,
+                    1024,
+                    1 << 20,
+                    DEFAULT_READ_BUFFER_BYTES as i64,
+                ) as usize,
             },
         }
     }

@@ -554,6 +554,9 @@ pub struct ClientLimits {
     /// it is a trusted proxy); 0 means no cap. Beyond it, new connections are
     /// closed at accept.
     pub max_connections_per_source: u32,
+    /// Read buffer of each client connection, bytes (Pingora's default is 64 KiB,
+    /// allocated at accept: the memory an idle connection costs).
+    pub read_buffer_bytes: usize,
 }
 
 /// Whole request head deadline (nginx `client_header_timeout`).
@@ -570,6 +573,8 @@ pub const DEFAULT_MAX_HEAD_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Most open connections per client address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: u32 = 256;
+/// Client connection read buffer: one TLS record.
+pub const DEFAULT_READ_BUFFER_BYTES: usize = 16 * 1024;
 
 impl Default for ClientLimits {
     fn default() -> Self {
@@ -581,6 +586,7 @@ impl Default for ClientLimits {
             max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
         }
     }
 }

@@ -136,6 +136,8 @@ pub struct ConnState {
     refused: AtomicU8,
     /// A proxy phase saw the current request (so the proxy accounts for it).
     seen_by_proxy: AtomicBool,
+    /// The client closed or reset the connection in the middle of a head.
+    gone_mid_head: AtomicBool,
 }
 
 impl ConnState {
@@ -147,6 +149,7 @@ impl ConnState {
             deadline_ms: AtomicU64::new(0),
             refused: AtomicU8::new(0),
             seen_by_proxy: AtomicBool::new(false),
+            gone_mid_head: AtomicBool::new(false),
         };
         state.set(Phase::Idle, limits.header_timeout);
         state
@@ -196,6 +199,7 @@ impl ConnState {
     fn next_request(&self) {
         self.refused.store(0, Ordering::Release);
         self.seen_by_proxy.store(false, Ordering::Release);
+        self.gone_mid_head.store(false, Ordering::Release);
         self.set(Phase::Idle, self.limits.keepalive_timeout);
     }
 
@@ -421,6 +425,9 @@ impl AsyncRead for DeadlineStream {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
+                if n == 0 && this.state.phase() == Phase::Head {
+                    this.state.gone_mid_head.store(true, Ordering::Release);
+                }
                 let watching = matches!(this.state.phase(), Phase::Idle | Phase::Head);
                 if n > 0 && watching {
                     if let Err(why) = this.on_bytes(&buf.filled()[before..]) {
@@ -435,7 +442,12 @@ impl AsyncRead for DeadlineStream {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => {
+                if this.state.phase() == Phase::Head {
+                    this.state.gone_mid_head.store(true, Ordering::Release);
+                }
+                Poll::Ready(Err(e))
+            }
             Poll::Pending => {
                 let Some(deadline) = this.state.deadline() else {
                     return Poll::Pending;
@@ -705,12 +717,17 @@ where
                 && state.phase() != Phase::Idle
             {
                 // Pingora read bytes of a request and gave up before any proxy
-                // phase: a malformed head (it answers a plain 400 itself) or a
-                // client that went away mid-head.
+                // phase: a client that went away mid-head (499, nothing
+                // written), or a malformed head (Pingora answers a plain 400).
+                let status = if state.gone_mid_head.load(Ordering::Acquire) {
+                    499
+                } else {
+                    400
+                };
                 record_edge_request(
                     &self.shared,
                     client,
-                    &Rejection::ClientError { status: 400 },
+                    &Rejection::ClientError { status },
                     round_started.elapsed(),
                 );
             }

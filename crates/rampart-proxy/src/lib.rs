@@ -19,6 +19,7 @@ pub mod state;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -142,14 +143,16 @@ pub fn build_server_with(
         let mut h2 = pingora::protocols::http::v2::server::H2Options::new();
         h2.max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
         app.h2_options = Some(h2);
-        let mut service = Service::new(
-            name.to_string(),
-            edge::EdgeApp::new(app, shared.clone(), sources.clone(), h2c),
-        );
+        let mut endpoints = Listeners::new();
+        let buffer = L4BufferSettings {
+            read: Some(limits.read_buffer_bytes),
+            write: None,
+        };
         for listener in listeners {
             let address = listener.address.to_string();
+            let endpoint = ListenerConfig::tcp(address.clone()).l4_buffer(buffer);
             match &listener.tls {
-                None => service.add_tcp(&address),
+                None => endpoints.add_listener(endpoint),
                 Some(tls) => {
                     let (cert, key) = (
                         tls.cert.display().to_string(),
@@ -164,10 +167,15 @@ pub fn build_server_with(
                         }
                     })?;
                     settings.enable_h2();
-                    service.add_tls_with_settings(&address, None, settings);
+                    endpoints.add_listener(endpoint.tls(settings));
                 }
             }
         }
+        let service = Service::with_listeners(
+            name.to_string(),
+            endpoints,
+            edge::EdgeApp::new(app, shared.clone(), sources.clone(), h2c),
+        );
         server.add_service(service);
     }
 

@@ -482,10 +482,10 @@ pub fn phone_allowed(rule: &BodyRuleConfig, raw: &str) -> bool {
         return false;
     }
     if !rule.allowed_regions.is_empty()
-        && !rule
-            .allowed_regions
-            .iter()
-            .any(|r| db.by_id(r.as_str()).is_some_and(|m| m.country_code() == code))
+        && !rule.allowed_regions.iter().any(|r| {
+            db.by_id(r.as_str())
+                .is_some_and(|m| m.country_code() == code)
+        })
     {
         return false;
     }

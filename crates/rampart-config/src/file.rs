@@ -337,6 +337,10 @@ pub struct FileListener {
     pub h2c: Option<bool>,
     /// TLS certificate and key; HTTP/2 is offered through ALPN.
     pub tls: Option<FileTls>,
+    /// `v1`, `v2` or `any`: PROXY protocol headers from `proxy_protocol_from`.
+    pub proxy_protocol: Option<String>,
+    /// Sources that send PROXY protocol headers (CIDRs).
+    pub proxy_protocol_from: Option<Vec<String>>,
 }
 
 /// `tls = { cert = "...", key = "..." }`

@@ -464,9 +464,67 @@ impl Validator {
                     }
                 }
             };
-            out.push(ListenerConfig { address, h2c, tls });
+            let proxy_protocol = self.proxy_protocol(&key, l.proxy_protocol, l.proxy_protocol_from);
+            out.push(ListenerConfig {
+                address,
+                h2c,
+                tls,
+                proxy_protocol,
+            });
         }
         out
+    }
+
+    fn proxy_protocol(
+        &mut self,
+        key: &str,
+        version: Option<String>,
+        from: Option<Vec<String>>,
+    ) -> Option<ProxyProtocolConfig> {
+        let version = match version.as_deref() {
+            None => {
+                if from.is_some() {
+                    self.issue(
+                        format!("{key}.proxy_protocol_from"),
+                        "only with proxy_protocol = \"v1\", \"v2\" or \"any\"",
+                    );
+                }
+                return None;
+            }
+            Some("v1") => ProxyProtocolVersion::V1,
+            Some("v2") => ProxyProtocolVersion::V2,
+            Some("any") => ProxyProtocolVersion::Any,
+            Some(other) => {
+                self.issue(
+                    format!("{key}.proxy_protocol"),
+                    format!("\"{other}\" is not a PROXY protocol version (use \"v1\", \"v2\" or \"any\")"),
+                );
+                return None;
+            }
+        };
+        let mut nets = Vec::new();
+        match from {
+            None => self.issue(
+                format!("{key}.proxy_protocol_from"),
+                "is required with proxy_protocol: the load balancers' addresses (CIDRs); a header from anyone else is refused",
+            ),
+            Some(list) if list.is_empty() => self.issue(
+                format!("{key}.proxy_protocol_from"),
+                "must name at least one network (the load balancers' addresses)",
+            ),
+            Some(list) => {
+                for (i, text) in list.iter().enumerate() {
+                    match parse_cidr(text) {
+                        Ok(net) => nets.push(net),
+                        Err(e) => self.issue(format!("{key}.proxy_protocol_from[{i}]"), e),
+                    }
+                }
+            }
+        }
+        Some(ProxyProtocolConfig {
+            version,
+            from: nets,
+        })
     }
 
     fn tls_file(&mut self, key: &str, name: Option<&str>) -> Option<PathBuf> {

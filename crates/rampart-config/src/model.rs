@@ -638,6 +638,28 @@ pub struct ListenerConfig {
     pub h2c: bool,
     /// TLS with HTTP/2 through ALPN.
     pub tls: Option<TlsConfig>,
+    /// PROXY protocol from an L4 load balancer, when configured.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+}
+
+/// `proxy_protocol` and `proxy_protocol_from` of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocolConfig {
+    /// Which header versions are accepted.
+    pub version: ProxyProtocolVersion,
+    /// Sources that must send the header; from anyone else it is refused.
+    pub from: Vec<IpNet>,
+}
+
+/// PROXY protocol versions a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    /// Text headers only.
+    V1,
+    /// Binary headers only.
+    V2,
+    /// Either.
+    Any,
 }
 
 /// Certificate and key files of a TLS listener.

@@ -644,6 +644,36 @@ where
     ) -> Option<pingora::protocols::Stream> {
         let snapshot = self.shared.snapshot();
         let limits = snapshot.config.server.client;
+        let mut stream = stream;
+        if self.public && stream.get_ssl_digest().is_none() {
+            // PROXY protocol on a plaintext listener (TLS listeners read it in
+            // the pre-TLS hook): from here on the peer is the header's client.
+            let digest = stream.get_socket_digest();
+            let local = digest
+                .as_ref()
+                .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));
+            let socket_peer = digest
+                .as_ref()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())));
+            if let (Some(config), Some(socket_peer)) = (
+                crate::proxy_protocol::listener_config(&snapshot.config.listeners, local),
+                socket_peer,
+            ) {
+                let fd = stream.id();
+                let read = crate::proxy_protocol::accept(
+                    &mut *stream,
+                    fd,
+                    socket_peer,
+                    config,
+                    limits.header_timeout,
+                )
+                .await;
+                if let Err(why) = read {
+                    self.shared.metrics.client_connection_closed(why.as_label());
+                    return None;
+                }
+            }
+        }
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned())
@@ -672,7 +702,6 @@ where
                 .metrics
                 .set_client_sources(self.sources.sources());
         }
-        let mut stream = stream;
         let is_h2 = if stream.get_ssl_digest().is_some() {
             matches!(
                 stream.selected_alpn_proto(),

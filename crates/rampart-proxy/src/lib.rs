@@ -13,6 +13,7 @@ pub mod lockdown;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod respond;
 pub mod state;
 
@@ -171,6 +172,11 @@ pub fn build_server_with(
                 }
             }
         }
+        if listeners_with_tls_proxy_protocol(&config, h2c) {
+            endpoints.set_pre_tls_callback(Arc::new(proxy_protocol::PreTlsHeader {
+                shared: shared.clone(),
+            }));
+        }
         let service = Service::with_listeners(
             name.to_string(),
             endpoints,
@@ -215,6 +221,15 @@ pub fn build_server_with(
         SighupReload { shared },
     ));
     Ok(server)
+}
+
+/// Whether a TLS listener of the `h2c` group takes PROXY headers (they are read
+/// in the pre-TLS hook, which Pingora runs on TLS listeners only).
+fn listeners_with_tls_proxy_protocol(config: &Config, h2c: bool) -> bool {
+    config
+        .listeners
+        .iter()
+        .any(|l| l.h2c == h2c && l.tls.is_some() && l.proxy_protocol.is_some())
 }
 
 /// Refuses PEM files that do not hold what they should, before Pingora panics on them.

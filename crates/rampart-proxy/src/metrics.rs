@@ -362,7 +362,7 @@ impl Metrics {
         );
         let client_closed = counter(
             "rampart_client_connections_closed_total",
-            "Client connections the edge closed itself, by reason (keepalive_timeout, header_timeout, body_timeout, header_too_large, per_source_cap).",
+            "Client connections the edge closed itself, by reason (keepalive_timeout, header_timeout, body_timeout, header_too_large, per_source_cap, proxy_protocol_missing, proxy_protocol_invalid, proxy_protocol_untrusted).",
             &["reason"],
         );
         let client_sources = registered(

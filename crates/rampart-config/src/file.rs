@@ -243,6 +243,14 @@ pub struct FileLimit {
     pub prefix_v6: Option<i64>,
     /// Header name for `key = "header"`.
     pub header: Option<String>,
+    /// Body field (name or JSON Pointer) for `key = "body"`.
+    pub field: Option<String>,
+    /// `account` or `phone`, for `key = "body"`.
+    pub normalize: Option<String>,
+    /// Digits of the E.164 number keyed on, for `normalize = "phone"`.
+    pub number_prefix: Option<i64>,
+    /// Largest body read, for `key = "body"`.
+    pub max_body_bytes: Option<i64>,
     /// Sustained rate, e.g. `"10/s"`.
     pub rate: Option<String>,
     /// Requests allowed at once on a full bucket.

@@ -1150,6 +1150,82 @@ impl Validator {
         kind
     }
 
+    fn body_key(
+        &mut self,
+        key: &str,
+        field: Option<String>,
+        normalize: Option<String>,
+        number_prefix: Option<i64>,
+        max_body_bytes: Option<i64>,
+    ) -> BodyKeyConfig {
+        let field = match field {
+            Some(f) if !f.is_empty() => f,
+            _ => {
+                self.issue(
+                    format!("{key}.field"),
+                    "is required with key = \"body\" (e.g. \"username\" or \"/user/phone\")",
+                );
+                String::new()
+            }
+        };
+        let pointer = match field_pointer(&field) {
+            Ok(p) => p,
+            Err(why) => {
+                if !field.is_empty() {
+                    self.issue(format!("{key}.field"), why);
+                }
+                Vec::new()
+            }
+        };
+        let normalize = match normalize.as_deref() {
+            None | Some("account") => BodyKeyNormalize::Account,
+            Some("phone") => BodyKeyNormalize::Phone,
+            Some(other) => {
+                self.issue(
+                    format!("{key}.normalize"),
+                    format!("\"{other}\" is not a normalisation (use \"account\" or \"phone\")"),
+                );
+                BodyKeyNormalize::Account
+            }
+        };
+        let number_prefix = match number_prefix {
+            None => None,
+            Some(_) if normalize != BodyKeyNormalize::Phone => {
+                self.issue(
+                    format!("{key}.number_prefix"),
+                    "only with normalize = \"phone\"",
+                );
+                None
+            }
+            Some(n) if (1..=15).contains(&n) => Some(n as u8),
+            Some(n) => {
+                self.issue(
+                    format!("{key}.number_prefix"),
+                    format!("must be from 1 to 15 digits of the E.164 number, got {n}"),
+                );
+                None
+            }
+        };
+        let max_body_bytes = match max_body_bytes {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(n) if n >= 1 && (n as usize) <= MAX_BODY_BYTES_LIMIT => n as usize,
+            Some(n) => {
+                self.issue(
+                    format!("{key}.max_body_bytes"),
+                    format!("must be from 1 to {MAX_BODY_BYTES_LIMIT} (the body is replayed from a 64 KiB buffer), got {n}"),
+                );
+                DEFAULT_MAX_BODY_BYTES
+            }
+        };
+        BodyKeyConfig {
+            field,
+            pointer,
+            normalize,
+            number_prefix,
+            max_body_bytes,
+        }
+    }
+
     fn limit(
         &mut self,
         i: usize,
@@ -1161,13 +1237,39 @@ impl Validator {
     ) -> LimitConfig {
         let key = format!("limits[{i}]");
         let name = self.rule_name(&key, raw.name, i, seen);
-        let kind = self.key_kind(
-            &key,
-            raw.key.as_deref(),
-            (raw.prefix_v4, raw.prefix_v6),
-            raw.header,
-            geoip,
-        );
+        let kind = if raw.key.as_deref() == Some("body") {
+            if raw.routes.as_ref().is_none_or(|r| r.is_empty()) {
+                self.issue(
+                    format!("{key}.routes"),
+                    "is required with key = \"body\" (the routes whose bodies carry the field)",
+                );
+            }
+            KeyKind::Body(self.body_key(
+                &key,
+                raw.field,
+                raw.normalize,
+                raw.number_prefix,
+                raw.max_body_bytes,
+            ))
+        } else {
+            for (name, set) in [
+                ("field", raw.field.is_some()),
+                ("normalize", raw.normalize.is_some()),
+                ("number_prefix", raw.number_prefix.is_some()),
+                ("max_body_bytes", raw.max_body_bytes.is_some()),
+            ] {
+                if set {
+                    self.issue(format!("{key}.{name}"), "only with key = \"body\"");
+                }
+            }
+            self.key_kind(
+                &key,
+                raw.key.as_deref(),
+                (raw.prefix_v4, raw.prefix_v6),
+                raw.header,
+                geoip,
+            )
+        };
         let rate = match raw.rate.as_deref() {
             None => {
                 self.issue(format!("{key}.rate"), "is required (e.g. \"10/s\")");

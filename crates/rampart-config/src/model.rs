@@ -449,12 +449,40 @@ pub enum KeyKind {
     Header(String),
     /// The route as a whole: one bucket for everybody.
     Route,
+    /// A field of the request body (account name, phone number range).
+    Body(BodyKeyConfig),
+}
+
+/// `key = "body"`: which body field keys the bucket and how it is normalised.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BodyKeyConfig {
+    /// The field as written: a top-level name or a JSON Pointer.
+    pub field: String,
+    /// Its path (one segment for a top-level name).
+    pub pointer: Vec<String>,
+    /// How the value is normalised before hashing.
+    pub normalize: BodyKeyNormalize,
+    /// With `Phone`: key on the first this many digits of the E.164 number
+    /// (the range an SMS pumping run walks); the whole number when absent.
+    pub number_prefix: Option<u8>,
+    /// Largest body read for this key.
+    pub max_body_bytes: usize,
+}
+
+/// How a body key's value is normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BodyKeyNormalize {
+    /// Trimmed and case-folded (user names, e-mail addresses).
+    Account,
+    /// Parsed as an international number and written in E.164.
+    Phone,
 }
 
 impl KeyKind {
     /// Closed-set label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
+            KeyKind::Body(_) => "body",
             KeyKind::Ip => "ip",
             KeyKind::Prefix { .. } => "prefix",
             KeyKind::Asn => "asn",

@@ -21,7 +21,7 @@
 //!   `.` and parentheses are accepted: no letters, no extensions.
 
 use http::HeaderMap;
-use rampart_config::{BodyRuleConfig, PhoneType};
+use rampart_config::{BodyKeyConfig, BodyKeyNormalize, BodyRuleConfig, PhoneType};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 
@@ -262,9 +262,13 @@ fn query_names(pointer: &[String]) -> impl Iterator<Item = &str> {
         .map(String::as_str)
 }
 
-/// The one value of `rule.pointer` in `input`, or why it cannot be read unambiguously.
-fn field_value(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<String, BodyRefusal> {
-    let field = &rule.field;
+/// The one value of the field (`field` as written, `pointer` its path) in
+/// `input`, or why it cannot be read unambiguously.
+fn field_value(
+    field: &str,
+    pointer: &[String],
+    input: &BodyInput<'_>,
+) -> Result<String, BodyRefusal> {
     let malformed = |why: String| Err(BodyRefusal::Malformed(why));
     let mut types = input.headers.get_all(http::header::CONTENT_TYPE).iter();
     let kind = match (types.next(), types.next()) {
@@ -290,7 +294,7 @@ fn field_value(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<String, B
     if let Some(query) = input.query {
         let pairs = form_pairs(query)
             .ok_or_else(|| BodyRefusal::Malformed("The query string is not valid UTF-8.".into()))?;
-        for name in query_names(&rule.pointer) {
+        for name in query_names(pointer) {
             if pairs
                 .iter()
                 .any(|(k, _)| key_match(k, name, true) != KeyMatch::No)
@@ -303,7 +307,7 @@ fn field_value(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<String, B
     }
     match kind {
         BodyKind::Form => {
-            let [name] = rule.pointer.as_slice() else {
+            let [name] = pointer else {
                 return Err(BodyRefusal::UnsupportedMediaType(format!(
                     "\"{field}\" is read from JSON bodies only."
                 )));
@@ -330,11 +334,11 @@ fn field_value(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<String, B
             let value: Json = serde_json::from_slice(input.body)
                 .map_err(|e| BodyRefusal::Malformed(format!("The body is not valid JSON: {e}.")))?;
             let mut current = value;
-            for (depth, segment) in rule.pointer.iter().enumerate() {
+            for (depth, segment) in pointer.iter().enumerate() {
                 let Json::Obj(members) = current else {
                     return malformed(format!("The body has no \"{field}\" field."));
                 };
-                let last = depth + 1 == rule.pointer.len();
+                let last = depth + 1 == pointer.len();
                 let found = one_value(
                     members
                         .into_iter()
@@ -532,7 +536,7 @@ pub fn check_body(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<(), Bo
             limit: rule.max_body_bytes,
         });
     }
-    let raw = field_value(rule, input)?;
+    let raw = field_value(&rule.field, &rule.pointer, input)?;
     if phone_allowed(rule, &raw) {
         Ok(())
     } else {
@@ -547,7 +551,49 @@ pub fn check_body(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<(), Bo
 /// The value of the rule's field as the origin will read it, or why it cannot be
 /// read unambiguously (for tests and explain).
 pub fn read_field(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<String, BodyRefusal> {
-    field_value(rule, input)
+    field_value(&rule.field, &rule.pointer, input)
+}
+
+/// The normalised value a `key = "body"` limit counts by, read from the body
+/// exactly as body rules read it (or refused the same way). Account names are
+/// trimmed and case-folded; phone numbers written in E.164 (`+8613800138000`),
+/// cut to their first `number_prefix` digits when set. The caller hashes it:
+/// the value itself is never stored.
+pub fn body_key_value(spec: &BodyKeyConfig, input: &BodyInput<'_>) -> Result<String, BodyRefusal> {
+    if input.body.len() > spec.max_body_bytes {
+        return Err(BodyRefusal::TooLarge {
+            limit: spec.max_body_bytes,
+        });
+    }
+    let raw = field_value(&spec.field, &spec.pointer, input)?;
+    match spec.normalize {
+        BodyKeyNormalize::Account => {
+            let value = raw.trim().to_lowercase();
+            if value.is_empty() {
+                return Err(BodyRefusal::Malformed(format!(
+                    "\"{}\" is empty.",
+                    spec.field
+                )));
+            }
+            Ok(value)
+        }
+        BodyKeyNormalize::Phone => {
+            let number = normalize_phone(&raw)
+                .and_then(|e164| phonenumber::parse(None, &e164).ok())
+                .ok_or_else(|| {
+                    BodyRefusal::Malformed(format!(
+                        "\"{}\" is not an international phone number.",
+                        spec.field
+                    ))
+                })?;
+            let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+            let digits = e164.trim_start_matches('+');
+            let keep = spec
+                .number_prefix
+                .map_or(digits.len(), |n| usize::from(n).min(digits.len()));
+            Ok(format!("+{}", &digits[..keep]))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -769,5 +815,72 @@ mod tests {
         assert_eq!(form_decode("%").as_deref(), Some("%"));
         assert_eq!(form_decode("%C3%A9").as_deref(), Some("é"));
         assert_eq!(form_decode("%ff"), None);
+    }
+}
+
+#[cfg(test)]
+mod body_key_tests {
+    use super::*;
+
+    fn spec(normalize: BodyKeyNormalize, prefix: Option<u8>) -> BodyKeyConfig {
+        BodyKeyConfig {
+            field: "phone".into(),
+            pointer: vec!["phone".into()],
+            normalize,
+            number_prefix: prefix,
+            max_body_bytes: 1024,
+        }
+    }
+
+    fn value(s: &BodyKeyConfig, body: &str) -> Result<String, BodyRefusal> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            "application/x-www-form-urlencoded"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        body_key_value(
+            s,
+            &BodyInput {
+                headers: &h,
+                query: None,
+                body: body.as_bytes(),
+            },
+        )
+    }
+
+    #[test]
+    fn phone_keys_are_e164_and_cut_to_their_range() {
+        let whole = spec(BodyKeyNormalize::Phone, None);
+        assert_eq!(
+            value(&whole, "phone=%2B86+138-0013-8000").as_deref(),
+            Ok("+8613800138000")
+        );
+        assert_eq!(
+            value(&whole, "phone=0086+13800138000").as_deref(),
+            Ok("+8613800138000")
+        );
+        let range = spec(BodyKeyNormalize::Phone, Some(9));
+        assert_eq!(
+            value(&range, "phone=%2B86+138+0013+8000").as_deref(),
+            Ok("+861380013")
+        );
+        assert_eq!(
+            value(&range, "phone=%2B86+138+0013+9999").as_deref(),
+            Ok("+861380013")
+        );
+        assert_eq!(
+            value(&range, "phone=%2B86+139+0013+8000").as_deref(),
+            Ok("+861390013")
+        );
+        assert_eq!(
+            value(&whole, "phone=call+me").map_err(|e| e.status()),
+            Err(400)
+        );
+        assert_eq!(
+            value(&whole, "phone=%2B8613800138000&phone=%2B8613800138001").map_err(|e| e.status()),
+            Err(400)
+        );
     }
 }

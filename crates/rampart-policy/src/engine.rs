@@ -82,6 +82,11 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// Mode of each lockdown flag, in config order (shorter means off).
     pub flags: &'a [FlagMode],
+    /// The normalised body fields of `key = "body"` limits, indexed like the
+    /// config's limits ([`Policy::body_key_values`]); `None` when the body has
+    /// not been read. A route with such limits is not decided without them:
+    /// [`Decision::need_body`] asks for the body first.
+    pub body_keys: Option<&'a [Option<String>]>,
 }
 
 /// A fleet-wide bucket the proxy must charge (through Redis) before the request
@@ -127,6 +132,10 @@ pub struct Decision {
     pub body_checks: Vec<BodyCheck>,
     /// Fleet-wide buckets to charge.
     pub fleet_checks: Vec<FleetCheck>,
+    /// The route has `key = "body"` limits and no body was given: read up to
+    /// this many bytes, get the values ([`Policy::body_key_values`]) and decide
+    /// again with them. Nothing has been charged.
+    pub need_body: Option<usize>,
 }
 
 /// The policy of one config: rules, limiter state and per-route rule lists.
@@ -327,7 +336,8 @@ impl<C: Clock + Clone> Policy<C> {
         &self.per_route[route.map_or(last, |r| r.min(last))]
     }
 
-    fn key_facts<'a>(facts: &RequestFacts<'a>, kind: &KeyKind) -> KeyFacts<'a> {
+    /// The facts rule `i` (of kind `kind`) is keyed by.
+    fn key_facts<'a>(facts: &RequestFacts<'a>, kind: &KeyKind, i: usize) -> KeyFacts<'a> {
         KeyFacts {
             ip: facts.ip,
             geo: facts.geo,
@@ -335,7 +345,56 @@ impl<C: Clock + Clone> Policy<C> {
                 KeyKind::Header(name) => facts.headers.get(name.as_str()).map(|v| v.as_bytes()),
                 _ => None,
             },
+            body: match kind {
+                KeyKind::Body(_) => facts
+                    .body_keys
+                    .and_then(|values| values.get(i))
+                    .and_then(|v| v.as_deref())
+                    .map(str::as_bytes),
+                _ => None,
+            },
         }
+    }
+
+    /// The largest body the `key = "body"` limits of `route` read; `None` when it
+    /// has none (the request needs no body to be decided).
+    pub fn body_key_limit(&self, route: Option<usize>) -> Option<usize> {
+        self.rules_for(route)
+            .limits
+            .iter()
+            .filter_map(|&i| match &self.limits[i].config.key {
+                KeyKind::Body(spec) => Some(spec.max_body_bytes),
+                _ => None,
+            })
+            .max()
+    }
+
+    /// The normalised values of the `key = "body"` limits of `route`, indexed
+    /// like the config's limits, read from `input` as body rules read bodies; a
+    /// body that cannot be read that way is refused before any bucket is
+    /// charged.
+    pub fn body_key_values(
+        &self,
+        route: Option<usize>,
+        input: &crate::body::BodyInput<'_>,
+    ) -> Result<Vec<Option<String>>, Rejection> {
+        let mut values = vec![None; self.limits.len()];
+        for &i in &self.rules_for(route).limits {
+            let KeyKind::Body(spec) = &self.limits[i].config.key else {
+                continue;
+            };
+            match crate::body::body_key_value(spec, input) {
+                Ok(v) => values[i] = Some(v),
+                Err(refusal) => {
+                    return Err(Rejection::BodyRefused {
+                        flag: self.limit_names[i].clone(),
+                        status: refusal.status(),
+                        detail: refusal.detail(),
+                    })
+                }
+            }
+        }
+        Ok(values)
     }
 
     /// Decides one request, charging its buckets and taking its in-flight slots.
@@ -408,6 +467,13 @@ impl<C: Clock + Clone> Policy<C> {
             return decision;
         }
 
+        if facts.body_keys.is_none() {
+            if let Some(limit) = self.body_key_limit(facts.route) {
+                decision.need_body = Some(limit);
+                return decision;
+            }
+        }
+
         let scale = self.scale(facts.flags, FlagMode::Enforce).map(|(s, _)| s);
         let preview_scale = self.scale(facts.flags, FlagMode::Preview);
         let mut preview_scale_hit = false;
@@ -423,7 +489,7 @@ impl<C: Clock + Clone> Policy<C> {
                     FlagMode::Enforce => {}
                 }
             }
-            let key = rule.key(&Self::key_facts(facts, &rule.config.key));
+            let key = rule.key(&Self::key_facts(facts, &rule.config.key, i));
             let cost = scale.map_or(rule.config.cost, |s| rule.scaled_cost(s));
             if matches!(rule.config.scope, rampart_config::LimitScope::Fleet { .. }) {
                 let report_only = match (&preview_flag, rule.config.shadow) {
@@ -481,7 +547,7 @@ impl<C: Clock + Clone> Policy<C> {
 
         for &i in &rules.concurrency {
             let rule = &self.concurrency[i];
-            let key = rule.key(&Self::key_facts(facts, &rule.config.key));
+            let key = rule.key(&Self::key_facts(facts, &rule.config.key, i));
             match rule.acquire(key) {
                 Some(permit) => decision.permits.push(permit),
                 None if rule.config.shadow => {
@@ -529,7 +595,18 @@ impl<C: Clock + Clone> Policy<C> {
         }
         for &i in &rules.limits {
             let rule = &self.limits[i];
-            let key = rule.key(&Self::key_facts(facts, &rule.config.key));
+            if let (KeyKind::Body(spec), None) = (&rule.config.key, facts.body_keys) {
+                out.rules.push(ExplainedRule {
+                    name: rule.config.name.clone(),
+                    kind: "limit",
+                    key: format!("body field {} (hashed)", spec.field),
+                    detail: "keyed by a field of the request body; explain has no body".into(),
+                    would_reject: false,
+                    shadow: rule.config.shadow,
+                });
+                continue;
+            }
+            let key = rule.key(&Self::key_facts(facts, &rule.config.key, i));
             let BucketState {
                 tracked, remaining, ..
             } = rule.peek(&key);
@@ -560,7 +637,7 @@ impl<C: Clock + Clone> Policy<C> {
         }
         for &i in &rules.concurrency {
             let rule = &self.concurrency[i];
-            let key = rule.key(&Self::key_facts(facts, &rule.config.key));
+            let key = rule.key(&Self::key_facts(facts, &rule.config.key, i));
             let n = rule.in_flight(&key);
             let would_reject = n >= rule.config.max_in_flight.get();
             out.rules.push(ExplainedRule {
@@ -636,7 +713,7 @@ fn describe_key(key: &LimitKey) -> String {
         LimitKey::Asn(0) => "AS unknown".into(),
         LimitKey::Asn(n) => format!("AS{n}"),
         LimitKey::Country(c) => c.to_string(),
-        LimitKey::Hashed(_) => "header value".into(),
+        LimitKey::Hashed(_) => "hashed value".into(),
         LimitKey::Whole => "whole route".into(),
         LimitKey::Overflow => "overflow".into(),
     }
@@ -713,6 +790,7 @@ pool = "web"
             method: "POST",
             headers,
             flags,
+            body_keys: None,
         })
     }
 
@@ -993,5 +1071,142 @@ burst = 1
             decide(&next, "192.0.2.1", 1).rejection.unwrap().rule(),
             Some("a")
         );
+    }
+}
+
+#[cfg(test)]
+mod body_key_tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+[pools.web]
+servers = ["127.0.0.1:9000"]
+[[routes]]
+name = "login"
+path_prefix = "/login"
+pool = "web"
+[[routes]]
+name = "other"
+pool = "web"
+[[limits]]
+name = "login-ip"
+key = "ip"
+rate = "100/h"
+burst = 100
+routes = ["login"]
+[[limits]]
+name = "login-account"
+key = "body"
+field = "username"
+rate = "2/h"
+burst = 2
+routes = ["login"]
+"#;
+
+    fn decide(
+        p: &Policy<FakeRelativeClock>,
+        ip: &str,
+        route: usize,
+        keys: Option<&[Option<String>]>,
+    ) -> Decision {
+        let headers = HeaderMap::new();
+        p.decide(&RequestFacts {
+            ip: ip.parse().unwrap(),
+            geo: GeoInfo::default(),
+            route: Some(route),
+            method: "POST",
+            headers: &headers,
+            flags: &[],
+            body_keys: keys,
+        })
+    }
+
+    fn values(p: &Policy<FakeRelativeClock>, body: &str) -> Result<Vec<Option<String>>, Rejection> {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        p.body_key_values(
+            Some(0),
+            &crate::body::BodyInput {
+                headers: &headers,
+                query: None,
+                body: body.as_bytes(),
+            },
+        )
+    }
+
+    #[test]
+    fn the_body_is_asked_for_before_anything_is_charged() {
+        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        let p = Policy::new(&config, FakeRelativeClock::default(), None);
+        let first = decide(&p, "192.0.2.1", 0, None);
+        assert_eq!(
+            first.need_body,
+            Some(rampart_config::DEFAULT_MAX_BODY_BYTES)
+        );
+        assert!(first.rejection.is_none());
+        // The address bucket was not touched: its key is not even tracked.
+        assert!(
+            !p.rate_rules()[0]
+                .peek(&LimitKey::Ip("192.0.2.1".parse().unwrap()))
+                .tracked
+        );
+        // Routes without body keys are decided at once.
+        assert_eq!(decide(&p, "192.0.2.1", 1, None).need_body, None);
+    }
+
+    #[test]
+    fn one_account_from_many_addresses_is_limited_and_others_are_not() {
+        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        let p = Policy::new(&config, FakeRelativeClock::default(), None);
+        let alice = values(&p, r#"{"username":"  Alice@Example.com ","password":"x"}"#).unwrap();
+        let alice_again = values(&p, r#"{"username":"alice@example.COM"}"#).unwrap();
+        assert_eq!(alice, alice_again, "trimmed and case-folded");
+        for i in 0..2 {
+            assert!(decide(&p, &format!("198.51.100.{i}"), 0, Some(&alice))
+                .rejection
+                .is_none());
+        }
+        let limited = decide(&p, "198.51.100.99", 0, Some(&alice))
+            .rejection
+            .unwrap();
+        assert_eq!(limited.rule(), Some("login-account"));
+        let bob = values(&p, r#"{"username":"bob"}"#).unwrap();
+        assert!(decide(&p, "198.51.100.99", 0, Some(&bob))
+            .rejection
+            .is_none());
+        // The key is a hash: no trace of the name in what explain shows.
+        let headers = HeaderMap::new();
+        let e = p.explain(&RequestFacts {
+            ip: "198.51.100.99".parse().unwrap(),
+            geo: GeoInfo::default(),
+            route: Some(0),
+            method: "POST",
+            headers: &headers,
+            flags: &[],
+            body_keys: Some(&alice),
+        });
+        let text = format!("{:?}", e.rules);
+        assert!(!text.to_lowercase().contains("alice"), "{text}");
+    }
+
+    #[test]
+    fn unreadable_bodies_are_refused() {
+        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        let p = Policy::new(&config, FakeRelativeClock::default(), None);
+        for body in [
+            r#"{"username":"a","username":"b"}"#,
+            r#"{"Username":"a"}"#,
+            r#"{"user":"a"}"#,
+            r#"{"username":"   "}"#,
+            "{not json",
+        ] {
+            let refused = values(&p, body).unwrap_err();
+            assert_eq!(refused.status(), 400, "{body}");
+            assert_eq!(refused.rule(), Some("login-account"));
+        }
     }
 }

@@ -96,6 +96,8 @@ pub struct KeyFacts<'a> {
     pub geo: GeoInfo,
     /// The value of the rule's header, when the rule is keyed by a header.
     pub header: Option<&'a [u8]>,
+    /// The normalised body field, when the rule is keyed by one.
+    pub body: Option<&'a [u8]>,
 }
 
 /// The key of `kind` for a request.
@@ -112,6 +114,13 @@ pub fn key_for(kind: &KeyKind, facts: &KeyFacts<'_>, hasher: &impl BuildHasher) 
             None => LimitKey::Ip(facts.ip),
         },
         KeyKind::Route => LimitKey::Whole,
+        // Hashed, never kept in clear. A request only gets here with its field
+        // read (the proxy refuses bodies it cannot read first); the address is
+        // the fallback all the same.
+        KeyKind::Body(_) => match facts.body {
+            Some(value) => LimitKey::Hashed(hasher.hash_one(value)),
+            None => LimitKey::Ip(facts.ip),
+        },
     }
 }
 
@@ -650,6 +659,7 @@ mod tests {
             ip: s.parse().unwrap(),
             geo: GeoInfo::default(),
             header: None,
+            body: None,
         };
         let kind = KeyKind::Prefix { v4: 24, v6: 64 };
         let h = std::hash::RandomState::new();

@@ -488,6 +488,7 @@ impl AdminService {
             geo: info,
             route,
             method: &method,
+            body_keys: None,
             headers: &headers,
             flags: &self
                 .shared

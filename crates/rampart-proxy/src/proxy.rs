@@ -15,7 +15,7 @@ use pingora::ErrorType;
 use rampart_config::{ForwardedHeader, RouteKind};
 use rampart_policy::engine::BodyCheck;
 use rampart_policy::limits::ConcurrencyPermit;
-use rampart_policy::{resolve_client_ip, GeoInfo, Rejection, RequestFacts, RouteMatch};
+use rampart_policy::{resolve_client_ip, Decision, GeoInfo, Rejection, RequestFacts, RouteMatch};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -111,20 +111,18 @@ impl RampartProxy {
         }
     }
 
-    /// Reads the request body (up to the largest limit of `checks`) into Pingora's
-    /// retry buffer, which replays it to the origin byte for byte, and runs the
-    /// body rules on it. Previewed rules are only counted. A client that sent
-    /// `Expect: 100-continue` is told to go on first (HTTP/1.1; HTTP/2 clients
-    /// send without waiting), unless the declared length is already too large.
-    async fn check_body(
+    /// Reads the request body, up to `limit` bytes (one more when it is longer),
+    /// into Pingora's retry buffer, which replays it to the origin byte for
+    /// byte. A client that sent `Expect: 100-continue` is told to go on first
+    /// (HTTP/1.1; HTTP/2 clients send without waiting), unless the declared length
+    /// is already too large. The whole body must arrive within
+    /// `client_body_timeout` (408 otherwise).
+    async fn read_body(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        snapshot: &Snapshot,
-        checks: &[BodyCheck],
-    ) -> Result<Option<Rejection>> {
-        let policy = &snapshot.policy;
-        let limit = policy.body_limit(checks);
+        limit: usize,
+    ) -> Result<std::result::Result<Vec<u8>, Rejection>> {
         let declared = session
             .req_header()
             .headers
@@ -132,53 +130,63 @@ impl RampartProxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<usize>().ok());
         let mut body = Vec::new();
-        if declared.is_none_or(|n| n <= limit) {
-            let expects_continue = session
-                .req_header()
-                .headers
-                .get(http::header::EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-            if expects_continue {
-                if let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut()
-                {
-                    h1.write_continue_response().await?;
-                }
-                ctx.continue_sent = true;
-            }
-            session.enable_retry_buffering();
-            // The whole body within client_body_timeout, also on HTTP/2 (HTTP/1.1
-            // connections are held to it by their stream as well).
-            let deadline = tokio::time::Instant::from_std(ctx.body_deadline());
-            loop {
-                let chunk =
-                    match tokio::time::timeout_at(deadline, session.read_request_body()).await {
-                        Ok(read) => read?,
-                        Err(_) => return Ok(Some(Rejection::ClientTimeout)),
-                    };
-                let Some(chunk) = chunk else { break };
-                body.extend_from_slice(&chunk);
-                if body.len() > limit {
-                    break;
-                }
-            }
-            if body.len() <= limit {
-                ctx.body_done = true;
-                if let Some(conn) = &ctx.conn {
-                    conn.answering();
-                }
-            }
-        } else {
+        if declared.is_some_and(|n| n > limit) {
             // Declared too large: no need to read it to know.
             body.resize(limit + 1, 0);
+            return Ok(Ok(body));
         }
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            if let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut() {
+                h1.write_continue_response().await?;
+            }
+            ctx.continue_sent = true;
+        }
+        session.enable_retry_buffering();
+        // HTTP/1.1 connections are held to the deadline by their stream as well.
+        let deadline = tokio::time::Instant::from_std(ctx.body_deadline());
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+                Ok(read) => read?,
+                Err(_) => return Ok(Err(Rejection::ClientTimeout)),
+            };
+            let Some(chunk) = chunk else { break };
+            body.extend_from_slice(&chunk);
+            if body.len() > limit {
+                break;
+            }
+        }
+        if body.len() <= limit {
+            ctx.body_done = true;
+            if let Some(conn) = &ctx.conn {
+                conn.answering();
+            }
+        }
+        Ok(Ok(body))
+    }
+
+    /// Runs the body rules of active flags on `body`. Previewed rules are only
+    /// counted.
+    fn check_body_rules(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        snapshot: &Snapshot,
+        checks: &[BodyCheck],
+        body: &[u8],
+    ) -> Option<Rejection> {
         let req = session.req_header();
         let input = rampart_policy::body::BodyInput {
             headers: &req.headers,
             query: req.uri.query(),
-            body: &body,
+            body,
         };
         for &check in checks {
-            let Some(refusal) = policy.check_body(check, &input) else {
+            let Some(refusal) = snapshot.policy.check_body(check, &input) else {
                 continue;
             };
             if check.preview {
@@ -189,9 +197,9 @@ impl RampartProxy {
                 }
                 continue;
             }
-            return Ok(Some(refusal));
+            return Some(refusal);
         }
-        Ok(None)
+        None
     }
 }
 
@@ -216,6 +224,25 @@ fn strip_client_headers(req: &mut RequestHeader, strip: &[String]) {
         .collect();
     for name in found {
         req.remove_header(&name);
+    }
+}
+
+/// What the policy reads of a request (see `RequestFacts`).
+fn request_facts<'a>(
+    ctx: &RequestCtx,
+    session: &'a Session,
+    flags: &'a [rampart_policy::FlagMode],
+    body_keys: Option<&'a [Option<String>]>,
+) -> RequestFacts<'a> {
+    let req = session.req_header();
+    RequestFacts {
+        ip: ctx.client_ip,
+        geo: ctx.geo,
+        route: ctx.route,
+        method: req.method.as_str(),
+        headers: &req.headers,
+        flags,
+        body_keys,
     }
 }
 
@@ -596,20 +623,46 @@ impl ProxyHttp for RampartProxy {
         };
         let mut body_checks = Vec::new();
         let mut fleet_checks = Vec::new();
+        let mut body: Option<Vec<u8>> = None;
         if rejection.is_none() {
             let geo = self.shared.geo();
             ctx.geo = geo.lookup(ctx.client_ip);
             self.shared.metrics.geo_lookup(&geo, &ctx.geo);
             let flags = self.shared.flags();
             let recomputed = self.shared.modes_for(&snapshot, &flags);
-            let decision = snapshot.policy.decide(&RequestFacts {
-                ip: ctx.client_ip,
-                geo: ctx.geo,
-                route: ctx.route,
-                method: session.req_header().method.as_str(),
-                headers: &session.req_header().headers,
-                flags: recomputed.as_deref().unwrap_or(&flags.modes),
-            });
+            let modes = recomputed.as_deref().unwrap_or(&flags.modes);
+            let mut decision = snapshot
+                .policy
+                .decide(&request_facts(ctx, session, modes, None));
+            if let Some(key_limit) = decision.need_body {
+                // Limits keyed by a body field: read the body first (nothing is
+                // charged yet), refuse what cannot be read unambiguously, then
+                // decide with the field values.
+                let limit = key_limit.max(snapshot.policy.body_limit(&decision.body_checks));
+                let read = self.read_body(session, ctx, limit).await?;
+                let values = read.and_then(|bytes| {
+                    let req = session.req_header();
+                    let input = rampart_policy::body::BodyInput {
+                        headers: &req.headers,
+                        query: req.uri.query(),
+                        body: &bytes,
+                    };
+                    let values = snapshot.policy.body_key_values(ctx.route, &input);
+                    body = Some(bytes);
+                    values
+                });
+                decision = match values {
+                    Ok(values) => {
+                        snapshot
+                            .policy
+                            .decide(&request_facts(ctx, session, modes, Some(&values)))
+                    }
+                    Err(refused) => Decision {
+                        rejection: Some(refused),
+                        ..Decision::default()
+                    },
+                };
+            }
             for rule in &decision.shadow {
                 self.shared.metrics.shadow_match(ctx.route_label(), rule);
             }
@@ -627,9 +680,17 @@ impl ProxyHttp for RampartProxy {
             rejection = self.check_fleet(ctx, &snapshot, fleet_checks).await;
         }
         if rejection.is_none() && !body_checks.is_empty() {
-            rejection = self
-                .check_body(session, ctx, &snapshot, &body_checks)
-                .await?;
+            let bytes = match body.take() {
+                Some(bytes) => Ok(bytes),
+                None => {
+                    let limit = snapshot.policy.body_limit(&body_checks);
+                    self.read_body(session, ctx, limit).await?
+                }
+            };
+            rejection = match bytes {
+                Ok(bytes) => self.check_body_rules(session, ctx, &snapshot, &body_checks, &bytes),
+                Err(refused) => Some(refused),
+            };
         }
         let rejection = rejection.or_else(|| {
             let pool = snapshot.pools.get(ctx.pool?)?;

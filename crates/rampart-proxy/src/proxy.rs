@@ -692,6 +692,26 @@ impl ProxyHttp for RampartProxy {
                 Err(refused) => Some(refused),
             };
         }
+        if rejection.is_none() && !ctx.body_done && session.as_downstream().is_http2() {
+            // An HTTP/2 stream's body has no connection deadline to hold it (the
+            // connection carries other streams): a small body with a declared
+            // length is read here, within client_body_timeout, before anything
+            // goes upstream, so a stalled stream is cut at its deadline and not
+            // after the origin's read timeout. Longer or undeclared bodies are
+            // streamed, cut when a chunk arrives late (request_body_filter).
+            let declared = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0 && n <= rampart_config::MAX_BODY_BYTES_LIMIT);
+            if let Some(length) = declared {
+                if let Err(refused) = self.read_body(session, ctx, length).await? {
+                    rejection = Some(refused);
+                }
+            }
+        }
         let rejection = rejection.or_else(|| {
             let pool = snapshot.pools.get(ctx.pool?)?;
             (!pool.has_healthy()).then(|| Rejection::NoHealthyUpstream {

@@ -379,3 +379,42 @@ async fn the_admin_listener_has_the_same_deadlines() {
         None
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_stream_is_cut_at_its_body_deadline() {
+    let origin = MockOrigin::start("o").await;
+    let template = config(&origin, "").replace(
+        "address = \"{listen}\"",
+        "address = \"{listen}\"\nh2c = true",
+    );
+    let r = Rampart::start(bin(), &template).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // Ten bytes of a declared hundred, then nothing: the origin's read timeout is
+    // 30 s, the body deadline 1 s.
+    let chunks = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 0 {
+            Some((Ok::<_, std::io::Error>(vec![b'x'; 10]), 1))
+        } else {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            None
+        }
+    });
+    let started = Instant::now();
+    let resp = client
+        .post(r.url("/upload"))
+        .header("content-length", "100")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 408);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(origin.request_count(), 0, "nothing went upstream");
+}

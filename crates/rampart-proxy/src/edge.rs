@@ -460,7 +460,13 @@ impl AsyncRead for DeadlineStream {
                     return Poll::Ready(Err(e));
                 }
                 if this.sleep_until != Some(deadline) {
-                    this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline.into())));
+                    // One timer per connection, moved when the phase changes.
+                    match this.sleep.as_mut() {
+                        Some(sleep) => sleep.as_mut().reset(deadline.into()),
+                        None => {
+                            this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline.into())))
+                        }
+                    }
                     this.sleep_until = Some(deadline);
                 }
                 if let Some(sleep) = this.sleep.as_mut() {
@@ -734,11 +740,11 @@ where
             self.public,
         ));
         let mut session = ServerSession::new_http1(wrapped);
-        session.set_keepalive(if *shutdown.borrow() {
-            None
-        } else {
-            Some(limits.keepalive_timeout.as_secs().max(1))
-        });
+        // The stream holds every read to its phase's deadline, so Pingora's own
+        // per-read timers (keep-alive, read timeout) are off: `Some(0)` keeps the
+        // connection alive without a timer of Pingora's (its "infinite").
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(0) });
+        session.set_read_timeout(None);
         loop {
             session.set_connection_user_context(Some(Box::new(state.clone())));
             let round_started = Instant::now();
@@ -769,6 +775,7 @@ where
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
+            session.set_read_timeout(None);
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             }

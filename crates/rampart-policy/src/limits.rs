@@ -100,6 +100,46 @@ pub struct KeyFacts<'a> {
     pub body: Option<&'a [u8]>,
 }
 
+/// The fleet's shared secret for hashing header and body values of fleet-scoped
+/// rules (every node must name a client's bucket alike, so a per-process random
+/// key cannot serve); zero keys until [`set_fleet_hash_key`] is called.
+static FLEET_HASH_KEY: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Sets the fleet's hash key from a secret shared by every node (start-up only;
+/// later calls are ignored). Without it, fleet-scoped header and body keys are
+/// hashed with a public key: Redis then holds hashes anyone can recompute.
+pub fn set_fleet_hash_key(secret: &[u8]) {
+    #[allow(deprecated)] // SipHash-2-4 with chosen keys: exactly what is needed here
+    let derive = |k: u64| {
+        use std::hash::Hasher;
+        let mut h = std::hash::SipHasher::new_with_keys(k, !k);
+        h.write(secret);
+        h.finish()
+    };
+    let _ = FLEET_HASH_KEY.set((derive(0x7261_6d70_6172_7431), derive(0x7261_6d70_6172_7432)));
+}
+
+/// Keyed SipHash with the fleet's key.
+#[derive(Debug, Clone, Copy)]
+struct FleetHasher(u64, u64);
+
+impl FleetHasher {
+    fn current() -> Self {
+        let (k0, k1) = FLEET_HASH_KEY.get().copied().unwrap_or((0, 0));
+        FleetHasher(k0, k1)
+    }
+}
+
+impl BuildHasher for FleetHasher {
+    #[allow(deprecated)]
+    type Hasher = std::hash::SipHasher;
+
+    #[allow(deprecated)]
+    fn build_hasher(&self) -> Self::Hasher {
+        std::hash::SipHasher::new_with_keys(self.0, self.1)
+    }
+}
+
 /// The key of `kind` for a request.
 pub fn key_for(kind: &KeyKind, facts: &KeyFacts<'_>, hasher: &impl BuildHasher) -> LimitKey {
     match kind {
@@ -319,10 +359,7 @@ impl<C: Clock + Clone> RateRule<C> {
     /// values with fixed keys so that every node names a client's bucket alike.
     pub fn key(&self, facts: &KeyFacts<'_>) -> LimitKey {
         if matches!(self.config.scope, rampart_config::LimitScope::Fleet { .. }) {
-            let fixed =
-                std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(
-                );
-            key_for(&self.config.key, facts, &fixed)
+            key_for(&self.config.key, facts, &FleetHasher::current())
         } else {
             key_for(&self.config.key, facts, &self.hasher)
         }
@@ -701,5 +738,24 @@ mod tests {
     fn rate_interval_is_period_over_count() {
         let r: Rate = parse_rate("300/min").unwrap();
         assert_eq!(r.interval(), Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod fleet_hash_tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn the_fleet_key_changes_every_hash_and_is_the_same_for_every_node() {
+        let public = FleetHasher(0, 0).hash_one(b"victim@example.com");
+        set_fleet_hash_key(b"0123456789abcdef-fleet-secret");
+        let keyed = FleetHasher::current().hash_one(b"victim@example.com");
+        assert_ne!(public, keyed);
+        // Deterministic: another process with the same secret names it alike.
+        assert_eq!(
+            keyed,
+            FleetHasher::current().hash_one(b"victim@example.com")
+        );
     }
 }

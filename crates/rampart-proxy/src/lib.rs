@@ -108,6 +108,7 @@ pub fn build_server_with(
         overlay(&mut config);
     }
     let token = read_admin_token(&config.admin.token)?;
+    set_fleet_hash_key(&config);
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
     let (access_log, access_log_writer) = match access_log::access_log(&config.access_log) {
@@ -221,6 +222,39 @@ pub fn build_server_with(
         SighupReload { shared },
     ));
     Ok(server)
+}
+
+/// Environment variable holding the secret every node of a fleet hashes header
+/// and body values with (the same on every node).
+pub const FLEET_KEY_SECRET_ENV: &str = "RAMPART_FLEET_KEY_SECRET";
+
+/// Keys the hashes of fleet-scoped header and body values with the fleet's
+/// secret, so that Redis holds values nobody can recompute from a guess (an
+/// account name, a phone number). Without the secret they are hashed with a
+/// public key, and the log says so when a fleet rule keys by header or body.
+fn set_fleet_hash_key(config: &Config) {
+    if config.fleet.is_none() {
+        return;
+    }
+    match std::env::var(FLEET_KEY_SECRET_ENV) {
+        Ok(secret) if secret.len() >= MIN_ADMIN_TOKEN_LEN => {
+            rampart_policy::limits::set_fleet_hash_key(secret.as_bytes())
+        }
+        _ => {
+            let exposed = config.limits.iter().any(|l| {
+                matches!(l.scope, rampart_config::LimitScope::Fleet { .. })
+                    && matches!(
+                        l.key,
+                        rampart_config::KeyKind::Header(_) | rampart_config::KeyKind::Body(_)
+                    )
+            });
+            if exposed {
+                log::warn!(
+                    "fleet rules keyed by header or body values hash them with a public key: set {FLEET_KEY_SECRET_ENV} (at least {MIN_ADMIN_TOKEN_LEN} characters, the same on every node)"
+                );
+            }
+        }
+    }
 }
 
 /// Whether a TLS listener of the `h2c` group takes PROXY headers (they are read

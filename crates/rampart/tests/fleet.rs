@@ -51,6 +51,19 @@ pool = "web"
 name = "models"
 path_prefix = "/models"
 pool = "web"
+[[routes]]
+name = "account"
+path_prefix = "/account"
+pool = "web"
+[[limits]]
+name = "account-fleet"
+key = "body"
+field = "username"
+rate = "1/h"
+burst = 4
+scope = "fleet"
+fleet_failure = "closed"
+routes = ["account"]
 [[limits]]
 name = "models-fleet"
 key = "route"
@@ -314,4 +327,33 @@ async fn with_redis_down_failure_modes_apply_flags_stay_and_nodes_resync_after()
         "node B did not resync after Redis returned:\n{}",
         b.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_keyed_quota_holds_across_nodes() {
+    let redis = RedisServer::start().await;
+    let origin = MockOrigin::start("o").await;
+    let (a, b) = two_nodes(&origin, &redis).await;
+    let c = reqwest::Client::new();
+    let attempt = |node: &Rampart, user: &str| {
+        let req = c
+            .post(node.url("/account"))
+            .json(&json!({"username": user, "password": "x"}));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // One account tried on both nodes in turn: the fleet's budget of 4, no more.
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        statuses.push(attempt(node, "Victim").await);
+    }
+    // Which attempts pass depends on how the nodes' leases fall; how many does not.
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert!(statuses[6..].iter().all(|&s| s == 429), "{statuses:?}");
+    // Another account has its own bucket.
+    assert_eq!(attempt(&b, "someone-else").await, 200);
 }

@@ -40,6 +40,10 @@ pub enum CanonicalRefusal {
     PathParameter,
     /// A method token with lower-case letters.
     LowerCaseMethod,
+    /// More than one `Host` field, or a `Host` that names another authority than
+    /// the target (HTTP/2 `:authority`, HTTP/1.1 absolute form): Rampart would
+    /// route on one and the origin on the other.
+    AmbiguousHost,
 }
 
 impl CanonicalRefusal {
@@ -47,6 +51,7 @@ impl CanonicalRefusal {
     pub fn rule(self) -> &'static str {
         match self {
             CanonicalRefusal::LowerCaseMethod => "canonical_method",
+            CanonicalRefusal::AmbiguousHost => "canonical_host",
             _ => "canonical_path",
         }
     }
@@ -73,6 +78,9 @@ impl CanonicalRefusal {
             CanonicalRefusal::LowerCaseMethod => {
                 "The request method must be an upper-case token (e.g. POST)."
             }
+            CanonicalRefusal::AmbiguousHost => {
+                "The request names its host more than once, or two different hosts."
+            }
         }
     }
 }
@@ -93,6 +101,24 @@ pub fn check_method(method: &str) -> Result<(), CanonicalRefusal> {
         Err(CanonicalRefusal::LowerCaseMethod)
     } else {
         Ok(())
+    }
+}
+
+/// Refuses a request whose host is ambiguous: more than one `Host` field, or a
+/// `Host` that differs (ignoring case) from the target's authority.
+pub fn check_host<'a>(
+    authority: Option<&str>,
+    mut hosts: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), CanonicalRefusal> {
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(CanonicalRefusal::AmbiguousHost);
+    }
+    match (authority, first) {
+        (Some(a), Some(h)) if !a.as_bytes().eq_ignore_ascii_case(h) => {
+            Err(CanonicalRefusal::AmbiguousHost)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -375,6 +401,23 @@ mod tests {
             let once = canon(p).unwrap();
             assert_eq!(canon(&once).unwrap(), once, "{p}");
         }
+    }
+
+    #[test]
+    fn hosts_must_be_one() {
+        let one = [&b"api.example.com"[..]];
+        assert!(check_host(None, one.into_iter()).is_ok());
+        assert!(check_host(Some("API.example.com"), one.into_iter()).is_ok());
+        assert!(check_host(Some("api.example.com"), std::iter::empty()).is_ok());
+        assert_eq!(
+            check_host(Some("admin.example.com"), one.into_iter()),
+            Err(CanonicalRefusal::AmbiguousHost)
+        );
+        let two = [&b"a"[..], &b"a"[..]];
+        assert_eq!(
+            check_host(None, two.into_iter()),
+            Err(CanonicalRefusal::AmbiguousHost)
+        );
     }
 
     #[test]

@@ -302,6 +302,13 @@ fn canonicalize_target(
         return Err(CanonicalRefusal::NotUtf8);
     }
     rampart_policy::check_method(req.method.as_str())?;
+    rampart_policy::canonical::check_host(
+        req.uri.authority().map(|a| a.as_str()),
+        req.headers
+            .get_all(http::header::HOST)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )?;
     let path = req.uri.path();
     let canonical = rampart_policy::canonicalize_path(path, options)?;
     let query = req.uri.query();

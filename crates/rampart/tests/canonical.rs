@@ -257,3 +257,51 @@ async fn http2_paths_are_canonicalised_and_keep_their_authority() {
     assert_eq!(resp.status(), 405);
     assert_eq!(origin.request_count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cannot_name_two_hosts() {
+    let origin = MockOrigin::start("auth").await;
+    let r = Rampart::start(bin(), &config(&origin)).await;
+    // HTTP/1.1: two Host fields (Rampart would route on one, an origin might
+    // read the other).
+    let resp = raw(
+        &r,
+        b"GET /api/auth/x HTTP/1.1\r\nHost: public.example\r\nHost: admin.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    // (Pingora's parser refuses this one itself, before Rampart sees it.)
+    assert_eq!(status_of(&resp), 400, "{resp}");
+
+    // HTTP/2: a Host field that differs from :authority.
+    let template = config(&origin).replace(
+        "address = \"{listen}\"",
+        "address = \"{listen}\"\nh2c = true",
+    );
+    let h2 = Rampart::start(bin(), &template).await;
+    let send = |host: Option<&'static str>| {
+        let addr = h2.addr;
+        async move {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            let mut req = http::Request::builder()
+                .uri(format!("http://{addr}/api/auth/x"))
+                .method("GET");
+            if let Some(host) = host {
+                req = req.header("host", host);
+            }
+            let req = req
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            sender.send_request(req).await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(send(None).await, 200);
+    assert_eq!(send(Some("admin.example")).await, 400);
+    assert_eq!(origin.request_count(), 1);
+}

@@ -175,17 +175,51 @@ fn key_match(key: &str, field: &str, brackets: bool) -> KeyMatch {
     if key == field {
         return KeyMatch::Exact;
     }
-    if key.eq_ignore_ascii_case(field) {
+    // Spellings some parser reads as the field: ASCII and Unicode case folding
+    // (Go's encoding/json matches `uſername` to `Username`), compatibility forms
+    // (fullwidth letters), and in forms what PHP does to names (leading spaces
+    // dropped, cut at a NUL, `phone[...]`).
+    let loose = |k: &str| {
+        let k = if brackets {
+            let k = k.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+            k.split('\0').next().unwrap_or(k)
+        } else {
+            k
+        };
+        fold(k)
+    };
+    let key_folded = loose(key);
+    let field_folded = fold(field);
+    if key_folded == field_folded {
         return KeyMatch::Variant;
     }
     if brackets
-        && key.len() > field.len()
-        && key.as_bytes()[..field.len()].eq_ignore_ascii_case(field.as_bytes())
-        && key.as_bytes()[field.len()] == b'['
+        && key_folded.len() > field_folded.len()
+        && key_folded.starts_with(field_folded.as_str())
+        && key_folded[field_folded.len()..].starts_with('[')
     {
         return KeyMatch::Variant;
     }
     KeyMatch::No
+}
+
+/// A name as loose parsers compare it: NFKC, then upper and lower case folded
+/// both ways (so `ſ`, `K` and fullwidth letters meet their ASCII forms), with
+/// invisible format characters dropped.
+fn fold(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    name.nfkc()
+        .filter(|c| !is_invisible(*c))
+        .collect::<String>()
+        .to_uppercase()
+        .to_lowercase()
+}
+
+/// Zero-width and other format characters that render as nothing.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}')
 }
 
 /// Keys of a form-encoded string, decoded; `None` when one is not UTF-8.
@@ -292,7 +326,9 @@ fn field_value(
         }
     }
     if let Some(query) = input.query {
-        let pairs = form_pairs(query)
+        // Some parsers (Rack 2, older Pythons) split a query on `;` as well.
+        let query = query.replace(';', "&");
+        let pairs = form_pairs(&query)
             .ok_or_else(|| BodyRefusal::Malformed("The query string is not valid UTF-8.".into()))?;
         for name in query_names(pointer) {
             if pairs
@@ -313,9 +349,7 @@ fn field_value(
                 )));
             };
             if body_is_json_object(input.body) {
-                return malformed(
-                    "The form body is also a JSON object; send one or the other.".into(),
-                );
+                return malformed("The form body looks like JSON; send one or the other.".into());
             }
             let text = std::str::from_utf8(input.body)
                 .map_err(|_| BodyRefusal::Malformed("The form body is not valid UTF-8.".into()))?;
@@ -412,10 +446,15 @@ fn one_value(
     }
 }
 
+/// Whether a form body looks like JSON to a parser that does not look at the
+/// Content-Type: it opens (after a byte-order mark and white space) with `{` or
+/// `[`. No form a browser or client library writes starts that way, and a
+/// lenient JSON decoder (Go's, Jackson's) reads such a body up to the end of its
+/// first value and ignores the rest.
 fn body_is_json_object(body: &[u8]) -> bool {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let start = body.iter().position(|b| !b.is_ascii_whitespace());
-    start.is_some_and(|s| body[s] == b'{')
-        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+    start.is_some_and(|s| matches!(body[s], b'{' | b'['))
 }
 
 /// The digits of an international number (`+` and digits), or `None` when `raw`
@@ -568,7 +607,10 @@ pub fn body_key_value(spec: &BodyKeyConfig, input: &BodyInput<'_>) -> Result<Str
     let raw = field_value(&spec.field, &spec.pointer, input)?;
     match spec.normalize {
         BodyKeyNormalize::Account => {
-            let value = raw.trim().to_lowercase();
+            // What a permissive origin would treat as the same account: NFKC
+            // (Django's username field), case folded, invisible characters gone.
+            let value = fold(raw.trim());
+            let value = value.trim().to_string();
             if value.is_empty() {
                 return Err(BodyRefusal::Malformed(format!(
                     "\"{}\" is empty.",
@@ -880,6 +922,127 @@ mod body_key_tests {
         );
         assert_eq!(
             value(&whole, "phone=%2B8613800138000&phone=%2B8613800138001").map_err(|e| e.status()),
+            Err(400)
+        );
+    }
+}
+
+#[cfg(test)]
+mod loose_parser_tests {
+    use super::*;
+
+    fn rule() -> BodyRuleConfig {
+        BodyRuleConfig {
+            route: 0,
+            field: "phone".into(),
+            pointer: vec!["phone".into()],
+            allowed_calling_codes: vec![],
+            allowed_regions: vec!["CN".into()],
+            number_types: vec![PhoneType::Mobile],
+            methods: vec![],
+            max_body_bytes: 512,
+        }
+    }
+
+    fn status(ct: &str, query: Option<&str>, body: &[u8]) -> u16 {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            ct.parse().unwrap_or_else(|_| unreachable!()),
+        );
+        check_body(
+            &rule(),
+            &BodyInput {
+                headers: &h,
+                query,
+                body,
+            },
+        )
+        .err()
+        .map_or(200, |e| e.status())
+    }
+
+    const FORM: &str = "application/x-www-form-urlencoded";
+    const JSON: &str = "application/json";
+
+    #[test]
+    fn spellings_loose_parsers_fold_are_refused() {
+        // Found by an attack run against the first version: each reached the
+        // origin with a refused number visible to some origin stack.
+        for body in [
+            &br#"{"phone":"+14155550100"}&phone=%2B8613800138000"#[..],
+            b"\xEF\xBB\xBF{\"phone\":\"+14155550100\",\"x\":\"&phone=%2B8613800138000&y=\"}",
+            b"  [1]&phone=%2B8613800138000",
+            b"phone=%2B8613800138000&%20phone=%2B14155550100",
+            b"phone=%2B8613800138000&phone%00=%2B14155550100",
+            "phone=%2B8613800138000&\u{ff50}hone=%2B14155550100".as_bytes(),
+        ] {
+            assert_eq!(
+                status(FORM, None, body),
+                400,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        for body in [
+            "{\"phone\":\"+8613800138000\",\"\u{17f}\u{17f}\":1,\"p\u{200b}hone\":\"+14155550100\"}",
+            "{\"phone\":\"+8613800138000\",\"PHONE\":\"+14155550100\"}",
+        ] {
+            assert_eq!(status(JSON, None, body.as_bytes()), 400, "{body}");
+        }
+        assert_eq!(
+            status(
+                JSON,
+                Some("x=1;phone=%2B14155550100"),
+                br#"{"phone":"+8613800138000"}"#
+            ),
+            400
+        );
+        assert_eq!(status(FORM, None, b"phone=%2B8613800138000&name=a"), 200);
+    }
+
+    #[test]
+    fn account_keys_fold_what_origins_fold() {
+        let spec = BodyKeyConfig {
+            field: "username".into(),
+            pointer: vec!["username".into()],
+            normalize: BodyKeyNormalize::Account,
+            number_prefix: None,
+            max_body_bytes: 512,
+        };
+        let key = |body: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "content-type",
+                JSON.parse().unwrap_or_else(|_| unreachable!()),
+            );
+            body_key_value(
+                &spec,
+                &BodyInput {
+                    headers: &h,
+                    query: None,
+                    body: body.as_bytes(),
+                },
+            )
+        };
+        let victim = key(r#"{"username":"victim"}"#);
+        for spelling in [
+            "\u{ff56}\u{ff49}\u{ff43}\u{ff54}\u{ff49}\u{ff4d}",
+            "\u{1d42f}\u{1d422}\u{1d41c}\u{1d42d}\u{1d422}\u{1d426}",
+            "VICTIM",
+            " victim\\t",
+            "vic\u{ad}tim",
+            "victim\u{200b}",
+        ] {
+            assert_eq!(
+                key(&format!(r#"{{"username":"{spelling}"}}"#)),
+                victim,
+                "{spelling:?}"
+            );
+        }
+        // A second, differently spelled username field is refused, not keyed.
+        assert_eq!(
+            key("{\"username\":\"rand-1\",\"u\u{17f}ername\":\"victim\"}").map_err(|e| e.status()),
             Err(400)
         );
     }

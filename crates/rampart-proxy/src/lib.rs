@@ -144,6 +144,9 @@ pub fn build_server_with(
         app.server_options = Some(options);
         let mut h2 = pingora::protocols::http::v2::server::H2Options::new();
         h2.max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
+        // Each open stream may hold an origin connection until its body ends: a
+        // client gets this many at a time per connection.
+        h2.max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
         app.h2_options = Some(h2);
         let mut endpoints = Listeners::new();
         let buffer = L4BufferSettings {
@@ -223,6 +226,10 @@ pub fn build_server_with(
     ));
     Ok(server)
 }
+
+/// Streams one HTTP/2 client connection may have open at once (Pingora's and
+/// the h2 crate's default is unlimited up to its reset-flood guard).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 32;
 
 /// Environment variable holding the secret every node of a fleet hashes header
 /// and body values with (the same on every node).

@@ -151,7 +151,27 @@ impl RampartProxy {
         let deadline = tokio::time::Instant::from_std(ctx.body_deadline());
         loop {
             let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
-                Ok(read) => read?,
+                Ok(Ok(chunk)) => chunk,
+                // A bad chunk or a client that went away is the client's doing,
+                // never an origin failure.
+                Ok(Err(e)) => {
+                    session.set_keepalive(None);
+                    let deadline_passed = ctx
+                        .conn
+                        .as_ref()
+                        .and_then(|c| c.refused())
+                        .is_some_and(|r| r == crate::edge::EdgeRefusal::BodyTimeout);
+                    if deadline_passed || e.etype() == &ErrorType::ReadTimedout {
+                        return Ok(Err(Rejection::ClientTimeout));
+                    }
+                    let gone = matches!(
+                        e.etype(),
+                        ErrorType::ConnectionClosed | ErrorType::ReadError
+                    );
+                    return Ok(Err(Rejection::ClientError {
+                        status: if gone { 499 } else { 400 },
+                    }));
+                }
                 Err(_) => return Ok(Err(Rejection::ClientTimeout)),
             };
             let Some(chunk) = chunk else { break };
@@ -271,6 +291,15 @@ fn failure_verdict(e: &Error, ctx: &RequestCtx) -> Rejection {
             }
             _ => Rejection::ClientError { status: 400 },
         };
+    }
+    if !ctx.body_done
+        && matches!(
+            e.etype(),
+            ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error
+        )
+    {
+        // A malformed request body (bad chunk framing) while it was streamed.
+        return Rejection::ClientError { status: 400 };
     }
     if !ctx.body_done
         && matches!(
@@ -735,7 +764,10 @@ impl ProxyHttp for RampartProxy {
             if close || matches!(rejection, Rejection::BodyRefused { .. }) {
                 session.set_keepalive(None);
             }
-            write_rejection(session, &rejection, ctx.kind()).await?;
+            // A client that went away gets nothing written (499 is only logged).
+            if !matches!(rejection, Rejection::ClientError { status: 499 }) {
+                write_rejection(session, &rejection, ctx.kind()).await?;
+            }
             ctx.rejection = Some(rejection);
             return Ok(true);
         }

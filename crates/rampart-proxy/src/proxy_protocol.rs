@@ -244,6 +244,15 @@ where
     let header = tokio::time::timeout(deadline, read_header(stream, config.version))
         .await
         .map_err(|_| ProxyRefusal::Missing)??;
+    // No balancer has a client at 0.0.0.0, ::, a broadcast or multicast address.
+    if header.source.is_some_and(|s| {
+        let ip = rampart_config::canonical_ip(s.ip());
+        ip.is_unspecified()
+            || ip.is_multicast()
+            || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+    }) {
+        return Err(ProxyRefusal::Invalid);
+    }
     if let Some(source) = header.source {
         let digest = SocketDigest::from_raw_fd(fd);
         let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(source)));

@@ -18,14 +18,23 @@ use std::time::{Duration, Instant};
 /// The admin token every test instance uses.
 pub const TEST_TOKEN: &str = "test-admin-token-0123456789";
 
-/// A free TCP port on `ip` (the port is released before returning; the kernel
-/// does not hand it out again at once).
+/// A free TCP port on `ip` (the port is released before returning). The kernel
+/// may hand the same ephemeral port out again soon, so ports this process has
+/// already handed out are skipped: two listeners of one test never collide.
 pub fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .expect("bind ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind((ip, 0))
+            .expect("bind ephemeral port")
+            .local_addr()
+            .expect("local addr")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// An address where nothing listens.

@@ -309,6 +309,17 @@ async fn malformed_requests_are_counted_as_client_errors() {
     assert!(closed);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert_eq!(origin.request_count(), 0);
+    // A broken chunk in a body Rampart reads (the registration body rule): the
+    // client's error, never the origin's.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(
+        b"POST /api/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000000\r\nabc\r\n",
+    )
+    .await
+    .unwrap();
+    let (text, _, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(!r.metrics().await.contains("upstream_failed"));
     let counted = wait_until(Duration::from_secs(5), || async {
         r.metric(r#"rampart_http_requests_total{route="_unmatched",status_class="4xx",verdict="client_error"}"#)
             .await

@@ -273,6 +273,14 @@ async fn headers_that_are_missing_malformed_slow_or_unexpected_close_the_connect
             "bad protocol",
         ),
         (
+            with(b"PROXY TCP4 0.0.0.0 10.0.0.1 5 6\r\n"),
+            "unspecified client",
+        ),
+        (
+            with(b"PROXY TCP4 255.255.255.255 10.0.0.1 5 6\r\n"),
+            "broadcast client",
+        ),
+        (
             with(&v2_header(
                 1,
                 0x12,
@@ -330,7 +338,7 @@ async fn headers_that_are_missing_malformed_slow_or_unexpected_close_the_connect
     let m = r.metrics().await;
     for (reason, at_least) in [
         ("proxy_protocol_missing", 2.0),
-        ("proxy_protocol_invalid", 4.0),
+        ("proxy_protocol_invalid", 6.0),
         ("proxy_protocol_untrusted", 2.0),
     ] {
         let n = r

@@ -188,6 +188,28 @@ fn key_match(key: &str, field: &str, brackets: bool) -> KeyMatch {
         };
         fold(k)
     };
+    // Folding can turn non-ASCII into ASCII, never the reverse: an ASCII key
+    // against an ASCII field needs no allocation.
+    if key.is_ascii() && field.is_ascii() {
+        let k = if brackets {
+            let k = key.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+            k.split('\0').next().unwrap_or(k)
+        } else {
+            key
+        };
+        if k.eq_ignore_ascii_case(field) {
+            return KeyMatch::Variant;
+        }
+        let bracketed = brackets
+            && k.len() > field.len()
+            && k.as_bytes()[..field.len()].eq_ignore_ascii_case(field.as_bytes())
+            && k.as_bytes()[field.len()] == b'[';
+        return if bracketed {
+            KeyMatch::Variant
+        } else {
+            KeyMatch::No
+        };
+    }
     let key_folded = loose(key);
     let field_folded = fold(field);
     if key_folded == field_folded {

@@ -230,6 +230,10 @@ fn key_match(key: &str, field: &str, brackets: bool) -> KeyMatch {
 /// invisible format characters dropped.
 fn fold(name: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
+    if name.is_ascii() {
+        // NFKC leaves ASCII alone, and ASCII folds to ASCII.
+        return name.to_ascii_lowercase();
+    }
     name.nfkc()
         .filter(|c| !is_invisible(*c))
         .collect::<String>()

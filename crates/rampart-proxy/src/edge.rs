@@ -657,30 +657,12 @@ where
         if self.public && stream.get_ssl_digest().is_none() {
             // PROXY protocol on a plaintext listener (TLS listeners read it in
             // the pre-TLS hook): from here on the peer is the header's client.
-            let digest = stream.get_socket_digest();
-            let local = digest
-                .as_ref()
-                .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));
-            let socket_peer = digest
-                .as_ref()
-                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())));
-            if let (Some(config), Some(socket_peer)) = (
-                crate::proxy_protocol::listener_config(&snapshot.config.listeners, local),
-                socket_peer,
-            ) {
-                let fd = stream.id();
-                let read = crate::proxy_protocol::accept(
-                    &mut *stream,
-                    fd,
-                    socket_peer,
-                    config,
-                    limits.header_timeout,
-                )
-                .await;
-                if let Err(why) = read {
-                    self.shared.metrics.client_connection_closed(why.as_label());
-                    return None;
-                }
+            let fd = stream.id();
+            if crate::proxy_protocol::on_accept(&mut *stream, fd, &self.shared)
+                .await
+                .is_err()
+            {
+                return None;
             }
         }
         let peer = stream

@@ -123,12 +123,7 @@ impl RampartProxy {
         ctx: &mut RequestCtx,
         limit: usize,
     ) -> Result<std::result::Result<Vec<u8>, Rejection>> {
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
+        let declared = declared_length(session);
         let mut body = Vec::new();
         if declared.is_some_and(|n| n > limit) {
             // Declared too large: no need to read it to know.
@@ -245,6 +240,16 @@ fn strip_client_headers(req: &mut RequestHeader, strip: &[String]) {
     for name in found {
         req.remove_header(&name);
     }
+}
+
+/// The body length the request declares (`Content-Length`), when it does.
+fn declared_length(session: &Session) -> Option<usize> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
 }
 
 /// What the policy reads of a request (see `RequestFacts`).
@@ -735,12 +740,7 @@ impl ProxyHttp for RampartProxy {
             // goes upstream, so a stalled stream is cut at its deadline and not
             // after the origin's read timeout. Longer or undeclared bodies are
             // streamed, cut when a chunk arrives late (request_body_filter).
-            let declared = session
-                .req_header()
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<usize>().ok())
+            let declared = declared_length(session)
                 .filter(|&n| n > 0 && n <= rampart_config::MAX_BODY_BYTES_LIMIT);
             if let Some(length) = declared {
                 if let Err(refused) = self.read_body(session, ctx, length).await? {

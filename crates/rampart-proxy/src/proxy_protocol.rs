@@ -309,36 +309,42 @@ impl std::fmt::Debug for PreTlsHeader {
     }
 }
 
+/// The PROXY step of a new connection (descriptor `fd`), wherever it is read:
+/// finds the listener the stream was accepted on, and when that listener takes
+/// PROXY headers, runs [`accept`] with the config in force. A refusal is
+/// counted and returned; the caller closes the connection.
+pub async fn on_accept<S>(stream: &mut S, fd: i32, shared: &Shared) -> Result<(), ProxyRefusal>
+where
+    S: AsyncRead + GetSocketDigest + Peek + Unpin + Send + ?Sized,
+{
+    let snapshot = shared.snapshot();
+    let digest = stream.get_socket_digest();
+    let local = digest
+        .as_ref()
+        .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));
+    let peer = digest
+        .as_ref()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())));
+    let (Some(config), Some(peer)) = (listener_config(&snapshot.config.listeners, local), peer)
+    else {
+        return Ok(());
+    };
+    let deadline = snapshot.config.server.client.header_timeout;
+    let read = accept(stream, fd, peer, config, deadline).await;
+    if let Err(why) = read {
+        shared.metrics.client_connection_closed(why.as_label());
+    }
+    read
+}
+
 #[async_trait]
 impl pingora::listeners::PreTlsProcess for PreTlsHeader {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
         use std::os::unix::io::AsRawFd;
-        let snapshot = self.shared.snapshot();
-        let digest = stream.get_socket_digest();
-        let local = digest
-            .as_ref()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));
-        let Some(config) = listener_config(&snapshot.config.listeners, local) else {
-            return Ok(());
-        };
-        let Some(peer) = digest
-            .as_ref()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())))
-        else {
-            return Ok(());
-        };
         let fd = stream.as_raw_fd();
-        let deadline = snapshot.config.server.client.header_timeout;
-        match accept(stream, fd, peer, config, deadline).await {
-            Ok(()) => Ok(()),
-            Err(why) => {
-                self.shared.metrics.client_connection_closed(why.as_label());
-                Err(pingora::Error::explain(
-                    pingora::ErrorType::AcceptError,
-                    why.as_label(),
-                ))
-            }
-        }
+        on_accept(stream, fd, &self.shared)
+            .await
+            .map_err(|why| pingora::Error::explain(pingora::ErrorType::AcceptError, why.as_label()))
     }
 }
 

@@ -329,10 +329,9 @@ async fn malformed_requests_are_counted_as_client_errors() {
     assert!(counted, "{}", r.metrics().await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dripping_http2_stream_is_cut_at_its_body_deadline() {
-    let origin = MockOrigin::start("o").await;
-    let template = config(&origin, "").replace(
+/// Rampart with the test config on an h2c listener, and an HTTP/2 client for it.
+async fn h2c(origin: &MockOrigin) -> (Rampart, reqwest::Client) {
+    let template = config(origin, "").replace(
         "address = \"{listen}\"",
         "address = \"{listen}\"\nh2c = true",
     );
@@ -341,6 +340,13 @@ async fn a_dripping_http2_stream_is_cut_at_its_body_deadline() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
+    (r, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripping_http2_stream_is_cut_at_its_body_deadline() {
+    let origin = MockOrigin::start("o").await;
+    let (r, client) = h2c(&origin).await;
     let chunks = futures_util::stream::unfold(0u32, |i| async move {
         if i >= 20 {
             return None;
@@ -394,15 +400,7 @@ async fn the_admin_listener_has_the_same_deadlines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http2_stream_is_cut_at_its_body_deadline() {
     let origin = MockOrigin::start("o").await;
-    let template = config(&origin, "").replace(
-        "address = \"{listen}\"",
-        "address = \"{listen}\"\nh2c = true",
-    );
-    let r = Rampart::start(bin(), &template).await;
-    let client = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let (r, client) = h2c(&origin).await;
     // Ten bytes of a declared hundred, then nothing: the origin's read timeout is
     // 30 s, the body deadline 1 s.
     let chunks = futures_util::stream::unfold(0u32, |i| async move {

@@ -9,7 +9,7 @@ use governor::clock::DefaultClock;
 use http::HeaderMap;
 use rampart_config::{KeyKind, LimitConfig};
 use rampart_policy::limits::{LimitKey, RateRule};
-use rampart_policy::{resolve_client_ip, GeoDb, Policy, Rejection, RequestFacts};
+use rampart_policy::{resolve_client_ip, Charging, GeoDb, Policy, Rejection, RequestFacts, Step};
 use rampart_testkit::geo::{write_asn_db, write_country_db, CountryShape};
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
@@ -111,31 +111,32 @@ fn full_decision(c: &mut Criterion) {
     let config =
         rampart_config::parse(&config_text(dir.path()), &dir.path().join("b.toml")).unwrap();
     let geo = GeoDb::open(&config.geoip).unwrap();
-    let routes = rampart_policy::RouteTable::new(&config);
     let policy: Policy<DefaultClock> = Policy::new(&config, DefaultClock::default(), None);
     let headers = HeaderMap::new();
     let peer: IpAddr = "10.1.2.3".parse().unwrap();
 
+    // As the proxy drives it: the route, rules and buckets in one evaluation.
     let decide = |client: &str| {
         let xff = [client.as_bytes()];
         let ip = resolve_client_ip(peer, xff.into_iter(), &config.client_ip);
-        let found = routes.find(Some("api.example.com"), "/api/auth/login", "POST");
-        let route = match found {
-            rampart_policy::RouteMatch::Route { route, .. } => Some(route),
-            _ => None,
-        };
         let info = geo.lookup(ip);
-        let d = policy.decide(&RequestFacts {
+        let facts = RequestFacts {
             ip,
             geo: info,
-            route,
+            host: Some("api.example.com"),
+            path: "/api/auth/login",
+            query: None,
             method: "POST",
             headers: &headers,
             flags: &[],
-            body_keys: None,
-        });
-        assert!(d.rejection.is_none(), "{client}: {:?}", d.rejection);
-        d
+        };
+        let mut evaluation = policy.evaluate(Charging::Charge);
+        let verdict = match evaluation.next(&facts) {
+            Step::Done(verdict) => verdict,
+            other => panic!("{client}: asked for {other:?}"),
+        };
+        assert!(verdict.refusal.is_none(), "{client}: {:?}", verdict.refusal);
+        verdict
     };
 
     let mut group = c.benchmark_group("decision");

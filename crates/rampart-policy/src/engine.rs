@@ -1,31 +1,57 @@
-//! The mitigation decision for one request: access rules, unknown-origin policy,
-//! stacked rate limits and in-flight caps, in that order.
+//! The decision for one request, written once and sans-IO.
 //!
-//! - `[[access]]` rules are tried in config order; the first that matches decides:
-//!   `deny` answers 403, `allow` skips the limits below (monitoring, office).
-//! - Active lockdown flags, in config order: maintenance, routes left open,
-//!   blocked routes, session requirement, client restrictions. The first enforced
-//!   flag that matches answers; a previewed one is only reported.
-//! - A client whose country (ASN) is unknown is refused when
-//!   `geoip.unknown_country` (`unknown_asn`) is `deny`.
-//! - Every `[[limits]]` rule of the route (and every global one) is charged in
-//!   config order; the first empty bucket decides. Buckets charged before it keep
-//!   the charge: stacked limits count attempts, not only successes.
-//! - `[[concurrency]]` slots are taken last, so a rejected request holds none.
-//! - A rule in shadow mode is evaluated and reported, never enforced.
+//! [`Policy::evaluate`] starts an [`Evaluation`]; each call to
+//! [`Evaluation::next`] runs the pipeline as far as it can and returns a
+//! [`Step`]: the finished [`Verdict`], or the I/O it needs first (the request
+//! body, or fleet buckets in Redis). The caller does that I/O, hands back the
+//! plain result ([`Evaluation::give_body`], [`Evaluation::give_fleet`]) and
+//! calls `next` again. The proxy drives it with real I/O; `explain` and the
+//! tests drive the very same code with charging off ([`Charging::DryRun`]),
+//! which peeks at buckets instead of charging them and records a per-rule
+//! [`TraceEntry`] list.
+//!
+//! The pipeline, in order:
+//! 1. **Route**: the first route whose host and path match; 405 when it does not
+//!    accept the method, `[unmatched]` otherwise.
+//! 2. **Access rules**, in config order; the first that matches decides: `deny`
+//!    answers 403, `allow` skips the unknown-origin refusals, limits and caps.
+//! 3. **Lockdown flags**, in config order: the first enforced flag that refuses
+//!    answers; a previewed one is observed. Their body rules are collected.
+//! 4. **Unknown origin**: `geoip.unknown_country` / `unknown_asn = "deny"`.
+//! 5. **Body keys**: a route with `key = "body"` limits asks for the body
+//!    ([`Step::NeedBody`]) before anything is charged, and refuses a body that
+//!    cannot be read unambiguously.
+//! 6. **Limits**, route rules and global ones in config order; the first empty
+//!    bucket decides. Buckets charged before it keep the charge: stacked limits
+//!    count attempts, not only successes. Fleet rules are collected.
+//! 7. **In-flight caps** are taken last among local rules, so a refused request
+//!    holds none.
+//! 8. **Fleet rules** ([`Step::NeedFleet`]): the caller charges Redis; a failed
+//!    check takes the rule's failure mode (`open`, `closed`, `local`) here.
+//! 9. **Body rules** of active flags ([`Step::NeedBody`] when the body was not
+//!    read yet).
+//!
+//! A rule in shadow mode and a flag in preview never refuse: what they would
+//! have refused becomes an [`Observation`] of the verdict.
 
+use crate::body::BodyInput;
 use crate::cidr::CidrSet;
 use crate::geo::{CountryCode, GeoInfo};
 use crate::limits::{
-    BucketState, ConcurrencyPermit, ConcurrencyRule, KeyFacts, LimitKey, RateRule, RuleOutcome,
+    ConcurrencyPermit, ConcurrencyRule, KeyFacts, LimitKey, RateRule, RuleOutcome,
 };
 use crate::lockdown::{CompiledFlags, FlagMode};
+use crate::route::{RouteMatch, RouteTable};
 use crate::Rejection;
 use governor::clock::{Clock, DefaultClock};
 use http::HeaderMap;
-use rampart_config::{AccessAction, Config, KeyKind, UnknownPolicy};
+use rampart_config::{
+    AccessAction, Config, FleetFailure, KeyKind, LimitConfig, LimitScope, UnknownPolicy,
+};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One `[[access]]` rule, ready for matching.
 #[derive(Debug)]
@@ -65,87 +91,273 @@ struct RouteRules {
     access: Vec<usize>,
     limits: Vec<usize>,
     concurrency: Vec<usize>,
+    /// The largest body the route's `key = "body"` limits read.
+    body_key_limit: Option<usize>,
 }
 
-/// The facts about one request that the policy reads.
+/// The facts about one request that the policy reads. The proxy gathers them;
+/// nothing here is read from a socket.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
     /// Resolved client address (canonical: IPv4-mapped IPv6 is IPv4).
     pub ip: IpAddr,
     /// Its country and ASN.
     pub geo: GeoInfo,
-    /// Matched route index; `None` for requests proxied by `[unmatched]`.
-    pub route: Option<usize>,
+    /// The host the request names (`:authority` or `Host`), if any.
+    pub host: Option<&'a str>,
+    /// The canonical path (see [`crate::canonical`]).
+    pub path: &'a str,
+    /// The raw query string, if any (body rules refuse a field sent in both).
+    pub query: Option<&'a str>,
     /// The request method (canonical: upper case).
     pub method: &'a str,
-    /// Request headers (for header-keyed rules and session checks).
+    /// Request headers (header keys, session checks, body media types).
     pub headers: &'a HeaderMap,
     /// Mode of each lockdown flag, in config order (shorter means off).
     pub flags: &'a [FlagMode],
-    /// The normalised body fields of `key = "body"` limits, indexed like the
-    /// config's limits ([`Policy::body_key_values`]); `None` when the body has
-    /// not been read. A route with such limits is not decided without them:
-    /// [`Decision::need_body`] asks for the body first.
-    pub body_keys: Option<&'a [Option<String>]>,
 }
 
-/// A fleet-wide bucket the proxy must charge (through Redis) before the request
-/// goes upstream.
-#[derive(Debug, Clone)]
+/// Whether an evaluation charges buckets and takes slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charging {
+    /// A real request: buckets are charged, in-flight slots taken.
+    Charge,
+    /// `explain`: buckets are peeked at, nothing is taken, and every rule's
+    /// outcome is traced.
+    DryRun,
+}
+
+/// How a fleet bucket's answer is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforcement {
+    /// An empty bucket refuses the request.
+    Enforce,
+    /// The rule is in shadow mode: an empty bucket is only observed.
+    Shadow,
+    /// The rule applies only while a flag is on, and that flag is previewed.
+    Preview {
+        /// The flag's name.
+        flag: Arc<str>,
+    },
+}
+
+/// A fleet-wide bucket the caller must charge (or, in a dry run, peek at)
+/// through Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetCheck {
-    /// Limit rule index.
+    /// Limit rule index (into the config's limits).
     pub rule: usize,
     /// The key charged.
     pub key: LimitKey,
     /// Cells to take (the rule's cost, scaled by lockdown flags).
     pub cost: u32,
-    /// Count would-be rejections under this name instead of rejecting
-    /// (shadow rules: the rule name, `false`; previewed flags: the flag name, `true`).
-    pub report_only: Option<(Arc<str>, bool)>,
+    /// What an empty bucket means.
+    pub enforcement: Enforcement,
 }
 
-/// A body check the proxy must run before the request goes upstream.
+/// What Redis said about one [`FleetCheck`]: the plain I/O result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyCheck {
-    /// Flag index.
-    pub flag: usize,
-    /// Body rule index within the flag.
-    pub rule: usize,
-    /// Whether the flag is only previewed (count, do not reject).
-    pub preview: bool,
+pub enum FleetAnswer {
+    /// The bucket held the cost.
+    Allowed,
+    /// The bucket is empty; the cost fits after this long.
+    Limited {
+        /// Time until the cost fits, as Redis computed it.
+        retry_after: Duration,
+    },
+    /// No answer (Redis unreachable, timed out, or the node is degraded): the
+    /// rule's failure mode decides.
+    Unavailable,
 }
 
-/// What the policy decided.
+/// The request body as the caller read it: the plain I/O result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyRead {
+    /// The whole body, or the first `limit + 1` bytes of a longer one.
+    Complete(Vec<u8>),
+    /// The body did not arrive within `client_body_timeout` (408).
+    TimedOut,
+    /// The client went away while sending it (499, nothing written).
+    ClientGone,
+    /// The body framing was malformed (bad chunk) (400).
+    Malformed,
+    /// No body is available (explain without one): body rules and body keys
+    /// are traced as not evaluated. A real request never gives this; if it
+    /// does, the body counts as unreadable (400).
+    NotGiven,
+}
+
+impl BodyRead {
+    /// The refusal a failed read means (`None` for a complete body): 408 when
+    /// it timed out, 499 when the client went away, 400 when malformed.
+    pub fn refusal(&self) -> Option<Rejection> {
+        match self {
+            BodyRead::Complete(_) => None,
+            BodyRead::TimedOut => Some(Rejection::ClientTimeout),
+            BodyRead::ClientGone => Some(Rejection::ClientError { status: 499 }),
+            BodyRead::Malformed | BodyRead::NotGiven => {
+                Some(Rejection::ClientError { status: 400 })
+            }
+        }
+    }
+}
+
+/// What a rule in shadow mode or a flag in preview would have refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// A `shadow = true` limit or cap would have refused the request.
+    Shadow {
+        /// The rule's name.
+        rule: Arc<str>,
+    },
+    /// A previewed flag would have refused the request.
+    Preview {
+        /// The flag's name.
+        flag: Arc<str>,
+    },
+}
+
+/// The one outcome of one request.
 #[derive(Debug, Default)]
-pub struct Decision {
-    /// `Some` when the request must be answered at the edge.
-    pub rejection: Option<Rejection>,
-    /// Name of the allow rule that let the request skip the limits.
+pub struct Verdict {
+    /// Matched route index; `None` when no route matched.
+    pub route: Option<usize>,
+    /// The pool the request goes to, when it goes upstream.
+    pub pool: Option<usize>,
+    /// `Some` when the request is answered at the edge.
+    pub refusal: Option<Rejection>,
+    /// The allow rule that let the request skip the limits.
     pub allowed_by: Option<Arc<str>>,
-    /// Shadow rules that would have rejected this request.
-    pub shadow: Vec<Arc<str>>,
+    /// Shadow rules and previewed flags that would have refused it.
+    pub observations: Vec<Observation>,
     /// In-flight slots held until the request ends (dropping releases them).
+    /// Always empty for a refused request and in a dry run.
     pub permits: Vec<ConcurrencyPermit>,
-    /// Flags in preview that would have rejected this request.
-    pub preview: Vec<Arc<str>>,
-    /// Body rules to run on the request body.
-    pub body_checks: Vec<BodyCheck>,
-    /// Fleet-wide buckets to charge.
-    pub fleet_checks: Vec<FleetCheck>,
-    /// The route has `key = "body"` limits and no body was given: read up to
-    /// this many bytes, get the values ([`Policy::body_key_values`]) and decide
-    /// again with them. Nothing has been charged.
-    pub need_body: Option<usize>,
 }
 
-/// The policy of one config: rules, limiter state and per-route rule lists.
+impl Verdict {
+    /// The verdict's label (`proxied` or the refusal's label), as in metrics
+    /// and the access log.
+    pub fn label(&self) -> &'static str {
+        self.refusal.as_ref().map_or(PROXIED, Rejection::label)
+    }
+}
+
+/// The label of a request that went upstream.
+pub const PROXIED: &str = "proxied";
+
+/// What the pipeline needs next.
+#[derive(Debug)]
+pub enum Step {
+    /// Decided.
+    Done(Verdict),
+    /// Read the request body, up to `limit` bytes (one more when it is longer),
+    /// and hand it over with [`Evaluation::give_body`].
+    NeedBody {
+        /// Bytes to read.
+        limit: usize,
+    },
+    /// Charge these fleet buckets (peek in a dry run) and hand the answers over,
+    /// in the same order, with [`Evaluation::give_fleet`]. All of them may be
+    /// asked at once, under one deadline.
+    NeedFleet(Vec<FleetCheck>),
+}
+
+/// The kind of a traced rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    /// An `[[access]]` rule.
+    Access,
+    /// An active lockdown flag.
+    Flag,
+    /// `geoip.unknown_country` / `unknown_asn`.
+    UnknownOrigin,
+    /// A local `[[limits]]` rule.
+    Limit,
+    /// A fleet-scoped `[[limits]]` rule.
+    FleetLimit,
+    /// A `[[concurrency]]` rule.
+    Concurrency,
+    /// A `key = "body"` limit reading its field.
+    BodyKey,
+    /// A flag's body rule.
+    BodyRule,
+}
+
+impl RuleKind {
+    /// The label in explain output.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            RuleKind::Access => "access",
+            RuleKind::Flag => "flag",
+            RuleKind::UnknownOrigin => "unknown_origin",
+            RuleKind::Limit => "limit",
+            RuleKind::FleetLimit => "fleet_limit",
+            RuleKind::Concurrency => "concurrency",
+            RuleKind::BodyKey => "body_key",
+            RuleKind::BodyRule => "body_rule",
+        }
+    }
+}
+
+/// What a traced rule did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceOutcome {
+    /// The rule does not concern this request.
+    NoMatch,
+    /// The rule let the request on.
+    Passed,
+    /// The rule refused the request.
+    Refused,
+    /// The rule (shadow or preview) would have refused; observed only.
+    Observed,
+    /// The rule was not evaluated (an allow rule skipped it, a refusal came
+    /// first, or the body it reads was not given).
+    Skipped,
+}
+
+impl TraceOutcome {
+    /// The label in explain output.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            TraceOutcome::NoMatch => "no_match",
+            TraceOutcome::Passed => "passed",
+            TraceOutcome::Refused => "refused",
+            TraceOutcome::Observed => "observed",
+            TraceOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// One rule in a dry run's trace.
+#[derive(Debug, Clone)]
+pub struct TraceEntry {
+    /// What kind of rule.
+    pub kind: RuleKind,
+    /// Rule (or flag) name.
+    pub name: Arc<str>,
+    /// The key the request is counted under (empty where there is none).
+    pub key: String,
+    /// Human detail: match, bucket or slot state.
+    pub detail: String,
+    /// What the rule did.
+    pub outcome: TraceOutcome,
+    /// Whether the rule is in shadow mode (or the flag in preview).
+    pub shadow: bool,
+}
+
+/// The policy of one config: routes, rules, limiter state and per-route rule lists.
 #[derive(Debug)]
 pub struct Policy<C: Clock + Clone = DefaultClock> {
+    routes: RouteTable,
+    /// The `Allow` field of each route (its methods).
+    allow: Vec<Arc<str>>,
     access: Vec<AccessRule>,
     limits: Vec<Arc<RateRule<C>>>,
     limit_names: Vec<Arc<str>>,
     /// For fleet rules whose failure mode is `local`: the local bucket at the
-    /// configured share of the budget, used while Redis is unreachable.
+    /// configured share of the budget, used while Redis is unreachable. Kept
+    /// across reloads like the other buckets, capped and swept like them.
     fleet_fallback: Vec<Option<Arc<RateRule<C>>>>,
     concurrency: Vec<Arc<ConcurrencyRule>>,
     concurrency_names: Vec<Arc<str>>,
@@ -168,10 +380,36 @@ fn applies(routes: &Option<Vec<usize>>, route: Option<usize>) -> bool {
     }
 }
 
+/// Whole seconds to wait, rounded up, at least one: the `Retry-After` of every
+/// rate-limit refusal, local or fleet.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    u64::try_from(wait.as_nanos().div_ceil(1_000_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// The local fallback bucket of a fleet rule with failure mode `local`: the
+/// rule at `share` of its rate and burst.
+fn fallback_config(l: &LimitConfig) -> Option<LimitConfig> {
+    let LimitScope::Fleet {
+        failure: FleetFailure::Local { share },
+    } = l.scope
+    else {
+        return None;
+    };
+    let mut local = l.clone();
+    let scale = |n: u32| NonZeroU32::new(((f64::from(n) * share).floor() as u32).max(1));
+    local.rate.count = scale(l.rate.count.get()).unwrap_or(l.rate.count);
+    local.burst = scale(l.burst.get()).unwrap_or(l.burst);
+    local.cost = local.cost.min(local.burst);
+    Some(local)
+}
+
 impl<C: Clock + Clone> Policy<C> {
-    /// Builds the policy of `config`. Limiter state of `previous` is kept for
-    /// every rule whose name, key, rate, burst and key cap are unchanged, so a
-    /// reload never hands an attacker fresh buckets.
+    /// Builds the policy of `config`. Limiter state of `previous` (fleet
+    /// fallback buckets included) is kept for every rule whose name, key, rate,
+    /// burst and key cap are unchanged, so a reload never hands an attacker
+    /// fresh buckets.
     pub fn new(config: &Config, clock: C, previous: Option<&Policy<C>>) -> Self {
         if config
             .lockdown
@@ -201,18 +439,29 @@ impl<C: Clock + Clone> Policy<C> {
                 }
             })
             .collect();
+        let keep = |rules: Option<&[Arc<RateRule<C>>]>, l: &LimitConfig| {
+            rules
+                .and_then(|rules| {
+                    rules
+                        .iter()
+                        .find(|r| r.config.name == l.name && r.same_shape(l))
+                })
+                .cloned()
+                .unwrap_or_else(|| Arc::new(RateRule::new(l.clone(), clock.clone())))
+        };
         let limits: Vec<Arc<RateRule<C>>> = config
             .limits
             .iter()
+            .map(|l| keep(previous.map(|p| p.limits.as_slice()), l))
+            .collect();
+        let previous_fallbacks: Option<Vec<Arc<RateRule<C>>>> =
+            previous.map(|p| p.fleet_fallback.iter().flatten().cloned().collect());
+        let fleet_fallback = config
+            .limits
+            .iter()
             .map(|l| {
-                previous
-                    .and_then(|p| {
-                        p.limits
-                            .iter()
-                            .find(|r| r.config.name == l.name && r.same_shape(l))
-                    })
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(RateRule::new(l.clone(), clock.clone())))
+                let local = fallback_config(l)?;
+                Some(keep(previous_fallbacks.as_deref(), &local))
             })
             .collect();
         let concurrency = config
@@ -234,39 +483,34 @@ impl<C: Clock + Clone> Policy<C> {
         let per_route = (0..=config.routes.len())
             .map(|r| {
                 let route = (r < config.routes.len()).then_some(r);
+                let limits: Vec<usize> = (0..config.limits.len())
+                    .filter(|&i| applies(&config.limits[i].routes, route))
+                    .collect();
                 RouteRules {
                     access: (0..config.access.len())
                         .filter(|&i| applies(&config.access[i].routes, route))
                         .collect(),
-                    limits: (0..config.limits.len())
-                        .filter(|&i| applies(&config.limits[i].routes, route))
-                        .collect(),
+                    body_key_limit: limits
+                        .iter()
+                        .filter_map(|&i| match &config.limits[i].key {
+                            KeyKind::Body(spec) => Some(spec.max_body_bytes),
+                            _ => None,
+                        })
+                        .max(),
+                    limits,
                     concurrency: (0..config.concurrency.len())
                         .filter(|&i| applies(&config.concurrency[i].routes, route))
                         .collect(),
                 }
             })
             .collect();
-        let fleet_fallback = config
-            .limits
-            .iter()
-            .map(|l| match l.scope {
-                rampart_config::LimitScope::Fleet {
-                    failure: rampart_config::FleetFailure::Local { share },
-                } => {
-                    let mut local = l.clone();
-                    let scale = |n: u32| {
-                        std::num::NonZeroU32::new(((f64::from(n) * share).floor() as u32).max(1))
-                    };
-                    local.rate.count = scale(l.rate.count.get()).unwrap_or(l.rate.count);
-                    local.burst = scale(l.burst.get()).unwrap_or(l.burst);
-                    local.cost = local.cost.min(local.burst);
-                    Some(Arc::new(RateRule::new(local, clock.clone())))
-                }
-                _ => None,
-            })
-            .collect();
         Self {
+            routes: RouteTable::new(config),
+            allow: config
+                .routes
+                .iter()
+                .map(|r| r.methods.join(", ").into())
+                .collect(),
             access,
             fleet_fallback,
             limit_names: config
@@ -288,36 +532,68 @@ impl<C: Clock + Clone> Policy<C> {
         }
     }
 
+    /// Starts deciding one request (see the module doc).
+    pub fn evaluate(&self, charging: Charging) -> Evaluation<'_, C> {
+        Evaluation {
+            policy: self,
+            charging,
+            stage: Stage::Route,
+            route: None,
+            pool: None,
+            refusal: None,
+            allowed_by: None,
+            observations: Vec::new(),
+            permits: Vec::new(),
+            body_checks: Vec::new(),
+            fleet_checks: Vec::new(),
+            fleet_answered: false,
+            body: None,
+            body_keys: Vec::new(),
+            trace: (charging == Charging::DryRun).then(Vec::new),
+        }
+    }
+
+    /// Runs a whole evaluation synchronously: `body` answers every
+    /// [`Step::NeedBody`] (`None`: [`BodyRead::NotGiven`]) and `fleet` every
+    /// [`Step::NeedFleet`]. Returns the verdict and, in a dry run, the trace.
+    /// For callers without I/O of their own (explain without Redis, tests,
+    /// benches).
+    pub fn run(
+        &self,
+        facts: &RequestFacts<'_>,
+        charging: Charging,
+        body: Option<&[u8]>,
+        mut fleet: impl FnMut(&[FleetCheck]) -> Vec<FleetAnswer>,
+    ) -> (Verdict, Vec<TraceEntry>) {
+        let mut evaluation = self.evaluate(charging);
+        loop {
+            match evaluation.next(facts) {
+                Step::Done(verdict) => return (verdict, evaluation.take_trace()),
+                Step::NeedBody { .. } => evaluation.give_body(match body {
+                    Some(bytes) => BodyRead::Complete(bytes.to_vec()),
+                    None => BodyRead::NotGiven,
+                }),
+                Step::NeedFleet(checks) => {
+                    let answers = fleet(&checks);
+                    evaluation.give_fleet(answers);
+                }
+            }
+        }
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
     /// The compiled lockdown flags.
     pub fn flags(&self) -> &CompiledFlags {
         &self.flags
     }
 
-    /// Runs body rule `check` on a request's body.
-    pub fn check_body(
-        &self,
-        check: BodyCheck,
-        input: &crate::body::BodyInput<'_>,
-    ) -> Option<Rejection> {
-        let flag = self.flags.flags.get(check.flag)?;
-        let rule = flag.config.body_rules.get(check.rule)?;
-        crate::body::check_body(rule, input)
-            .err()
-            .map(|refusal| Rejection::BodyRefused {
-                flag: flag.name.clone(),
-                status: refusal.status(),
-                detail: refusal.detail(),
-            })
-    }
-
-    /// The largest body any of `checks` reads.
-    pub fn body_limit(&self, checks: &[BodyCheck]) -> usize {
-        checks
-            .iter()
-            .filter_map(|c| self.flags.flags.get(c.flag)?.config.body_rules.get(c.rule))
-            .map(|r| r.max_body_bytes)
-            .max()
-            .unwrap_or(0)
+    fn rules_for(&self, route: Option<usize>) -> &RouteRules {
+        let last = self.per_route.len() - 1;
+        &self.per_route[route.map_or(last, |r| r.min(last))]
     }
 
     /// The tightest `limit_scale` among flags in `wanted` mode, with its flag index.
@@ -331,13 +607,456 @@ impl<C: Clock + Clone> Policy<C> {
             .min_by(|a, b| a.0.total_cmp(&b.0))
     }
 
-    fn rules_for(&self, route: Option<usize>) -> &RouteRules {
-        let last = self.per_route.len() - 1;
-        &self.per_route[route.map_or(last, |r| r.min(last))]
+    /// The refusal for limit rule `rule` charged `cost` cells, `wait` before it fits.
+    fn rate_limited(&self, rule: usize, cost: u32, wait: Duration) -> Option<Rejection> {
+        let r = self.limits.get(rule)?;
+        let rate = &r.config.rate;
+        Some(Rejection::RateLimited {
+            rule: self.limit_names[rule].clone(),
+            retry_after: retry_after_secs(wait),
+            // What a client may send now: a flag's limit_scale raises the
+            // cost, so the advertised quota shrinks with it.
+            quota: (rate.count.get() / cost.max(1)).max(1),
+            window: rate.per.as_secs().max(1),
+        })
+    }
+
+    /// Rate rules, in config order.
+    pub fn rate_rules(&self) -> &[Arc<RateRule<C>>] {
+        &self.limits
+    }
+
+    /// The local fallback buckets of fleet rules with failure mode `local`,
+    /// indexed like the rate rules.
+    pub fn fallback_rules(&self) -> &[Option<Arc<RateRule<C>>>] {
+        &self.fleet_fallback
+    }
+
+    /// Concurrency rules, in config order.
+    pub fn concurrency_rules(&self) -> &[Arc<ConcurrencyRule>] {
+        &self.concurrency
+    }
+
+    /// Sweeps every rate rule and fleet fallback bucket; returns `(rule name,
+    /// keys dropped)` (fallback buckets under `NAME (fallback)`).
+    pub fn sweep(&self) -> Vec<(String, usize)> {
+        self.limits
+            .iter()
+            .map(|r| (r.config.name.clone(), r.sweep()))
+            .chain(
+                self.fleet_fallback
+                    .iter()
+                    .flatten()
+                    .map(|r| (format!("{} (fallback)", r.config.name), r.sweep())),
+            )
+            .collect()
+    }
+}
+
+/// Where an evaluation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Route,
+    Limits,
+    Fleet,
+    BodyRules,
+    BodyRulesAsked,
+    Done,
+}
+
+/// A body rule of an active flag to run on this request.
+#[derive(Debug, Clone, Copy)]
+struct BodyCheck {
+    flag: usize,
+    rule: usize,
+    preview: bool,
+}
+
+/// One request's decision in progress (see the module doc). Holds no
+/// reference into the request: the facts are passed to every [`Evaluation::next`].
+#[derive(Debug)]
+pub struct Evaluation<'p, C: Clock + Clone = DefaultClock> {
+    policy: &'p Policy<C>,
+    charging: Charging,
+    stage: Stage,
+    route: Option<usize>,
+    pool: Option<usize>,
+    refusal: Option<Rejection>,
+    allowed_by: Option<Arc<str>>,
+    observations: Vec<Observation>,
+    permits: Vec<ConcurrencyPermit>,
+    body_checks: Vec<BodyCheck>,
+    fleet_checks: Vec<FleetCheck>,
+    fleet_answered: bool,
+    body: Option<BodyRead>,
+    /// Normalised body key values, indexed like the config's limits.
+    body_keys: Vec<Option<String>>,
+    trace: Option<Vec<TraceEntry>>,
+}
+
+impl<C: Clock + Clone> Evaluation<'_, C> {
+    /// Runs the pipeline as far as it can without I/O.
+    pub fn next(&mut self, facts: &RequestFacts<'_>) -> Step {
+        loop {
+            match self.stage {
+                Stage::Route => {
+                    self.stage = Stage::Limits;
+                    self.route_access_flags(facts);
+                    if self.refusal.is_some() {
+                        return self.finish();
+                    }
+                    if self.allowed_by.is_none() && self.body.is_none() {
+                        let rules = self.policy.rules_for(self.route);
+                        if let Some(limit) = rules.body_key_limit {
+                            // Nothing is charged before the body keys are known.
+                            return Step::NeedBody {
+                                limit: limit.max(self.body_rule_limit()),
+                            };
+                        }
+                    }
+                }
+                Stage::Limits => {
+                    self.stage = Stage::Fleet;
+                    if self.allowed_by.is_none() {
+                        self.body_key_values(facts);
+                        if self.refusal.is_none() {
+                            self.limits(facts);
+                        }
+                        if self.refusal.is_some() {
+                            return self.finish();
+                        }
+                        if !self.fleet_checks.is_empty() {
+                            return Step::NeedFleet(self.fleet_checks.clone());
+                        }
+                    }
+                }
+                Stage::Fleet => {
+                    self.stage = Stage::BodyRules;
+                    if !self.fleet_answered && !self.fleet_checks.is_empty() {
+                        // Asked and not answered: as if Redis had not answered.
+                        self.give_fleet(Vec::new());
+                    }
+                    if self.refusal.is_some() {
+                        return self.finish();
+                    }
+                }
+                Stage::BodyRules => {
+                    if !self.body_checks.is_empty() && self.body.is_none() {
+                        self.stage = Stage::BodyRulesAsked;
+                        return Step::NeedBody {
+                            limit: self.body_rule_limit(),
+                        };
+                    }
+                    self.stage = Stage::Done;
+                    self.body_rules(facts);
+                    return self.finish();
+                }
+                Stage::BodyRulesAsked => {
+                    self.stage = Stage::Done;
+                    self.body_rules(facts);
+                    return self.finish();
+                }
+                Stage::Done => return self.finish(),
+            }
+        }
+    }
+
+    /// Hands over the body asked for by [`Step::NeedBody`].
+    pub fn give_body(&mut self, read: BodyRead) {
+        self.body = Some(read);
+    }
+
+    /// Hands over Redis's answers to [`Step::NeedFleet`], in the order asked;
+    /// a missing answer counts as [`FleetAnswer::Unavailable`]. A failed check
+    /// takes its rule's failure mode: `open` lets the request on, `closed`
+    /// refuses it (Retry-After 1 s), `local` charges the node's fallback bucket.
+    pub fn give_fleet(&mut self, answers: Vec<FleetAnswer>) {
+        self.fleet_answered = true;
+        let checks = std::mem::take(&mut self.fleet_checks);
+        for (i, check) in checks.iter().enumerate() {
+            let answer = answers.get(i).copied().unwrap_or(FleetAnswer::Unavailable);
+            let Some(rule) = self.policy.limits.get(check.rule) else {
+                continue;
+            };
+            let (wait, how) = match answer {
+                FleetAnswer::Allowed => (None, "allowed by the fleet bucket"),
+                FleetAnswer::Limited { retry_after } => {
+                    (Some(retry_after), "the fleet bucket is empty")
+                }
+                FleetAnswer::Unavailable => match rule.config.scope {
+                    LimitScope::Fleet {
+                        failure: FleetFailure::Closed,
+                    } => (
+                        Some(Duration::from_secs(1)),
+                        "Redis did not answer; failure mode closed refuses",
+                    ),
+                    LimitScope::Fleet {
+                        failure: FleetFailure::Local { .. },
+                    } => match self.fallback(check) {
+                        Some(RuleOutcome::Limited { retry_after }) => (
+                            Some(retry_after),
+                            "Redis did not answer; the local fallback bucket is empty",
+                        ),
+                        _ => (
+                            None,
+                            "Redis did not answer; allowed by the local fallback bucket",
+                        ),
+                    },
+                    _ => (None, "Redis did not answer; failure mode open allows"),
+                },
+            };
+            let outcome = match (&wait, &check.enforcement, &self.refusal) {
+                (_, _, Some(_)) => TraceOutcome::Skipped,
+                (None, _, None) => TraceOutcome::Passed,
+                (Some(_), Enforcement::Enforce, None) => TraceOutcome::Refused,
+                (Some(_), _, None) => TraceOutcome::Observed,
+            };
+            self.note(|| TraceEntry {
+                kind: RuleKind::FleetLimit,
+                name: rule.config.name.as_str().into(),
+                key: describe_key(&check.key),
+                detail: how.into(),
+                outcome,
+                shadow: check.enforcement != Enforcement::Enforce,
+            });
+            if outcome == TraceOutcome::Skipped {
+                continue;
+            }
+            let Some(wait) = wait else { continue };
+            match &check.enforcement {
+                Enforcement::Enforce => {
+                    self.refusal = self.policy.rate_limited(check.rule, check.cost, wait);
+                }
+                Enforcement::Shadow => self.observations.push(Observation::Shadow {
+                    rule: self.policy.limit_names[check.rule].clone(),
+                }),
+                Enforcement::Preview { flag } => {
+                    self.observations
+                        .push(Observation::Preview { flag: flag.clone() });
+                }
+            }
+        }
+        if self.refusal.is_some() {
+            self.permits.clear();
+        }
+    }
+
+    /// The dry run's trace (empty when charging).
+    pub fn take_trace(&mut self) -> Vec<TraceEntry> {
+        self.trace.take().unwrap_or_default()
+    }
+
+    fn note(&mut self, entry: impl FnOnce() -> TraceEntry) {
+        if let Some(trace) = &mut self.trace {
+            trace.push(entry());
+        }
+    }
+
+    fn finish(&mut self) -> Step {
+        self.stage = Stage::Done;
+        let refused = self.refusal.is_some();
+        Step::Done(Verdict {
+            route: self.route,
+            pool: if refused { None } else { self.pool },
+            refusal: self.refusal.clone(),
+            allowed_by: self.allowed_by.clone(),
+            observations: std::mem::take(&mut self.observations),
+            permits: if refused {
+                Vec::new()
+            } else {
+                std::mem::take(&mut self.permits)
+            },
+        })
+    }
+
+    /// The largest body the collected body rules read.
+    fn body_rule_limit(&self) -> usize {
+        self.body_checks
+            .iter()
+            .filter_map(|c| {
+                self.policy
+                    .flags
+                    .flags
+                    .get(c.flag)?
+                    .config
+                    .body_rules
+                    .get(c.rule)
+            })
+            .map(|r| r.max_body_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Steps 1 to 4: route, access rules, flags, unknown origin.
+    fn route_access_flags(&mut self, facts: &RequestFacts<'_>) {
+        let policy = self.policy;
+        match policy.routes.find(facts.host, facts.path, facts.method) {
+            RouteMatch::Route { route, pool } => {
+                self.route = Some(route);
+                self.pool = Some(pool);
+            }
+            RouteMatch::Fallback { pool } => self.pool = Some(pool),
+            RouteMatch::MethodNotAllowed { route } => {
+                self.route = Some(route);
+                self.refusal = Some(Rejection::MethodNotAllowed {
+                    allow: policy
+                        .allow
+                        .get(route)
+                        .cloned()
+                        .unwrap_or_else(|| "".into()),
+                });
+                return;
+            }
+            RouteMatch::Reject { status } => {
+                self.refusal = Some(Rejection::NoRoute { status });
+                return;
+            }
+        }
+        let rules = policy.rules_for(self.route);
+
+        for &i in &rules.access {
+            let rule = &policy.access[i];
+            let matched = if self.allowed_by.is_some() {
+                None
+            } else {
+                rule.matches(facts.ip, &facts.geo)
+            };
+            let decided = self.allowed_by.is_some();
+            self.note(|| TraceEntry {
+                kind: RuleKind::Access,
+                name: rule.name.clone(),
+                key: String::new(),
+                detail: match (matched, rule.action) {
+                    (None, _) if decided => "an earlier allow rule decided".into(),
+                    (None, _) => "no match".into(),
+                    (Some(m), AccessAction::Allow) => {
+                        format!("allow: matches by {m:?}; limits are skipped")
+                    }
+                    (Some(m), AccessAction::Deny) => format!("deny: matches by {m:?}"),
+                },
+                outcome: match (matched, rule.action) {
+                    (None, _) if decided => TraceOutcome::Skipped,
+                    (None, _) => TraceOutcome::NoMatch,
+                    (Some(_), AccessAction::Allow) => TraceOutcome::Passed,
+                    (Some(_), AccessAction::Deny) => TraceOutcome::Refused,
+                },
+                shadow: false,
+            });
+            let Some(matched) = matched else { continue };
+            match rule.action {
+                AccessAction::Allow => self.allowed_by = Some(rule.name.clone()),
+                AccessAction::Deny => {
+                    let name = rule.name.clone();
+                    self.refusal = Some(match matched {
+                        AccessMatch::Network => Rejection::DeniedByNetwork { rule: name },
+                        AccessMatch::Asn(asn) => Rejection::DeniedByAsn { rule: name, asn },
+                        AccessMatch::Country(country) => Rejection::DeniedByCountry {
+                            rule: name,
+                            country,
+                        },
+                    });
+                    return;
+                }
+            }
+        }
+
+        for (i, flag) in policy.flags.flags.iter().enumerate() {
+            let m = mode(facts.flags, i);
+            if m == FlagMode::Off {
+                continue;
+            }
+            let refusal = flag.check(self.route, facts.ip, &facts.geo, facts.headers);
+            let preview = m == FlagMode::Preview;
+            self.note(|| TraceEntry {
+                kind: RuleKind::Flag,
+                name: flag.name.clone(),
+                key: String::new(),
+                detail: match &refusal {
+                    Some(r) if preview => {
+                        format!("previewed: would answer {} ({})", r.status(), r.label())
+                    }
+                    Some(r) => format!("enforced: answers {} ({})", r.status(), r.label()),
+                    None => format!(
+                        "{}: does not refuse this request",
+                        if preview { "previewed" } else { "enforced" }
+                    ),
+                },
+                outcome: match (&refusal, preview) {
+                    (None, _) => TraceOutcome::Passed,
+                    (Some(_), true) => TraceOutcome::Observed,
+                    (Some(_), false) => TraceOutcome::Refused,
+                },
+                shadow: preview,
+            });
+            if let Some(refusal) = refusal {
+                if !preview {
+                    self.refusal = Some(refusal);
+                    return;
+                }
+                self.observations.push(Observation::Preview {
+                    flag: flag.name.clone(),
+                });
+            }
+            if let Some(route) = self.route {
+                for (j, rule) in flag.config.body_rules.iter().enumerate() {
+                    let method_checked =
+                        rule.methods.is_empty() || rule.methods.iter().any(|m| m == facts.method);
+                    if rule.route == route && method_checked {
+                        self.body_checks.push(BodyCheck {
+                            flag: i,
+                            rule: j,
+                            preview,
+                        });
+                    }
+                }
+            }
+        }
+        // The allow list skips unknown-origin refusals, limits and in-flight caps.
+        if self.allowed_by.is_some() {
+            return;
+        }
+        for (policy_value, unknown, name, refusal) in [
+            (
+                policy.unknown_country,
+                facts.geo.country.is_none(),
+                "geoip.unknown_country",
+                Rejection::UnknownCountry,
+            ),
+            (
+                policy.unknown_asn,
+                facts.geo.asn.is_none(),
+                "geoip.unknown_asn",
+                Rejection::UnknownAsn,
+            ),
+        ] {
+            if policy_value != UnknownPolicy::Deny {
+                continue;
+            }
+            self.note(|| TraceEntry {
+                kind: RuleKind::UnknownOrigin,
+                name: name.into(),
+                key: String::new(),
+                detail: if unknown {
+                    "deny: the client's origin is unknown".into()
+                } else {
+                    "deny: the client's origin is known".into()
+                },
+                outcome: if unknown {
+                    TraceOutcome::Refused
+                } else {
+                    TraceOutcome::Passed
+                },
+                shadow: false,
+            });
+            if unknown {
+                self.refusal = Some(refusal);
+                return;
+            }
+        }
     }
 
     /// The facts rule `i` (of kind `kind`) is keyed by.
-    fn key_facts<'a>(facts: &RequestFacts<'a>, kind: &KeyKind, i: usize) -> KeyFacts<'a> {
+    fn key_facts<'a>(&'a self, facts: &RequestFacts<'a>, kind: &KeyKind, i: usize) -> KeyFacts<'a> {
         KeyFacts {
             ip: facts.ip,
             geo: facts.geo,
@@ -346,9 +1065,9 @@ impl<C: Clock + Clone> Policy<C> {
                 _ => None,
             },
             body: match kind {
-                KeyKind::Body(_) => facts
+                KeyKind::Body(_) => self
                     .body_keys
-                    .and_then(|values| values.get(i))
+                    .get(i)
                     .and_then(|v| v.as_deref())
                     .map(str::as_bytes),
                 _ => None,
@@ -356,353 +1075,327 @@ impl<C: Clock + Clone> Policy<C> {
         }
     }
 
-    /// The largest body the `key = "body"` limits of `route` read; `None` when it
-    /// has none (the request needs no body to be decided).
-    pub fn body_key_limit(&self, route: Option<usize>) -> Option<usize> {
-        self.rules_for(route)
-            .limits
-            .iter()
-            .filter_map(|&i| match &self.limits[i].config.key {
-                KeyKind::Body(spec) => Some(spec.max_body_bytes),
-                _ => None,
-            })
-            .max()
-    }
-
-    /// The normalised values of the `key = "body"` limits of `route`, indexed
-    /// like the config's limits, read from `input` as body rules read bodies; a
-    /// body that cannot be read that way is refused before any bucket is
-    /// charged.
-    pub fn body_key_values(
-        &self,
-        route: Option<usize>,
-        input: &crate::body::BodyInput<'_>,
-    ) -> Result<Vec<Option<String>>, Rejection> {
-        let mut values = vec![None; self.limits.len()];
-        for &i in &self.rules_for(route).limits {
-            let KeyKind::Body(spec) = &self.limits[i].config.key else {
+    /// Step 5: reads the fields of the route's `key = "body"` limits.
+    fn body_key_values(&mut self, facts: &RequestFacts<'_>) {
+        let policy = self.policy;
+        let rules = policy.rules_for(self.route);
+        if rules.body_key_limit.is_none() {
+            return;
+        }
+        let bytes = match &self.body {
+            Some(BodyRead::Complete(bytes)) => bytes,
+            Some(BodyRead::NotGiven) if self.charging == Charging::DryRun => {
+                // Explain without a body: those limits are traced as skipped.
+                return;
+            }
+            other => {
+                self.refusal = other
+                    .as_ref()
+                    .and_then(BodyRead::refusal)
+                    .or(Some(Rejection::ClientError { status: 400 }));
+                return;
+            }
+        };
+        let input = BodyInput {
+            headers: facts.headers,
+            query: facts.query,
+            body: bytes,
+        };
+        let mut values = vec![None; policy.limits.len()];
+        let mut refused = None;
+        for &i in &rules.limits {
+            let KeyKind::Body(spec) = &policy.limits[i].config.key else {
                 continue;
             };
-            match crate::body::body_key_value(spec, input) {
+            match crate::body::body_key_value(spec, &input) {
                 Ok(v) => values[i] = Some(v),
                 Err(refusal) => {
-                    return Err(Rejection::BodyRefused {
-                        flag: self.limit_names[i].clone(),
+                    refused = Some(Rejection::BodyRefused {
+                        flag: policy.limit_names[i].clone(),
                         status: refusal.status(),
                         detail: refusal.detail(),
-                    })
-                }
-            }
-        }
-        Ok(values)
-    }
-
-    /// Decides one request, charging its buckets and taking its in-flight slots.
-    pub fn decide(&self, facts: &RequestFacts<'_>) -> Decision {
-        let mut decision = Decision::default();
-        let rules = self.rules_for(facts.route);
-
-        for &i in &rules.access {
-            let rule = &self.access[i];
-            let Some(matched) = rule.matches(facts.ip, &facts.geo) else {
-                continue;
-            };
-            match rule.action {
-                AccessAction::Allow => {
-                    decision.allowed_by = Some(rule.name.clone());
+                    });
                     break;
                 }
-                AccessAction::Deny => {
-                    let name = rule.name.clone();
-                    decision.rejection = Some(match matched {
-                        AccessMatch::Network => Rejection::DeniedByNetwork { rule: name },
-                        AccessMatch::Asn(asn) => Rejection::DeniedByAsn { rule: name, asn },
-                        AccessMatch::Country(country) => Rejection::DeniedByCountry {
-                            rule: name,
-                            country,
-                        },
-                    });
-                    return decision;
-                }
             }
         }
+        self.body_keys = values;
+        if let Some(refusal) = refused {
+            let label = refusal.rule().unwrap_or_default().to_string();
+            let detail = refusal.detail();
+            self.note(|| TraceEntry {
+                kind: RuleKind::BodyKey,
+                name: label.into(),
+                key: String::new(),
+                detail: format!("the body cannot be read unambiguously: {detail}"),
+                outcome: TraceOutcome::Refused,
+                shadow: false,
+            });
+            self.refusal = Some(refusal);
+        }
+    }
 
-        for (i, flag) in self.flags.flags.iter().enumerate() {
-            let m = mode(facts.flags, i);
-            if m == FlagMode::Off {
-                continue;
-            }
-            if let Some(rejection) = flag.check(facts.route, facts.ip, &facts.geo, facts.headers) {
-                if m == FlagMode::Enforce {
-                    decision.rejection = Some(rejection);
-                    return decision;
-                }
-                decision.preview.push(flag.name.clone());
-            }
-            if let Some(route) = facts.route {
-                for (j, rule) in flag.config.body_rules.iter().enumerate() {
-                    let method_checked =
-                        rule.methods.is_empty() || rule.methods.iter().any(|m| m == facts.method);
-                    if rule.route == route && method_checked {
-                        decision.body_checks.push(BodyCheck {
-                            flag: i,
-                            rule: j,
-                            preview: m == FlagMode::Preview,
-                        });
-                    }
-                }
-            }
-        }
-        // The allow list skips unknown-origin refusals, limits and in-flight caps.
-        if decision.allowed_by.is_some() {
-            return decision;
-        }
-
-        if self.unknown_country == UnknownPolicy::Deny && facts.geo.country.is_none() {
-            decision.rejection = Some(Rejection::UnknownCountry);
-            return decision;
-        }
-        if self.unknown_asn == UnknownPolicy::Deny && facts.geo.asn.is_none() {
-            decision.rejection = Some(Rejection::UnknownAsn);
-            return decision;
-        }
-
-        if facts.body_keys.is_none() {
-            if let Some(limit) = self.body_key_limit(facts.route) {
-                decision.need_body = Some(limit);
-                return decision;
-            }
-        }
-
-        let scale = self.scale(facts.flags, FlagMode::Enforce).map(|(s, _)| s);
-        let preview_scale = self.scale(facts.flags, FlagMode::Preview);
+    /// Steps 6 and 7: local limits (fleet ones are collected) and in-flight caps.
+    fn limits(&mut self, facts: &RequestFacts<'_>) {
+        let policy = self.policy;
+        let dry = self.charging == Charging::DryRun;
+        let rules = policy.rules_for(self.route);
+        let scale = policy.scale(facts.flags, FlagMode::Enforce).map(|(s, _)| s);
+        let preview_scale = policy.scale(facts.flags, FlagMode::Preview);
         let mut preview_scale_hit = false;
         for &i in &rules.limits {
-            let rule = &self.limits[i];
-            let mut preview_flag = None;
+            let rule = &policy.limits[i];
+            let mut enforcement = if rule.config.shadow {
+                Enforcement::Shadow
+            } else {
+                Enforcement::Enforce
+            };
             if let Some(f) = rule.config.only_with_flag {
                 match mode(facts.flags, f) {
                     FlagMode::Off => continue,
                     FlagMode::Preview => {
-                        preview_flag = self.flags.flags.get(f).map(|f| f.name.clone())
+                        if let Some(flag) = policy.flags.flags.get(f) {
+                            enforcement = Enforcement::Preview {
+                                flag: flag.name.clone(),
+                            };
+                        }
                     }
                     FlagMode::Enforce => {}
                 }
             }
-            let key = rule.key(&Self::key_facts(facts, &rule.config.key, i));
-            let cost = scale.map_or(rule.config.cost, |s| rule.scaled_cost(s));
-            if matches!(rule.config.scope, rampart_config::LimitScope::Fleet { .. }) {
-                let report_only = match (&preview_flag, rule.config.shadow) {
-                    (Some(flag), _) => Some((flag.clone(), true)),
-                    (None, true) => Some((self.limit_names[i].clone(), false)),
-                    (None, false) => None,
-                };
-                decision.fleet_checks.push(FleetCheck {
-                    rule: i,
-                    key,
-                    cost: cost.get(),
-                    report_only,
+            if matches!(rule.config.key, KeyKind::Body(_)) && self.body_keys.is_empty() {
+                // Dry run without a body.
+                self.note(|| TraceEntry {
+                    kind: RuleKind::Limit,
+                    name: rule.config.name.as_str().into(),
+                    key: "body field (hashed)".into(),
+                    detail: "keyed by a field of the request body; explain was given no body"
+                        .into(),
+                    outcome: TraceOutcome::Skipped,
+                    shadow: rule.config.shadow,
                 });
                 continue;
             }
-            let retry_after = match rule.check_cost(key, cost) {
+            let key = rule.key(&self.key_facts(facts, &rule.config.key, i));
+            let cost = scale.map_or(rule.config.cost, |s| rule.scaled_cost(s));
+            if matches!(rule.config.scope, LimitScope::Fleet { .. }) {
+                self.fleet_checks.push(FleetCheck {
+                    rule: i,
+                    key,
+                    cost: cost.get(),
+                    enforcement,
+                });
+                continue;
+            }
+            // Cells free before this request, for a previewed limit_scale.
+            let free_before = preview_scale.map(|_| rule.peek(&key).cells);
+            let outcome = if dry {
+                rule.peek_cost(key, cost)
+            } else {
+                rule.check_cost(key, cost)
+            };
+            self.note(|| {
+                let state = rule.peek(&key);
+                TraceEntry {
+                    kind: RuleKind::Limit,
+                    name: rule.config.name.as_str().into(),
+                    key: describe_key(&key),
+                    detail: format!(
+                        "{} requests left of {} (rate {}/{}s, cost {}){}",
+                        state.cells / cost.get(),
+                        rule.config.burst.get() / cost.get(),
+                        rule.config.rate.count,
+                        rule.config.rate.per.as_secs_f64(),
+                        cost,
+                        if state.tracked {
+                            ""
+                        } else {
+                            "; key not tracked (full bucket)"
+                        }
+                    ),
+                    outcome: match (outcome, &enforcement) {
+                        (RuleOutcome::Allowed, _) => TraceOutcome::Passed,
+                        (_, Enforcement::Enforce) => TraceOutcome::Refused,
+                        _ => TraceOutcome::Observed,
+                    },
+                    shadow: enforcement != Enforcement::Enforce,
+                }
+            });
+            let retry_after = match outcome {
                 RuleOutcome::Allowed => {
-                    if let Some((s, _)) = preview_scale {
+                    if let (Some((s, _)), Some(free)) = (preview_scale, free_before) {
                         // Would a bucket tightened by `s` have held this request? Its
                         // use is the real use divided by `s` (as if every request so
                         // far had been charged the tightened cost).
                         let burst = f64::from(rule.config.burst.get());
-                        let before = f64::from(rule.peek(&key).cells + cost.get());
-                        let tight_free = burst - (burst - before) / s;
+                        let tight_free = burst - (burst - f64::from(free)) / s;
                         preview_scale_hit |= tight_free < f64::from(rule.scaled_cost(s).get());
                     }
                     continue;
                 }
                 RuleOutcome::Limited { retry_after } => retry_after,
             };
-            if let Some(flag) = preview_flag {
-                decision.preview.push(flag);
+            match enforcement {
+                Enforcement::Preview { flag } => {
+                    self.observations.push(Observation::Preview { flag });
+                }
+                Enforcement::Shadow => self.observations.push(Observation::Shadow {
+                    rule: policy.limit_names[i].clone(),
+                }),
+                Enforcement::Enforce => {
+                    self.refusal = policy.rate_limited(i, cost.get(), retry_after);
+                    return;
+                }
+            }
+        }
+        if preview_scale_hit {
+            if let Some(flag) = preview_scale.and_then(|(_, f)| policy.flags.flags.get(f)) {
+                self.observations.push(Observation::Preview {
+                    flag: flag.name.clone(),
+                });
+            }
+        }
+
+        for &i in &rules.concurrency {
+            let rule = &policy.concurrency[i];
+            let key = rule.key(&self.key_facts(facts, &rule.config.key, i));
+            let max = rule.config.max_in_flight.get();
+            let taken = if dry {
+                rule.in_flight(&key) < max
+            } else {
+                match rule.acquire(key) {
+                    Some(permit) => {
+                        self.permits.push(permit);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            self.note(|| TraceEntry {
+                kind: RuleKind::Concurrency,
+                name: rule.config.name.as_str().into(),
+                key: describe_key(&key),
+                detail: format!("{} of {max} in flight", rule.in_flight(&key)),
+                outcome: match (taken, rule.config.shadow) {
+                    (true, _) => TraceOutcome::Passed,
+                    (false, true) => TraceOutcome::Observed,
+                    (false, false) => TraceOutcome::Refused,
+                },
+                shadow: rule.config.shadow,
+            });
+            if taken {
                 continue;
             }
             if rule.config.shadow {
-                decision.shadow.push(self.limit_names[i].clone());
-                continue;
-            }
-            let rate = &rule.config.rate;
-            decision.rejection = Some(Rejection::RateLimited {
-                rule: self.limit_names[i].clone(),
-                retry_after: retry_after.as_secs_f64().ceil().max(1.0) as u64,
-                // What a client may send now: a flag's limit_scale raises the
-                // cost, so the advertised quota shrinks with it.
-                quota: (rate.count.get() / cost.get()).max(1),
-                window: rate.per.as_secs().max(1),
-            });
-            return decision;
-        }
-        if preview_scale_hit {
-            if let Some(flag) = preview_scale.and_then(|(_, f)| self.flags.flags.get(f)) {
-                decision.preview.push(flag.name.clone());
+                self.observations.push(Observation::Shadow {
+                    rule: policy.concurrency_names[i].clone(),
+                });
+            } else {
+                self.permits.clear();
+                self.refusal = Some(Rejection::TooManyInFlight {
+                    rule: policy.concurrency_names[i].clone(),
+                });
+                return;
             }
         }
-
-        for &i in &rules.concurrency {
-            let rule = &self.concurrency[i];
-            let key = rule.key(&Self::key_facts(facts, &rule.config.key, i));
-            match rule.acquire(key) {
-                Some(permit) => decision.permits.push(permit),
-                None if rule.config.shadow => {
-                    decision.shadow.push(self.concurrency_names[i].clone())
-                }
-                None => {
-                    decision.permits.clear();
-                    decision.rejection = Some(Rejection::TooManyInFlight {
-                        rule: self.concurrency_names[i].clone(),
-                    });
-                    return decision;
-                }
-            }
-        }
-        decision
     }
 
-    /// What [`Policy::decide`] would do, without charging anything.
-    pub fn explain(&self, facts: &RequestFacts<'_>) -> Explanation {
-        let rules = self.rules_for(facts.route);
-        let mut out = Explanation::default();
-        for &i in &rules.access {
-            let rule = &self.access[i];
-            let matched = rule.matches(facts.ip, &facts.geo);
-            out.rules.push(ExplainedRule {
-                name: rule.name.to_string(),
-                kind: "access",
-                key: String::new(),
-                detail: match (matched, rule.action) {
-                    (None, _) => "no match".into(),
-                    (Some(m), AccessAction::Allow) => {
-                        format!("allow: matches by {m:?}; limits are skipped")
-                    }
-                    (Some(m), AccessAction::Deny) => format!("deny: matches by {m:?}"),
-                },
-                would_reject: matched.is_some() && rule.action == AccessAction::Deny,
-                shadow: false,
-            });
-            if matched.is_some() && out.verdict.is_none() {
-                out.verdict = Some(match rule.action {
-                    AccessAction::Allow => format!("allowed by {}", rule.name),
-                    AccessAction::Deny => format!("denied by {}", rule.name),
-                });
-            }
-        }
-        for &i in &rules.limits {
-            let rule = &self.limits[i];
-            if let (KeyKind::Body(spec), None) = (&rule.config.key, facts.body_keys) {
-                out.rules.push(ExplainedRule {
-                    name: rule.config.name.clone(),
-                    kind: "limit",
-                    key: format!("body field {} (hashed)", spec.field),
-                    detail: "keyed by a field of the request body; explain has no body".into(),
-                    would_reject: false,
-                    shadow: rule.config.shadow,
-                });
-                continue;
-            }
-            let key = rule.key(&Self::key_facts(facts, &rule.config.key, i));
-            let BucketState {
-                tracked, remaining, ..
-            } = rule.peek(&key);
-            let would_reject = remaining == 0;
-            out.rules.push(ExplainedRule {
-                name: rule.config.name.clone(),
-                kind: "limit",
-                key: describe_key(&key),
-                detail: format!(
-                    "{} requests left of {} (rate {}/{}s, cost {}){}",
-                    remaining,
-                    rule.config.burst.get() / rule.config.cost.get(),
-                    rule.config.rate.count,
-                    rule.config.rate.per.as_secs_f64(),
-                    rule.config.cost,
-                    if tracked {
-                        ""
-                    } else {
-                        "; key not tracked (full bucket)"
-                    }
-                ),
-                would_reject,
-                shadow: rule.config.shadow,
-            });
-            if would_reject && !rule.config.shadow && out.verdict.is_none() {
-                out.verdict = Some(format!("rate limited by {}", rule.config.name));
-            }
-        }
-        for &i in &rules.concurrency {
-            let rule = &self.concurrency[i];
-            let key = rule.key(&Self::key_facts(facts, &rule.config.key, i));
-            let n = rule.in_flight(&key);
-            let would_reject = n >= rule.config.max_in_flight.get();
-            out.rules.push(ExplainedRule {
-                name: rule.config.name.clone(),
-                kind: "concurrency",
-                key: describe_key(&key),
-                detail: format!("{n} of {} in flight", rule.config.max_in_flight),
-                would_reject,
-                shadow: rule.config.shadow,
-            });
-            if would_reject && !rule.config.shadow && out.verdict.is_none() {
-                out.verdict = Some(format!("too many in flight ({})", rule.config.name));
-            }
-        }
-        if out.verdict.is_none() {
-            if self.unknown_country == UnknownPolicy::Deny && facts.geo.country.is_none() {
-                out.verdict = Some("denied: unknown country".into());
-            } else if self.unknown_asn == UnknownPolicy::Deny && facts.geo.asn.is_none() {
-                out.verdict = Some("denied: unknown ASN".into());
-            }
-        }
-        out
-    }
-
-    /// The rejection for fleet rule `rule` charged `cost` cells per request, with
-    /// `retry_after` seconds to wait.
-    pub fn rate_limited(&self, rule: usize, cost: u32, retry_after: u64) -> Option<Rejection> {
-        let r = self.limits.get(rule)?;
-        Some(Rejection::RateLimited {
-            rule: self.limit_names[rule].clone(),
-            retry_after: retry_after.max(1),
-            quota: (r.config.rate.count.get() / cost.max(1)).max(1),
-            window: r.config.rate.per.as_secs().max(1),
+    /// Charges (or peeks at) the local fallback bucket of a fleet rule.
+    fn fallback(&self, check: &FleetCheck) -> Option<RuleOutcome> {
+        let local = self.policy.fleet_fallback.get(check.rule)?.as_ref()?;
+        let cost = NonZeroU32::new(check.cost.min(local.config.burst.get()).max(1))?;
+        Some(match self.charging {
+            Charging::Charge => local.check_cost(check.key, cost),
+            Charging::DryRun => local.peek_cost(check.key, cost),
         })
     }
 
-    /// Charges the local fallback bucket of fleet rule `rule` (failure mode
-    /// `local`); `None` when the rule has no local fallback.
-    pub fn fleet_fallback_check(
-        &self,
-        rule: usize,
-        key: LimitKey,
-        cost: u32,
-    ) -> Option<RuleOutcome> {
-        let local = self.fleet_fallback.get(rule)?.as_ref()?;
-        let cost = std::num::NonZeroU32::new(cost.min(local.config.burst.get()).max(1))?;
-        Some(local.check_cost(key, cost))
-    }
-
-    /// Rate rules, in config order.
-    pub fn rate_rules(&self) -> &[Arc<RateRule<C>>] {
-        &self.limits
-    }
-
-    /// Concurrency rules, in config order.
-    pub fn concurrency_rules(&self) -> &[Arc<ConcurrencyRule>] {
-        &self.concurrency
-    }
-
-    /// Sweeps every rate rule; returns `(rule name, keys dropped)`.
-    pub fn sweep(&self) -> Vec<(String, usize)> {
-        self.limits
-            .iter()
-            .map(|r| (r.config.name.clone(), r.sweep()))
-            .collect()
+    /// Step 9: the body rules of active flags.
+    fn body_rules(&mut self, facts: &RequestFacts<'_>) {
+        let checks = std::mem::take(&mut self.body_checks);
+        if checks.is_empty() {
+            return;
+        }
+        let policy = self.policy;
+        let bytes = match &self.body {
+            Some(BodyRead::Complete(bytes)) => bytes,
+            Some(BodyRead::NotGiven) if self.charging == Charging::DryRun => {
+                for check in &checks {
+                    if let Some(flag) = policy.flags.flags.get(check.flag) {
+                        self.note(|| TraceEntry {
+                            kind: RuleKind::BodyRule,
+                            name: flag.name.clone(),
+                            key: String::new(),
+                            detail: "reads the request body; explain was given no body".into(),
+                            outcome: TraceOutcome::Skipped,
+                            shadow: check.preview,
+                        });
+                    }
+                }
+                return;
+            }
+            other => {
+                self.refusal = other
+                    .as_ref()
+                    .and_then(BodyRead::refusal)
+                    .or(Some(Rejection::ClientError { status: 400 }));
+                self.permits.clear();
+                return;
+            }
+        };
+        let input = BodyInput {
+            headers: facts.headers,
+            query: facts.query,
+            body: bytes,
+        };
+        let mut refusal = None;
+        let mut traced = Vec::new();
+        let mut observations = Vec::new();
+        for check in checks {
+            let Some(flag) = policy.flags.flags.get(check.flag) else {
+                continue;
+            };
+            let Some(rule) = flag.config.body_rules.get(check.rule) else {
+                continue;
+            };
+            let refused = crate::body::check_body(rule, &input).err();
+            traced.push((flag.name.clone(), refused.clone(), check.preview));
+            let Some(refused) = refused else { continue };
+            if check.preview {
+                observations.push(Observation::Preview {
+                    flag: flag.name.clone(),
+                });
+                continue;
+            }
+            refusal = Some(Rejection::BodyRefused {
+                flag: flag.name.clone(),
+                status: refused.status(),
+                detail: refused.detail(),
+            });
+            break;
+        }
+        for (name, refused, preview) in traced {
+            self.note(|| TraceEntry {
+                kind: RuleKind::BodyRule,
+                name,
+                key: String::new(),
+                detail: match &refused {
+                    Some(r) => format!("answers {}: {}", r.status(), r.detail()),
+                    None => "the body passes".into(),
+                },
+                outcome: match (&refused, preview) {
+                    (None, _) => TraceOutcome::Passed,
+                    (Some(_), true) => TraceOutcome::Observed,
+                    (Some(_), false) => TraceOutcome::Refused,
+                },
+                shadow: preview,
+            });
+        }
+        self.observations.extend(observations);
+        if refusal.is_some() {
+            self.permits.clear();
+            self.refusal = refusal;
+        }
     }
 }
 
@@ -717,32 +1410,6 @@ fn describe_key(key: &LimitKey) -> String {
         LimitKey::Whole => "whole route".into(),
         LimitKey::Overflow => "overflow".into(),
     }
-}
-
-/// Every rule that applies to a request and what it would say.
-#[derive(Debug, Default)]
-pub struct Explanation {
-    /// Rules in evaluation order.
-    pub rules: Vec<ExplainedRule>,
-    /// The first rule that would act, or `None` when the request would pass.
-    pub verdict: Option<String>,
-}
-
-/// One rule in an [`Explanation`].
-#[derive(Debug)]
-pub struct ExplainedRule {
-    /// Rule name.
-    pub name: String,
-    /// `access`, `limit` or `concurrency`.
-    pub kind: &'static str,
-    /// The key the request is counted under (empty for access rules).
-    pub key: String,
-    /// Human detail: match, bucket or slot state.
-    pub detail: String,
-    /// Whether this rule would reject the request now.
-    pub would_reject: bool,
-    /// Whether the rule is in shadow mode.
-    pub shadow: bool,
 }
 
 #[cfg(test)]
@@ -772,6 +1439,38 @@ pool = "web"
         (Policy::new(&config, clock.clone(), None), clock)
     }
 
+    /// The old shape of a decision, so the tests read as before.
+    #[derive(Debug)]
+    struct Decision {
+        rejection: Option<Rejection>,
+        allowed_by: Option<Arc<str>>,
+        shadow: Vec<Arc<str>>,
+        preview: Vec<Arc<str>>,
+    }
+
+    impl From<Verdict> for Decision {
+        fn from(v: Verdict) -> Self {
+            let mut d = Decision {
+                rejection: v.refusal,
+                allowed_by: v.allowed_by,
+                shadow: Vec::new(),
+                preview: Vec::new(),
+            };
+            for o in v.observations {
+                match o {
+                    Observation::Shadow { rule } => d.shadow.push(rule),
+                    Observation::Preview { flag } => d.preview.push(flag),
+                }
+            }
+            d
+        }
+    }
+
+    /// The path of test route `route` (0: login, 1: chat).
+    fn path_of(route: usize) -> &'static str {
+        ["/login", "/chat"][route]
+    }
+
     fn decide(p: &Policy<FakeRelativeClock>, ip: &str, route: usize) -> Decision {
         decide_with(p, ip, route, &[], &HeaderMap::new())
     }
@@ -783,15 +1482,20 @@ pool = "web"
         flags: &[FlagMode],
         headers: &HeaderMap,
     ) -> Decision {
-        p.decide(&RequestFacts {
+        let facts = RequestFacts {
             ip: ip.parse().unwrap(),
             geo: GeoInfo::default(),
-            route: Some(route),
+            host: None,
+            path: path_of(route),
+            query: None,
             method: "POST",
             headers,
             flags,
-            body_keys: None,
-        })
+        };
+        let (verdict, _) = p.run(&facts, Charging::Charge, None, |checks| {
+            vec![FleetAnswer::Allowed; checks.len()]
+        });
+        verdict.into()
     }
 
     const FLAGS: &str = r#"
@@ -1107,96 +1811,104 @@ burst = 2
 routes = ["login"]
 "#;
 
-    fn decide(
-        p: &Policy<FakeRelativeClock>,
-        ip: &str,
-        route: usize,
-        keys: Option<&[Option<String>]>,
-    ) -> Decision {
-        let headers = HeaderMap::new();
-        p.decide(&RequestFacts {
-            ip: ip.parse().unwrap(),
-            geo: GeoInfo::default(),
-            route: Some(route),
-            method: "POST",
-            headers: &headers,
-            flags: &[],
-            body_keys: keys,
-        })
-    }
-
-    fn values(p: &Policy<FakeRelativeClock>, body: &str) -> Result<Vec<Option<String>>, Rejection> {
+    fn json_headers() -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", "application/json".parse().unwrap());
-        p.body_key_values(
-            Some(0),
-            &crate::body::BodyInput {
-                headers: &headers,
-                query: None,
-                body: body.as_bytes(),
-            },
-        )
+        headers
+    }
+
+    fn facts<'a>(ip: &str, path: &'a str, headers: &'a HeaderMap) -> RequestFacts<'a> {
+        RequestFacts {
+            ip: ip.parse().unwrap(),
+            geo: GeoInfo::default(),
+            host: None,
+            path,
+            query: None,
+            method: "POST",
+            headers,
+            flags: &[],
+        }
+    }
+
+    fn login(p: &Policy<FakeRelativeClock>, ip: &str, body: &str) -> Verdict {
+        let headers = json_headers();
+        let (verdict, _) = p.run(
+            &facts(ip, "/login", &headers),
+            Charging::Charge,
+            Some(body.as_bytes()),
+            |_| Vec::new(),
+        );
+        verdict
+    }
+
+    fn policy() -> Policy<FakeRelativeClock> {
+        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        Policy::new(&config, FakeRelativeClock::default(), None)
     }
 
     #[test]
     fn the_body_is_asked_for_before_anything_is_charged() {
-        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
-        let p = Policy::new(&config, FakeRelativeClock::default(), None);
-        let first = decide(&p, "192.0.2.1", 0, None);
-        assert_eq!(
-            first.need_body,
-            Some(rampart_config::DEFAULT_MAX_BODY_BYTES)
-        );
-        assert!(first.rejection.is_none());
+        let p = policy();
+        let headers = json_headers();
+        let mut evaluation = p.evaluate(Charging::Charge);
+        match evaluation.next(&facts("192.0.2.1", "/login", &headers)) {
+            Step::NeedBody { limit } => assert_eq!(limit, rampart_config::DEFAULT_MAX_BODY_BYTES),
+            other => panic!("{other:?}"),
+        }
         // The address bucket was not touched: its key is not even tracked.
         assert!(
             !p.rate_rules()[0]
                 .peek(&LimitKey::Ip("192.0.2.1".parse().unwrap()))
                 .tracked
         );
+        // A client that never finishes its body is answered 408, nothing charged.
+        evaluation.give_body(BodyRead::TimedOut);
+        match evaluation.next(&facts("192.0.2.1", "/login", &headers)) {
+            Step::Done(v) => assert_eq!(v.refusal, Some(Rejection::ClientTimeout)),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !p.rate_rules()[0]
+                .peek(&LimitKey::Ip("192.0.2.1".parse().unwrap()))
+                .tracked
+        );
         // Routes without body keys are decided at once.
-        assert_eq!(decide(&p, "192.0.2.1", 1, None).need_body, None);
+        let mut other = p.evaluate(Charging::Charge);
+        assert!(matches!(
+            other.next(&facts("192.0.2.1", "/other", &headers)),
+            Step::Done(_)
+        ));
     }
 
     #[test]
     fn one_account_from_many_addresses_is_limited_and_others_are_not() {
-        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
-        let p = Policy::new(&config, FakeRelativeClock::default(), None);
-        let alice = values(&p, r#"{"username":"  Alice@Example.com ","password":"x"}"#).unwrap();
-        let alice_again = values(&p, r#"{"username":"alice@example.COM"}"#).unwrap();
-        assert_eq!(alice, alice_again, "trimmed and case-folded");
-        for i in 0..2 {
-            assert!(decide(&p, &format!("198.51.100.{i}"), 0, Some(&alice))
-                .rejection
-                .is_none());
-        }
-        let limited = decide(&p, "198.51.100.99", 0, Some(&alice))
-            .rejection
-            .unwrap();
+        let p = policy();
+        let alice = r#"{"username":"  Alice@Example.com ","password":"x"}"#;
+        let alice_again = r#"{"username":"alice@example.COM"}"#;
+        assert!(login(&p, "198.51.100.1", alice).refusal.is_none());
+        // Trimmed and case-folded: the same account.
+        assert!(login(&p, "198.51.100.2", alice_again).refusal.is_none());
+        let limited = login(&p, "198.51.100.99", alice).refusal.unwrap();
         assert_eq!(limited.rule(), Some("login-account"));
-        let bob = values(&p, r#"{"username":"bob"}"#).unwrap();
-        assert!(decide(&p, "198.51.100.99", 0, Some(&bob))
-            .rejection
+        assert!(login(&p, "198.51.100.99", r#"{"username":"bob"}"#)
+            .refusal
             .is_none());
         // The key is a hash: no trace of the name in what explain shows.
-        let headers = HeaderMap::new();
-        let e = p.explain(&RequestFacts {
-            ip: "198.51.100.99".parse().unwrap(),
-            geo: GeoInfo::default(),
-            route: Some(0),
-            method: "POST",
-            headers: &headers,
-            flags: &[],
-            body_keys: Some(&alice),
-        });
-        let text = format!("{:?}", e.rules);
+        let headers = json_headers();
+        let (verdict, trace) = p.run(
+            &facts("198.51.100.99", "/login", &headers),
+            Charging::DryRun,
+            Some(alice.as_bytes()),
+            |_| Vec::new(),
+        );
+        assert_eq!(verdict.refusal.unwrap().rule(), Some("login-account"));
+        let text = format!("{trace:?}");
         assert!(!text.to_lowercase().contains("alice"), "{text}");
     }
 
     #[test]
     fn unreadable_bodies_are_refused() {
-        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
-        let p = Policy::new(&config, FakeRelativeClock::default(), None);
+        let p = policy();
         for body in [
             r#"{"username":"a","username":"b"}"#,
             r#"{"Username":"a"}"#,
@@ -1204,9 +1916,262 @@ routes = ["login"]
             r#"{"username":"   "}"#,
             "{not json",
         ] {
-            let refused = values(&p, body).unwrap_err();
+            let refused = login(&p, "192.0.2.9", body).refusal.unwrap();
             assert_eq!(refused.status(), 400, "{body}");
             assert_eq!(refused.rule(), Some("login-account"));
         }
+        // Nothing was charged for them.
+        assert!(
+            !p.rate_rules()[0]
+                .peek(&LimitKey::Ip("192.0.2.9".parse().unwrap()))
+                .tracked
+        );
+    }
+}
+
+#[cfg(test)]
+mod fleet_tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+[pools.web]
+servers = ["127.0.0.1:9000"]
+[fleet]
+redis_url = "redis://127.0.0.1:1/0"
+[[routes]]
+name = "open"
+path_prefix = "/open"
+pool = "web"
+[[routes]]
+name = "closed"
+path_prefix = "/closed"
+pool = "web"
+[[routes]]
+name = "local"
+path_prefix = "/local"
+pool = "web"
+[[routes]]
+name = "two"
+path_prefix = "/two"
+pool = "web"
+[[limits]]
+name = "f-open"
+key = "ip"
+rate = "10/min"
+burst = 10
+routes = ["open", "two"]
+scope = "fleet"
+fleet_failure = "open"
+[[limits]]
+name = "f-closed"
+key = "ip"
+rate = "10/min"
+burst = 10
+routes = ["closed", "two"]
+scope = "fleet"
+fleet_failure = "closed"
+[[limits]]
+name = "f-local"
+key = "ip"
+rate = "8/min"
+burst = 8
+routes = ["local"]
+scope = "fleet"
+fleet_failure = "local"
+fleet_local_share = 0.5
+[[limits]]
+name = "f-shadow"
+key = "ip"
+rate = "10/min"
+burst = 10
+routes = ["two"]
+scope = "fleet"
+shadow = true
+"#;
+
+    fn policy(clock: &FakeRelativeClock) -> Policy<FakeRelativeClock> {
+        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        Policy::new(&config, clock.clone(), None)
+    }
+
+    /// Decides a request to `path`, answering every fleet check with `answer`;
+    /// returns the verdict and the checks asked.
+    fn decide(
+        p: &Policy<FakeRelativeClock>,
+        path: &str,
+        answer: FleetAnswer,
+    ) -> (Verdict, Vec<FleetCheck>) {
+        let headers = HeaderMap::new();
+        let facts = RequestFacts {
+            ip: "192.0.2.1".parse().unwrap(),
+            geo: GeoInfo::default(),
+            host: None,
+            path,
+            query: None,
+            method: "GET",
+            headers: &headers,
+            flags: &[],
+        };
+        let mut asked = Vec::new();
+        let (verdict, _) = p.run(&facts, Charging::Charge, None, |checks| {
+            asked.extend_from_slice(checks);
+            vec![answer; checks.len()]
+        });
+        (verdict, asked)
+    }
+
+    #[test]
+    fn failure_mode_open_lets_requests_on() {
+        let clock = FakeRelativeClock::default();
+        let p = policy(&clock);
+        for _ in 0..50 {
+            assert!(decide(&p, "/open", FleetAnswer::Unavailable)
+                .0
+                .refusal
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn failure_mode_closed_refuses_with_retry_after_one_second() {
+        let clock = FakeRelativeClock::default();
+        let p = policy(&clock);
+        let refusal = decide(&p, "/closed", FleetAnswer::Unavailable)
+            .0
+            .refusal
+            .unwrap();
+        assert_eq!(
+            refusal,
+            Rejection::RateLimited {
+                rule: "f-closed".into(),
+                retry_after: 1,
+                quota: 10,
+                window: 60
+            }
+        );
+    }
+
+    #[test]
+    fn failure_mode_local_spends_the_nodes_share_and_refills_on_the_clock() {
+        let clock = FakeRelativeClock::default();
+        let p = policy(&clock);
+        // Share 0.5 of 8/min with burst 8: a bucket of 4 refilling one per 15 s.
+        for i in 0..4 {
+            let (v, _) = decide(&p, "/local", FleetAnswer::Unavailable);
+            assert!(v.refusal.is_none(), "request {i}");
+        }
+        let refusal = decide(&p, "/local", FleetAnswer::Unavailable)
+            .0
+            .refusal
+            .unwrap();
+        assert_eq!(refusal.rule(), Some("f-local"));
+        assert_eq!(refusal.retry_after(), Some(15));
+        clock.advance(Duration::from_secs(15));
+        assert!(decide(&p, "/local", FleetAnswer::Unavailable)
+            .0
+            .refusal
+            .is_none());
+        // While Redis answers, the fallback bucket is not charged.
+        clock.advance(Duration::from_secs(60));
+        for _ in 0..20 {
+            assert!(decide(&p, "/local", FleetAnswer::Allowed)
+                .0
+                .refusal
+                .is_none());
+        }
+        let fallback = p.fallback_rules()[2].as_ref().unwrap();
+        assert_eq!(
+            fallback
+                .peek(&LimitKey::Ip("192.0.2.1".parse().unwrap()))
+                .cells,
+            4
+        );
+    }
+
+    #[test]
+    fn fallback_buckets_survive_a_reload_and_are_swept() {
+        let clock = FakeRelativeClock::default();
+        let p = policy(&clock);
+        for _ in 0..4 {
+            decide(&p, "/local", FleetAnswer::Unavailable);
+        }
+        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        let next = Policy::new(&config, clock.clone(), Some(&p));
+        let (before, after) = (
+            p.fallback_rules()[2].as_ref().unwrap(),
+            next.fallback_rules()[2].as_ref().unwrap(),
+        );
+        assert!(
+            Arc::ptr_eq(before, after),
+            "a reload kept the drained bucket"
+        );
+        assert!(decide(&next, "/local", FleetAnswer::Unavailable)
+            .0
+            .refusal
+            .is_some());
+        assert_eq!(after.tracked_keys(), 1);
+        clock.advance(Duration::from_secs(120));
+        let swept = next.sweep();
+        assert!(
+            swept.contains(&("f-local (fallback)".to_string(), 1)),
+            "{swept:?}"
+        );
+        assert_eq!(after.tracked_keys(), 0);
+    }
+
+    #[test]
+    fn redis_wait_becomes_whole_seconds_rounded_up() {
+        let clock = FakeRelativeClock::default();
+        let p = policy(&clock);
+        for (wait_ms, secs) in [(1, 1), (999, 1), (1_000, 1), (1_001, 2), (2_500, 3)] {
+            let answer = FleetAnswer::Limited {
+                retry_after: Duration::from_millis(wait_ms),
+            };
+            let refusal = decide(&p, "/open", answer).0.refusal.unwrap();
+            assert_eq!(refusal.retry_after(), Some(secs), "{wait_ms} ms");
+        }
+    }
+
+    #[test]
+    fn every_fleet_rule_of_a_route_is_asked_at_once_and_shadow_rules_only_observe() {
+        let clock = FakeRelativeClock::default();
+        let p = policy(&clock);
+        let (verdict, asked) = decide(&p, "/two", FleetAnswer::Allowed);
+        assert!(verdict.refusal.is_none());
+        let names: Vec<usize> = asked.iter().map(|c| c.rule).collect();
+        assert_eq!(names, vec![0, 1, 3], "one step asks for all three");
+        assert_eq!(asked[2].enforcement, Enforcement::Shadow);
+        // Only the shadow rule's bucket is empty: observed, not refused.
+        let headers = HeaderMap::new();
+        let facts = RequestFacts {
+            ip: "192.0.2.1".parse().unwrap(),
+            geo: GeoInfo::default(),
+            host: None,
+            path: "/two",
+            query: None,
+            method: "GET",
+            headers: &headers,
+            flags: &[],
+        };
+        let limited = FleetAnswer::Limited {
+            retry_after: Duration::from_secs(5),
+        };
+        let (verdict, _) = p.run(&facts, Charging::Charge, None, |_| {
+            vec![FleetAnswer::Allowed, FleetAnswer::Allowed, limited]
+        });
+        assert!(verdict.refusal.is_none());
+        assert_eq!(
+            verdict.observations,
+            vec![Observation::Shadow {
+                rule: "f-shadow".into()
+            }]
+        );
+        // Missing answers count as Redis not answering: `f-closed` refuses.
+        let (verdict, _) = p.run(&facts, Charging::Charge, None, |_| Vec::new());
+        assert_eq!(verdict.refusal.unwrap().rule(), Some("f-closed"));
     }
 }

@@ -16,7 +16,10 @@ pub mod top;
 
 pub use canonical::{canonicalize_path, check_method, CanonicalOptions, CanonicalRefusal};
 pub use client_ip::resolve_client_ip;
-pub use engine::{Decision, Explanation, Policy, RequestFacts};
+pub use engine::{
+    BodyRead, Charging, Evaluation, FleetAnswer, FleetCheck, Observation, Policy, RequestFacts,
+    Step, TraceEntry, Verdict,
+};
 pub use geo::{CountryCode, GeoDb, GeoInfo};
 pub use lockdown::FlagMode;
 pub use rejection::Rejection;

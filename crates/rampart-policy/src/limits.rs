@@ -367,12 +367,20 @@ impl<C: Clock + Clone> RateRule<C> {
 
     /// The key actually charged: `key` itself, or a coarser one when the store is full.
     fn admitted(&self, key: LimitKey) -> LimitKey {
+        let admitted = self.admitted_quietly(key);
+        if admitted != key {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    /// [`RateRule::admitted`] without counting the fallback (dry runs).
+    fn admitted_quietly(&self, key: LimitKey) -> LimitKey {
         let max = self.config.max_keys.get() as usize;
         let count = self.store.count();
         if count < max || self.store.contains(&key) {
             return key;
         }
-        self.fallbacks.fetch_add(1, Ordering::Relaxed);
         let coarse = key.coarser();
         if coarse != LimitKey::Overflow
             && (count < max + headroom(max) || self.store.contains(&coarse))
@@ -409,6 +417,28 @@ impl<C: Clock + Clone> RateRule<C> {
             Err(_) => RuleOutcome::Limited {
                 retry_after: self.config.rate.per,
             },
+        }
+    }
+
+    /// What [`RateRule::check_cost`] would answer now, without charging: the
+    /// same GCRA test on the stored arrival time (governor's, with
+    /// `tau = t × (burst − 1)`), so a dry run and a real charge agree.
+    pub fn peek_cost(&self, key: LimitKey, cost: NonZeroU32) -> RuleOutcome {
+        let key = self.admitted_quietly(key);
+        let Some(tat) = self.store.tat(&key).filter(|&t| t != 0) else {
+            return RuleOutcome::Allowed;
+        };
+        let t = self.interval.as_u64().max(1);
+        let tau = t.saturating_mul(u64::from(self.config.burst.get().saturating_sub(1)));
+        let additional = t.saturating_mul(u64::from(cost.get().saturating_sub(1)));
+        let earliest = tat.saturating_add(additional).saturating_sub(tau);
+        let now = self.clock.now().duration_since(self.created).as_u64();
+        if now < earliest {
+            RuleOutcome::Limited {
+                retry_after: Duration::from_nanos(earliest - now),
+            }
+        } else {
+            RuleOutcome::Allowed
         }
     }
 

@@ -9,7 +9,8 @@
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/status` | config generation, pools and server health as JSON |
 //! | POST | `/reload` | re-read the config file; 200 or 400 with every error |
-//! | GET | `/debug/explain?ip=&path=&method=&host=` | what the policy sees and would decide for such a request |
+//! | GET | `/debug/explain?ip=&path=&method=&host=&header=name:value` | what the policy sees and would decide for such a request: the real decision with charging off, and the trace of every rule |
+//! | POST | `/debug/explain?…` | the same, for a request with this body (and this request's `Content-Type`) |
 //! | GET | `/debug/top?n=10` | top sources of rejected requests (addresses, /24 or /48 networks, ASNs) over the last 1–2 minutes |
 //! | GET | `/lockdown` | every flag with its state, actor, reason, since and expiry |
 //! | PUT | `/lockdown/{flag}` | turn a flag on: `{"reason": "...", "actor": "...", "ttl": "2h", "mode": "enforce"}` |
@@ -124,13 +125,10 @@ impl ServeHttp for AdminService {
                     self.shared.metrics.render(),
                 )
             }
-            (Method::GET, "/debug/explain") => {
-                let query = session.req_header().uri.query().unwrap_or("").to_string();
-                match self.explain(&query) {
-                    Ok(v) => json_reply(StatusCode::OK, v),
-                    Err(e) => problem(StatusCode::BAD_REQUEST, &e),
-                }
-            }
+            (Method::GET | Method::POST, "/debug/explain") => match self.explain(session).await {
+                Ok(v) => json_reply(StatusCode::OK, v),
+                Err(e) => problem(StatusCode::BAD_REQUEST, &e),
+            },
             (Method::GET, "/status") => json_reply(StatusCode::OK, self.status()),
             (Method::POST, "/reload") => match self.shared.reload().await {
                 Ok(generation) => json_reply(
@@ -431,11 +429,17 @@ impl AdminService {
         }
     }
 
-    fn explain(&self, query: &str) -> Result<serde_json::Value, String> {
+    /// The real decision with charging switched off (a dry run of the same
+    /// pipeline), for the request the query describes: fleet buckets are peeked
+    /// at in Redis, local ones in memory; nothing is charged or taken.
+    async fn explain(&self, session: &mut ServerSession) -> Result<serde_json::Value, String> {
+        use rampart_policy::{BodyRead, Charging, Observation, Rejection, Step};
+        let query = session.req_header().uri.query().unwrap_or("").to_string();
         let mut ip = None;
         let mut path = "/".to_string();
         let mut method = "GET".to_string();
         let mut host = None;
+        let mut headers = http::HeaderMap::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v);
@@ -444,9 +448,19 @@ impl AdminService {
                 "path" => path = v,
                 "method" => method = v.to_ascii_uppercase(),
                 "host" => host = Some(v),
+                "header" => {
+                    let (name, value) = v
+                        .split_once(':')
+                        .ok_or(format!("header \"{v}\" must be name:value"))?;
+                    let name = http::HeaderName::try_from(name.trim())
+                        .map_err(|_| format!("\"{name}\" is not a header name"))?;
+                    let value = http::HeaderValue::try_from(value.trim())
+                        .map_err(|_| format!("\"{value}\" is not a header value"))?;
+                    headers.append(name, value);
+                }
                 other => {
                     return Err(format!(
-                        "unknown parameter \"{other}\" (use ip, path, method, host)"
+                        "unknown parameter \"{other}\" (use ip, path, method, host, header)"
                     ))
                 }
             }
@@ -458,67 +472,106 @@ impl AdminService {
             .parse()
             .map_err(|_| format!("\"{ip_text}\" is not an IP address"))?;
         let ip = rampart_config::canonical_ip(ip);
+        let body = if session.req_header().method == Method::POST {
+            if let Some(ct) = session.req_header().headers.get(http::header::CONTENT_TYPE) {
+                headers.insert(http::header::CONTENT_TYPE, ct.clone());
+            }
+            Some(read_body(session).await?)
+        } else {
+            None
+        };
         let snapshot = self.shared.snapshot();
         let geo = self.shared.geo();
         let info = geo.lookup(ip);
+        let (path_only, query_part) = match path.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (path.clone(), None),
+        };
         let options = rampart_policy::CanonicalOptions {
             allow_semicolons: snapshot.config.request.allow_semicolons,
         };
-        let path = match rampart_policy::canonicalize_path(&path, options) {
-            Ok(p) => p.into_owned(),
-            Err(refusal) => {
-                return Ok(json!({
-                    "ip": ip.to_string(),
-                    "path": path,
-                    "verdict": format!("refused at the edge (400, {}): {}", refusal.rule(), refusal.detail()),
-                    "rules": [],
-                }))
+        let canonical = rampart_policy::check_method(&method)
+            .and_then(|()| rampart_policy::canonicalize_path(&path_only, options));
+        let flags = self.shared.flags();
+        let recomputed = self.shared.modes_for(&snapshot, &flags);
+        let modes = recomputed.as_deref().unwrap_or(&flags.modes);
+        let (verdict, trace, canonical_path) = match canonical {
+            Err(refusal) => (
+                rampart_policy::Verdict {
+                    refusal: Some(Rejection::NonCanonical { refusal }),
+                    ..Default::default()
+                },
+                Vec::new(),
+                path_only.clone(),
+            ),
+            Ok(canonical_path) => {
+                let canonical_path = canonical_path.into_owned();
+                let facts = rampart_policy::RequestFacts {
+                    ip,
+                    geo: info,
+                    host: host.as_deref(),
+                    path: &canonical_path,
+                    query: query_part.as_deref(),
+                    method: &method,
+                    headers: &headers,
+                    flags: modes,
+                };
+                let mut evaluation = snapshot.policy.evaluate(Charging::DryRun);
+                let mut verdict = loop {
+                    match evaluation.next(&facts) {
+                        Step::Done(verdict) => break verdict,
+                        Step::NeedBody { .. } => evaluation.give_body(match &body {
+                            Some(bytes) => BodyRead::Complete(bytes.clone()),
+                            None => BodyRead::NotGiven,
+                        }),
+                        Step::NeedFleet(checks) => {
+                            let answers = match &self.shared.fleet {
+                                Some(fleet) => {
+                                    fleet
+                                        .peek(
+                                            &snapshot.config.limits,
+                                            &checks,
+                                            &self.shared.metrics,
+                                        )
+                                        .await
+                                }
+                                None => Vec::new(),
+                            };
+                            evaluation.give_fleet(answers);
+                        }
+                    }
+                };
+                if verdict.refusal.is_none() {
+                    verdict.refusal = verdict.pool.and_then(|p| snapshot.unhealthy_pool(p));
+                }
+                (verdict, evaluation.take_trace(), canonical_path)
             }
         };
-        let found = snapshot.routes.find(host.as_deref(), &path, &method);
-        let (route, pool) = match found {
-            rampart_policy::RouteMatch::Route { route, pool } => (Some(route), Some(pool)),
-            rampart_policy::RouteMatch::Fallback { pool } => (None, Some(pool)),
-            rampart_policy::RouteMatch::MethodNotAllowed { route } => (Some(route), None),
-            rampart_policy::RouteMatch::Reject { .. } => (None, None),
-        };
-        let headers = http::HeaderMap::new();
-        let explanation = snapshot.policy.explain(&rampart_policy::RequestFacts {
-            ip,
-            geo: info,
-            route,
-            method: &method,
-            body_keys: None,
-            headers: &headers,
-            flags: &self
-                .shared
-                .modes_for(&snapshot, &self.shared.flags())
-                .unwrap_or_else(|| self.shared.flags().modes.clone()),
-        });
-        let verdict = match found {
-            rampart_policy::RouteMatch::Reject { status } => {
-                format!("no route: answered {status} at the edge")
-            }
-            rampart_policy::RouteMatch::MethodNotAllowed { .. } => {
-                format!("method {method} not allowed on this route: answered 405 at the edge")
-            }
-            _ => explanation.verdict.unwrap_or_else(|| "proxied".to_string()),
-        };
+        let refusal = verdict.refusal.as_ref();
         Ok(json!({
             "ip": ip.to_string(),
-            "path": path,
+            "path": canonical_path,
             "country": info.country.map(|c| c.to_string()),
             "asn": info.asn,
             "as_organization": geo.as_organization(ip),
-            "route": route.and_then(|r| snapshot.config.routes.get(r)).map(|r| r.name.clone()),
-            "pool": pool.and_then(|p| snapshot.pools.get(p)).map(|p| p.name().to_string()),
-            "verdict": verdict,
-            "rules": explanation.rules.iter().map(|r| json!({
-                "name": r.name,
-                "kind": r.kind,
+            "route": verdict.route.and_then(|r| snapshot.config.routes.get(r)).map(|r| r.name.clone()),
+            "pool": verdict.pool.and_then(|p| snapshot.pools.get(p)).map(|p| p.name().to_string()),
+            "verdict": verdict.label(),
+            "status": refusal.map(|r| r.status()),
+            "rule": refusal.and_then(|r| r.rule()),
+            "detail": refusal.map(|r| r.detail()),
+            "allowed_by": verdict.allowed_by.as_deref(),
+            "observations": verdict.observations.iter().map(|o| match o {
+                Observation::Shadow { rule } => json!({"kind": "shadow", "rule": rule.as_ref()}),
+                Observation::Preview { flag } => json!({"kind": "preview", "flag": flag.as_ref()}),
+            }).collect::<Vec<_>>(),
+            "rules": trace.iter().map(|r| json!({
+                "name": r.name.as_ref(),
+                "kind": r.kind.as_label(),
                 "key": r.key,
                 "detail": r.detail,
-                "would_reject": r.would_reject,
+                "outcome": r.outcome.as_label(),
+                "would_reject": matches!(r.outcome, rampart_policy::engine::TraceOutcome::Refused | rampart_policy::engine::TraceOutcome::Observed),
                 "shadow": r.shadow,
             })).collect::<Vec<_>>(),
         }))

@@ -24,6 +24,7 @@ use crate::lockdown::Activation;
 use crate::metrics::Metrics;
 use rampart_config::{FleetConfig, LimitConfig};
 use rampart_policy::limits::LimitKey;
+use rampart_policy::{FleetAnswer, FleetCheck};
 use redis::aio::ConnectionManager;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +51,11 @@ local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
 if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate) end
 local granted = math.min(want, math.floor(tokens / cost))
+if want == 0 then
+  -- A peek (explain): would one request fit? Nothing is written.
+  if tokens >= cost then return {1, 0} end
+  return {0, math.ceil((cost - tokens) / rate)}
+end
 tokens = tokens - granted * cost
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
@@ -79,15 +85,6 @@ pub enum FleetError {
     /// Redis answered with an error.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
-}
-
-/// What a fleet bucket said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaOutcome {
-    /// Allowed.
-    Allowed,
-    /// The fleet budget is spent; retry after this many seconds.
-    Limited(u64),
 }
 
 #[derive(Debug)]
@@ -213,7 +210,7 @@ impl Fleet {
         key: &LimitKey,
         cost: u32,
         metrics: &Metrics,
-    ) -> Result<QuotaOutcome, FleetError> {
+    ) -> Result<FleetAnswer, FleetError> {
         let mut waited = false;
         let (want, owner) = loop {
             let now = Instant::now();
@@ -232,7 +229,7 @@ impl Fleet {
                 });
                 if lease.left > 0 && lease.until > now {
                     lease.left -= 1;
-                    return Ok(QuotaOutcome::Allowed);
+                    return Ok(FleetAnswer::Allowed);
                 }
                 match &lease.refill {
                     Some(notify) if !waited => {
@@ -280,7 +277,7 @@ impl Fleet {
         cost: u32,
         want: u32,
         metrics: &Metrics,
-    ) -> Result<QuotaOutcome, FleetError> {
+    ) -> Result<FleetAnswer, FleetError> {
         let mut conn = self
             .connection()
             .inspect_err(|e| self.mark(false, metrics, "quota", Some(e)))?;
@@ -307,7 +304,12 @@ impl Fleet {
             )
             .await?;
         if granted == 0 {
-            return Ok(QuotaOutcome::Limited(wait_ms.div_ceil(1000).max(1)));
+            return Ok(FleetAnswer::Limited {
+                retry_after: Duration::from_millis(wait_ms),
+            });
+        }
+        if want == 0 {
+            return Ok(FleetAnswer::Allowed);
         }
         if let Ok(mut leases) = self.leases.lock() {
             if let Some(lease) = leases.get_mut(&(index, *key)) {
@@ -315,7 +317,68 @@ impl Fleet {
                 lease.until = Instant::now() + LEASE_LIFETIME;
             }
         }
-        Ok(QuotaOutcome::Allowed)
+        Ok(FleetAnswer::Allowed)
+    }
+
+    /// Answers the fleet checks of one request, all at once: each is charged
+    /// (through its lease, or one Redis round trip) concurrently, so a route
+    /// with several fleet rules waits on Redis once, never longer than
+    /// `timeout`. A check that fails is [`FleetAnswer::Unavailable`]; the
+    /// policy applies the rule's failure mode.
+    pub async fn answer(
+        &self,
+        limits: &[LimitConfig],
+        checks: &[FleetCheck],
+        metrics: &Metrics,
+    ) -> Vec<FleetAnswer> {
+        match checks {
+            [check] => vec![self.answer_one(limits, check, metrics, false).await],
+            _ => {
+                futures_util::future::join_all(
+                    checks
+                        .iter()
+                        .map(|c| self.answer_one(limits, c, metrics, false)),
+                )
+                .await
+            }
+        }
+    }
+
+    /// One check: charged through the lease table, or peeked at (`peek`).
+    async fn answer_one(
+        &self,
+        limits: &[LimitConfig],
+        check: &FleetCheck,
+        metrics: &Metrics,
+        peek: bool,
+    ) -> FleetAnswer {
+        let Some(rule) = limits.get(check.rule) else {
+            return FleetAnswer::Unavailable;
+        };
+        let answer = if peek {
+            self.refill(check.rule, rule, &check.key, check.cost, 0, metrics)
+                .await
+        } else {
+            self.take(check.rule, rule, &check.key, check.cost, metrics)
+                .await
+        };
+        answer.unwrap_or(FleetAnswer::Unavailable)
+    }
+
+    /// What the fleet buckets of `checks` would say now, charging nothing (for
+    /// explain): one script call per check, no lease taken or spent.
+    pub async fn peek(
+        &self,
+        limits: &[LimitConfig],
+        checks: &[FleetCheck],
+        metrics: &Metrics,
+    ) -> Vec<FleetAnswer> {
+        futures_util::future::join_all(
+            checks
+                .iter()
+                .map(|c| self.answer_one(limits, c, metrics, true)),
+        )
+        .await
     }
 
     /// Drops spent and expired leases (not those being refilled).

@@ -13,9 +13,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use rampart_config::{ForwardedHeader, RouteKind};
-use rampart_policy::engine::BodyCheck;
 use rampart_policy::limits::ConcurrencyPermit;
-use rampart_policy::{resolve_client_ip, Decision, GeoInfo, Rejection, RequestFacts, RouteMatch};
+use rampart_policy::{
+    resolve_client_ip, BodyRead, Charging, GeoInfo, Observation, Rejection, RequestFacts, Step,
+};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,69 +31,6 @@ impl RampartProxy {
     /// A proxy reading its policy from `shared`.
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
-    }
-
-    /// Charges fleet-wide buckets through Redis; on a Redis failure each rule's
-    /// failure mode decides. Shadow rules and previewed flags only count.
-    async fn check_fleet(
-        &self,
-        ctx: &RequestCtx,
-        snapshot: &Snapshot,
-        checks: Vec<rampart_policy::engine::FleetCheck>,
-    ) -> Option<Rejection> {
-        use crate::fleet::QuotaOutcome;
-        use rampart_config::{FleetFailure, LimitScope};
-        let fleet = self.shared.fleet.as_ref()?;
-        let policy = &snapshot.policy;
-        for check in checks {
-            let Some(rule) = snapshot.config.limits.get(check.rule) else {
-                continue;
-            };
-            let outcome = match fleet
-                .take(
-                    check.rule,
-                    rule,
-                    &check.key,
-                    check.cost,
-                    &self.shared.metrics,
-                )
-                .await
-            {
-                Ok(o) => o,
-                Err(_) => match rule.scope {
-                    LimitScope::Fleet {
-                        failure: FleetFailure::Open,
-                    }
-                    | LimitScope::Local => QuotaOutcome::Allowed,
-                    LimitScope::Fleet {
-                        failure: FleetFailure::Closed,
-                    } => QuotaOutcome::Limited(1),
-                    LimitScope::Fleet {
-                        failure: FleetFailure::Local { .. },
-                    } => match policy.fleet_fallback_check(check.rule, check.key, check.cost) {
-                        Some(rampart_policy::limits::RuleOutcome::Limited { retry_after }) => {
-                            QuotaOutcome::Limited(retry_after.as_secs_f64().ceil().max(1.0) as u64)
-                        }
-                        _ => QuotaOutcome::Allowed,
-                    },
-                },
-            };
-            let QuotaOutcome::Limited(retry_after) = outcome else {
-                continue;
-            };
-            match &check.report_only {
-                Some((flag, true)) => self
-                    .shared
-                    .metrics
-                    .lockdown_preview(ctx.route_label(), flag),
-                Some((rule_name, false)) => self
-                    .shared
-                    .metrics
-                    .shadow_match(ctx.route_label(), rule_name),
-                None => return policy.rate_limited(check.rule, check.cost, retry_after),
-            }
-        }
-        None
     }
 
     /// Counts a rejected request against its address, network and AS.
@@ -122,13 +60,13 @@ impl RampartProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
         limit: usize,
-    ) -> Result<std::result::Result<Vec<u8>, Rejection>> {
+    ) -> Result<BodyRead> {
         let declared = declared_length(session);
         let mut body = Vec::new();
         if declared.is_some_and(|n| n > limit) {
             // Declared too large: no need to read it to know.
             body.resize(limit + 1, 0);
-            return Ok(Ok(body));
+            return Ok(BodyRead::Complete(body));
         }
         let expects_continue = session
             .req_header()
@@ -157,17 +95,19 @@ impl RampartProxy {
                         .and_then(|c| c.refused())
                         .is_some_and(|r| r == crate::edge::EdgeRefusal::BodyTimeout);
                     if deadline_passed || e.etype() == &ErrorType::ReadTimedout {
-                        return Ok(Err(Rejection::ClientTimeout));
+                        return Ok(BodyRead::TimedOut);
                     }
                     let gone = matches!(
                         e.etype(),
                         ErrorType::ConnectionClosed | ErrorType::ReadError
                     );
-                    return Ok(Err(Rejection::ClientError {
-                        status: if gone { 499 } else { 400 },
-                    }));
+                    return Ok(if gone {
+                        BodyRead::ClientGone
+                    } else {
+                        BodyRead::Malformed
+                    });
                 }
-                Err(_) => return Ok(Err(Rejection::ClientTimeout)),
+                Err(_) => return Ok(BodyRead::TimedOut),
             };
             let Some(chunk) = chunk else { break };
             body.extend_from_slice(&chunk);
@@ -181,40 +121,7 @@ impl RampartProxy {
                 conn.answering();
             }
         }
-        Ok(Ok(body))
-    }
-
-    /// Runs the body rules of active flags on `body`. Previewed rules are only
-    /// counted.
-    fn check_body_rules(
-        &self,
-        session: &Session,
-        ctx: &RequestCtx,
-        snapshot: &Snapshot,
-        checks: &[BodyCheck],
-        body: &[u8],
-    ) -> Option<Rejection> {
-        let req = session.req_header();
-        let input = rampart_policy::body::BodyInput {
-            headers: &req.headers,
-            query: req.uri.query(),
-            body,
-        };
-        for &check in checks {
-            let Some(refusal) = snapshot.policy.check_body(check, &input) else {
-                continue;
-            };
-            if check.preview {
-                if let Some(flag) = refusal.rule() {
-                    self.shared
-                        .metrics
-                        .lockdown_preview(ctx.route_label(), flag);
-                }
-                continue;
-            }
-            return Some(refusal);
-        }
-        None
+        Ok(BodyRead::Complete(body))
     }
 }
 
@@ -257,17 +164,17 @@ fn request_facts<'a>(
     ctx: &RequestCtx,
     session: &'a Session,
     flags: &'a [rampart_policy::FlagMode],
-    body_keys: Option<&'a [Option<String>]>,
 ) -> RequestFacts<'a> {
     let req = session.req_header();
     RequestFacts {
         ip: ctx.client_ip,
         geo: ctx.geo,
-        route: ctx.route,
+        host: request_host(req),
+        path: req.uri.path(),
+        query: req.uri.query(),
         method: req.method.as_str(),
         headers: &req.headers,
         flags,
-        body_keys,
     }
 }
 
@@ -389,6 +296,8 @@ pub struct RequestCtx {
     geo: GeoInfo,
     /// In-flight slots, released when the context is dropped at the end of the request.
     permits: Vec<ConcurrencyPermit>,
+    /// What shadow rules and previewed flags would have refused (recorded in `logging`).
+    observations: Vec<Observation>,
     upstream_start: Option<Instant>,
     /// `100 Continue` was sent to the client before its body was read.
     continue_sent: bool,
@@ -553,6 +462,7 @@ impl ProxyHttp for RampartProxy {
             rejection: None,
             geo: GeoInfo::default(),
             permits: Vec::new(),
+            observations: Vec::new(),
         }
     }
 
@@ -634,105 +544,40 @@ impl ProxyHttp for RampartProxy {
             ctx.rejection = Some(rejection);
             return Ok(true);
         }
-        let req = session.req_header();
-        let found = snapshot
-            .routes
-            .find(request_host(req), req.uri.path(), req.method.as_str());
-        let mut rejection = match found {
-            RouteMatch::Route { route, pool } => {
-                ctx.route = Some(route);
-                ctx.pool = Some(pool);
-                None
-            }
-            RouteMatch::Fallback { pool } => {
-                ctx.pool = Some(pool);
-                None
-            }
-            RouteMatch::MethodNotAllowed { route } => {
-                ctx.route = Some(route);
-                Some(Rejection::MethodNotAllowed {
-                    allow: snapshot
-                        .config
-                        .routes
-                        .get(route)
-                        .map(|r| r.methods.join(", "))
-                        .unwrap_or_default()
-                        .into(),
-                })
-            }
-            RouteMatch::Reject { status } => Some(Rejection::NoRoute { status }),
-        };
-        let mut body_checks = Vec::new();
-        let mut fleet_checks = Vec::new();
-        let mut body: Option<Vec<u8>> = None;
-        if rejection.is_none() {
-            let geo = self.shared.geo();
-            ctx.geo = geo.lookup(ctx.client_ip);
-            self.shared.metrics.geo_lookup(&geo, &ctx.geo);
-            let flags = self.shared.flags();
-            let recomputed = self.shared.modes_for(&snapshot, &flags);
-            let modes = recomputed.as_deref().unwrap_or(&flags.modes);
-            let mut decision = snapshot
-                .policy
-                .decide(&request_facts(ctx, session, modes, None));
-            if let Some(key_limit) = decision.need_body {
-                // Limits keyed by a body field: read the body first (nothing is
-                // charged yet), refuse what cannot be read unambiguously, then
-                // decide with the field values.
-                let limit = key_limit.max(snapshot.policy.body_limit(&decision.body_checks));
-                let read = self.read_body(session, ctx, limit).await?;
-                let values = read.and_then(|bytes| {
-                    let req = session.req_header();
-                    let input = rampart_policy::body::BodyInput {
-                        headers: &req.headers,
-                        query: req.uri.query(),
-                        body: &bytes,
-                    };
-                    let values = snapshot.policy.body_key_values(ctx.route, &input);
-                    body = Some(bytes);
-                    values
-                });
-                decision = match values {
-                    Ok(values) => {
-                        snapshot
-                            .policy
-                            .decide(&request_facts(ctx, session, modes, Some(&values)))
-                    }
-                    Err(refused) => Decision {
-                        rejection: Some(refused),
-                        ..Decision::default()
-                    },
-                };
-            }
-            for rule in &decision.shadow {
-                self.shared.metrics.shadow_match(ctx.route_label(), rule);
-            }
-            for flag in &decision.preview {
-                self.shared
-                    .metrics
-                    .lockdown_preview(ctx.route_label(), flag);
-            }
-            ctx.permits = decision.permits;
-            body_checks = decision.body_checks;
-            fleet_checks = decision.fleet_checks;
-            rejection = decision.rejection;
-        }
-        if rejection.is_none() && !fleet_checks.is_empty() {
-            rejection = self.check_fleet(ctx, &snapshot, fleet_checks).await;
-        }
-        if rejection.is_none() && !body_checks.is_empty() {
-            let bytes = match body.take() {
-                Some(bytes) => Ok(bytes),
-                None => {
-                    let limit = snapshot.policy.body_limit(&body_checks);
-                    self.read_body(session, ctx, limit).await?
+        let geo = self.shared.geo();
+        ctx.geo = geo.lookup(ctx.client_ip);
+        self.shared.metrics.geo_lookup(&geo, &ctx.geo);
+        let flags = self.shared.flags();
+        let recomputed = self.shared.modes_for(&snapshot, &flags);
+        let modes = recomputed.as_deref().unwrap_or(&flags.modes);
+
+        // The policy decides; this loop only does the I/O it asks for.
+        let mut evaluation = snapshot.policy.evaluate(Charging::Charge);
+        let verdict = loop {
+            match evaluation.next(&request_facts(ctx, session, modes)) {
+                Step::Done(verdict) => break verdict,
+                Step::NeedBody { limit } => {
+                    let read = self.read_body(session, ctx, limit).await?;
+                    evaluation.give_body(read);
                 }
-            };
-            rejection = match bytes {
-                Ok(bytes) => self.check_body_rules(session, ctx, &snapshot, &body_checks, &bytes),
-                Err(refused) => Some(refused),
-            };
-        }
+                Step::NeedFleet(checks) => {
+                    let answers = match &self.shared.fleet {
+                        Some(fleet) => {
+                            fleet
+                                .answer(&snapshot.config.limits, &checks, &self.shared.metrics)
+                                .await
+                        }
+                        None => Vec::new(),
+                    };
+                    evaluation.give_fleet(answers);
+                }
+            }
+        };
+        ctx.route = verdict.route;
+        ctx.pool = verdict.pool;
+        ctx.permits = verdict.permits;
+        ctx.observations = verdict.observations;
+        let mut rejection = verdict.refusal;
         if rejection.is_none() && !ctx.body_done && session.as_downstream().is_http2() {
             // An HTTP/2 stream's body has no connection deadline to hold it (the
             // connection carries other streams): a small body with a declared
@@ -743,18 +588,15 @@ impl ProxyHttp for RampartProxy {
             let declared = declared_length(session)
                 .filter(|&n| n > 0 && n <= rampart_config::MAX_BODY_BYTES_LIMIT);
             if let Some(length) = declared {
-                if let Err(refused) = self.read_body(session, ctx, length).await? {
-                    rejection = Some(refused);
-                }
+                rejection = match self.read_body(session, ctx, length).await? {
+                    BodyRead::Complete(_) => None,
+                    failed => failed.refusal(),
+                };
             }
         }
-        let rejection = rejection.or_else(|| {
-            let pool = snapshot.pools.get(ctx.pool?)?;
-            (!pool.has_healthy()).then(|| Rejection::NoHealthyUpstream {
-                pool: pool.name().to_string(),
-            })
-        });
+        let rejection = rejection.or_else(|| snapshot.unhealthy_pool(ctx.pool?));
         if let Some(rejection) = rejection {
+            ctx.permits.clear();
             let close = ctx
                 .route
                 .and_then(|r| snapshot.config.routes.get(r))
@@ -902,6 +744,17 @@ impl ProxyHttp for RampartProxy {
             .as_ref()
             .map(|r| r.label())
             .unwrap_or(PROXIED_VERDICT);
+        for observation in &ctx.observations {
+            match observation {
+                Observation::Shadow { rule } => {
+                    self.shared.metrics.shadow_match(ctx.route_label(), rule)
+                }
+                Observation::Preview { flag } => self
+                    .shared
+                    .metrics
+                    .lockdown_preview(ctx.route_label(), flag),
+            }
+        }
         let policy_rule = ctx.rejection.as_ref().and_then(|r| r.rule());
         if let Some(rule) = policy_rule {
             self.shared

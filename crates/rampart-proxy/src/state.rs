@@ -75,6 +75,15 @@ impl Snapshot {
             .or_else(|| self.proxied.last())
     }
 
+    /// The refusal for a request to pool `pool` when none of its servers is
+    /// healthy.
+    pub fn unhealthy_pool(&self, pool: usize) -> Option<rampart_policy::Rejection> {
+        let pool = self.pools.get(pool)?;
+        (!pool.has_healthy()).then(|| rampart_policy::Rejection::NoHealthyUpstream {
+            pool: pool.name().to_string(),
+        })
+    }
+
     /// Whether every server of every pool has had its first health probe.
     pub fn is_ready(&self) -> bool {
         self.pools

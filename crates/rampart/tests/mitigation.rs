@@ -384,8 +384,11 @@ async fn explain_shows_what_the_proxy_sees_and_would_decide() {
         200
     );
     let after = explain().await;
-    assert_eq!(after["verdict"], "rate limited by per-asn");
+    assert_eq!(after["verdict"], "rate_limited");
+    assert_eq!(after["rule"], "per-asn");
+    assert_eq!(after["status"], 429);
     assert_eq!(after["rules"][0]["would_reject"], true);
+    assert_eq!(after["rules"][0]["outcome"], "refused");
 
     let bad = rampart
         .admin_request(Method::GET, "/debug/explain?ip=not-an-ip")

@@ -515,3 +515,67 @@ fn the_cli_enables_lists_and_disables_flags() {
     );
     drop(origin);
 }
+
+/// Explains a registration from 198.51.100.7, with `body` posted when given.
+async fn explain_registration(r: &Rampart, body: Option<&str>) -> Value {
+    let path = "/debug/explain?ip=198.51.100.7&path=/api/auth/register&method=POST";
+    let request = match body {
+        Some(body) => r
+            .admin_request(Method::POST, path)
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+        None => r.admin_request(Method::GET, path),
+    };
+    let resp = request.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_follows_the_active_flags_and_reads_a_posted_body() {
+    let origin = MockOrigin::start("auth").await;
+    let rampart = Rampart::start(bin(), &config(&origin)).await;
+    let us = r#"{"phone":"+1 415 555 0100"}"#;
+    let cn = r#"{"phone":"+86 138 0013 8000"}"#;
+    assert_eq!(explain_registration(&rampart, Some(us)).await["verdict"], "proxied");
+
+    enable(&rampart, "registration_cn_mobile_only", json!({})).await;
+    let refused = explain_registration(&rampart, Some(us)).await;
+    assert_eq!(refused["verdict"], "body_refused", "{refused}");
+    assert_eq!(refused["status"], 403);
+    assert_eq!(refused["rule"], "registration_cn_mobile_only");
+    let traced = refused["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "body_rule")
+        .unwrap();
+    assert_eq!(traced["outcome"], "refused");
+    assert_eq!(explain_registration(&rampart, Some(cn)).await["verdict"], "proxied");
+    // Without a body, the body rule is shown as not evaluated.
+    let no_body = explain_registration(&rampart, None).await;
+    assert_eq!(no_body["verdict"], "proxied");
+    assert!(no_body["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["kind"] == "body_rule" && r["outcome"] == "skipped"));
+    // The real request agrees.
+    let real = reqwest::Client::new()
+        .post(rampart.url("/api/auth/register"))
+        .header("content-type", "application/json")
+        .body(us)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(real.status(), 403);
+
+    // Maintenance: explain says so (it used to say "proxied").
+    enable(&rampart, "maintenance", json!({})).await;
+    let down = explain_registration(&rampart, Some(cn)).await;
+    assert_eq!(down["verdict"], "maintenance");
+    assert_eq!(down["status"], 503);
+    assert_eq!(down["rules"][0]["kind"], "flag");
+    // Explaining never reached the origin.
+    assert_eq!(origin.request_count(), 0);
+}

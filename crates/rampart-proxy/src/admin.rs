@@ -17,7 +17,7 @@
 //! | DELETE | `/lockdown/{flag}` | turn a flag off (optional body `{"actor": "...", "reason": "..."}`) |
 
 use crate::lockdown::{parse_ttl, Mode};
-use crate::state::{FlagError, ReloadError, Shared};
+use crate::state::{CommandError, FlagError, ReloadError, Shared};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -130,12 +130,12 @@ impl ServeHttp for AdminService {
                 Err(e) => problem(StatusCode::BAD_REQUEST, &e),
             },
             (Method::GET, "/status") => json_reply(StatusCode::OK, self.status()),
-            (Method::POST, "/reload") => match self.shared.reload().await {
+            (Method::POST, "/reload") => match self.shared.reload_config().await {
                 Ok(generation) => json_reply(
                     StatusCode::OK,
                     json!({"result": "reloaded", "generation": generation}),
                 ),
-                Err(ReloadError::Invalid(e)) => json_reply(
+                Err(CommandError::Reload(ReloadError::Invalid(e))) => json_reply(
                     StatusCode::BAD_REQUEST,
                     json!({
                         "result": "refused",
@@ -143,7 +143,7 @@ impl ServeHttp for AdminService {
                         "errors": e.to_string().lines().collect::<Vec<_>>(),
                     }),
                 ),
-                Err(e @ ReloadError::ActiveFlagRemoved(_)) => json_reply(
+                Err(CommandError::Reload(e @ ReloadError::ActiveFlagRemoved(_))) => json_reply(
                     StatusCode::CONFLICT,
                     json!({
                         "result": "refused",
@@ -244,7 +244,10 @@ struct DisableRequest {
     reason: Option<String>,
 }
 
-fn flag_error(flag: &str, e: &FlagError) -> Response<Vec<u8>> {
+fn flag_error(flag: &str, e: &CommandError) -> Response<Vec<u8>> {
+    let CommandError::Flag(e) = e else {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+    };
     let known = match e {
         FlagError::Unknown(known) => known,
         FlagError::Fleet(_) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -274,9 +277,12 @@ fn top_n(query: &str) -> Result<usize, String> {
                 n = v
                     .parse::<usize>()
                     .ok()
-                    .filter(|n| (1..=crate::state::OFFENDER_CAPACITY).contains(n))
+                    .filter(|n| (1..=crate::offenders::OFFENDER_CAPACITY).contains(n))
                     .ok_or_else(|| {
-                        format!("n must be from 1 to {}", crate::state::OFFENDER_CAPACITY)
+                        format!(
+                            "n must be from 1 to {}",
+                            crate::offenders::OFFENDER_CAPACITY
+                        )
                     })?;
             }
             _ => return Err(format!("unknown parameter \"{pair}\" (use n)")),
@@ -287,36 +293,25 @@ fn top_n(query: &str) -> Result<usize, String> {
 
 impl AdminService {
     fn top(&self, n: usize) -> serde_json::Value {
-        let now = crate::lockdown::now_unix();
-        let Ok(mut top) = self.shared.offenders.lock() else {
-            return json!({});
-        };
-        let window = top.ips.window_secs();
+        let top = self.shared.offenders.top(n, crate::lockdown::now_unix());
         let rows = |list: Vec<(String, u64)>| {
             list.into_iter()
                 .map(|(key, rejected)| json!({"key": key, "rejected": rejected}))
                 .collect::<Vec<_>>()
         };
-        let ips = top
-            .ips
-            .top(n, now)
-            .into_iter()
-            .map(|(k, c)| (k.to_string(), c))
-            .collect();
+        let ips = top.ips.iter().map(|(k, c)| (k.to_string(), *c)).collect();
         let prefixes = top
             .prefixes
-            .top(n, now)
-            .into_iter()
-            .map(|(k, c)| (k.to_string(), c))
+            .iter()
+            .map(|(k, c)| (k.to_string(), *c))
             .collect();
         let asns = top
             .asns
-            .top(n, now)
-            .into_iter()
-            .map(|(k, c)| (format!("AS{k}"), c))
+            .iter()
+            .map(|(k, c)| (format!("AS{k}"), *c))
             .collect();
         json!({
-            "window_seconds": window,
+            "window_seconds": top.window_secs,
             "ips": rows(ips),
             "prefixes": rows(prefixes),
             "asns": rows(asns),
@@ -325,7 +320,7 @@ impl AdminService {
 
     fn lockdown_list(&self) -> serde_json::Value {
         let snapshot = self.shared.snapshot();
-        let flags = self.shared.flags();
+        let flags = &snapshot.flags;
         let list: Vec<_> = snapshot
             .config
             .lockdown
@@ -481,7 +476,7 @@ impl AdminService {
             None
         };
         let snapshot = self.shared.snapshot();
-        let geo = self.shared.geo();
+        let geo = &snapshot.geo;
         let info = geo.lookup(ip);
         let (path_only, query_part) = match path.split_once('?') {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
@@ -492,9 +487,7 @@ impl AdminService {
         };
         let canonical = rampart_policy::check_method(&method)
             .and_then(|()| rampart_policy::canonicalize_path(&path_only, options));
-        let flags = self.shared.flags();
-        let recomputed = self.shared.modes_for(&snapshot, &flags);
-        let modes = recomputed.as_deref().unwrap_or(&flags.modes);
+        let modes = &snapshot.flags.modes;
         let (verdict, trace, canonical_path) = match canonical {
             Err(refusal) => (
                 rampart_policy::Verdict {

@@ -28,19 +28,15 @@ impl GeoRefresh {
 impl BackgroundService for GeoRefresh {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
-            let config = self.shared.snapshot().config.geoip.clone();
+            let every = self.shared.snapshot().config.geoip.check_interval;
             tokio::select! {
-                _ = tokio::time::sleep(config.check_interval) => {}
+                _ = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => return,
             }
-            let shared = self.shared.clone();
-            let refreshed = tokio::task::spawn_blocking(move || shared.refresh_geo(&config)).await;
-            match refreshed {
-                Ok(Err(e)) => log::error!(
+            if let Err(e) = self.shared.refresh_geo_files().await {
+                log::error!(
                     "GeoIP file changed but cannot be loaded, the old one keeps serving: {e}"
-                ),
-                Err(e) => log::error!("GeoIP refresh task failed: {e}"),
-                Ok(Ok(_)) => {}
+                );
             }
         }
     }
@@ -163,24 +159,35 @@ impl LimiterSweep {
         Self { shared }
     }
 
-    /// One sweep of the current snapshot's rules, then [`LimiterSweep::record`].
+    /// One sweep of the current snapshot's rules (fleet fallback buckets and
+    /// leases included), then [`LimiterSweep::record`].
     pub fn sweep_once(shared: &Shared) {
         if let Some(fleet) = &shared.fleet {
             fleet.sweep();
         }
-        for rule in shared.snapshot().policy.rate_rules() {
-            rule.sweep();
-        }
+        shared.snapshot().policy.sweep();
         Self::record(shared);
     }
 
     /// Brings the limiter metrics up to date (no sweep).
     pub fn record(shared: &Shared) {
+        use crate::metrics::LimiterKind;
         let snapshot = shared.snapshot();
-        for rule in snapshot.policy.rate_rules() {
+        let rate = snapshot
+            .policy
+            .rate_rules()
+            .iter()
+            .map(|r| (r, LimiterKind::Rate));
+        let fallback = snapshot
+            .policy
+            .fallback_rules()
+            .iter()
+            .flatten()
+            .map(|r| (r, LimiterKind::FleetFallback));
+        for (rule, kind) in rate.chain(fallback) {
             shared.metrics.limiter(
                 &rule.config.name,
-                "rate",
+                kind,
                 rule.tracked_keys(),
                 rule.config.max_keys.get(),
                 rule.evicted(),
@@ -190,7 +197,7 @@ impl LimiterSweep {
         for rule in snapshot.policy.concurrency_rules() {
             shared.metrics.limiter(
                 &rule.config.name,
-                "concurrency",
+                LimiterKind::Concurrency,
                 rule.tracked_keys(),
                 rule.config.max_keys.get(),
                 0,

@@ -21,7 +21,7 @@
 //! `fleet_local_share` of the budget).
 
 use crate::lockdown::Activation;
-use crate::metrics::Metrics;
+use crate::metrics::{FleetOp, Metrics};
 use rampart_config::{FleetConfig, LimitConfig};
 use rampart_policy::limits::LimitKey;
 use rampart_policy::{FleetAnswer, FleetCheck};
@@ -145,7 +145,7 @@ impl Fleet {
         self.degraded.load(Ordering::Relaxed)
     }
 
-    fn mark(&self, ok: bool, metrics: &Metrics, what: &str, error: Option<&FleetError>) {
+    fn mark(&self, ok: bool, metrics: &Metrics, what: FleetOp, error: Option<&FleetError>) {
         let was = self.degraded.swap(!ok, Ordering::Relaxed);
         metrics.fleet_degraded(!ok);
         if was && ok {
@@ -155,7 +155,8 @@ impl Fleet {
             );
         } else if !was && !ok {
             log::error!(
-                "fleet: DEGRADED, Redis unreachable during {what}: {}; keeping the last known flags and applying each fleet rule's failure mode",
+                "fleet: DEGRADED, Redis unreachable during {}: {}; keeping the last known flags and applying each fleet rule's failure mode",
+                what.as_label(),
                 error.map(|e| e.to_string()).unwrap_or_default()
             );
         }
@@ -187,7 +188,7 @@ impl Fleet {
     async fn timed<T>(
         &self,
         metrics: &Metrics,
-        what: &str,
+        what: FleetOp,
         limit: Duration,
         op: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, FleetError> {
@@ -280,7 +281,7 @@ impl Fleet {
     ) -> Result<FleetAnswer, FleetError> {
         let mut conn = self
             .connection()
-            .inspect_err(|e| self.mark(false, metrics, "quota", Some(e)))?;
+            .inspect_err(|e| self.mark(false, metrics, FleetOp::Quota, Some(e)))?;
         let rate_per_ms =
             f64::from(rule.rate.count.get()) / rule.rate.per.as_millis().max(1) as f64;
         let bucket = format!(
@@ -298,7 +299,11 @@ impl Fleet {
         let (granted, wait_ms): (u32, u64) = self
             .timed(
                 metrics,
-                "quota",
+                if want == 0 {
+                    FleetOp::Peek
+                } else {
+                    FleetOp::Quota
+                },
                 self.config.timeout,
                 invocation.invoke_async(&mut conn),
             )
@@ -398,7 +403,7 @@ impl Fleet {
         let raw: HashMap<String, String> = self
             .timed(
                 metrics,
-                "resync",
+                FleetOp::Resync,
                 ADMIN_TIMEOUT,
                 redis::cmd("HGETALL")
                     .arg(self.flags_key())
@@ -435,7 +440,7 @@ impl Fleet {
             .ignore();
         self.timed(
             metrics,
-            "flag_write",
+            FleetOp::FlagWrite,
             ADMIN_TIMEOUT,
             pipe.query_async::<()>(&mut conn),
         )
@@ -454,7 +459,7 @@ impl Fleet {
             .ignore();
         self.timed(
             metrics,
-            "flag_write",
+            FleetOp::FlagWrite,
             ADMIN_TIMEOUT,
             pipe.query_async::<()>(&mut conn),
         )
@@ -476,7 +481,7 @@ impl Fleet {
         let removed: i64 = self
             .timed(
                 metrics,
-                "flag_expire",
+                FleetOp::FlagExpire,
                 ADMIN_TIMEOUT,
                 invocation.invoke_async(&mut conn),
             )

@@ -11,6 +11,7 @@ pub mod health;
 pub mod listening;
 pub mod lockdown;
 pub mod metrics;
+pub mod offenders;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
@@ -309,7 +310,7 @@ impl BackgroundService for SighupReload {
                 _ = hangups.recv() => {
                     log::info!("SIGHUP: reloading {}", self.shared.config_path.display());
                     // Errors are logged and counted by reload itself.
-                    let _ = self.shared.reload().await;
+                    let _ = self.shared.reload_config().await;
                 }
                 _ = shutdown.changed() => return,
             }

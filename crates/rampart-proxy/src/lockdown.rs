@@ -1,7 +1,6 @@
 //! Lockdown flag state: which flags are on, in which mode, who turned them on,
-//! why and until when. Written from one place (this module, called by the admin
-//! API and the expiry service), persisted atomically to the state file, and every
-//! change appended to the audit log.
+//! why and until when; its state file (written atomically) and audit log. The
+//! state is changed only by the one writer in `state` (`Shared::apply`).
 //!
 //! Start-up: the state file is read; a missing file means "the flags config marks
 //! `default_active`". A corrupt or unreadable file is reported loudly (log,
@@ -132,38 +131,26 @@ struct StateFile {
 /// Version 2 stores milliseconds; version 1 (whole seconds) is still read.
 const STATE_VERSION: u32 = 2;
 
-/// The flag state of one moment, immutable; replaced as a whole on each change.
+/// The flag state of one moment, immutable; part of the snapshot and replaced
+/// with it, so its modes always belong to the snapshot's config.
 #[derive(Debug, Clone, Default)]
 pub struct FlagState {
     /// Active flags by name.
     pub active: BTreeMap<String, Activation>,
-    /// Mode of each flag of the config of `generation`, in config order.
+    /// Mode of each flag of the config, in config order.
     pub modes: Vec<FlagMode>,
-    /// The config generation `modes` was computed for.
-    pub generation: u64,
 }
 
 impl FlagState {
     /// Builds the state for `active` against `config`'s flags.
-    pub fn new(
-        active: BTreeMap<String, Activation>,
-        lockdown: &LockdownConfig,
-        generation: u64,
-    ) -> Self {
+    pub fn new(active: BTreeMap<String, Activation>, lockdown: &LockdownConfig) -> Self {
         let modes = modes_for(&active, lockdown);
-        Self {
-            active,
-            modes,
-            generation,
-        }
+        Self { active, modes }
     }
 }
 
 /// Mode of each configured flag given the active set.
-pub fn modes_for(
-    active: &BTreeMap<String, Activation>,
-    lockdown: &LockdownConfig,
-) -> Vec<FlagMode> {
+fn modes_for(active: &BTreeMap<String, Activation>, lockdown: &LockdownConfig) -> Vec<FlagMode> {
     lockdown
         .flags
         .iter()

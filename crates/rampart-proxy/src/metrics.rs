@@ -13,7 +13,76 @@ use rampart_policy::{GeoDb, GeoInfo};
 pub const UNMATCHED_ROUTE: &str = "_unmatched";
 
 /// Verdict label of a request that went to the origin.
-pub const PROXIED_VERDICT: &str = "proxied";
+pub const PROXIED_VERDICT: &str = rampart_policy::engine::PROXIED;
+
+/// How an attempt (a reload, a GeoIP swap) ended: the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// It was applied.
+    Success,
+    /// It was refused; the old state keeps serving.
+    Error,
+}
+
+impl Attempt {
+    /// The label.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Attempt::Success => "success",
+            Attempt::Error => "error",
+        }
+    }
+}
+
+/// The kind of a limiter store: the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimiterKind {
+    /// A `[[limits]]` rule's buckets.
+    Rate,
+    /// A `[[concurrency]]` rule's slots.
+    Concurrency,
+    /// The local fallback buckets of a fleet rule (failure mode `local`).
+    FleetFallback,
+}
+
+impl LimiterKind {
+    /// The label.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            LimiterKind::Rate => "rate",
+            LimiterKind::Concurrency => "concurrency",
+            LimiterKind::FleetFallback => "fleet_fallback",
+        }
+    }
+}
+
+/// A Redis operation of fleet mode: the `op` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetOp {
+    /// Charging a fleet bucket (a lease refill).
+    Quota,
+    /// Peeking at a fleet bucket (explain).
+    Peek,
+    /// Reading every flag.
+    Resync,
+    /// Writing or deleting a flag.
+    FlagWrite,
+    /// Removing an expired flag.
+    FlagExpire,
+}
+
+impl FleetOp {
+    /// The label.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            FleetOp::Quota => "quota",
+            FleetOp::Peek => "peek",
+            FleetOp::Resync => "resync",
+            FleetOp::FlagWrite => "flag_write",
+            FleetOp::FlagExpire => "flag_expire",
+        }
+    }
+}
 
 /// Status class labels, indexed by [`status_class`].
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
@@ -409,8 +478,9 @@ impl Metrics {
         }
     }
 
-    /// Counts a client connection the edge closed, by [`crate::edge::EdgeRefusal`] label.
-    pub fn client_connection_closed(&self, reason: &str) {
+    /// Counts a client connection the edge closed, by the `as_label` of
+    /// [`crate::edge::EdgeRefusal`] or [`crate::proxy_protocol::ProxyRefusal`].
+    pub fn client_connection_closed(&self, reason: &'static str) {
         self.client_closed.with_label_values(&[reason]).inc();
     }
 
@@ -501,8 +571,10 @@ impl Metrics {
     }
 
     /// Counts one GeoIP swap attempt.
-    pub fn geo_reloads(&self, result: &str) {
-        self.geo_reloads.with_label_values(&[result]).inc();
+    pub fn geo_reloads(&self, result: Attempt) {
+        self.geo_reloads
+            .with_label_values(&[result.as_label()])
+            .inc();
     }
 
     /// Records a limiter rule's key count and brings its counters up to the
@@ -511,12 +583,13 @@ impl Metrics {
     pub fn limiter(
         &self,
         rule: &str,
-        kind: &str,
+        kind: LimiterKind,
         keys: usize,
         max_keys: u32,
         evicted: u64,
         fallbacks: u64,
     ) {
+        let kind = kind.as_label();
         self.limiter_keys
             .with_label_values(&[rule, kind])
             .set(keys as i64);
@@ -550,8 +623,10 @@ impl Metrics {
     }
 
     /// Counts one flag change.
-    pub fn lockdown_change(&self, flag: &str, action: &str) {
-        self.flag_changes.with_label_values(&[flag, action]).inc();
+    pub fn lockdown_change(&self, flag: &str, action: crate::state::FlagAction) {
+        self.flag_changes
+            .with_label_values(&[flag, action.as_label()])
+            .inc();
     }
 
     /// Counts one request a previewed flag would have rejected.
@@ -585,7 +660,8 @@ impl Metrics {
     }
 
     /// Records one Redis operation.
-    pub fn fleet_redis(&self, op: &str, seconds: f64, ok: bool) {
+    pub fn fleet_redis(&self, op: FleetOp, seconds: f64, ok: bool) {
+        let op = op.as_label();
         self.fleet_redis_duration
             .with_label_values(&[op])
             .observe(seconds);
@@ -600,8 +676,8 @@ impl Metrics {
     }
 
     /// Counts one reload attempt.
-    pub fn reloads(&self, result: &str) {
-        self.reloads.with_label_values(&[result]).inc();
+    pub fn reloads(&self, result: Attempt) {
+        self.reloads.with_label_values(&[result.as_label()]).inc();
     }
 
     /// Records a server's health.

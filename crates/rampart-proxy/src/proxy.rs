@@ -40,13 +40,9 @@ impl RampartProxy {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let prefix = rampart_policy::limits::prefix_of(ctx.client_ip, 24, 48);
-        if let Ok(mut top) = self.shared.offenders.lock() {
-            top.ips.add(ctx.client_ip, now);
-            top.prefixes.add(prefix, now);
-            if let Some(asn) = ctx.geo.asn {
-                top.asns.add(asn, now);
-            }
-        }
+        self.shared
+            .offenders
+            .record(ctx.client_ip, prefix, ctx.geo.asn, now);
     }
 
     /// Reads the request body, up to `limit` bytes (one more when it is longer),
@@ -544,12 +540,9 @@ impl ProxyHttp for RampartProxy {
             ctx.rejection = Some(rejection);
             return Ok(true);
         }
-        let geo = self.shared.geo();
-        ctx.geo = geo.lookup(ctx.client_ip);
-        self.shared.metrics.geo_lookup(&geo, &ctx.geo);
-        let flags = self.shared.flags();
-        let recomputed = self.shared.modes_for(&snapshot, &flags);
-        let modes = recomputed.as_deref().unwrap_or(&flags.modes);
+        ctx.geo = snapshot.geo.lookup(ctx.client_ip);
+        self.shared.metrics.geo_lookup(&snapshot.geo, &ctx.geo);
+        let modes = &snapshot.flags.modes;
 
         // The policy decides; this loop only does the I/O it asks for.
         let mut evaluation = snapshot.policy.evaluate(Charging::Charge);

@@ -1,44 +1,49 @@
-//! Runtime state: the immutable policy snapshot that each request reads once, and
-//! the one place that replaces it (reload).
+//! Runtime state: one immutable [`Snapshot`] (config, routes, pools, policy,
+//! GeoIP databases, lockdown flags, generation) behind one swap, and the one
+//! writer that replaces it.
+//!
+//! A request loads the snapshot once and decides on it from start to end:
+//! config, GeoIP and flags always belong together, so nothing is patched per
+//! request. Every change goes through [`Shared::apply`], which takes the
+//! writer's lock, builds the next snapshot from the current one and a typed
+//! [`Command`] (reload, flag change, expiry, GeoIP swap, fleet sync), and
+//! commits it in one place: one swap, one write of the state file when the flags
+//! changed, and exactly one audit record (and one
+//! `rampart_lockdown_changes_total` count) per flag change.
 
 use crate::lockdown::{self, Activation, AuditEntry, FlagState, Loaded, Mode};
 use crate::metrics::{Metrics, PoolHandles, ProxiedHandles, UNMATCHED_ROUTE};
+use crate::offenders::Offenders;
 use crate::pool::{HealthRegistry, Pool};
 use arc_swap::ArcSwap;
-use rampart_config::{Config, ConfigError, GeoipConfig};
+use rampart_config::{Config, ConfigError};
 use rampart_policy::geo::{FileStamp, GeoError, GeoFile};
-use rampart_policy::FlagMode;
-use rampart_policy::{GeoDb, Policy, RouteTable};
+use rampart_policy::{GeoDb, Policy, Rejection};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Everything a request needs to be decided, frozen for its whole life.
+/// What one config applies: built together on start-up and on each reload.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct Applied {
     /// The validated config.
     pub config: Config,
-    /// Route matching over `config.routes`.
-    pub routes: RouteTable,
     /// Pools, indexed like `config.pools`.
     pub pools: Vec<Pool>,
-    /// Access rules, limiters and in-flight caps.
+    /// Routes, access rules, limiters and in-flight caps.
     pub policy: Policy,
-    /// Increases by one with every successful reload.
-    pub generation: u64,
     /// Proxied-request metric handles per route, plus one for unmatched requests.
     proxied: Vec<ProxiedHandles>,
     /// Origin metric handles, indexed like `pools`.
     pub pool_metrics: Vec<PoolHandles>,
 }
 
-impl Snapshot {
+impl Applied {
     fn new(
         config: Config,
         registry: &HealthRegistry,
         metrics: &Metrics,
-        generation: u64,
         previous: Option<&Policy>,
     ) -> Self {
         let pools: Vec<Pool> = config
@@ -60,11 +65,9 @@ impl Snapshot {
         Self {
             proxied,
             pool_metrics,
-            policy: Policy::new(&config, governor_clock(), previous),
-            routes: RouteTable::new(&config),
+            policy: Policy::new(&config, governor::clock::DefaultClock::default(), previous),
             pools,
             config,
-            generation,
         }
     }
 
@@ -77,9 +80,9 @@ impl Snapshot {
 
     /// The refusal for a request to pool `pool` when none of its servers is
     /// healthy.
-    pub fn unhealthy_pool(&self, pool: usize) -> Option<rampart_policy::Rejection> {
+    pub fn unhealthy_pool(&self, pool: usize) -> Option<Rejection> {
         let pool = self.pools.get(pool)?;
-        (!pool.has_healthy()).then(|| rampart_policy::Rejection::NoHealthyUpstream {
+        (!pool.has_healthy()).then(|| Rejection::NoHealthyUpstream {
             pool: pool.name().to_string(),
         })
     }
@@ -92,9 +95,35 @@ impl Snapshot {
     }
 }
 
-/// The clock of every limiter.
-fn governor_clock() -> governor::clock::DefaultClock {
-    governor::clock::DefaultClock::default()
+/// Everything a request needs to be decided, frozen for its whole life.
+/// Dereferences to its [`Applied`] config.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    applied: Arc<Applied>,
+    /// The GeoIP databases.
+    pub geo: Arc<GeoDb>,
+    /// The lockdown flags, with their modes for this config.
+    pub flags: Arc<FlagState>,
+    /// Increases by one with every successful reload.
+    pub generation: u64,
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = Applied;
+
+    fn deref(&self) -> &Applied {
+        &self.applied
+    }
+}
+
+impl Snapshot {
+    /// This snapshot with `active` as its flags.
+    fn with_flags(&self, active: BTreeMap<String, Activation>) -> Snapshot {
+        Snapshot {
+            flags: Arc::new(FlagState::new(active, &self.config.lockdown)),
+            ..self.clone()
+        }
+    }
 }
 
 /// Why a reload was refused.
@@ -115,26 +144,193 @@ pub enum ReloadError {
     ActiveFlagRemoved(Vec<String>),
 }
 
+/// Why a flag change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    /// No such flag in the config; the known ones are listed.
+    #[error("unknown flag (known: {})", .0.join(", "))]
+    Unknown(Vec<String>),
+    /// Fleet mode and Redis cannot be written: the change is not applied.
+    #[error("the fleet store (Redis) is unreachable, nothing changed: {0}")]
+    Fleet(String),
+}
+
+/// A change to the runtime state, applied by the one writer ([`Shared::apply`]).
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Re-read the config file and swap it in (a bad file changes nothing).
+    Reload,
+    /// Turn a flag on (or change its mode, reason or expiry).
+    EnableFlag {
+        /// Flag name.
+        flag: String,
+        /// Enforce or preview.
+        mode: Mode,
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+        /// When it turns itself off, if ever.
+        ttl: Option<Duration>,
+    },
+    /// Turn a flag off.
+    DisableFlag {
+        /// Flag name.
+        flag: String,
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// Turn off every flag whose expiry has passed.
+    ExpireFlags,
+    /// Swap in GeoIP files that changed on disk.
+    RefreshGeo,
+    /// Bring the flags in line with Redis (fleet mode).
+    FleetSync,
+}
+
+/// What a [`Command`] did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The config was swapped in as this generation.
+    Reloaded {
+        /// The new generation.
+        generation: u64,
+    },
+    /// The flag is on.
+    Enabled {
+        /// Its activation.
+        activation: Activation,
+        /// Whether the state file was written.
+        persisted: bool,
+    },
+    /// The flag is off.
+    Disabled {
+        /// Whether it was on.
+        was_active: bool,
+        /// Whether the state file was written.
+        persisted: bool,
+    },
+    /// These flags expired.
+    Expired(Vec<String>),
+    /// Whether GeoIP databases were swapped.
+    GeoRefreshed(bool),
+    /// Whether the fleet changed any flag.
+    FleetSynced(bool),
+}
+
+/// Why a [`Command`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A reload was refused.
+    #[error("{0}")]
+    Reload(#[from] ReloadError),
+    /// A flag change was refused.
+    #[error("{0}")]
+    Flag(#[from] FlagError),
+    /// A GeoIP file changed but cannot be opened.
+    #[error("{0}")]
+    Geo(#[from] GeoError),
+    /// Redis could not be read.
+    #[error("{0}")]
+    Fleet(#[from] crate::fleet::FleetError),
+}
+
+/// What happened to a flag, as audited and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagAction {
+    /// Turned on (or changed) on this node.
+    Enable,
+    /// Turned off on this node.
+    Disable,
+    /// Its TTL passed; in fleet mode only the node whose script removed it
+    /// from Redis records this, so one TTL gives one `expire` fleet-wide.
+    Expire,
+    /// Turned on or changed by another node, learned from Redis.
+    FleetEnable,
+    /// Turned off or expired by another node, learned from Redis.
+    FleetDisable,
+    /// The state file could not be read at start-up.
+    CorruptState,
+}
+
+impl FlagAction {
+    /// The audit `action` and the metric label.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            FlagAction::Enable => "enable",
+            FlagAction::Disable => "disable",
+            FlagAction::Expire => "expire",
+            FlagAction::FleetEnable => "fleet_enable",
+            FlagAction::FleetDisable => "fleet_disable",
+            FlagAction::CorruptState => "corrupt_state",
+        }
+    }
+}
+
+/// One flag change, audited once by [`Shared::apply`].
+#[derive(Debug, Clone)]
+pub struct FlagChange {
+    /// Which flag (empty for whole-state events).
+    pub flag: String,
+    /// What happened.
+    pub action: FlagAction,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// The mode, when turned on.
+    pub mode: Option<Mode>,
+    /// Requested time to live, seconds.
+    pub ttl_seconds: Option<u64>,
+    /// Expiry, Unix seconds.
+    pub expires: Option<u64>,
+}
+
+impl FlagChange {
+    fn off(flag: &str, action: FlagAction, actor: &str, reason: &str) -> Self {
+        Self {
+            flag: flag.to_string(),
+            action,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            mode: None,
+            ttl_seconds: None,
+            expires: None,
+        }
+    }
+
+    fn on(flag: &str, action: FlagAction, a: &Activation, ttl: Option<Duration>) -> Self {
+        Self {
+            flag: flag.to_string(),
+            action,
+            actor: a.actor.clone(),
+            reason: a.reason.clone(),
+            mode: Some(a.mode),
+            ttl_seconds: ttl.map(|t| t.as_secs()),
+            expires: a.expires(),
+        }
+    }
+}
+
 /// State shared by the proxy, the admin API and the background services.
 #[derive(Debug)]
 pub struct Shared {
     /// The config file that reloads re-read.
     pub config_path: PathBuf,
     snapshot: ArcSwap<Snapshot>,
-    geo: ArcSwap<GeoDb>,
-    flags: ArcSwap<FlagState>,
-    flag_lock: tokio::sync::Mutex<()>,
+    /// The one writer: every [`Command`] runs under it.
+    writer: tokio::sync::Mutex<()>,
     /// This node's name in audit records (the host name).
     pub node: String,
     health: HealthRegistry,
-    generation: AtomicU64,
-    reload_lock: tokio::sync::Mutex<()>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// The access log, when on.
     pub access_log: Option<crate::access_log::AccessLog>,
-    /// Top sources of rejected requests.
-    pub offenders: std::sync::Mutex<Offenders>,
+    /// Top sources of refused requests.
+    pub offenders: Offenders,
     /// Fleet mode (Redis), when configured.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// The public listeners this process started with, for `/readyz`.
@@ -147,35 +343,15 @@ pub struct Shared {
 /// proxy for itself without the shipped file doing so.
 pub type ConfigOverlay = fn(&mut Config);
 
-/// Keys per kind kept by the top-offender summaries.
-pub const OFFENDER_CAPACITY: usize = 64;
-/// Length of one epoch of the top-offender window (the window is two epochs).
-pub const OFFENDER_EPOCH_SECS: u64 = 60;
-
-/// Top sources of rejected requests by address, network and AS.
-#[derive(Debug)]
-pub struct Offenders {
-    /// By client address.
-    pub ips: rampart_policy::top::WindowedTop<std::net::IpAddr>,
-    /// By /24 (IPv4) or /48 (IPv6).
-    pub prefixes: rampart_policy::top::WindowedTop<ipnet::IpNet>,
-    /// By AS number.
-    pub asns: rampart_policy::top::WindowedTop<u32>,
-}
-
-impl Default for Offenders {
-    fn default() -> Self {
-        use rampart_policy::top::WindowedTop;
-        Self {
-            ips: WindowedTop::new(OFFENDER_CAPACITY, OFFENDER_EPOCH_SECS),
-            prefixes: WindowedTop::new(OFFENDER_CAPACITY, OFFENDER_EPOCH_SECS),
-            asns: WindowedTop::new(OFFENDER_CAPACITY, OFFENDER_EPOCH_SECS),
-        }
-    }
+/// What a command proposes: the next snapshot and the flag changes it makes.
+struct Proposal {
+    next: Snapshot,
+    changes: Vec<FlagChange>,
 }
 
 impl Shared {
-    /// State for a freshly loaded config; opens its GeoIP databases.
+    /// State for a freshly loaded config; opens its GeoIP databases and restores
+    /// the lockdown flags (audited).
     pub fn new(
         config_path: PathBuf,
         config: Config,
@@ -184,10 +360,7 @@ impl Shared {
         let geo = GeoDb::open(&config.geoip)?;
         let health = HealthRegistry::default();
         let metrics = Metrics::new();
-        let snapshot = Snapshot::new(config, &health, &metrics, 1, None);
-        metrics.set_config_info(&snapshot);
-        metrics.set_geo_info(&geo);
-        let fleet = match &snapshot.config.fleet {
+        let fleet = match &config.fleet {
             Some(f) => Some(Arc::new(crate::fleet::Fleet::new(f.clone()).map_err(
                 |reason| GeoError {
                     path: config_path.clone(),
@@ -196,40 +369,31 @@ impl Shared {
             )?)),
             None => None,
         };
-        let node = snapshot
-            .config
+        let node = config
             .fleet
             .as_ref()
             .and_then(|f| f.node.clone())
             .unwrap_or_else(node_name);
-        let (active, loaded) = lockdown::load(&snapshot.config);
-        let lockdown_config = &snapshot.config.lockdown;
+        let (active, loaded) = lockdown::load(&config);
+        let mut changes = Vec::new();
         match &loaded {
             Loaded::Corrupt { moved_to, error } => {
                 log::error!(
                     "LOCKDOWN STATE FILE {} IS CORRUPT ({error}); set aside as {}; starting with the flags config marks default_active",
-                    lockdown_config.state_file.display(),
+                    config.lockdown.state_file.display(),
                     moved_to.display()
                 );
                 metrics.lockdown_state_error();
-                lockdown::audit(
-                    &lockdown_config.audit_log,
-                    &AuditEntry {
-                        time: lockdown::now_unix(),
-                        actor: "rampart",
-                        action: "corrupt_state",
-                        flag: "",
-                        mode: None,
-                        reason: error,
-                        ttl_seconds: None,
-                        expires: None,
-                        node: &node,
-                    },
-                );
+                changes.push(FlagChange::off(
+                    "",
+                    FlagAction::CorruptState,
+                    "rampart",
+                    error,
+                ));
             }
             Loaded::Restored => log::info!(
                 "lockdown state restored from {}: {} active flag(s)",
-                lockdown_config.state_file.display(),
+                config.lockdown.state_file.display(),
                 active.len()
             ),
             Loaded::Missing => {}
@@ -237,34 +401,40 @@ impl Shared {
         if fleet.is_some() {
             metrics.fleet_degraded(true);
         }
-        let active = settle_restored(active, &snapshot.config, &node, &metrics);
-        let flags = FlagState::new(active, lockdown_config, 1);
-        metrics.set_flags(&flags, lockdown_config);
+        let (active, dropped) = settle_restored(active, &config);
+        let rewrite = !dropped.is_empty();
+        changes.extend(dropped);
         let listeners = crate::listening::ListenerProbe::new(
-            snapshot
-                .config
-                .listeners
-                .iter()
-                .map(|l| l.address)
-                .collect(),
+            config.listeners.iter().map(|l| l.address).collect(),
         );
-        Ok(Self {
+        let applied = Applied::new(config, &health, &metrics, None);
+        let snapshot = Snapshot {
+            flags: Arc::new(FlagState::new(active, &applied.config.lockdown)),
+            applied: Arc::new(applied),
+            geo: Arc::new(geo),
+            generation: 1,
+        };
+        metrics.set_config_info(&snapshot);
+        metrics.set_geo_info(&snapshot.geo);
+        metrics.set_flags(&snapshot.flags, &snapshot.config.lockdown);
+        let shared = Self {
             config_path,
             listeners,
             snapshot: ArcSwap::from_pointee(snapshot),
-            geo: ArcSwap::from_pointee(geo),
-            flags: ArcSwap::from_pointee(flags),
-            flag_lock: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(()),
             node,
             access_log,
-            offenders: std::sync::Mutex::new(Offenders::default()),
+            offenders: Offenders::default(),
             fleet,
             health,
-            generation: AtomicU64::new(1),
-            reload_lock: tokio::sync::Mutex::new(()),
             metrics,
             overlay: None,
-        })
+        };
+        if rewrite {
+            shared.persist(&shared.snapshot());
+        }
+        shared.audit(&changes);
+        Ok(shared)
     }
 
     /// The current snapshot.
@@ -272,36 +442,112 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    /// The current flag state.
-    pub fn flags(&self) -> arc_swap::Guard<Arc<FlagState>> {
-        self.flags.load()
+    /// Applies one command as the one writer: builds the next snapshot from the
+    /// current one, then swaps it in, writes the state file if the flags changed
+    /// and audits each flag change once. A refused command changes nothing.
+    pub async fn apply(&self, command: Command) -> Result<Outcome, CommandError> {
+        let _one_writer = self.writer.lock().await;
+        let current = self.snapshot();
+        let (proposal, outcome) = match command {
+            Command::Reload => self.reload(&current).await?,
+            Command::EnableFlag {
+                flag,
+                mode,
+                actor,
+                reason,
+                ttl,
+            } => {
+                self.enable(&current, &flag, mode, &actor, &reason, ttl)
+                    .await?
+            }
+            Command::DisableFlag {
+                flag,
+                actor,
+                reason,
+            } => self.disable(&current, &flag, &actor, &reason).await?,
+            Command::ExpireFlags => self.expire(&current).await,
+            Command::RefreshGeo => self.refresh_geo(&current).await?,
+            Command::FleetSync => self.fleet_sync(&current).await?,
+        };
+        let Some(proposal) = proposal else {
+            return Ok(outcome);
+        };
+        let persisted = self.commit(&current, proposal);
+        Ok(match outcome {
+            Outcome::Enabled { activation, .. } => Outcome::Enabled {
+                activation,
+                persisted,
+            },
+            Outcome::Disabled { was_active, .. } => Outcome::Disabled {
+                was_active,
+                persisted,
+            },
+            other => other,
+        })
     }
 
-    /// Flag modes for `snapshot`: the precomputed ones, or (in the instant after a
-    /// reload, before they are recomputed) computed for this request.
-    pub fn modes_for(&self, snapshot: &Snapshot, flags: &FlagState) -> Option<Vec<FlagMode>> {
-        (flags.generation != snapshot.generation)
-            .then(|| lockdown::modes_for(&flags.active, &snapshot.config.lockdown))
+    /// Swaps `proposal` in; returns whether the state file holds its flags.
+    fn commit(&self, current: &Snapshot, proposal: Proposal) -> bool {
+        let Proposal { next, changes } = proposal;
+        let flags_changed = next.flags.active != current.flags.active;
+        let config_changed = !Arc::ptr_eq(&next.applied, &current.applied);
+        let persisted = !flags_changed || self.persist(&next);
+        if config_changed {
+            self.metrics.set_config_info(&next);
+        }
+        if !Arc::ptr_eq(&next.geo, &current.geo) {
+            self.metrics.set_geo_info(&next.geo);
+        }
+        if flags_changed || config_changed {
+            self.metrics.set_flags(&next.flags, &next.config.lockdown);
+        }
+        self.snapshot.store(Arc::new(next));
+        self.audit(&changes);
+        persisted
     }
 
-    fn store_flags(&self, active: BTreeMap<String, Activation>) -> bool {
-        let snapshot = self.snapshot();
-        let lockdown_config = &snapshot.config.lockdown;
-        let persisted = match lockdown::persist(&lockdown_config.state_file, &active) {
+    /// Writes the flags of `snapshot` to the state file.
+    fn persist(&self, snapshot: &Snapshot) -> bool {
+        let path = &snapshot.config.lockdown.state_file;
+        match lockdown::persist(path, &snapshot.flags.active) {
             Ok(()) => true,
             Err(e) => {
                 log::error!(
                     "cannot write the lockdown state file {}: {e}; the change is in force but will not survive a restart",
-                    lockdown_config.state_file.display()
+                    path.display()
                 );
                 self.metrics.lockdown_state_error();
                 false
             }
-        };
-        let state = FlagState::new(active, lockdown_config, snapshot.generation);
-        self.metrics.set_flags(&state, lockdown_config);
-        self.flags.store(Arc::new(state));
-        persisted
+        }
+    }
+
+    /// The one place audit records are written: one per change.
+    fn audit(&self, changes: &[FlagChange]) {
+        if changes.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot();
+        let time = lockdown::now_unix();
+        for c in changes {
+            if !c.flag.is_empty() {
+                self.metrics.lockdown_change(&c.flag, c.action);
+            }
+            lockdown::audit(
+                &snapshot.config.lockdown.audit_log,
+                &AuditEntry {
+                    time,
+                    actor: &c.actor,
+                    action: c.action.as_label(),
+                    flag: &c.flag,
+                    mode: c.mode.map(Mode::as_str),
+                    reason: &c.reason,
+                    ttl_seconds: c.ttl_seconds,
+                    expires: c.expires,
+                    node: &self.node,
+                },
+            );
+        }
     }
 
     /// Turns `flag` on. Returns the activation and whether it was persisted.
@@ -311,15 +557,58 @@ impl Shared {
         mode: Mode,
         actor: &str,
         reason: &str,
-        ttl: Option<std::time::Duration>,
-    ) -> Result<(Activation, bool), FlagError> {
-        let _one_writer = self.flag_lock.lock().await;
-        let snapshot = self.snapshot();
-        if snapshot.config.lockdown.flag_index(flag).is_none() {
-            return Err(FlagError::Unknown(known_flags(&snapshot)));
+        ttl: Option<Duration>,
+    ) -> Result<(Activation, bool), CommandError> {
+        let command = Command::EnableFlag {
+            flag: flag.to_string(),
+            mode,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            ttl,
+        };
+        match self.apply(command).await? {
+            Outcome::Enabled {
+                activation,
+                persisted,
+            } => Ok((activation, persisted)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Turns `flag` off. Returns whether it was on, and whether the new state was persisted.
+    pub async fn disable_flag(
+        &self,
+        flag: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(bool, bool), CommandError> {
+        let command = Command::DisableFlag {
+            flag: flag.to_string(),
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+        };
+        match self.apply(command).await? {
+            Outcome::Disabled {
+                was_active,
+                persisted,
+            } => Ok((was_active, persisted)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn enable(
+        &self,
+        current: &Snapshot,
+        flag: &str,
+        mode: Mode,
+        actor: &str,
+        reason: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(Option<Proposal>, Outcome), CommandError> {
+        if current.config.lockdown.flag_index(flag).is_none() {
+            return Err(FlagError::Unknown(known_flags(current)).into());
         }
         let since_ms = lockdown::now_unix_ms();
-        let since = since_ms / 1000;
         let activation = Activation {
             mode,
             actor: actor.to_string(),
@@ -335,38 +624,30 @@ impl Shared {
                 .await
                 .map_err(|e| FlagError::Fleet(e.to_string()))?;
         }
-        let mut active = self.flags().active.clone();
+        let mut active = current.flags.active.clone();
         active.insert(flag.to_string(), activation.clone());
-        let persisted = self.store_flags(active);
-        self.metrics.lockdown_change(flag, "enable");
-        lockdown::audit(
-            &snapshot.config.lockdown.audit_log,
-            &AuditEntry {
-                time: since,
-                actor,
-                action: "enable",
-                flag,
-                mode: Some(mode.as_str()),
-                reason,
-                ttl_seconds: ttl.map(|t| t.as_secs()),
-                expires: activation.expires(),
-                node: &self.node,
+        let proposal = Proposal {
+            next: current.with_flags(active),
+            changes: vec![FlagChange::on(flag, FlagAction::Enable, &activation, ttl)],
+        };
+        Ok((
+            Some(proposal),
+            Outcome::Enabled {
+                activation,
+                persisted: false,
             },
-        );
-        Ok((activation, persisted))
+        ))
     }
 
-    /// Turns `flag` off. Returns whether it was on, and whether the new state was persisted.
-    pub async fn disable_flag(
+    async fn disable(
         &self,
+        current: &Snapshot,
         flag: &str,
         actor: &str,
         reason: &str,
-    ) -> Result<(bool, bool), FlagError> {
-        let _one_writer = self.flag_lock.lock().await;
-        let snapshot = self.snapshot();
-        if snapshot.config.lockdown.flag_index(flag).is_none() {
-            return Err(FlagError::Unknown(known_flags(&snapshot)));
+    ) -> Result<(Option<Proposal>, Outcome), CommandError> {
+        if current.config.lockdown.flag_index(flag).is_none() {
+            return Err(FlagError::Unknown(known_flags(current)).into());
         }
         if let Some(fleet) = &self.fleet {
             fleet
@@ -374,51 +655,63 @@ impl Shared {
                 .await
                 .map_err(|e| FlagError::Fleet(e.to_string()))?;
         }
-        let mut active = self.flags().active.clone();
+        let mut active = current.flags.active.clone();
         if active.remove(flag).is_none() {
-            return Ok((false, true));
+            return Ok((
+                None,
+                Outcome::Disabled {
+                    was_active: false,
+                    persisted: true,
+                },
+            ));
         }
-        let persisted = self.store_flags(active);
-        self.metrics.lockdown_change(flag, "disable");
-        lockdown::audit(
-            &snapshot.config.lockdown.audit_log,
-            &AuditEntry {
-                time: lockdown::now_unix(),
-                actor,
-                action: "disable",
-                flag,
-                mode: None,
-                reason,
-                ttl_seconds: None,
-                expires: None,
-                node: &self.node,
+        let proposal = Proposal {
+            next: current.with_flags(active),
+            changes: vec![FlagChange::off(flag, FlagAction::Disable, actor, reason)],
+        };
+        Ok((
+            Some(proposal),
+            Outcome::Disabled {
+                was_active: true,
+                persisted: false,
             },
-        );
-        Ok((true, persisted))
+        ))
     }
 
     /// Turns off every flag whose expiry has passed; returns their names.
     pub async fn expire_flags(&self) -> Vec<String> {
         let now_ms = lockdown::now_unix_ms();
-        let now = now_ms / 1000;
-        let due = |a: &Activation| a.is_due(now_ms);
-        if !self.flags().active.values().any(due) {
+        // Cheap check first: most ticks have nothing to do and take no lock.
+        if !self
+            .snapshot()
+            .flags
+            .active
+            .values()
+            .any(|a| a.is_due(now_ms))
+        {
             return Vec::new();
         }
-        let _one_writer = self.flag_lock.lock().await;
-        let mut active = self.flags().active.clone();
-        let expired: Vec<String> = active
-            .iter()
-            .filter(|(_, a)| due(a))
-            .map(|(n, _)| n.clone())
-            .collect();
-        if expired.is_empty() {
-            return expired;
+        match self.apply(Command::ExpireFlags).await {
+            Ok(Outcome::Expired(flags)) => flags,
+            _ => Vec::new(),
         }
-        let mut audited = Vec::new();
-        for flag in &expired {
-            let Some(a) = active.get(flag) else { continue };
-            // Fleet-wide, the node whose script removes the flag audits it, once.
+    }
+
+    async fn expire(&self, current: &Snapshot) -> (Option<Proposal>, Outcome) {
+        let now_ms = lockdown::now_unix_ms();
+        let mut active = current.flags.active.clone();
+        let due: Vec<(String, Activation)> = active
+            .iter()
+            .filter(|(_, a)| a.is_due(now_ms))
+            .map(|(n, a)| (n.clone(), a.clone()))
+            .collect();
+        if due.is_empty() {
+            return (None, Outcome::Expired(Vec::new()));
+        }
+        let mut changes = Vec::new();
+        for (flag, a) in &due {
+            // Fleet-wide, the node whose script removes the flag records the
+            // expiry; the others record that they learned it from the fleet.
             let ours = match &self.fleet {
                 None => true,
                 Some(fleet) => match fleet.expire_flag(flag, a, &self.metrics).await {
@@ -429,46 +722,61 @@ impl Shared {
                     }
                 },
             };
-            if ours {
-                audited.push(flag.clone());
-            }
+            let action = if ours {
+                FlagAction::Expire
+            } else {
+                FlagAction::FleetDisable
+            };
+            changes.push(FlagChange {
+                expires: a.expires(),
+                ..FlagChange::off(flag, action, "rampart", "ttl passed")
+            });
+            active.remove(flag);
         }
-        active.retain(|_, a| !due(a));
-        self.store_flags(active);
-        let snapshot = self.snapshot();
-        for flag in &audited {
-            self.metrics.lockdown_change(flag, "expire");
-            lockdown::audit(
-                &snapshot.config.lockdown.audit_log,
-                &AuditEntry {
-                    time: now,
-                    actor: "rampart",
-                    action: "expire",
-                    flag,
-                    mode: None,
-                    reason: "ttl passed",
-                    ttl_seconds: None,
-                    expires: None,
-                    node: &self.node,
-                },
-            );
-        }
-        expired
+        let flags = due.into_iter().map(|(n, _)| n).collect();
+        let proposal = Proposal {
+            next: current.with_flags(active),
+            changes,
+        };
+        (Some(proposal), Outcome::Expired(flags))
     }
 
     /// Brings the local flags in line with Redis (fleet mode). Returns whether
-    /// anything changed.
-    pub async fn fleet_resync(&self) -> Result<bool, crate::fleet::FleetError> {
+    /// anything changed. Each change learned is audited on this node, with the
+    /// actor and reason of the node that made it.
+    pub async fn fleet_resync(&self) -> Result<bool, CommandError> {
+        match self.apply(Command::FleetSync).await? {
+            Outcome::FleetSynced(changed) => Ok(changed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn fleet_sync(
+        &self,
+        current: &Snapshot,
+    ) -> Result<(Option<Proposal>, Outcome), CommandError> {
         let Some(fleet) = &self.fleet else {
-            return Ok(false);
+            return Ok((None, Outcome::FleetSynced(false)));
         };
         let mut remote = fleet.read_flags(&self.metrics).await?;
-        let snapshot = self.snapshot();
-        remote.retain(|name, _| snapshot.config.lockdown.flag_index(name).is_some());
-        let _one_writer = self.flag_lock.lock().await;
-        let local = self.flags().active.clone();
-        if remote == local {
-            return Ok(false);
+        remote.retain(|name, _| current.config.lockdown.flag_index(name).is_some());
+        let local = &current.flags.active;
+        if remote == *local {
+            return Ok((None, Outcome::FleetSynced(false)));
+        }
+        let mut changes = Vec::new();
+        for (flag, a) in &remote {
+            if local.get(flag) != Some(a) {
+                changes.push(FlagChange::on(flag, FlagAction::FleetEnable, a, None));
+            }
+        }
+        for flag in local.keys().filter(|f| !remote.contains_key(*f)) {
+            changes.push(FlagChange::off(
+                flag,
+                FlagAction::FleetDisable,
+                "fleet",
+                "turned off or expired on another node",
+            ));
         }
         let now_ms = lockdown::now_unix_ms();
         let newest = remote
@@ -484,41 +792,73 @@ impl Shared {
             "fleet: flags changed elsewhere; now active: {:?}",
             remote.keys().collect::<Vec<_>>()
         );
-        self.store_flags(remote);
-        Ok(true)
+        let proposal = Proposal {
+            next: current.with_flags(remote),
+            changes,
+        };
+        Ok((Some(proposal), Outcome::FleetSynced(true)))
     }
 
-    /// The current GeoIP databases (cheap; read once per request).
-    pub fn geo(&self) -> arc_swap::Guard<Arc<GeoDb>> {
-        self.geo.load()
+    /// Swaps in GeoIP files whose stamp changed on disk; requests in flight keep
+    /// the databases they loaded. A file that cannot be opened is refused and
+    /// the old one keeps serving. Returns whether a swap happened.
+    pub async fn refresh_geo_files(&self) -> Result<bool, CommandError> {
+        match self.apply(Command::RefreshGeo).await? {
+            Outcome::GeoRefreshed(swapped) => Ok(swapped),
+            other => Err(unexpected(other)),
+        }
     }
 
-    /// Reopens a GeoIP file whose stamp changed on disk and swaps the new reader
-    /// in; requests in flight keep the reader they loaded. A file that cannot be
-    /// opened is refused and the old reader keeps serving. Returns whether a swap
-    /// happened.
-    pub fn refresh_geo(&self, config: &GeoipConfig) -> Result<bool, GeoError> {
-        let current = self.geo();
+    async fn refresh_geo(
+        &self,
+        current: &Snapshot,
+    ) -> Result<(Option<Proposal>, Outcome), CommandError> {
+        let Some(geo) = self.open_changed_geo(current, &current.config).await? else {
+            return Ok((None, Outcome::GeoRefreshed(false)));
+        };
+        let proposal = Proposal {
+            next: Snapshot {
+                geo,
+                ..current.clone()
+            },
+            changes: Vec::new(),
+        };
+        Ok((Some(proposal), Outcome::GeoRefreshed(true)))
+    }
+
+    /// Opens the GeoIP databases of `config` when they differ from the current
+    /// ones (other paths, or files changed on disk), off the async workers.
+    async fn open_changed_geo(
+        &self,
+        current: &Snapshot,
+        config: &Config,
+    ) -> Result<Option<Arc<GeoDb>>, GeoError> {
+        let geoip = config.geoip.clone();
         let changed = |file: &Option<GeoFile>, path: &Option<PathBuf>| match (file, path) {
             (Some(f), Some(p)) => f.path != *p || FileStamp::of(p) != Some(f.stamp),
             (None, None) => false,
             _ => true,
         };
-        if !changed(&current.country, &config.country_db) && !changed(&current.asn, &config.asn_db)
+        if !changed(&current.geo.country, &geoip.country_db)
+            && !changed(&current.geo.asn, &geoip.asn_db)
         {
-            return Ok(false);
+            return Ok(None);
         }
-        let fresh = GeoDb::open(config);
-        match fresh {
+        let opened = tokio::task::spawn_blocking(move || GeoDb::open(&geoip))
+            .await
+            .map_err(|e| GeoError {
+                path: PathBuf::new(),
+                reason: format!("GeoIP open task failed: {e}"),
+            })
+            .and_then(|r| r);
+        match opened {
             Ok(db) => {
-                self.metrics.set_geo_info(&db);
-                self.metrics.geo_reloads("success");
-                self.geo.store(Arc::new(db));
+                self.metrics.geo_reloads(crate::metrics::Attempt::Success);
                 log::info!("GeoIP databases reloaded");
-                Ok(true)
+                Ok(Some(Arc::new(db)))
             }
             Err(e) => {
-                self.metrics.geo_reloads("error");
+                self.metrics.geo_reloads(crate::metrics::Attempt::Error);
                 Err(e)
             }
         }
@@ -528,99 +868,82 @@ impl Shared {
     /// old config keeps serving. Requests in flight finish on the snapshot they
     /// started with. Listener, admin and server settings only change on restart;
     /// a reload that changes them says so in the log.
-    pub async fn reload(&self) -> Result<u64, ReloadError> {
-        let _one_at_a_time = self.reload_lock.lock().await;
+    pub async fn reload_config(&self) -> Result<u64, CommandError> {
+        match self.apply(Command::Reload).await? {
+            Outcome::Reloaded { generation } => Ok(generation),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn reload(
+        &self,
+        current: &Snapshot,
+    ) -> Result<(Option<Proposal>, Outcome), CommandError> {
+        let refused = |e: ReloadError| {
+            self.metrics.reloads(crate::metrics::Attempt::Error);
+            log::error!("config reload refused, old config keeps serving:\n{e}");
+            CommandError::Reload(e)
+        };
         let path = self.config_path.clone();
         let loaded = tokio::task::spawn_blocking(move || rampart_config::load(&path))
             .await
-            .map_err(|e| ReloadError::Task(e.to_string()));
-        let config = match loaded {
-            Ok(Ok(mut config)) => {
-                if let Some(overlay) = self.overlay {
-                    overlay(&mut config);
-                }
-                config
-            }
-            Ok(Err(e)) => {
-                self.metrics.reloads("error");
-                log::error!("config reload refused, old config keeps serving:\n{e}");
-                return Err(e.into());
-            }
-            Err(e) => {
-                self.metrics.reloads("error");
-                return Err(e);
-            }
-        };
-        let dropped: Vec<String> = self
-            .flags()
+            .map_err(|e| refused(ReloadError::Task(e.to_string())))?;
+        let mut config = loaded.map_err(|e| refused(e.into()))?;
+        if let Some(overlay) = self.overlay {
+            overlay(&mut config);
+        }
+        let dropped: Vec<String> = current
+            .flags
             .active
             .keys()
             .filter(|name| config.lockdown.flag_index(name).is_none())
             .cloned()
             .collect();
         if !dropped.is_empty() {
-            self.metrics.reloads("error");
-            let e = ReloadError::ActiveFlagRemoved(dropped);
-            log::error!("config reload refused, old config keeps serving: {e}");
-            return Err(e);
+            return Err(refused(ReloadError::ActiveFlagRemoved(dropped)));
         }
-        let old = self.snapshot();
-        warn_restart_only_changes(&old.config, &config);
-        if old.config.geoip != config.geoip {
-            if let Err(e) = self.refresh_geo(&config.geoip) {
-                self.metrics.reloads("error");
-                log::error!("config reload refused, old config keeps serving: {e}");
-                return Err(e.into());
-            }
-        }
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot = Snapshot::new(
-            config,
-            &self.health,
-            &self.metrics,
-            generation,
-            Some(&old.policy),
-        );
-        let keep: Vec<_> = snapshot
+        warn_restart_only_changes(&current.config, &config);
+        let geo = match self.open_changed_geo(current, &config).await {
+            Ok(Some(geo)) => geo,
+            Ok(None) => current.geo.clone(),
+            Err(e) => return Err(refused(e.into())),
+        };
+        let generation = current.generation + 1;
+        let applied = Applied::new(config, &self.health, &self.metrics, Some(&current.policy));
+        let keep: Vec<_> = applied
             .pools
             .iter()
             .flat_map(|p| p.servers.iter().map(|s| (p.name().to_string(), s.addr)))
             .collect();
         self.health.retain(&keep);
-        self.metrics.set_config_info(&snapshot);
-        let lockdown_config = snapshot.config.lockdown.clone();
-        self.snapshot.store(Arc::new(snapshot));
-        {
-            // Recompute modes for the new flag order. A flag enabled between the
-            // check above and here, and dropped by the file, cannot be: enabling
-            // checks the snapshot, which was the old one then; keep it, loudly.
-            let _one_writer = self.flag_lock.lock().await;
-            let active = self.flags().active.clone();
-            for name in active.keys() {
-                if lockdown_config.flag_index(name).is_none() {
-                    log::error!("reload: active flag \"{name}\" is not in the new config; it stays recorded and has no effect until it is defined again or disabled");
-                }
-            }
-            self.store_flags(active);
-        }
-        self.metrics.reloads("success");
+        let next = Snapshot {
+            flags: Arc::new(FlagState::new(
+                current.flags.active.clone(),
+                &applied.config.lockdown,
+            )),
+            applied: Arc::new(applied),
+            geo,
+            generation,
+        };
+        self.metrics.reloads(crate::metrics::Attempt::Success);
         log::info!(
             "config reloaded from {} (generation {generation})",
             self.config_path.display()
         );
-        Ok(generation)
+        Ok((
+            Some(Proposal {
+                next,
+                changes: Vec::new(),
+            }),
+            Outcome::Reloaded { generation },
+        ))
     }
 }
 
-/// Why a flag change was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum FlagError {
-    /// No such flag in the config; the known ones are listed.
-    #[error("unknown flag (known: {})", .0.join(", "))]
-    Unknown(Vec<String>),
-    /// Fleet mode and Redis cannot be written: the change is not applied.
-    #[error("the fleet store (Redis) is unreachable, nothing changed: {0}")]
-    Fleet(String),
+/// The error for an outcome a command cannot give (a bug, reported rather
+/// than panicking).
+fn unexpected(outcome: Outcome) -> CommandError {
+    CommandError::Reload(ReloadError::Task(format!("unexpected outcome {outcome:?}")))
 }
 
 fn known_flags(snapshot: &Snapshot) -> Vec<String> {
@@ -634,55 +957,37 @@ fn known_flags(snapshot: &Snapshot) -> Vec<String> {
 }
 
 /// Drops, before the first request is served, restored flags whose expiry passed
-/// while Rampart was down and flags the config no longer defines; each drop is
-/// audited and the state file rewritten.
+/// while Rampart was down and flags the config no longer defines; returns the
+/// flags kept and one change per drop (audited, and the state file rewritten,
+/// by the caller).
 fn settle_restored(
     mut active: BTreeMap<String, Activation>,
     config: &Config,
-    node: &str,
-    metrics: &Metrics,
-) -> BTreeMap<String, Activation> {
+) -> (BTreeMap<String, Activation>, Vec<FlagChange>) {
     let now_ms = lockdown::now_unix_ms();
     let lockdown_config = &config.lockdown;
     let mut dropped = Vec::new();
     active.retain(|name, a| {
         let why = if a.is_due(now_ms) {
-            Some(("expire", "ttl passed while Rampart was down"))
+            Some((FlagAction::Expire, "ttl passed while Rampart was down"))
         } else if lockdown_config.flag_index(name).is_none() {
-            Some(("disable", "no longer defined in the config at start-up"))
+            Some((
+                FlagAction::Disable,
+                "no longer defined in the config at start-up",
+            ))
         } else {
             None
         };
         if let Some((action, reason)) = why {
-            dropped.push((name.clone(), action, reason, a.expires()));
+            log::warn!("lockdown state: flag \"{name}\" dropped at start-up: {reason}");
+            dropped.push(FlagChange {
+                expires: a.expires(),
+                ..FlagChange::off(name, action, "rampart", reason)
+            });
         }
         why.is_none()
     });
-    for (flag, action, reason, expires) in &dropped {
-        log::warn!("lockdown state: flag \"{flag}\" dropped at start-up: {reason}");
-        metrics.lockdown_change(flag, action);
-        lockdown::audit(
-            &lockdown_config.audit_log,
-            &AuditEntry {
-                time: now_ms / 1000,
-                actor: "rampart",
-                action,
-                flag,
-                mode: None,
-                reason,
-                ttl_seconds: None,
-                expires: *expires,
-                node,
-            },
-        );
-    }
-    if !dropped.is_empty() {
-        if let Err(e) = lockdown::persist(&lockdown_config.state_file, &active) {
-            log::error!("cannot rewrite the lockdown state file: {e}");
-            metrics.lockdown_state_error();
-        }
-    }
-    active
+    (active, dropped)
 }
 
 /// The host name, for audit records.

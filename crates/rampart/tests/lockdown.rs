@@ -537,7 +537,10 @@ async fn explain_follows_the_active_flags_and_reads_a_posted_body() {
     let rampart = Rampart::start(bin(), &config(&origin)).await;
     let us = r#"{"phone":"+1 415 555 0100"}"#;
     let cn = r#"{"phone":"+86 138 0013 8000"}"#;
-    assert_eq!(explain_registration(&rampart, Some(us)).await["verdict"], "proxied");
+    assert_eq!(
+        explain_registration(&rampart, Some(us)).await["verdict"],
+        "proxied"
+    );
 
     enable(&rampart, "registration_cn_mobile_only", json!({})).await;
     let refused = explain_registration(&rampart, Some(us)).await;
@@ -551,7 +554,10 @@ async fn explain_follows_the_active_flags_and_reads_a_posted_body() {
         .find(|r| r["kind"] == "body_rule")
         .unwrap();
     assert_eq!(traced["outcome"], "refused");
-    assert_eq!(explain_registration(&rampart, Some(cn)).await["verdict"], "proxied");
+    assert_eq!(
+        explain_registration(&rampart, Some(cn)).await["verdict"],
+        "proxied"
+    );
     // Without a body, the body rule is shown as not evaluated.
     let no_body = explain_registration(&rampart, None).await;
     assert_eq!(no_body["verdict"], "proxied");

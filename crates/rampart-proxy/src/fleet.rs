@@ -18,8 +18,12 @@
 //! leases taken in the last second. A request waits on Redis only when its
 //! node has no lease left, and never longer than `timeout`; then the rule's
 //! failure mode decides (`open`, `closed`, or `local`: the node's own bucket at
-//! `fleet_local_share` of the budget).
+//! `fleet_local_share` of the budget). When Redis says a bucket is empty, the
+//! node refuses that key locally until the time the script said a token is
+//! back: a flood of refused requests costs one Redis call per key per refill
+//! time, not one per request (the lease table, `lease`).
 
+use crate::lease::{Begin, LeaseTable};
 use crate::lockdown::Activation;
 use crate::metrics::{FleetOp, Metrics};
 use rampart_config::{FleetConfig, LimitConfig};
@@ -28,14 +32,8 @@ use rampart_policy::{FleetAnswer, FleetCheck};
 use redis::aio::ConnectionManager;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
-/// How long a lease may be spent.
-const LEASE_LIFETIME: Duration = Duration::from_secs(1);
-/// Most leases kept per node before the oldest are dropped.
-const MAX_LEASES: usize = 100_000;
 /// Timeout for admin-path Redis operations (flag changes, resyncs).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -87,17 +85,6 @@ pub enum FleetError {
     Redis(#[from] redis::RedisError),
 }
 
-#[derive(Debug)]
-struct Lease {
-    left: u32,
-    until: Instant,
-    /// Set while one request refills this lease from Redis; the others wait
-    /// for it (at most `timeout`) instead of all asking Redis at once.
-    refill: Option<Arc<Notify>>,
-    /// Requests waiting for the refill, so that it asks for enough for all.
-    waiting: u32,
-}
-
 /// The fleet client of one node.
 pub struct Fleet {
     /// Its config.
@@ -105,7 +92,7 @@ pub struct Fleet {
     client: redis::Client,
     manager: arc_swap::ArcSwapOption<ConnectionManager>,
     degraded: AtomicBool,
-    leases: Mutex<HashMap<(usize, LimitKey), Lease>>,
+    leases: LeaseTable,
     take: redis::Script,
     expire: redis::Script,
 }
@@ -129,7 +116,7 @@ impl Fleet {
             client,
             manager: arc_swap::ArcSwapOption::empty(),
             degraded: AtomicBool::new(true),
-            leases: Mutex::new(HashMap::new()),
+            leases: LeaseTable::default(),
             take: redis::Script::new(TAKE_SCRIPT),
             expire: redis::Script::new(EXPIRE_SCRIPT),
         })
@@ -203,7 +190,10 @@ impl Fleet {
         result
     }
 
-    /// Charges `cost` cells of fleet rule `rule` (index `index`) for `key`.
+    /// Charges `cost` cells of fleet rule `rule` (index `index`) for `key`:
+    /// from this node's lease when it has one, locally refused while Redis said
+    /// the bucket is empty, otherwise one Redis round trip (shared with the
+    /// requests that arrive while it is under way).
     pub async fn take(
         &self,
         index: usize,
@@ -212,76 +202,51 @@ impl Fleet {
         cost: u32,
         metrics: &Metrics,
     ) -> Result<FleetAnswer, FleetError> {
+        let batch = self.config.quota_batch;
         let mut waited = false;
         let (want, owner) = loop {
-            let now = Instant::now();
-            let wait = {
-                let Ok(mut leases) = self.leases.lock() else {
-                    break (self.config.quota_batch, false);
-                };
-                if leases.len() >= MAX_LEASES {
-                    leases.retain(|_, l| l.refill.is_some() || (l.until > now && l.left > 0));
+            match self.leases.begin(index, *key, batch, waited) {
+                Begin::Answered(answer) => return Ok(answer),
+                Begin::Refill { want, owner } => break (want, owner),
+                Begin::Wait(notified) => {
+                    let _ = tokio::time::timeout(self.config.timeout, notified).await;
+                    waited = true;
                 }
-                let lease = leases.entry((index, *key)).or_insert(Lease {
-                    left: 0,
-                    until: now,
-                    refill: None,
-                    waiting: 0,
-                });
-                if lease.left > 0 && lease.until > now {
-                    lease.left -= 1;
-                    return Ok(FleetAnswer::Allowed);
-                }
-                match &lease.refill {
-                    Some(notify) if !waited => {
-                        lease.waiting += 1;
-                        // Registered before the lock is released, so the refill's
-                        // wake-up cannot be missed.
-                        let mut notified = Box::pin(notify.clone().notified_owned());
-                        notified.as_mut().enable();
-                        notified
-                    }
-                    // Waited once already and another refill is under way: refill
-                    // for itself, leaving that refill (and its waiters) alone.
-                    Some(_) => break (self.config.quota_batch, false),
-                    None => {
-                        // This request refills, for itself and everyone waiting.
-                        lease.refill = Some(Arc::new(Notify::new()));
-                        let want = self.config.quota_batch.max(lease.waiting + 1);
-                        lease.waiting = 0;
-                        break (want, true);
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(self.config.timeout, wait).await;
-            waited = true;
-        };
-        let result = self.refill(index, rule, key, cost, want, metrics).await;
-        if !owner {
-            return result;
-        }
-        if let Ok(mut leases) = self.leases.lock() {
-            if let Some(notify) = leases.get_mut(&(index, *key)).and_then(|l| l.refill.take()) {
-                notify.notify_waiters();
             }
-        }
-        result
+        };
+        let result = self.script(rule, key, cost, want, metrics).await;
+        let answer = match &result {
+            Ok((granted, wait)) => Some((*granted, *wait)),
+            Err(_) => None,
+        };
+        self.leases.finish(index, *key, answer, owner);
+        let (granted, wait) = result?;
+        Ok(if granted == 0 {
+            FleetAnswer::Limited { retry_after: wait }
+        } else {
+            FleetAnswer::Allowed
+        })
     }
 
-    /// One round trip: leases up to `want` requests' worth of tokens; keeps all
-    /// but one for the next requests of this node.
-    async fn refill(
+    /// One round trip of the bucket script: takes up to `want` requests' worth
+    /// of tokens (none: a peek) and returns how many it granted and, when none,
+    /// how long until one fits.
+    async fn script(
         &self,
-        index: usize,
         rule: &LimitConfig,
         key: &LimitKey,
         cost: u32,
         want: u32,
         metrics: &Metrics,
-    ) -> Result<FleetAnswer, FleetError> {
+    ) -> Result<(u32, Duration), FleetError> {
+        let op = if want == 0 {
+            FleetOp::Peek
+        } else {
+            FleetOp::Quota
+        };
         let mut conn = self
             .connection()
-            .inspect_err(|e| self.mark(false, metrics, FleetOp::Quota, Some(e)))?;
+            .inspect_err(|e| self.mark(false, metrics, op, Some(e)))?;
         let rate_per_ms =
             f64::from(rule.rate.count.get()) / rule.rate.per.as_millis().max(1) as f64;
         let bucket = format!(
@@ -299,30 +264,12 @@ impl Fleet {
         let (granted, wait_ms): (u32, u64) = self
             .timed(
                 metrics,
-                if want == 0 {
-                    FleetOp::Peek
-                } else {
-                    FleetOp::Quota
-                },
+                op,
                 self.config.timeout,
                 invocation.invoke_async(&mut conn),
             )
             .await?;
-        if granted == 0 {
-            return Ok(FleetAnswer::Limited {
-                retry_after: Duration::from_millis(wait_ms),
-            });
-        }
-        if want == 0 {
-            return Ok(FleetAnswer::Allowed);
-        }
-        if let Ok(mut leases) = self.leases.lock() {
-            if let Some(lease) = leases.get_mut(&(index, *key)) {
-                lease.left = granted - 1;
-                lease.until = Instant::now() + LEASE_LIFETIME;
-            }
-        }
-        Ok(FleetAnswer::Allowed)
+        Ok((granted, Duration::from_millis(wait_ms)))
     }
 
     /// Answers the fleet checks of one request, all at once: each is charged
@@ -361,8 +308,15 @@ impl Fleet {
             return FleetAnswer::Unavailable;
         };
         let answer = if peek {
-            self.refill(check.rule, rule, &check.key, check.cost, 0, metrics)
+            self.script(rule, &check.key, check.cost, 0, metrics)
                 .await
+                .map(|(granted, wait)| {
+                    if granted == 0 {
+                        FleetAnswer::Limited { retry_after: wait }
+                    } else {
+                        FleetAnswer::Allowed
+                    }
+                })
         } else {
             self.take(check.rule, rule, &check.key, check.cost, metrics)
                 .await
@@ -388,10 +342,7 @@ impl Fleet {
 
     /// Drops spent and expired leases (not those being refilled).
     pub fn sweep(&self) {
-        let now = Instant::now();
-        if let Ok(mut leases) = self.leases.lock() {
-            leases.retain(|_, l| l.refill.is_some() || (l.until > now && l.left > 0));
-        }
+        self.leases.sweep();
     }
 
     /// Every flag active in Redis.

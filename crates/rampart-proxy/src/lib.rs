@@ -8,6 +8,7 @@ pub mod background;
 pub mod edge;
 pub mod fleet;
 pub mod health;
+pub mod lease;
 pub mod listening;
 pub mod lockdown;
 pub mod metrics;

@@ -177,6 +177,8 @@ impl<C: Clock> LeaseTable<C> {
             None => {}
         }
         if owner {
+            // The waiters come back to `begin` themselves.
+            lease.waiting = 0;
             if let Some(notify) = lease.refill.take() {
                 notify.notify_waiters();
             }
@@ -323,7 +325,7 @@ mod tests {
                 Begin::Answered(FleetAnswer::Allowed)
             ));
         }
-        // The next refill after waiters asks for them too.
+        // The waiters were served: the next refill asks for the batch again.
         let (want, _) = refill_want(t.begin(2, key(), 2, false));
         assert_eq!(want, 2);
     }

@@ -2,8 +2,10 @@
 //! ([`model`]) and the step between them, which reports every problem in a file at
 //! once as `file: key: reason`.
 //!
-//! This crate knows nothing of Pingora or sockets; it only reads the config file
-//! (and resolves origin host names once, at load time).
+//! This crate knows nothing of Pingora or sockets and does no I/O beyond reading
+//! the config file (and checking that the TLS files it names exist). Origin host
+//! names stay unresolved ([`ServerAddress`]); the proxy resolves them when it
+//! applies a config.
 
 pub mod file;
 pub mod model;
@@ -195,6 +197,51 @@ pool = "web"
         assert_eq!(
             errors(&text),
             vec!["admin.address: 127.0.0.1:9901 overlaps a public listener; the admin API must never be on the public listener"]
+        );
+    }
+
+    #[test]
+    fn server_names_stay_unresolved_and_only_syntax_is_checked() {
+        // `.invalid` never resolves (RFC 6761): parsing must not try.
+        let text = MINIMAL.replace(
+            "[\"127.0.0.1:9000\"]",
+            "[\"127.0.0.1:9000\", \"origin.invalid:9001\", \"[::1]:9002\", \"::1:9003\"]",
+        );
+        let c = parse(&text, Path::new("t.toml")).unwrap();
+        let servers: Vec<String> = c.pools[0].servers.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            servers,
+            [
+                "127.0.0.1:9000",
+                "origin.invalid:9001",
+                "[::1]:9002",
+                "[::1]:9003"
+            ]
+        );
+        assert_eq!(
+            c.pools[0].servers[1],
+            ServerAddress::Name {
+                host: "origin.invalid".into(),
+                port: 9001
+            }
+        );
+        assert_eq!(c.pools[0].servers[1].socket_addr(), None);
+        assert_eq!(c.pools[0].servers[1].port(), 9001);
+        assert_eq!(c.pools[0].sni, "127.0.0.1");
+
+        let text = MINIMAL.replace(
+            "[\"127.0.0.1:9000\"]",
+            "[\"origin\", \"origin:http\", \":80\", \"bad host:80\", \"a..b:80\"]",
+        );
+        assert_eq!(
+            errors(&text),
+            vec![
+                "pools.web.servers[0]: \"origin\" needs a port (HOST:PORT)",
+                "pools.web.servers[1]: \"origin:http\" has an invalid port: \"http\" is not a number from 0 to 65535",
+                "pools.web.servers[2]: \":80\" needs a host (HOST:PORT)",
+                "pools.web.servers[3]: \"bad host:80\": \"bad host\" is not a host name or IP address",
+                "pools.web.servers[4]: \"a..b:80\": \"a..b\" is not a host name or IP address",
+            ]
         );
     }
 

@@ -3,7 +3,7 @@
 
 use crate::lockdown::{self, Activation, AuditEntry, FlagState, Loaded, Mode};
 use crate::metrics::{Metrics, PoolHandles, ProxiedHandles, UNMATCHED_ROUTE};
-use crate::pool::{HealthRegistry, Pool};
+use crate::pool::{HealthRegistry, Pool, ResolvedServers};
 use arc_swap::ArcSwap;
 use rampart_config::{Config, ConfigError, GeoipConfig};
 use rampart_policy::geo::{FileStamp, GeoError, GeoFile};
@@ -36,6 +36,7 @@ pub struct Snapshot {
 impl Snapshot {
     fn new(
         config: Config,
+        servers: &ResolvedServers,
         registry: &HealthRegistry,
         metrics: &Metrics,
         generation: u64,
@@ -44,7 +45,8 @@ impl Snapshot {
         let pools: Vec<Pool> = config
             .pools
             .iter()
-            .map(|p| Pool::new(p, registry))
+            .enumerate()
+            .map(|(i, p)| Pool::new(p, servers.of_pool(i), registry))
             .collect();
         let proxied = config
             .routes
@@ -166,16 +168,18 @@ impl Default for Offenders {
 }
 
 impl Shared {
-    /// State for a freshly loaded config; opens its GeoIP databases.
+    /// State for a freshly loaded config and its resolved origin `servers`
+    /// ([`crate::pool::resolve_servers`]); opens its GeoIP databases.
     pub fn new(
         config_path: PathBuf,
         config: Config,
+        servers: &ResolvedServers,
         access_log: Option<crate::access_log::AccessLog>,
     ) -> Result<Self, GeoError> {
         let geo = GeoDb::open(&config.geoip)?;
         let health = HealthRegistry::default();
         let metrics = Metrics::new();
-        let snapshot = Snapshot::new(config, &health, &metrics, 1, None);
+        let snapshot = Snapshot::new(config, servers, &health, &metrics, 1, None);
         metrics.set_config_info(&snapshot);
         metrics.set_geo_info(&geo);
         let fleet = match &snapshot.config.fleet {
@@ -521,17 +525,21 @@ impl Shared {
     /// a reload that changes them says so in the log.
     pub async fn reload(&self) -> Result<u64, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || rampart_config::load(&path))
-            .await
-            .map_err(|e| ReloadError::Task(e.to_string()));
-        let config = match loaded {
-            Ok(Ok(mut config)) => {
-                if let Some(overlay) = self.overlay {
-                    overlay(&mut config);
-                }
-                config
+        let (path, overlay) = (self.config_path.clone(), self.overlay);
+        // Origin names are resolved here too, off the runtime: a name that does
+        // not resolve refuses the reload like any other config error.
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut config = rampart_config::load(&path)?;
+            if let Some(overlay) = overlay {
+                overlay(&mut config);
             }
+            let servers = crate::pool::resolve_servers(&config, &path)?;
+            Ok::<_, ConfigError>((config, servers))
+        })
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()));
+        let (config, servers) = match loaded {
+            Ok(Ok(loaded)) => loaded,
             Ok(Err(e)) => {
                 self.metrics.reloads("error");
                 log::error!("config reload refused, old config keeps serving:\n{e}");
@@ -567,6 +575,7 @@ impl Shared {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let snapshot = Snapshot::new(
             config,
+            &servers,
             &self.health,
             &self.metrics,
             generation,

@@ -1,8 +1,8 @@
-//! `[pools.NAME]`: origin servers, timeouts and health checks.
+//! `[pools.NAME]`: origin servers, timeouts and health checks. Server names stay
+//! unresolved here: the proxy resolves them when it applies the config.
 
 use super::{is_name, Validator};
 use crate::*;
-use std::net::{SocketAddr, ToSocketAddrs};
 
 impl Validator {
     pub(super) fn pool(&mut self, name: String, raw: file::FilePool) -> Option<PoolConfig> {
@@ -19,7 +19,7 @@ impl Validator {
             self.issue(format!("{key}.servers"), "at least one server is required");
         }
         for (i, text) in list.iter().enumerate() {
-            match resolve(text) {
+            match ServerAddress::parse(text) {
                 Ok(addr) => servers.push(addr),
                 Err(e) => self.issue(format!("{key}.servers[{i}]"), e),
             }
@@ -111,20 +111,5 @@ impl Validator {
             sni,
             health_check,
         })
-    }
-}
-
-fn resolve(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    if !text.contains(':') {
-        return Err(format!("\"{text}\" needs a port (HOST:PORT)"));
-    }
-    match text.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("\"{text}\" resolves to no address")),
-        Err(e) => Err(format!("\"{text}\" cannot be resolved: {e}")),
     }
 }

@@ -1,5 +1,6 @@
 //! The typed, validated config the rest of Rampart reads. Every value here has
-//! passed validation: addresses are resolved, durations are non-zero where zero
+//! passed validation: addresses are well formed (origin host names stay
+//! unresolved, see [`ServerAddress`]), durations are non-zero where zero
 //! makes no sense, and every pool a route names exists.
 
 use ipnet::IpNet;
@@ -717,13 +718,103 @@ pub struct AdminConfig {
     pub token: TokenSource,
 }
 
+/// One origin server of a pool as written in the file: `HOST:PORT`, where HOST is
+/// an IP address or a DNS name. Parsing one does no I/O: a name stays a name
+/// until the proxy resolves it, each time it applies a config.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddress {
+    /// An IP address and port, `127.0.0.1:9000` or `[::1]:9000`.
+    Ip(SocketAddr),
+    /// A host name and port, `origin.internal:9000`, not resolved yet.
+    Name {
+        /// The host name.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl ServerAddress {
+    /// Parses `HOST:PORT`; the error says what is wrong with `text`, quoting it.
+    /// Checks syntax only: a well-formed name that does not resolve passes.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Self::Ip(addr));
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!("\"{text}\" needs a port (HOST:PORT)"));
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            return Err(format!(
+                "\"{text}\" has an invalid port: \"{port}\" is not a number from 0 to 65535"
+            ));
+        };
+        if host.is_empty() {
+            return Err(format!("\"{text}\" needs a host (HOST:PORT)"));
+        }
+        // An unbracketed IPv6 address ("::1:9000") was accepted when names were
+        // resolved through `ToSocketAddrs`; keep accepting it.
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(Self::Ip(SocketAddr::new(ip, port)));
+        }
+        if !is_host_name(host) {
+            return Err(format!(
+                "\"{text}\": \"{host}\" is not a host name or IP address"
+            ));
+        }
+        Ok(Self::Name {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Ip(addr) => addr.port(),
+            Self::Name { port, .. } => *port,
+        }
+    }
+
+    /// The address itself when it is an IP literal; `None` for a name.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Ip(addr) => Some(*addr),
+            Self::Name { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(addr) => write!(f, "{addr}"),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// Letters, digits, '-' and '_' in dot-separated labels, with an optional
+/// trailing dot (a fully qualified name).
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// `[pools.NAME]`
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Pool name, used by routes, metrics and logs.
     pub name: String,
-    /// Origin servers, resolved at load time.
-    pub servers: Vec<SocketAddr>,
+    /// Origin servers as written; names are resolved by the proxy when it
+    /// applies the config, never here.
+    pub servers: Vec<ServerAddress>,
     /// Speak TLS to the origins.
     pub tls: bool,
     /// SNI for TLS origins.

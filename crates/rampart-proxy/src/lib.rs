@@ -36,6 +36,10 @@ pub use state::Shared;
 /// Why Rampart could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The config cannot be applied: an origin host name does not resolve.
+    /// Reported like a validation error (`file: key: reason`, exit 64).
+    #[error("{0}")]
+    Config(#[from] rampart_config::ConfigError),
     /// The admin token is missing or unreadable.
     #[error("admin token: {0}")]
     AdminToken(String),
@@ -109,6 +113,7 @@ pub fn build_server_with(
     if let Some(overlay) = overlay {
         overlay(&mut config);
     }
+    let servers = pool::resolve_servers(&config, &config_path)?;
     let token = read_admin_token(&config.admin.token)?;
     set_fleet_hash_key(&config);
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
@@ -117,7 +122,7 @@ pub fn build_server_with(
         Some((log, writer)) => (Some(log), Some(writer)),
         None => (None, None),
     };
-    let mut shared = Shared::new(config_path, config.clone(), access_log)
+    let mut shared = Shared::new(config_path, config.clone(), &servers, access_log)
         .map_err(|e| StartError::Geo(e.to_string()))?;
     shared.overlay = overlay;
     let shared = Arc::new(shared);

@@ -14,7 +14,7 @@
 use crate::lockdown::{self, Activation, AuditEntry, FlagState, Loaded, Mode};
 use crate::metrics::{Metrics, PoolHandles, ProxiedHandles, UNMATCHED_ROUTE};
 use crate::offenders::Offenders;
-use crate::pool::{HealthRegistry, Pool};
+use crate::pool::{HealthRegistry, Pool, ResolvedServers};
 use arc_swap::ArcSwap;
 use rampart_config::{Config, ConfigError};
 use rampart_policy::geo::{FileStamp, GeoError, GeoFile};
@@ -42,6 +42,7 @@ pub struct Applied {
 impl Applied {
     fn new(
         config: Config,
+        servers: &ResolvedServers,
         registry: &HealthRegistry,
         metrics: &Metrics,
         previous: Option<&Policy>,
@@ -49,7 +50,8 @@ impl Applied {
         let pools: Vec<Pool> = config
             .pools
             .iter()
-            .map(|p| Pool::new(p, registry))
+            .enumerate()
+            .map(|(i, p)| Pool::new(p, servers.of_pool(i), registry))
             .collect();
         let proxied = config
             .routes
@@ -350,11 +352,13 @@ struct Proposal {
 }
 
 impl Shared {
-    /// State for a freshly loaded config; opens its GeoIP databases and restores
-    /// the lockdown flags (audited).
+    /// State for a freshly loaded config and its resolved origin `servers`
+    /// ([`crate::pool::resolve_servers`]); opens its GeoIP databases and
+    /// restores the lockdown flags (audited).
     pub fn new(
         config_path: PathBuf,
         config: Config,
+        servers: &ResolvedServers,
         access_log: Option<crate::access_log::AccessLog>,
     ) -> Result<Self, GeoError> {
         let geo = GeoDb::open(&config.geoip)?;
@@ -407,7 +411,7 @@ impl Shared {
         let listeners = crate::listening::ListenerProbe::new(
             config.listeners.iter().map(|l| l.address).collect(),
         );
-        let applied = Applied::new(config, &health, &metrics, None);
+        let applied = Applied::new(config, servers, &health, &metrics, None);
         let snapshot = Snapshot {
             flags: Arc::new(FlagState::new(active, &applied.config.lockdown)),
             applied: Arc::new(applied),
@@ -884,14 +888,20 @@ impl Shared {
             log::error!("config reload refused, old config keeps serving:\n{e}");
             CommandError::Reload(e)
         };
-        let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || rampart_config::load(&path))
-            .await
-            .map_err(|e| refused(ReloadError::Task(e.to_string())))?;
-        let mut config = loaded.map_err(|e| refused(e.into()))?;
-        if let Some(overlay) = self.overlay {
-            overlay(&mut config);
-        }
+        let (path, overlay) = (self.config_path.clone(), self.overlay);
+        // Origin names are resolved here too, off the runtime: a name that does
+        // not resolve refuses the reload like any other config error.
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut config = rampart_config::load(&path)?;
+            if let Some(overlay) = overlay {
+                overlay(&mut config);
+            }
+            let servers = crate::pool::resolve_servers(&config, &path)?;
+            Ok::<_, ConfigError>((config, servers))
+        })
+        .await
+        .map_err(|e| refused(ReloadError::Task(e.to_string())))?;
+        let (config, servers) = loaded.map_err(|e| refused(e.into()))?;
         let dropped: Vec<String> = current
             .flags
             .active
@@ -909,7 +919,13 @@ impl Shared {
             Err(e) => return Err(refused(e.into())),
         };
         let generation = current.generation + 1;
-        let applied = Applied::new(config, &self.health, &self.metrics, Some(&current.policy));
+        let applied = Applied::new(
+            config,
+            &servers,
+            &self.health,
+            &self.metrics,
+            Some(&current.policy),
+        );
         let keep: Vec<_> = applied
             .pools
             .iter()

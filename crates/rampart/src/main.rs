@@ -38,6 +38,7 @@ enum Command {
         config: PathBuf,
     },
     /// Validate config files; exit 0 when all are valid, 64 when any is not.
+    /// Does no DNS: origin host names are resolved by `run` and by reloads.
     Check {
         /// Config files (TOML); repeat for several.
         #[arg(long, short, required = true)]
@@ -210,6 +211,10 @@ fn run(config_path: PathBuf, overlay: Option<rampart_proxy::state::ConfigOverlay
                 listeners.join(", ")
             );
             server.run_forever()
+        }
+        Err(rampart_proxy::StartError::Config(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_BAD_CONFIG)
         }
         Err(e) => {
             eprintln!("rampart: cannot start: {e}");

@@ -1,10 +1,12 @@
 //! `rampart check`: every shipped config is valid (exit 0) and every fixture in
 //! `conf/invalid/` fails with exit 64 and exactly the messages written in its
-//! `# expect:` lines.
+//! `# expect:` lines. `check` does no DNS; `run` resolves origin names and
+//! refuses one that does not resolve, with exit 64 too.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -81,4 +83,64 @@ fn a_missing_file_is_reported_with_exit_64() {
         stderr,
         "conf/does-not-exist.toml: cannot read the file: No such file or directory (os error 2)\n"
     );
+}
+
+#[test]
+fn check_does_no_dns_and_run_refuses_an_origin_name_that_does_not_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    let port = rampart_testkit::free_port("127.0.0.1");
+    let admin = rampart_testkit::free_port("127.0.0.1");
+    // `.invalid` never resolves (RFC 6761).
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:{port}"
+[admin]
+address = "127.0.0.1:{admin}"
+[pools.web]
+servers = ["127.0.0.1:9000", "nowhere.invalid:9000"]
+[[routes]]
+name = "all"
+pool = "web"
+"#
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check(&file);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    assert_eq!(stdout, format!("{}: ok\n", file.display()));
+
+    // No admin token: should the name resolve after all, `run` stops at the
+    // token instead of serving.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .env_remove("RAMPART_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("rampart run did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    let prefix = format!(
+        "{}: pools.web.servers[1]: \"nowhere.invalid:9000\" cannot be resolved: ",
+        file.display()
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&prefix), "{stderr}");
 }

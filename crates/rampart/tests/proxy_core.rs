@@ -330,6 +330,68 @@ async fn forwarding_headers_from_untrusted_peers_are_ignored_and_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_names_resolve_when_applied_and_one_that_does_not_refuses_the_reload() {
+    // The proxy takes a name's first address: start the origin there (127.0.0.1
+    // or ::1, depending on the machine).
+    let first = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 0))
+        .unwrap()
+        .next()
+        .unwrap();
+    let chat = MockOrigin::start("chat").await;
+    let auth = MockOrigin::start_on("auth", &first.to_string()).await;
+    let by_name = |port: u16| format!("localhost:{port}");
+    let config = two_pool_config(&[chat.addr], &[auth.addr]).replace(
+        &format!("\"{}\"", auth.addr),
+        &format!("\"{}\"", by_name(auth.addr.port())),
+    );
+    assert!(config.contains("localhost:"));
+    let rampart = Rampart::start(bin(), &config).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(rampart.url("/api/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(origin_of(r).await, "auth");
+
+    // A name that does not resolve (`.invalid`, RFC 6761) is a config error at
+    // reload: refused with its key, and the old config keeps serving.
+    let original = std::fs::read_to_string(rampart.config_path()).unwrap();
+    std::fs::write(
+        rampart.config_path(),
+        original.replace(
+            &by_name(auth.addr.port()),
+            &format!("nowhere.invalid:{}", auth.addr.port()),
+        ),
+    )
+    .unwrap();
+    let r = rampart
+        .admin_request(Method::POST, "/reload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["result"], "refused");
+    let errors = body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{body}");
+    let prefix = format!(
+        "{}: pools.auth.servers[0]: \"nowhere.invalid:{}\" cannot be resolved: ",
+        rampart.config_path().display(),
+        auth.addr.port()
+    );
+    assert!(errors[0].as_str().unwrap().starts_with(&prefix), "{body}");
+    let r = client
+        .post(rampart.url("/api/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(origin_of(r).await, "auth");
+    assert_eq!(rampart.status().await["generation"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_reload_keeps_the_old_config_and_a_good_one_applies() {
     let chat = MockOrigin::start("chat").await;
     let auth = MockOrigin::start("auth").await;

@@ -1,0 +1,105 @@
+//! `[[access]]`: allow and deny rules by network, AS and country.
+
+use super::Validator;
+use crate::*;
+use ipnet::IpNet;
+use std::collections::BTreeSet;
+
+impl Validator {
+    pub(super) fn access(
+        &mut self,
+        i: usize,
+        raw: file::FileAccess,
+        routes: &[String],
+        geoip: &GeoipConfig,
+        seen: &mut BTreeSet<String>,
+    ) -> AccessRuleConfig {
+        let key = format!("access[{i}]");
+        let name = self.rule_name(&key, raw.name, i, seen);
+        let action = match raw.action.as_deref() {
+            Some("allow") => AccessAction::Allow,
+            Some("deny") => AccessAction::Deny,
+            None => {
+                self.issue(
+                    format!("{key}.action"),
+                    "is required (\"allow\" or \"deny\")",
+                );
+                AccessAction::Deny
+            }
+            Some(other) => {
+                self.issue(
+                    format!("{key}.action"),
+                    format!("\"{other}\" is not an action (use \"allow\" or \"deny\")"),
+                );
+                AccessAction::Deny
+            }
+        };
+        let given = raw.cidrs.as_ref().is_some_and(|v| !v.is_empty())
+            || raw.asns.as_ref().is_some_and(|v| !v.is_empty())
+            || raw.countries.as_ref().is_some_and(|v| !v.is_empty());
+        let (cidrs, asns, countries) =
+            self.client_lists(&key, raw.cidrs, raw.asns, raw.countries, geoip);
+        if !given {
+            self.issue(&key, "matches nothing: give cidrs, asns or countries");
+        }
+        AccessRuleConfig {
+            routes: self.route_refs(&key, raw.routes, routes),
+            name,
+            action,
+            cidrs,
+            asns,
+            countries,
+        }
+    }
+
+    /// matches clients (access rules, flag restrictions).
+    pub(super) fn client_lists(
+        &mut self,
+        key: &str,
+        cidrs: Option<Vec<String>>,
+        asns: Option<Vec<i64>>,
+        countries: Option<Vec<String>>,
+        geoip: &GeoipConfig,
+    ) -> (Vec<IpNet>, Vec<u32>, Vec<String>) {
+        let mut nets = Vec::new();
+        for (j, text) in cidrs.unwrap_or_default().iter().enumerate() {
+            match parse_cidr(text) {
+                Ok(net) => nets.push(net),
+                Err(e) => self.issue(format!("{key}.cidrs[{j}]"), e),
+            }
+        }
+        let mut numbers = Vec::new();
+        for (j, n) in asns.unwrap_or_default().into_iter().enumerate() {
+            match u32::try_from(n) {
+                Ok(n) if n > 0 => numbers.push(n),
+                _ => self.issue(
+                    format!("{key}.asns[{j}]"),
+                    format!("{n} is not an AS number"),
+                ),
+            }
+        }
+        if !numbers.is_empty() && geoip.asn_db.is_none() {
+            self.issue(format!("{key}.asns"), "needs geoip.asn_db");
+        }
+        let mut codes = Vec::new();
+        for (j, c) in countries.unwrap_or_default().into_iter().enumerate() {
+            match country_code(&c) {
+                Some(c) => codes.push(c),
+                None => self.issue(
+                    format!("{key}.countries[{j}]"),
+                    format!("\"{c}\" is not a two-letter country code (ISO 3166-1 alpha-2, e.g. \"US\")"),
+                ),
+            }
+        }
+        if !codes.is_empty() && geoip.country_db.is_none() {
+            self.issue(format!("{key}.countries"), "needs geoip.country_db");
+        }
+        (nets, numbers, codes)
+    }
+}
+
+/// `"cn"` becomes `"CN"`; anything but two ASCII letters is refused.
+pub(super) fn country_code(text: &str) -> Option<String> {
+    (text.len() == 2 && text.bytes().all(|b| b.is_ascii_alphabetic()))
+        .then(|| text.to_ascii_uppercase())
+}

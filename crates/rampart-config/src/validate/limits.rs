@@ -1,0 +1,271 @@
+//! `[[limits]]` and `[[concurrency]]`: rate limits and in-flight caps, and what they key on.
+
+use super::{list_or_none, Validator};
+use crate::*;
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+impl Validator {
+    pub(super) fn key_kind(
+        &mut self,
+        key: &str,
+        kind: Option<&str>,
+        prefix: (Option<i64>, Option<i64>),
+        header: Option<String>,
+        geoip: &GeoipConfig,
+    ) -> KeyKind {
+        let kind = match kind {
+            Some("ip") => KeyKind::Ip,
+            Some("prefix") => {
+                let mut len = |k: &str, v: Option<i64>, default: u8, max: i64| match v {
+                    None => default,
+                    Some(n) if (1..=max).contains(&n) => n as u8,
+                    Some(n) => {
+                        self.issue(
+                            format!("{key}.{k}"),
+                            format!("must be from 1 to {max}, got {n}"),
+                        );
+                        default
+                    }
+                };
+                KeyKind::Prefix {
+                    v4: len("prefix_v4", prefix.0, DEFAULT_PREFIX_V4, 32),
+                    v6: len("prefix_v6", prefix.1, DEFAULT_PREFIX_V6, 128),
+                }
+            }
+            Some("asn") => {
+                if geoip.asn_db.is_none() {
+                    self.issue(format!("{key}.key"), "\"asn\" needs geoip.asn_db");
+                }
+                KeyKind::Asn
+            }
+            Some("country") => {
+                if geoip.country_db.is_none() {
+                    self.issue(format!("{key}.key"), "\"country\" needs geoip.country_db");
+                }
+                KeyKind::Country
+            }
+            Some("header") => match &header {
+                Some(h)
+                    if !h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    KeyKind::Header(h.to_ascii_lowercase())
+                }
+                Some(h) => {
+                    self.issue(
+                        format!("{key}.header"),
+                        format!("\"{h}\" is not a header name"),
+                    );
+                    KeyKind::Ip
+                }
+                None => {
+                    self.issue(format!("{key}.header"), "is required with key = \"header\"");
+                    KeyKind::Ip
+                }
+            },
+            Some("route") => KeyKind::Route,
+            None => {
+                self.issue(
+                    format!("{key}.key"),
+                    "is required (ip, prefix, asn, country, header or route)",
+                );
+                KeyKind::Ip
+            }
+            Some(other) => {
+                self.issue(
+                    format!("{key}.key"),
+                    format!("\"{other}\" is not a key kind (use ip, prefix, asn, country, header or route)"),
+                );
+                KeyKind::Ip
+            }
+        };
+        if !matches!(kind, KeyKind::Prefix { .. }) {
+            if prefix.0.is_some() {
+                self.issue(
+                    format!("{key}.prefix_v4"),
+                    "only used with key = \"prefix\"",
+                );
+            }
+            if prefix.1.is_some() {
+                self.issue(
+                    format!("{key}.prefix_v6"),
+                    "only used with key = \"prefix\"",
+                );
+            }
+        }
+        if header.is_some() && !matches!(kind, KeyKind::Header(_)) {
+            self.issue(format!("{key}.header"), "only used with key = \"header\"");
+        }
+        kind
+    }
+
+    pub(super) fn limit(
+        &mut self,
+        i: usize,
+        raw: file::FileLimit,
+        routes: &[String],
+        geoip: &GeoipConfig,
+        seen: &mut BTreeSet<String>,
+        flags: &[String],
+    ) -> LimitConfig {
+        let key = format!("limits[{i}]");
+        let name = self.rule_name(&key, raw.name, i, seen);
+        let kind = if raw.key.as_deref() == Some("body") {
+            if raw.routes.as_ref().is_none_or(|r| r.is_empty()) {
+                self.issue(
+                    format!("{key}.routes"),
+                    "is required with key = \"body\" (the routes whose bodies carry the field)",
+                );
+            }
+            KeyKind::Body(self.body_key(
+                &key,
+                raw.field,
+                raw.normalize,
+                raw.number_prefix,
+                raw.max_body_bytes,
+            ))
+        } else {
+            for (name, set) in [
+                ("field", raw.field.is_some()),
+                ("normalize", raw.normalize.is_some()),
+                ("number_prefix", raw.number_prefix.is_some()),
+                ("max_body_bytes", raw.max_body_bytes.is_some()),
+            ] {
+                if set {
+                    self.issue(format!("{key}.{name}"), "only with key = \"body\"");
+                }
+            }
+            self.key_kind(
+                &key,
+                raw.key.as_deref(),
+                (raw.prefix_v4, raw.prefix_v6),
+                raw.header,
+                geoip,
+            )
+        };
+        let rate = match raw.rate.as_deref() {
+            None => {
+                self.issue(format!("{key}.rate"), "is required (e.g. \"10/s\")");
+                None
+            }
+            Some(text) => match parse_rate(text) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.issue(format!("{key}.rate"), e);
+                    None
+                }
+            },
+        };
+        let rate = rate.unwrap_or(Rate {
+            count: NonZeroU32::MIN,
+            per: Duration::from_secs(1),
+        });
+        let burst = self.count(&format!("{key}.burst"), raw.burst, rate.count.get());
+        let cost = self.count(&format!("{key}.cost"), raw.cost, 1);
+        if cost > burst {
+            self.issue(
+                format!("{key}.cost"),
+                format!("{cost} is more than the burst of {burst}: no request could ever pass"),
+            );
+        }
+        let only_with_flag = raw.only_with_flag.and_then(|name| {
+            let found = flags.iter().position(|f| *f == name);
+            if found.is_none() {
+                self.issue(
+                    format!("{key}.only_with_flag"),
+                    format!("unknown flag \"{name}\" (known: {})", list_or_none(flags)),
+                );
+            }
+            found
+        });
+        let scope = match raw.scope.as_deref() {
+            None | Some("local") => {
+                if raw.fleet_failure.is_some() {
+                    self.issue(
+                        format!("{key}.fleet_failure"),
+                        "only used with scope = \"fleet\"",
+                    );
+                }
+                LimitScope::Local
+            }
+            Some("fleet") => {
+                let failure = match raw.fleet_failure.as_deref() {
+                    None | Some("local") => {
+                        let share = raw.fleet_local_share.unwrap_or(0.5);
+                        if !(share > 0.0 && share <= 1.0) {
+                            self.issue(
+                                format!("{key}.fleet_local_share"),
+                                format!("must be above 0 and at most 1, got {share}"),
+                            );
+                        }
+                        FleetFailure::Local {
+                            share: share.clamp(0.001, 1.0),
+                        }
+                    }
+                    Some("open") => FleetFailure::Open,
+                    Some("closed") => FleetFailure::Closed,
+                    Some(other) => {
+                        self.issue(
+                            format!("{key}.fleet_failure"),
+                            format!("\"{other}\" is not a failure mode (use \"open\", \"closed\" or \"local\")"),
+                        );
+                        FleetFailure::Closed
+                    }
+                };
+                LimitScope::Fleet { failure }
+            }
+            Some(other) => {
+                self.issue(
+                    format!("{key}.scope"),
+                    format!("\"{other}\" is not a scope (use \"local\" or \"fleet\")"),
+                );
+                LimitScope::Local
+            }
+        };
+        LimitConfig {
+            scope,
+            only_with_flag,
+            max_keys: self.count(&format!("{key}.max_keys"), raw.max_keys, DEFAULT_MAX_KEYS),
+            routes: self.route_refs(&key, raw.routes, routes),
+            shadow: raw.shadow.unwrap_or(false),
+            name,
+            key: kind,
+            rate,
+            burst,
+            cost,
+        }
+    }
+
+    pub(super) fn concurrency(
+        &mut self,
+        i: usize,
+        raw: file::FileConcurrency,
+        routes: &[String],
+        geoip: &GeoipConfig,
+        seen: &mut BTreeSet<String>,
+    ) -> ConcurrencyConfig {
+        let key = format!("concurrency[{i}]");
+        let name = self.rule_name(&key, raw.name, i, seen);
+        let kind = self.key_kind(
+            &key,
+            raw.key.as_deref(),
+            (raw.prefix_v4, raw.prefix_v6),
+            raw.header,
+            geoip,
+        );
+        if raw.max_in_flight.is_none() {
+            self.issue(format!("{key}.max_in_flight"), "is required");
+        }
+        ConcurrencyConfig {
+            max_in_flight: self.count(&format!("{key}.max_in_flight"), raw.max_in_flight, 1),
+            max_keys: self.count(&format!("{key}.max_keys"), raw.max_keys, DEFAULT_MAX_KEYS),
+            routes: self.route_refs(&key, raw.routes, routes),
+            shadow: raw.shadow.unwrap_or(false),
+            name,
+            key: kind,
+        }
+    }
+}

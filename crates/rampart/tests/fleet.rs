@@ -193,6 +193,21 @@ async fn a_flag_enabled_on_a_is_enforced_on_b_within_a_second() {
     // The audit record names the node that made the change.
     let audit = std::fs::read_to_string(a.dir().join("state/lockdown-audit.jsonl")).unwrap();
     assert!(audit.contains("\"node\":\"node-a\""), "{audit}");
+    // Node B audits what it learned from the fleet, once, with the actor.
+    let learned = std::fs::read_to_string(b.dir().join("state/lockdown-audit.jsonl")).unwrap();
+    let lines: Vec<&str> = learned
+        .lines()
+        .filter(|l| l.contains("\"action\":\"fleet_enable\""))
+        .collect();
+    assert_eq!(lines.len(), 1, "{learned}");
+    for field in [
+        "\"actor\":\"oncall\"",
+        "\"reason\":\"flood\"",
+        "\"node\":\"node-b\"",
+        "\"flag\":\"registration_closed\"",
+    ] {
+        assert!(lines[0].contains(field), "{field} missing: {}", lines[0]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,19 +234,32 @@ async fn a_ttl_expires_fleet_wide_and_once() {
     .await;
     assert!(expired, "the flag did not expire on both nodes");
     assert_eq!(status(&b, "/register").await, 200);
-    // Exactly one node audited the expiry.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let expiries: usize = [&a, &b]
-        .iter()
-        .map(|n| {
-            std::fs::read_to_string(n.dir().join("state/lockdown-audit.jsonl"))
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.contains("\"action\":\"expire\""))
-                .count()
-        })
-        .sum();
-    assert_eq!(expiries, 1);
+    // Exactly one node audited the expiry; the other audited that it learned
+    // it from the fleet. Both records are awaited, so a second `expire` would
+    // have been written by then.
+    let count = |action: &str| -> usize {
+        [&a, &b]
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(n.dir().join("state/lockdown-audit.jsonl"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains(&format!("\"action\":\"{action}\"")))
+                    .count()
+            })
+            .sum()
+    };
+    let both = wait_until(Duration::from_secs(2), || async {
+        count("expire") + count("fleet_disable") >= 2
+    })
+    .await;
+    assert!(
+        both,
+        "expire {} fleet_disable {}",
+        count("expire"),
+        count("fleet_disable")
+    );
+    assert_eq!((count("expire"), count("fleet_disable")), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 //! must happen (a connection that stayed open would be held for minutes).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rampart_testkit::{wait_until, MockOrigin, Rampart};
+use rampart_testkit::{wait_until, ConfigBuilder, MockOrigin, Rampart};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,41 +14,30 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rampart"))
 }
 
-fn config(origin: &MockOrigin, extra_server: &str) -> String {
-    format!(
-        r#"
-[server]
+fn config(origin: &MockOrigin, extra_server: &str) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .server(
+            r#"
 client_header_timeout = "1s"
 client_body_timeout = "1s"
 keepalive_timeout = "1s"
 h2_idle_timeout = "1s"
 max_request_head_bytes = 4096
 max_request_headers = 20
-{extra_server}
-[[listeners]]
-address = "{{listen}}"
-[admin]
-address = "{{admin}}"
-[pools.web]
-servers = ["{origin}"]
-read_timeout = "30s"
-[[routes]]
-name = "register"
-path_prefix = "/api/auth/register"
-pool = "web"
-[[routes]]
-name = "web"
-pool = "web"
+"#,
+        )
+        .server(extra_server)
+        .pool_with("web", &[origin.addr], r#"read_timeout = "30s""#)
+        .route("register", "/api/auth/register", "web")
+        .catch_all_route("web", "web")
+        .raw(
+            r#"
 [[flags]]
 name = "registration_cn_mobile_only"
 default_active = true
-body_rules = [{{ route = "register", field = "phone", allowed_regions = ["CN"] }}]
-[lockdown]
-state_file = "{{dir}}/state.json"
-audit_log = "{{dir}}/audit.jsonl"
+body_rules = [{ route = "register", field = "phone", allowed_regions = ["CN"] }]
 "#,
-        origin = origin.addr
-    )
+        )
 }
 
 /// Reads until the server closes or `limit` passes; returns what was read and
@@ -91,7 +80,7 @@ async fn drip_head(s: &mut TcpStream) -> (String, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dripped_head_gets_408_when_its_deadline_passes() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     let mut s = TcpStream::connect(r.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let (text, closed) = drip_head(&mut s).await;
@@ -115,7 +104,7 @@ async fn a_dripped_head_gets_408_when_its_deadline_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_half_sent_keepalive_requests_are_closed() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     // Idle after a complete request: closed quietly after keepalive_timeout.
     let mut s = TcpStream::connect(r.addr).await.unwrap();
     s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -151,7 +140,7 @@ async fn idle_and_half_sent_keepalive_requests_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_too_large_or_with_too_many_fields_get_431() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     let big = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(8000)
@@ -186,7 +175,7 @@ async fn heads_too_large_or_with_too_many_fields_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dripped_body_gets_408_and_is_never_blamed_on_the_origin() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     // A registration body read by the body rule, dripped one byte at a time.
     let body = br#"{"phone":"+8613800138000"}"#;
     let mut s = TcpStream::connect(r.addr).await.unwrap();
@@ -246,7 +235,11 @@ async fn a_dripped_body_gets_408_and_is_never_blamed_on_the_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_source_cannot_hold_more_than_its_connections() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "max_connections_per_source = 3")).await;
+    let r = Rampart::start(
+        bin(),
+        &config(&origin, "max_connections_per_source = 3").build(),
+    )
+    .await;
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut s = TcpStream::connect(r.addr).await.unwrap();
@@ -298,7 +291,7 @@ async fn one_source_cannot_hold_more_than_its_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_counted_as_client_errors() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     let mut s = TcpStream::connect(r.addr).await.unwrap();
     s.write_all(
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
@@ -331,10 +324,7 @@ async fn malformed_requests_are_counted_as_client_errors() {
 
 /// Rampart with the test config on an h2c listener, and an HTTP/2 client for it.
 async fn h2c(origin: &MockOrigin) -> (Rampart, reqwest::Client) {
-    let template = config(origin, "").replace(
-        "address = \"{listen}\"",
-        "address = \"{listen}\"\nh2c = true",
-    );
+    let template = config(origin, "").first_listener("h2c = true").build();
     let r = Rampart::start(bin(), &template).await;
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -381,7 +371,7 @@ async fn a_dripping_http2_stream_is_cut_at_its_body_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_has_the_same_deadlines() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     let mut s = TcpStream::connect(r.admin).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         .await

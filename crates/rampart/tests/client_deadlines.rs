@@ -63,6 +63,7 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Durat
 async fn drip_head(s: &mut TcpStream) -> (String, bool) {
     let drip = async {
         for i in 0..40 {
+            // The slow client itself (the stimulus under test), not a wait.
             tokio::time::sleep(Duration::from_millis(300)).await;
             if s.write_all(format!("X-Drip-{i}: 1\r\n").as_bytes())
                 .await
@@ -190,6 +191,7 @@ async fn a_dripped_body_gets_408_and_is_never_blamed_on_the_origin() {
     .unwrap();
     let drip = async {
         for b in body.iter() {
+            // The slow client itself (the stimulus under test), not a wait.
             tokio::time::sleep(Duration::from_millis(200)).await;
             if s.write_all(&[*b]).await.is_err() {
                 break;
@@ -211,12 +213,19 @@ async fn a_dripped_body_gets_408_and_is_never_blamed_on_the_origin() {
     assert!(closed);
     assert!(!text.contains(" 502 ") && !text.contains(" 504 "), "{text}");
 
-    // A client that goes away mid-body.
+    // A client that goes away mid-body, once Rampart holds its request (the
+    // in-flight gauge counts requests whose head was read: 0 after the requests
+    // above ended, then 1 for this one).
+    let in_flight = |n: f64| {
+        let r = &r;
+        move || async move { r.metric("rampart_http_requests_in_flight").await == Some(n) }
+    };
+    assert!(wait_until(Duration::from_secs(10), in_flight(0.0)).await);
     let mut s = TcpStream::connect(r.addr).await.unwrap();
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(wait_until(Duration::from_secs(10), in_flight(1.0)).await);
     drop(s);
 
     let metrics = wait_until(Duration::from_secs(10), || async {
@@ -272,19 +281,15 @@ async fn one_source_cannot_hold_more_than_its_connections() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     // A slot frees when a connection closes.
     held.pop();
-    let mut ok = false;
-    for _ in 0..50 {
+    let ok = wait_until(Duration::from_secs(5), || async {
         let mut s = TcpStream::connect(r.addr).await.unwrap();
         let _ = s
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await;
         let (text, _, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
-        if text.starts_with("HTTP/1.1 200") {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        text.starts_with("HTTP/1.1 200")
+    })
+    .await;
     assert!(ok, "no slot came back after a connection closed");
 }
 
@@ -341,6 +346,7 @@ async fn a_dripping_http2_stream_is_cut_at_its_body_deadline() {
         if i >= 20 {
             return None;
         }
+        // The slow client itself (the stimulus under test), not a wait.
         tokio::time::sleep(Duration::from_millis(250)).await;
         Some((Ok::<_, std::io::Error>(vec![b'x'; 10]), i + 1))
     });
@@ -397,6 +403,7 @@ async fn a_stalled_http2_stream_is_cut_at_its_body_deadline() {
         if i == 0 {
             Some((Ok::<_, std::io::Error>(vec![b'x'; 10]), 1))
         } else {
+            // The stalled client: never reached, the stream is cut after 1 s.
             tokio::time::sleep(Duration::from_secs(60)).await;
             None
         }

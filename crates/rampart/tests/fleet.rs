@@ -202,19 +202,25 @@ async fn a_ttl_expires_fleet_wide_and_once() {
     .await;
     assert!(expired, "the flag did not expire on both nodes");
     assert_eq!(status(&b, "/register").await, 200);
-    // Exactly one node audited the expiry.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let expiries: usize = [&a, &b]
-        .iter()
-        .map(|n| {
-            std::fs::read_to_string(n.dir().join("state/lockdown-audit.jsonl"))
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.contains("\"action\":\"expire\""))
-                .count()
-        })
-        .sum();
-    assert_eq!(expiries, 1);
+    // Exactly one node audited the expiry. A node audits between taking the flag
+    // off and returning from its expiry pass, and both nodes were seen with the
+    // flag off above: every audit line there will be is being written now, so
+    // the count is polled up to 1 and must then be exactly 1.
+    let expiries = || {
+        [&a, &b]
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(n.dir().join("state/lockdown-audit.jsonl"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("\"action\":\"expire\""))
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    let audited = wait_until(Duration::from_secs(5), || async { expiries() >= 1 }).await;
+    assert!(audited, "no node audited the expiry");
+    assert_eq!(expiries(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

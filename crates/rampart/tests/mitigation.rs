@@ -421,7 +421,17 @@ async fn a_geoip_file_replaced_under_load_fails_no_request_and_gives_new_answers
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The old database answers under load first: no denial among the first
+    // hundred requests served.
+    let loaded = wait_until(Duration::from_secs(10), || async {
+        origin.request_count() >= 100
+    })
+    .await;
+    assert!(
+        loaded,
+        "the load did not get going; log:\n{}",
+        rampart.log()
+    );
     assert_eq!(denied.load(Ordering::Relaxed), 0);
     // 203.0.113.0/24 moves from US to CN.
     write_country_db(
@@ -433,13 +443,17 @@ async fn a_geoip_file_replaced_under_load_fails_no_request_and_gives_new_answers
         denied.load(Ordering::Relaxed) > 0
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Keep the load on through a hundred more answers of the new database.
+    let kept_on = wait_until(Duration::from_secs(10), || async {
+        denied.load(Ordering::Relaxed) >= 100
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
     }
     assert!(
-        swapped,
+        swapped && kept_on,
         "the new database was never used; log:\n{}",
         rampart.log()
     );

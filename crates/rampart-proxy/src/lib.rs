@@ -22,7 +22,7 @@ pub mod state;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners, TcpSocketOptions};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -54,6 +54,27 @@ pub enum StartError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// Environment variable that, set to `1`, makes every listener (public and
+/// admin) bind with `SO_REUSEPORT`. **For the integration tests only**: the
+/// testkit holds each test port with a bound, never-listening `SO_REUSEPORT`
+/// socket from the moment it picks the port, so no other process can take the
+/// port before Rampart binds it. Off by default and absent from the config file
+/// on purpose: in production `SO_REUSEPORT` would let a second instance bind
+/// the same port and silently take half of its connections.
+pub const TEST_REUSE_PORT_ENV: &str = "RAMPART_TEST_REUSE_PORT";
+
+/// Socket options for every listener: `SO_REUSEPORT` when
+/// [`TEST_REUSE_PORT_ENV`] is `1`, else Pingora's defaults (`None`).
+fn listener_socket_options() -> Option<TcpSocketOptions> {
+    if std::env::var(TEST_REUSE_PORT_ENV).ok().as_deref() != Some("1") {
+        return None;
+    }
+    log::warn!("{TEST_REUSE_PORT_ENV}=1: listeners bind with SO_REUSEPORT (for tests only)");
+    let mut options = TcpSocketOptions::default();
+    options.so_reuseport = Some(true);
+    Some(options)
 }
 
 /// Shortest admin token accepted.
@@ -130,6 +151,7 @@ pub fn build_server_with(
         server.add_service(background_service("access log", writer));
     }
     let conf = server.configuration.clone();
+    let socket_options = listener_socket_options();
     let sources = Arc::new(edge::SourceCounter::default());
 
     // Plain HTTP/2 (h2c) is an option of the service, so h2c listeners get their own.
@@ -162,7 +184,10 @@ pub fn build_server_with(
         };
         for listener in listeners {
             let address = listener.address.to_string();
-            let endpoint = ListenerConfig::tcp(address.clone()).l4_buffer(buffer);
+            let mut endpoint = ListenerConfig::tcp(address.clone()).l4_buffer(buffer);
+            if let Some(options) = &socket_options {
+                endpoint = endpoint.tcp_socket_options(options.clone());
+            }
             match &listener.tls {
                 None => endpoints.add_listener(endpoint),
                 Some(tls) => {
@@ -204,7 +229,10 @@ pub fn build_server_with(
         ),
     );
     admin.threads = Some(1);
-    admin.add_tcp(&config.admin.address.to_string());
+    match socket_options {
+        Some(options) => admin.add_tcp_with_settings(&config.admin.address.to_string(), options),
+        None => admin.add_tcp(&config.admin.address.to_string()),
+    }
     server.add_service(admin);
 
     server.add_service(background_service(

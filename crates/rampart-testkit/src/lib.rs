@@ -3,10 +3,12 @@
 //! release binary.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
+pub mod config;
 pub mod geo;
 pub mod origin;
 pub mod redis;
 
+pub use config::ConfigBuilder;
 pub use origin::{MockOrigin, Recorded};
 
 use std::future::Future;
@@ -21,6 +23,11 @@ pub const TEST_TOKEN: &str = "test-admin-token-0123456789";
 /// A free TCP port on `ip` (the port is released before returning). The kernel
 /// may hand the same ephemeral port out again soon, so ports this process has
 /// already handed out are skipped: two listeners of one test never collide.
+///
+/// Another process can still take the port before whoever it is meant for binds
+/// it; prefer [`HeldPort`] when the server sets `SO_REUSEPORT` (Rampart under
+/// the testkit, HAProxy), and use this only for servers that do not (Redis,
+/// Prometheus).
 pub fn free_port(ip: &str) -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
@@ -37,10 +44,53 @@ pub fn free_port(ip: &str) -> u16 {
     }
 }
 
-/// An address where nothing listens.
-pub fn dead_addr() -> SocketAddr {
-    let port = free_port("127.0.0.1");
-    SocketAddr::from(([127, 0, 0, 1], port))
+/// An ephemeral TCP port held by this process: a socket bound to it with
+/// `SO_REUSEPORT` that never listens. While it lives, no other process can bind
+/// the port or get it as an ephemeral port (Linux lets only sockets of the same
+/// user that also set `SO_REUSEPORT` share it), and connections to it are
+/// refused until a server of ours binds it with `SO_REUSEPORT` and listens; the
+/// kernel hands connections only to listening sockets, so holding the port
+/// longer (across a restart, say) changes nothing for the server.
+#[derive(Debug)]
+pub struct HeldPort {
+    addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+impl HeldPort {
+    /// Binds an ephemeral port on `ip` (`"127.0.0.1"`, `"::1"`) and holds it.
+    pub fn new(ip: &str) -> Self {
+        let ip: std::net::IpAddr = ip.parse().expect("an IP address");
+        let any = SocketAddr::new(ip, 0);
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(any),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("TCP socket");
+        socket.set_reuse_port(true).expect("SO_REUSEPORT");
+        socket.bind(&any.into()).expect("bind ephemeral port");
+        let addr = socket
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("an IP socket");
+        Self {
+            addr,
+            _socket: socket,
+        }
+    }
+
+    /// The held address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// An address where nothing listens: a [`HeldPort`], so nothing can start
+/// listening there while it lives; connections to it are refused.
+pub fn dead_addr() -> HeldPort {
+    HeldPort::new("127.0.0.1")
 }
 
 /// Polls `check` every 20 ms until it returns true or `deadline` passes.
@@ -61,8 +111,13 @@ where
     }
 }
 
+/// Set for every `rampart run` the testkit starts, so its listeners share the
+/// [`HeldPort`]s the testkit holds; `rampart_proxy::TEST_REUSE_PORT_ENV`.
+const TEST_REUSE_PORT_ENV: &str = "RAMPART_TEST_REUSE_PORT";
+
 /// A running `rampart run` process with its own config, on ephemeral ports.
-/// Killed when dropped.
+/// Its ports are [`HeldPort`]s held as long as this value lives, restarts
+/// included. Killed when dropped.
 pub struct Rampart {
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -72,8 +127,11 @@ pub struct Rampart {
     pub admin: SocketAddr,
     /// `{listen2}` when the config used it.
     pub addr2: Option<SocketAddr>,
+    /// `{listen3}` when the config used it.
+    pub addr3: Option<SocketAddr>,
     /// `{listen6}` when the config used it.
     pub addr6: Option<SocketAddr>,
+    _ports: Vec<HeldPort>,
 }
 
 impl Rampart {
@@ -81,8 +139,9 @@ impl Rampart {
     /// until `/readyz` answers 200.
     ///
     /// Placeholders: `{listen}` (127.0.0.1 ephemeral port), `{listen6}` (`[::1]`
-    /// ephemeral port), `{listen2}` (a second 127.0.0.1 port), `{admin}`, `{dir}`
-    /// (the temp folder of this instance).
+    /// ephemeral port), `{listen2}` and `{listen3}` (more 127.0.0.1 ports),
+    /// `{admin}`, `{dir}` (the temp folder of this instance). [`ConfigBuilder`]
+    /// writes the common part of such a template.
     pub async fn start(binary: &Path, template: &str) -> Self {
         Self::start_with(binary, template, |_| {}).await
     }
@@ -92,26 +151,23 @@ impl Rampart {
     pub async fn start_with(binary: &Path, template: &str, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         prepare(dir.path());
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-        let addr2 = template
-            .contains("{listen2}")
-            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1"))));
-        let addr6 = template
-            .contains("{listen6}")
-            .then(|| SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, free_port("::1"))));
-        let text = template
-            .replace("{listen}", &addr.to_string())
-            .replace(
-                "{listen2}",
-                &addr2.map(|a| a.to_string()).unwrap_or_default(),
-            )
-            .replace(
-                "{listen6}",
-                &addr6.map(|a| a.to_string()).unwrap_or_default(),
-            )
-            .replace("{admin}", &admin.to_string())
-            .replace("{dir}", &dir.path().display().to_string());
+        let mut ports = Vec::new();
+        let mut text = template.replace("{dir}", &dir.path().display().to_string());
+        let mut hold = |placeholder: &str, ip: &str, always: bool| {
+            if !always && !text.contains(placeholder) {
+                return None;
+            }
+            let port = HeldPort::new(ip);
+            text = text.replace(placeholder, &port.addr().to_string());
+            let addr = port.addr();
+            ports.push(port);
+            Some(addr)
+        };
+        let addr = hold("{listen}", "127.0.0.1", true).expect("always held");
+        let admin = hold("{admin}", "127.0.0.1", true).expect("always held");
+        let addr2 = hold("{listen2}", "127.0.0.1", false);
+        let addr3 = hold("{listen3}", "127.0.0.1", false);
+        let addr6 = hold("{listen6}", "::1", false);
         std::fs::write(dir.path().join("rampart.toml"), text).expect("write config");
         let mut r = Self {
             child: None,
@@ -119,7 +175,9 @@ impl Rampart {
             addr,
             admin,
             addr2,
+            addr3,
             addr6,
+            _ports: ports,
         };
         r.spawn(binary);
         r.wait_ready().await;
@@ -133,6 +191,7 @@ impl Rampart {
             .arg("--config")
             .arg(self.config_path())
             .env("RAMPART_ADMIN_TOKEN", TEST_TOKEN)
+            .env(TEST_REUSE_PORT_ENV, "1")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

@@ -60,11 +60,21 @@ impl MockOrigin {
         Self::start_on(name, "127.0.0.1:0").await
     }
 
-    /// Starts an origin called `name` on `bind` (e.g. `"[::1]:0"`).
+    /// Starts an origin called `name` on `bind` (e.g. `"[::1]:0"`). It binds
+    /// with `SO_REUSEPORT`, so it can listen on the address of a
+    /// [`crate::HeldPort`] (e.g. a [`crate::dead_addr`] brought to life).
     pub async fn start_on(name: &str, bind: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .expect("bind mock origin");
+        let bind: SocketAddr = bind.parse().expect("an IP:port to bind");
+        let socket = if bind.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("TCP socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.set_reuseport(true).expect("SO_REUSEPORT");
+        socket.bind(bind).expect("bind mock origin");
+        let listener = socket.listen(1024).expect("listen");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(OriginState {
             name: name.to_string(),

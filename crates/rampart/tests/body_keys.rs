@@ -4,7 +4,7 @@
 //! in logs, metrics or explain.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rampart_testkit::{MockOrigin, Rampart};
+use rampart_testkit::{ConfigBuilder, MockOrigin, Rampart};
 use reqwest::Method;
 use std::path::Path;
 
@@ -13,26 +13,19 @@ fn bin() -> &'static Path {
 }
 
 fn config(origin: &MockOrigin) -> String {
-    format!(
-        r#"
+    ConfigBuilder::new()
+        .pool("auth", &[origin.addr])
+        .route_with("login", "/api/auth/login", "auth", r#"methods = ["POST"]"#)
+        .route_with(
+            "register",
+            "/api/auth/register",
+            "auth",
+            r#"methods = ["POST"]"#,
+        )
+        .raw(
+            r#"
 [client_ip]
 trusted_proxies = ["127.0.0.1/32"]
-[[listeners]]
-address = "{{listen}}"
-[admin]
-address = "{{admin}}"
-[pools.auth]
-servers = ["{origin}"]
-[[routes]]
-name = "login"
-path_prefix = "/api/auth/login"
-methods = ["POST"]
-pool = "auth"
-[[routes]]
-name = "register"
-path_prefix = "/api/auth/register"
-methods = ["POST"]
-pool = "auth"
 [[limits]]
 name = "login-account"
 key = "body"
@@ -60,8 +53,8 @@ enabled = true
 path = "-"
 rejected_lines_per_second = 100000
 "#,
-        origin = origin.addr
-    )
+        )
+        .build()
 }
 
 async fn login(c: &reqwest::Client, r: &Rampart, from: &str, user: &str) -> u16 {

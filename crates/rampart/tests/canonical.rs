@@ -3,7 +3,7 @@
 //! and counted; `Expect: 100-continue` is answered before a body rule reads.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rampart_testkit::{MockOrigin, Rampart};
+use rampart_testkit::{ConfigBuilder, MockOrigin, Rampart};
 use reqwest::Method;
 use serde_json::json;
 use std::path::Path;
@@ -15,33 +15,21 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rampart"))
 }
 
-fn config(origin: &MockOrigin) -> String {
-    format!(
-        r#"
-[[listeners]]
-address = "{{listen}}"
-[admin]
-address = "{{admin}}"
-[pools.auth]
-servers = ["{origin}"]
-[[routes]]
-name = "register"
-path_prefix = "/api/auth/register"
-methods = ["POST"]
-pool = "auth"
-[[routes]]
-name = "auth-other"
-path_prefix = "/api/auth/"
-pool = "auth"
+fn config(origin: &MockOrigin) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .pool("auth", &[origin.addr])
+        .route_with("register", "/api/auth/register", "auth", r#"methods = ["POST"]"#)
+        .route("auth-other", "/api/auth/", "auth")
+        .raw(
+            r#"
 [access_log]
 enabled = true
 path = "-"
 [[flags]]
 name = "registration_cn_mobile_only"
-body_rules = [{{ route = "register", field = "phone", allowed_regions = ["CN"], number_types = ["mobile"], max_body_bytes = 4096 }}]
+body_rules = [{ route = "register", field = "phone", allowed_regions = ["CN"], number_types = ["mobile"], max_body_bytes = 4096 }]
 "#,
-        origin = origin.addr
-    )
+        )
 }
 
 /// Sends `request` as raw bytes and reads until the server closes.
@@ -64,7 +52,7 @@ fn status_of(response: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_origin_receives_the_path_rampart_matched() {
     let origin = MockOrigin::start("auth").await;
-    let r = Rampart::start(bin(), &config(&origin)).await;
+    let r = Rampart::start(bin(), &config(&origin).build()).await;
     let host = r.addr;
     for (sent, forwarded) in [
         ("/api/auth/%6cogin", "/api/auth/login"),
@@ -100,7 +88,7 @@ async fn the_origin_receives_the_path_rampart_matched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_targets_and_methods_are_refused_at_the_edge() {
     let origin = MockOrigin::start("auth").await;
-    let r = Rampart::start(bin(), &config(&origin)).await;
+    let r = Rampart::start(bin(), &config(&origin).build()).await;
     for (method, target, rule) in [
         ("POST", "/api/auth%2fregister", "canonical_path"),
         ("POST", "/api/auth%5Cregister", "canonical_path"),
@@ -153,7 +141,7 @@ async fn ambiguous_targets_and_methods_are_refused_at_the_edge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_spellings_cannot_escape_the_body_rule() {
     let origin = MockOrigin::start("auth").await;
-    let r = Rampart::start(bin(), &config(&origin)).await;
+    let r = Rampart::start(bin(), &config(&origin).build()).await;
     let resp = r
         .admin_request(Method::PUT, "/lockdown/registration_cn_mobile_only")
         .json(&json!({"reason": "test", "actor": "tester"}))
@@ -220,10 +208,7 @@ async fn registration_spellings_cannot_escape_the_body_rule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_paths_are_canonicalised_and_keep_their_authority() {
     let origin = MockOrigin::start("auth").await;
-    let template = config(&origin).replace(
-        "address = \"{listen}\"",
-        "address = \"{listen}\"\nh2c = true",
-    );
+    let template = config(&origin).first_listener("h2c = true").build();
     let r = Rampart::start(bin(), &template).await;
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -261,7 +246,7 @@ async fn http2_paths_are_canonicalised_and_keep_their_authority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_cannot_name_two_hosts() {
     let origin = MockOrigin::start("auth").await;
-    let r = Rampart::start(bin(), &config(&origin)).await;
+    let r = Rampart::start(bin(), &config(&origin).build()).await;
     // HTTP/1.1: two Host fields (Rampart would route on one, an origin might
     // read the other).
     let resp = raw(
@@ -273,10 +258,7 @@ async fn a_request_cannot_name_two_hosts() {
     assert_eq!(status_of(&resp), 400, "{resp}");
 
     // HTTP/2: a Host field that differs from :authority.
-    let template = config(&origin).replace(
-        "address = \"{listen}\"",
-        "address = \"{listen}\"\nh2c = true",
-    );
+    let template = config(&origin).first_listener("h2c = true").build();
     let h2 = Rampart::start(bin(), &template).await;
     let send = |host: Option<&'static str>| {
         let addr = h2.addr;

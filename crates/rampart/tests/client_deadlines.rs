@@ -4,7 +4,7 @@
 //! must happen (a connection that stayed open would be held for minutes).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rampart_testkit::{wait_until, MockOrigin, Rampart};
+use rampart_testkit::{wait_until, ConfigBuilder, MockOrigin, Rampart};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,41 +14,30 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rampart"))
 }
 
-fn config(origin: &MockOrigin, extra_server: &str) -> String {
-    format!(
-        r#"
-[server]
+fn config(origin: &MockOrigin, extra_server: &str) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .server(
+            r#"
 client_header_timeout = "1s"
 client_body_timeout = "1s"
 keepalive_timeout = "1s"
 h2_idle_timeout = "1s"
 max_request_head_bytes = 4096
 max_request_headers = 20
-{extra_server}
-[[listeners]]
-address = "{{listen}}"
-[admin]
-address = "{{admin}}"
-[pools.web]
-servers = ["{origin}"]
-read_timeout = "30s"
-[[routes]]
-name = "register"
-path_prefix = "/api/auth/register"
-pool = "web"
-[[routes]]
-name = "web"
-pool = "web"
+"#,
+        )
+        .server(extra_server)
+        .pool_with("web", &[origin.addr], r#"read_timeout = "30s""#)
+        .route("register", "/api/auth/register", "web")
+        .catch_all_route("web", "web")
+        .raw(
+            r#"
 [[flags]]
 name = "registration_cn_mobile_only"
 default_active = true
-body_rules = [{{ route = "register", field = "phone", allowed_regions = ["CN"] }}]
-[lockdown]
-state_file = "{{dir}}/state.json"
-audit_log = "{{dir}}/audit.jsonl"
+body_rules = [{ route = "register", field = "phone", allowed_regions = ["CN"] }]
 "#,
-        origin = origin.addr
-    )
+        )
 }
 
 /// Reads until the server closes or `limit` passes; returns what was read and
@@ -74,6 +63,7 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Durat
 async fn drip_head(s: &mut TcpStream) -> (String, bool) {
     let drip = async {
         for i in 0..40 {
+            // The slow client itself (the stimulus under test), not a wait.
             tokio::time::sleep(Duration::from_millis(300)).await;
             if s.write_all(format!("X-Drip-{i}: 1\r\n").as_bytes())
                 .await
@@ -91,7 +81,7 @@ async fn drip_head(s: &mut TcpStream) -> (String, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dripped_head_gets_408_when_its_deadline_passes() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     let mut s = TcpStream::connect(r.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let (text, closed) = drip_head(&mut s).await;
@@ -115,7 +105,7 @@ async fn a_dripped_head_gets_408_when_its_deadline_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_half_sent_keepalive_requests_are_closed() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     // Idle after a complete request: closed quietly after keepalive_timeout.
     let mut s = TcpStream::connect(r.addr).await.unwrap();
     s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -151,7 +141,7 @@ async fn idle_and_half_sent_keepalive_requests_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_too_large_or_with_too_many_fields_get_431() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     let big = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(8000)
@@ -186,7 +176,7 @@ async fn heads_too_large_or_with_too_many_fields_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dripped_body_gets_408_and_is_never_blamed_on_the_origin() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     // A registration body read by the body rule, dripped one byte at a time.
     let body = br#"{"phone":"+8613800138000"}"#;
     let mut s = TcpStream::connect(r.addr).await.unwrap();
@@ -201,6 +191,7 @@ async fn a_dripped_body_gets_408_and_is_never_blamed_on_the_origin() {
     .unwrap();
     let drip = async {
         for b in body.iter() {
+            // The slow client itself (the stimulus under test), not a wait.
             tokio::time::sleep(Duration::from_millis(200)).await;
             if s.write_all(&[*b]).await.is_err() {
                 break;
@@ -222,12 +213,19 @@ async fn a_dripped_body_gets_408_and_is_never_blamed_on_the_origin() {
     assert!(closed);
     assert!(!text.contains(" 502 ") && !text.contains(" 504 "), "{text}");
 
-    // A client that goes away mid-body.
+    // A client that goes away mid-body, once Rampart holds its request (the
+    // in-flight gauge counts requests whose head was read: 0 after the requests
+    // above ended, then 1 for this one).
+    let in_flight = |n: f64| {
+        let r = &r;
+        move || async move { r.metric("rampart_http_requests_in_flight").await == Some(n) }
+    };
+    assert!(wait_until(Duration::from_secs(10), in_flight(0.0)).await);
     let mut s = TcpStream::connect(r.addr).await.unwrap();
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(wait_until(Duration::from_secs(10), in_flight(1.0)).await);
     drop(s);
 
     let metrics = wait_until(Duration::from_secs(10), || async {
@@ -246,7 +244,11 @@ async fn a_dripped_body_gets_408_and_is_never_blamed_on_the_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_source_cannot_hold_more_than_its_connections() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "max_connections_per_source = 3")).await;
+    let r = Rampart::start(
+        bin(),
+        &config(&origin, "max_connections_per_source = 3").build(),
+    )
+    .await;
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut s = TcpStream::connect(r.addr).await.unwrap();
@@ -279,26 +281,22 @@ async fn one_source_cannot_hold_more_than_its_connections() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     // A slot frees when a connection closes.
     held.pop();
-    let mut ok = false;
-    for _ in 0..50 {
+    let ok = wait_until(Duration::from_secs(5), || async {
         let mut s = TcpStream::connect(r.addr).await.unwrap();
         let _ = s
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await;
         let (text, _, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
-        if text.starts_with("HTTP/1.1 200") {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        text.starts_with("HTTP/1.1 200")
+    })
+    .await;
     assert!(ok, "no slot came back after a connection closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_counted_as_client_errors() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     let mut s = TcpStream::connect(r.addr).await.unwrap();
     s.write_all(
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
@@ -331,10 +329,7 @@ async fn malformed_requests_are_counted_as_client_errors() {
 
 /// Rampart with the test config on an h2c listener, and an HTTP/2 client for it.
 async fn h2c(origin: &MockOrigin) -> (Rampart, reqwest::Client) {
-    let template = config(origin, "").replace(
-        "address = \"{listen}\"",
-        "address = \"{listen}\"\nh2c = true",
-    );
+    let template = config(origin, "").first_listener("h2c = true").build();
     let r = Rampart::start(bin(), &template).await;
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -351,6 +346,7 @@ async fn a_dripping_http2_stream_is_cut_at_its_body_deadline() {
         if i >= 20 {
             return None;
         }
+        // The slow client itself (the stimulus under test), not a wait.
         tokio::time::sleep(Duration::from_millis(250)).await;
         Some((Ok::<_, std::io::Error>(vec![b'x'; 10]), i + 1))
     });
@@ -381,7 +377,7 @@ async fn a_dripping_http2_stream_is_cut_at_its_body_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_has_the_same_deadlines() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin, "").build()).await;
     let mut s = TcpStream::connect(r.admin).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -407,6 +403,7 @@ async fn a_stalled_http2_stream_is_cut_at_its_body_deadline() {
         if i == 0 {
             Some((Ok::<_, std::io::Error>(vec![b'x'; 10]), 1))
         } else {
+            // The stalled client: never reached, the stream is cut after 1 s.
             tokio::time::sleep(Duration::from_secs(60)).await;
             None
         }

@@ -4,7 +4,7 @@
 //! milliseconds, and the CLI never prints a control character it was sent.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rampart_testkit::{MockOrigin, Rampart, TEST_TOKEN};
+use rampart_testkit::{ConfigBuilder, MockOrigin, Rampart, TEST_TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -23,25 +23,11 @@ maintenance = { retry_after = "1m", message = "Back soon." }
 "#;
 
 fn config(origin: &MockOrigin, flags: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-address = "{{listen}}"
-[admin]
-address = "{{admin}}"
-[pools.auth]
-servers = ["{origin}"]
-[[routes]]
-name = "register"
-path_prefix = "/api/auth/register"
-pool = "auth"
-[lockdown]
-state_file = "{{dir}}/state/lockdown.json"
-audit_log = "{{dir}}/state/audit.jsonl"
-{flags}
-"#,
-        origin = origin.addr
-    )
+    ConfigBuilder::new()
+        .pool("auth", &[origin.addr])
+        .route("register", "/api/auth/register", "auth")
+        .raw(flags)
+        .build()
 }
 
 async fn put(r: &Rampart, flag: &str, body: Value) -> (u16, Value) {
@@ -164,7 +150,7 @@ async fn flags_that_expired_while_down_are_dropped_before_the_first_request() {
         Some(now_ms - 1_000),
         "milliseconds are kept"
     );
-    let audit = std::fs::read_to_string(r.dir().join("state/audit.jsonl")).unwrap();
+    let audit = std::fs::read_to_string(r.dir().join("state/lockdown-audit.jsonl")).unwrap();
     let line = audit
         .lines()
         .find(|l| l.contains("registration_closed"))

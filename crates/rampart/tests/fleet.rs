@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use rampart_testkit::redis::RedisServer;
-use rampart_testkit::{wait_until, MockOrigin, Rampart};
+use rampart_testkit::{wait_until, ConfigBuilder, MockOrigin, Rampart};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -16,12 +16,15 @@ fn bin() -> &'static Path {
 }
 
 fn config(origin: &MockOrigin, redis: &RedisServer, node: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-address = "{{listen}}"
-[admin]
-address = "{{admin}}"
+    let mut builder = ConfigBuilder::new()
+        .pool("web", &[origin.addr])
+        .health_check("web", r#"interval = "1s""#);
+    for name in ["register", "login", "chat", "models", "account"] {
+        builder = builder.route(name, &format!("/{name}"), "web");
+    }
+    builder
+        .raw(&format!(
+            r#"
 [client_ip]
 trusted_proxies = ["127.0.0.0/8"]
 [fleet]
@@ -31,30 +34,11 @@ node = "{node}"
 timeout = "200ms"
 resync_interval = "300ms"
 quota_batch = 3
-[pools.web]
-servers = ["{origin}"]
-[pools.web.health_check]
-interval = "1s"
-[[routes]]
-name = "register"
-path_prefix = "/register"
-pool = "web"
-[[routes]]
-name = "login"
-path_prefix = "/login"
-pool = "web"
-[[routes]]
-name = "chat"
-path_prefix = "/chat"
-pool = "web"
-[[routes]]
-name = "models"
-path_prefix = "/models"
-pool = "web"
-[[routes]]
-name = "account"
-path_prefix = "/account"
-pool = "web"
+"#,
+            url = redis.url(),
+        ))
+        .raw(
+            r#"
 [[limits]]
 name = "account-fleet"
 key = "body"
@@ -91,11 +75,10 @@ fleet_failure = "open"
 routes = ["chat"]
 [[flags]]
 name = "registration_closed"
-block = [{{ routes = ["register"], status = 403, message = "closed" }}]
+block = [{ routes = ["register"], status = 403, message = "closed" }]
 "#,
-        url = redis.url(),
-        origin = origin.addr,
-    )
+        )
+        .build()
 }
 
 async fn status(r: &Rampart, path: &str) -> u16 {

@@ -3,7 +3,7 @@
 //! across a restart; a corrupt state file; preview; admin security.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rampart_testkit::{wait_until, MockOrigin, Rampart, TEST_TOKEN};
+use rampart_testkit::{wait_until, ConfigBuilder, MockOrigin, Rampart, TEST_TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -14,43 +14,29 @@ fn bin() -> &'static Path {
 }
 
 fn config(origin: &MockOrigin) -> String {
-    format!(
-        r#"
-[[listeners]]
-address = "{{listen}}"
-[admin]
-address = "{{admin}}"
-[pools.auth]
-servers = ["{origin}"]
-[pools.auth.health_check]
-interval = "1s"
-[[routes]]
-name = "login"
-path_prefix = "/api/auth/login"
-pool = "auth"
-[[routes]]
-name = "register"
-path_prefix = "/api/auth/register"
-pool = "auth"
-[[routes]]
-name = "chat"
-path_prefix = "/v1/"
-pool = "auth"
+    ConfigBuilder::new()
+        .pool("auth", &[origin.addr])
+        .health_check("auth", r#"interval = "1s""#)
+        .route("login", "/api/auth/login", "auth")
+        .route("register", "/api/auth/register", "auth")
+        .route("chat", "/v1/", "auth")
+        .raw(
+            r#"
 [[flags]]
 name = "registration_cn_mobile_only"
-body_rules = [{{ route = "register", field = "phone", allowed_calling_codes = ["+86"], max_body_bytes = 1024 }}]
+body_rules = [{ route = "register", field = "phone", allowed_calling_codes = ["+86"], max_body_bytes = 1024 }]
 [[flags]]
 name = "registration_closed"
-block = [{{ routes = ["register"], status = 403, message = "Registrations are closed." }}]
+block = [{ routes = ["register"], status = 403, message = "Registrations are closed." }]
 [[flags]]
 name = "login_only"
 allow_only_routes = ["login"]
 [[flags]]
 name = "maintenance"
-maintenance = {{ retry_after = "10m", message = "Back soon." }}
+maintenance = { retry_after = "10m", message = "Back soon." }
 "#,
-        origin = origin.addr
-    )
+        )
+        .build()
 }
 
 async fn put_flag(r: &Rampart, flag: &str, body: Value) -> reqwest::Response {

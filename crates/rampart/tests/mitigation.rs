@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use rampart_testkit::geo::{write_asn_db, write_country_db, CountryShape};
-use rampart_testkit::{wait_until, MockOrigin, Rampart};
+use rampart_testkit::{wait_until, ConfigBuilder, MockOrigin, Rampart};
 use reqwest::{Method, StatusCode};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,44 +19,30 @@ fn bin() -> &'static Path {
 /// A config with one `login` route and one `chat` route to `origin`, the GeoIP
 /// fixtures of `{dir}`, and `rules` appended.
 fn config(origin: &MockOrigin, rules: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-address = "{{listen}}"
-[admin]
-address = "{{admin}}"
+    ConfigBuilder::new()
+        .pool("web", &[origin.addr])
+        .health_check("web", r#"interval = "1s""#)
+        .route("login", "/api/auth/login", "web")
+        .route("stream", "/stream", "web")
+        .route("chat", "/v1/", "web")
+        .route_with(
+            "signup-page",
+            "/signup",
+            "web",
+            "kind = \"browser\"\nclose_on_reject = true",
+        )
+        .raw(
+            r#"
 [client_ip]
 trusted_proxies = ["127.0.0.0/8"]
 [geoip]
-country_db = "{{dir}}/country.mmdb"
-asn_db = "{{dir}}/asn.mmdb"
+country_db = "{dir}/country.mmdb"
+asn_db = "{dir}/asn.mmdb"
 check_interval = "100ms"
-[pools.web]
-servers = ["{}"]
-[pools.web.health_check]
-interval = "1s"
-[[routes]]
-name = "login"
-path_prefix = "/api/auth/login"
-pool = "web"
-[[routes]]
-name = "stream"
-path_prefix = "/stream"
-pool = "web"
-[[routes]]
-name = "chat"
-path_prefix = "/v1/"
-pool = "web"
-[[routes]]
-name = "signup-page"
-path_prefix = "/signup"
-pool = "web"
-kind = "browser"
-close_on_reject = true
-{rules}
 "#,
-        origin.addr
-    )
+        )
+        .raw(rules)
+        .build()
 }
 
 /// Starts Rampart with fixture databases in its folder.
@@ -438,7 +424,17 @@ async fn a_geoip_file_replaced_under_load_fails_no_request_and_gives_new_answers
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The old database answers under load first: no denial among the first
+    // hundred requests served.
+    let loaded = wait_until(Duration::from_secs(10), || async {
+        origin.request_count() >= 100
+    })
+    .await;
+    assert!(
+        loaded,
+        "the load did not get going; log:\n{}",
+        rampart.log()
+    );
     assert_eq!(denied.load(Ordering::Relaxed), 0);
     // 203.0.113.0/24 moves from US to CN.
     write_country_db(
@@ -450,13 +446,17 @@ async fn a_geoip_file_replaced_under_load_fails_no_request_and_gives_new_answers
         denied.load(Ordering::Relaxed) > 0
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Keep the load on through a hundred more answers of the new database.
+    let kept_on = wait_until(Duration::from_secs(10), || async {
+        denied.load(Ordering::Relaxed) >= 100
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
     }
     assert!(
-        swapped,
+        swapped && kept_on,
         "the new database was never used; log:\n{}",
         rampart.log()
     );

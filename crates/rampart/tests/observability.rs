@@ -5,7 +5,7 @@
 //! Needs Debian's `prometheus` package (scripts/test and .ci/run install it).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rampart_testkit::{free_port, wait_until, MockOrigin, Rampart, TEST_TOKEN};
+use rampart_testkit::{free_port, wait_until, ConfigBuilder, MockOrigin, Rampart, TEST_TOKEN};
 use reqwest::Method;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -44,28 +44,21 @@ impl Drop for KillOnDrop {
 }
 
 fn config(origin: &MockOrigin) -> String {
-    format!(
-        r#"
-[[listeners]]
-address = "{{listen}}"
-[admin]
-address = "{{admin}}"
+    ConfigBuilder::new()
+        .pool("web", &[origin.addr])
+        .health_check(
+            "web",
+            "kind = \"http\"\npath = \"/healthz\"\ninterval = \"500ms\"",
+        )
+        .route("login", "/api/auth/login", "web")
+        .raw(
+            r#"
 [client_ip]
 trusted_proxies = ["127.0.0.0/8"]
 [access_log]
 enabled = true
 path = "access.log"
 rejected_lines_per_second = 5
-[pools.web]
-servers = ["{}"]
-[pools.web.health_check]
-kind = "http"
-path = "/healthz"
-interval = "500ms"
-[[routes]]
-name = "login"
-path_prefix = "/api/auth/login"
-pool = "web"
 [[limits]]
 name = "login-ip"
 key = "ip"
@@ -79,8 +72,8 @@ max_in_flight = 10
 name = "under_attack"
 limit_scale = 0.5
 "#,
-        origin.addr
-    )
+        )
+        .build()
 }
 
 /// Every `expr` of the alert rules (one per line, as the file promises).

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use rampart_config::BodyRuleConfig;
 use rampart_policy::body::{phone_allowed, read_field, BodyInput};
 use rampart_policy::{canonicalize_path, CanonicalOptions};
-use rampart_testkit::{wait_until, Rampart};
+use rampart_testkit::{wait_until, ConfigBuilder, Rampart};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -54,63 +54,31 @@ const GZIP_US: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03\xab\x56\x2a\xc
 /// `test_config_matches_the_shipped_routes_and_flag`), without its rate limits,
 /// which would answer 429 long before the spellings run out.
 fn config(origin: SocketAddr) -> String {
-    let pool = |name: &str| {
-        format!(
-            r#"
-[pools.{name}]
-servers = ["{origin}"]
-connect_timeout = "2s"
-read_timeout = "15s"
-[pools.{name}.health_check]
-kind = "http"
+    let health_check = r#"kind = "http"
 path = "/healthz"
 interval = "500ms"
 timeout = "1s"
 healthy_threshold = 1
-unhealthy_threshold = 3
-"#
+unhealthy_threshold = 3"#;
+    let pool_keys = "connect_timeout = \"2s\"\nread_timeout = \"15s\"";
+    ConfigBuilder::new()
+        .listener("{listen2}", "h2c = true")
+        .pool_with("chat", &[origin], pool_keys)
+        .health_check("chat", health_check)
+        .pool_with("auth", &[origin], pool_keys)
+        .health_check("auth", health_check)
+        .route_with(
+            "chat",
+            "/v1/chat/completions",
+            "chat",
+            r#"methods = ["POST"]"#,
         )
-    };
-    format!(
-        r#"
-[[listeners]]
-address = "{{listen}}"
-[[listeners]]
-address = "{{listen2}}"
-h2c = true
-[admin]
-address = "{{admin}}"
-{chat}
-{auth}
-[[routes]]
-name = "chat"
-path_prefix = "/v1/chat/completions"
-methods = ["POST"]
-pool = "chat"
-
-[[routes]]
-name = "models"
-path_prefix = "/v1/models"
-methods = ["GET"]
-pool = "chat"
-
-[[routes]]
-name = "login"
-path_prefix = "/api/auth/login"
-methods = ["POST"]
-pool = "auth"
-
-[[routes]]
-name = "register"
-path_prefix = "/api/auth/register"
-methods = ["POST"]
-pool = "auth"
-
-[[routes]]
-name = "auth-other"
-path_prefix = "/api/auth/"
-pool = "auth"
-
+        .route_with("models", "/v1/models", "chat", r#"methods = ["GET"]"#)
+        .route_with("login", "/api/auth/login", "auth", r#"methods = ["POST"]"#)
+        .route_with("register", "/api/auth/register", "auth", r#"methods = ["POST"]"#)
+        .route("auth-other", "/api/auth/", "auth")
+        .raw(
+            r#"
 [request]
 allow_semicolons = false
 
@@ -118,18 +86,13 @@ allow_semicolons = false
 action = "reject"
 status = 404
 
-[lockdown]
-state_file = "state/lockdown.json"
-audit_log = "state/lockdown-audit.jsonl"
-
 [[flags]]
 name = "registration_cn_mobile_only"
 description = "New registrations only for mainland-China (+86) mobile numbers."
-body_rules = [{{ route = "register", field = "phone", allowed_regions = ["CN"], number_types = ["mobile"], max_body_bytes = 16384 }}]
+body_rules = [{ route = "register", field = "phone", allowed_regions = ["CN"], number_types = ["mobile"], max_body_bytes = 16384 }]
 "#,
-        chat = pool("chat"),
-        auth = pool("auth"),
-    )
+        )
+        .build()
 }
 
 fn parse_config(text: &str, dir: &Path) -> rampart_config::Config {
@@ -163,7 +126,8 @@ fn test_config_matches_the_shipped_routes_and_flag() {
     let ours_text = config(SocketAddr::from(([127, 0, 0, 1], 9)))
         .replace("{listen}", "127.0.0.1:1")
         .replace("{listen2}", "127.0.0.1:2")
-        .replace("{admin}", "127.0.0.1:3");
+        .replace("{admin}", "127.0.0.1:3")
+        .replace("{dir}", "/tmp");
     let ours = parse_config(&ours_text, Path::new("/tmp"));
     let routes = |c: &rampart_config::Config| {
         c.routes

@@ -3,7 +3,7 @@
 //! admin authentication and graceful shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rampart_testkit::{dead_addr, wait_until, MockOrigin, Rampart, TEST_TOKEN};
+use rampart_testkit::{dead_addr, wait_until, ConfigBuilder, MockOrigin, Rampart, TEST_TOKEN};
 use reqwest::{Method, StatusCode};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,55 +13,34 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rampart"))
 }
 
-fn pool(name: &str, servers: &[SocketAddr]) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        r#"
-[pools.{name}]
-servers = [{}]
-connect_timeout = "500ms"
-[pools.{name}.health_check]
-kind = "http"
-path = "/healthz"
-interval = "100ms"
-timeout = "200ms"
-healthy_threshold = 1
-unhealthy_threshold = 1
-"#,
-        list.join(", ")
-    )
+/// The chat and auth pools, health-checked every `probe_interval`, with the chat,
+/// stream and login routes.
+fn two_pool_config_probing(
+    chat: &[SocketAddr],
+    auth: &[SocketAddr],
+    probe_interval: &str,
+) -> ConfigBuilder {
+    let health_check = format!(
+        "kind = \"http\"\npath = \"/healthz\"\ninterval = \"{probe_interval}\"\ntimeout = \"200ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1"
+    );
+    ConfigBuilder::new()
+        .pool_with("chat", chat, r#"connect_timeout = "500ms""#)
+        .health_check("chat", &health_check)
+        .pool_with("auth", auth, r#"connect_timeout = "500ms""#)
+        .health_check("auth", &health_check)
+        .route_with(
+            "chat",
+            "/v1/chat/completions",
+            "chat",
+            r#"methods = ["POST"]"#,
+        )
+        .route("stream", "/stream", "chat")
+        .route_with("login", "/api/auth/login", "auth", r#"methods = ["POST"]"#)
 }
 
-const HEAD: &str = r#"
-[[listeners]]
-address = "{listen}"
-[admin]
-address = "{admin}"
-"#;
-
-fn two_pool_config(chat: &[SocketAddr], auth: &[SocketAddr]) -> String {
-    format!(
-        r#"{HEAD}
-{}
-{}
-[[routes]]
-name = "chat"
-path_prefix = "/v1/chat/completions"
-methods = ["POST"]
-pool = "chat"
-[[routes]]
-name = "stream"
-path_prefix = "/stream"
-pool = "chat"
-[[routes]]
-name = "login"
-path_prefix = "/api/auth/login"
-methods = ["POST"]
-pool = "auth"
-"#,
-        pool("chat", chat),
-        pool("auth", auth)
-    )
+/// [`two_pool_config_probing`] with probes 100 ms apart.
+fn two_pool_config(chat: &[SocketAddr], auth: &[SocketAddr]) -> ConfigBuilder {
+    two_pool_config_probing(chat, auth, "100ms")
 }
 
 async fn origin_of(resp: reqwest::Response) -> String {
@@ -75,7 +54,7 @@ async fn origin_of(resp: reqwest::Response) -> String {
 async fn each_route_reaches_its_pool_and_unmatched_is_answered_at_the_edge() {
     let chat = MockOrigin::start("chat").await;
     let auth = MockOrigin::start("auth").await;
-    let rampart = Rampart::start(bin(), &two_pool_config(&[chat.addr], &[auth.addr])).await;
+    let rampart = Rampart::start(bin(), &two_pool_config(&[chat.addr], &[auth.addr]).build()).await;
     let client = reqwest::Client::new();
 
     let r = client
@@ -120,7 +99,11 @@ async fn stopped_origin_is_taken_out_and_traffic_continues_on_the_others() {
     let a = MockOrigin::start("a").await;
     let b = MockOrigin::start("b").await;
     let auth = MockOrigin::start("auth").await;
-    let rampart = Rampart::start(bin(), &two_pool_config(&[a.addr, b.addr], &[auth.addr])).await;
+    let rampart = Rampart::start(
+        bin(),
+        &two_pool_config(&[a.addr, b.addr], &[auth.addr]).build(),
+    )
+    .await;
     let client = reqwest::Client::new();
 
     // Round robin spreads requests over both servers.
@@ -171,9 +154,8 @@ async fn connect_failure_is_retried_on_another_server() {
     // rotation, so every request that picks it must be retried on a.
     let a = MockOrigin::start("a").await;
     let dead = dead_addr();
-    let config = two_pool_config(&[a.addr, dead], &[a.addr])
-        .replace("interval = \"100ms\"", "interval = \"1h\"");
-    let b = MockOrigin::start_on("b", &dead.to_string()).await;
+    let config = two_pool_config_probing(&[a.addr, dead.addr()], &[a.addr], "1h").build();
+    let b = MockOrigin::start_on("b", &dead.addr().to_string()).await;
     let rampart = Rampart::start(bin(), &config).await;
     b.stop();
     drop(b);
@@ -192,9 +174,10 @@ async fn connect_failure_is_retried_on_another_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_with_no_healthy_server_answers_503_at_once() {
     let auth = MockOrigin::start("auth").await;
+    let (dead_a, dead_b) = (dead_addr(), dead_addr());
     let rampart = Rampart::start(
         bin(),
-        &two_pool_config(&[dead_addr(), dead_addr()], &[auth.addr]),
+        &two_pool_config(&[dead_a.addr(), dead_b.addr()], &[auth.addr]).build(),
     )
     .await;
     let r = reqwest::Client::new()
@@ -213,7 +196,7 @@ async fn a_pool_with_no_healthy_server_answers_503_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_sse_chunk_reaches_the_client_before_the_origin_finishes() {
     let chat = MockOrigin::start("chat").await;
-    let rampart = Rampart::start(bin(), &two_pool_config(&[chat.addr], &[chat.addr])).await;
+    let rampart = Rampart::start(bin(), &two_pool_config(&[chat.addr], &[chat.addr]).build()).await;
     let mut r = reqwest::Client::new()
         .get(rampart.url("/stream"))
         .send()
@@ -245,10 +228,10 @@ async fn first_sse_chunk_reaches_the_client_before_the_origin_finishes() {
 async fn forwarding_headers_from_untrusted_peers_are_ignored_and_replaced() {
     let origin = MockOrigin::start("o").await;
     // Trusted: 127.0.0.2 (a load balancer) and ::1. The test client at 127.0.0.1 is not trusted.
-    let config = format!(
-        "{}\n[[listeners]]\naddress = \"{{listen6}}\"\n[client_ip]\ntrusted_proxies = [\"127.0.0.2/32\", \"10.0.0.0/8\", \"::1/128\", \"2001:db8:ffff::/48\"]\n",
-        two_pool_config(&[origin.addr], &[origin.addr])
-    );
+    let config = two_pool_config(&[origin.addr], &[origin.addr])
+        .listener("{listen6}", "")
+        .raw("[client_ip]\ntrusted_proxies = [\"127.0.0.2/32\", \"10.0.0.0/8\", \"::1/128\", \"2001:db8:ffff::/48\"]")
+        .build();
     let rampart = Rampart::start(bin(), &config).await;
     let login = |client: &reqwest::Client, base: String, xff: &str| {
         client
@@ -340,7 +323,7 @@ async fn origin_names_resolve_when_applied_and_one_that_does_not_refuses_the_rel
     let chat = MockOrigin::start("chat").await;
     let auth = MockOrigin::start_on("auth", &first.to_string()).await;
     let by_name = |port: u16| format!("localhost:{port}");
-    let config = two_pool_config(&[chat.addr], &[auth.addr]).replace(
+    let config = two_pool_config(&[chat.addr], &[auth.addr]).build().replace(
         &format!("\"{}\"", auth.addr),
         &format!("\"{}\"", by_name(auth.addr.port())),
     );
@@ -395,7 +378,7 @@ async fn origin_names_resolve_when_applied_and_one_that_does_not_refuses_the_rel
 async fn a_broken_reload_keeps_the_old_config_and_a_good_one_applies() {
     let chat = MockOrigin::start("chat").await;
     let auth = MockOrigin::start("auth").await;
-    let good = two_pool_config(&[chat.addr], &[auth.addr]);
+    let good = two_pool_config(&[chat.addr], &[auth.addr]).build();
     let rampart = Rampart::start(bin(), &good).await;
     let client = reqwest::Client::new();
     // A keep-alive connection opened before the reloads must keep working.
@@ -409,7 +392,10 @@ async fn a_broken_reload_keeps_the_old_config_and_a_good_one_applies() {
     let original = std::fs::read_to_string(rampart.config_path()).unwrap();
     std::fs::write(
         rampart.config_path(),
-        original.replace("pool = \"auth\"", "pool = \"nope\"") + "\nbogus = 1\n",
+        original.replace(
+            "path_prefix = \"/api/auth/login\"\npool = \"auth\"",
+            "path_prefix = \"/api/auth/login\"\npool = \"nope\"\nbogus = 1",
+        ),
     )
     .unwrap();
     let r = rampart
@@ -451,8 +437,8 @@ async fn a_broken_reload_keeps_the_old_config_and_a_good_one_applies() {
     std::fs::write(
         rampart.config_path(),
         original.replace(
-            "path_prefix = \"/api/auth/login\"\nmethods = [\"POST\"]\npool = \"auth\"",
-            "path_prefix = \"/api/auth/login\"\nmethods = [\"POST\"]\npool = \"chat\"",
+            "path_prefix = \"/api/auth/login\"\npool = \"auth\"",
+            "path_prefix = \"/api/auth/login\"\npool = \"chat\"",
         ),
     )
     .unwrap();
@@ -478,12 +464,14 @@ async fn http2_over_tls_with_a_self_signed_certificate() {
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let config = format!(
-        "{}\n[[listeners]]\naddress = \"{{listen2}}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
-        two_pool_config(&[origin.addr], &[origin.addr]),
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
         cert_path.display(),
         key_path.display()
     );
+    let config = two_pool_config(&[origin.addr], &[origin.addr])
+        .listener("{listen2}", &tls)
+        .build();
     let rampart = Rampart::start(bin(), &config).await;
     let tls_port = rampart.addr2.unwrap().port();
     let client = reqwest::Client::builder()
@@ -509,7 +497,11 @@ async fn http2_over_tls_with_a_self_signed_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_requires_the_token_and_is_not_on_the_public_listener() {
     let origin = MockOrigin::start("o").await;
-    let rampart = Rampart::start(bin(), &two_pool_config(&[origin.addr], &[origin.addr])).await;
+    let rampart = Rampart::start(
+        bin(),
+        &two_pool_config(&[origin.addr], &[origin.addr]).build(),
+    )
+    .await;
     let client = reqwest::Client::new();
     for path in ["/metrics", "/status", "/reload"] {
         let method = if path == "/reload" {
@@ -571,10 +563,10 @@ async fn admin_requires_the_token_and_is_not_on_the_public_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish() {
     let origin = MockOrigin::start("o").await;
-    let config = two_pool_config(&[origin.addr], &[origin.addr]).replace(
-        "[[routes]]\nname = \"chat\"",
-        "[server]\ngrace_period = \"3s\"\ngraceful_shutdown_timeout = \"1s\"\n[[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\npool = \"chat\"\n[[routes]]\nname = \"chat\"",
-    );
+    let config = two_pool_config(&[origin.addr], &[origin.addr])
+        .server("grace_period = \"3s\"\ngraceful_shutdown_timeout = \"1s\"")
+        .route("slow", "/slow", "chat")
+        .build();
     let mut rampart = Rampart::start(bin(), &config).await;
     let url = rampart.url("/slow?ms=1500");
     let in_flight = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) });
@@ -601,10 +593,9 @@ async fn sigterm_lets_in_flight_requests_finish() {
 async fn malformed_forwarding_headers_over_a_raw_socket_fall_back_to_the_peer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let origin = MockOrigin::start("o").await;
-    let config = format!(
-        "{}\n[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
-        two_pool_config(&[origin.addr], &[origin.addr])
-    );
+    let config = two_pool_config(&[origin.addr], &[origin.addr])
+        .raw("[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]")
+        .build();
     let rampart = Rampart::start(bin(), &config).await;
     let mut stream = tokio::net::TcpStream::connect(rampart.addr).await.unwrap();
     let mut request =

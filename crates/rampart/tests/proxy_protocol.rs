@@ -5,7 +5,7 @@
 //! that is not a listed balancer.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rampart_testkit::{free_port, wait_until, MockOrigin, Rampart};
+use rampart_testkit::{wait_until, ConfigBuilder, HeldPort, MockOrigin, Rampart};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,35 +19,28 @@ fn bin() -> &'static Path {
 
 /// Rampart with a PROXY listener for the balancer at 127.0.0.1 (`{listen}`,
 /// any version), a v2-only one (`{listen2}`) and optionally a TLS one.
-fn config(origin: &MockOrigin, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-client_header_timeout = "1s"
-max_connections_per_source = 2
-[[listeners]]
-address = "{{listen}}"
-proxy_protocol = "any"
-proxy_protocol_from = ["127.0.0.1/32", "::1/128"]
-[[listeners]]
-address = "{{listen2}}"
-proxy_protocol = "v2"
-proxy_protocol_from = ["127.0.0.1/32"]
-{extra}
-[admin]
-address = "{{admin}}"
-[pools.web]
-servers = ["{origin}"]
-[[routes]]
-name = "web"
-pool = "web"
+fn config(origin: &MockOrigin) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .server("client_header_timeout = \"1s\"\nmax_connections_per_source = 2")
+        .first_listener(
+            r#"proxy_protocol = "any"
+proxy_protocol_from = ["127.0.0.1/32", "::1/128"]"#,
+        )
+        .listener(
+            "{listen2}",
+            r#"proxy_protocol = "v2"
+proxy_protocol_from = ["127.0.0.1/32"]"#,
+        )
+        .pool("web", &[origin.addr])
+        .catch_all_route("web", "web")
+        .raw(
+            r#"
 [[access]]
 name = "blocked-client"
 action = "deny"
 cidrs = ["127.0.0.9/32"]
 "#,
-        origin = origin.addr
-    )
+        )
 }
 
 /// HAProxy in TCP mode, one frontend per (bind, backend server, proxy option).
@@ -132,11 +125,16 @@ async fn wait_for_port(addr: SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_haproxy_every_rule_sees_the_real_client() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
-    let v1 = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let v2 = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let v2_only = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, free_port("::1")));
+    let r = Rampart::start(bin(), &config(&origin).build()).await;
+    // HAProxy binds with SO_REUSEPORT (its default), so its ports can be held
+    // until it listens.
+    let held = [
+        HeldPort::new("127.0.0.1"),
+        HeldPort::new("127.0.0.1"),
+        HeldPort::new("127.0.0.1"),
+        HeldPort::new("::1"),
+    ];
+    let [v1, v2, v2_only, v6] = held.each_ref().map(HeldPort::addr);
     let _lb = haproxy(&[
         (v1, r.addr, "send-proxy"),
         (v2, r.addr, "send-proxy-v2"),
@@ -184,7 +182,8 @@ async fn behind_haproxy_every_rule_sees_the_real_client() {
         "another client is not"
     );
     // A v1 header on the v2-only listener is refused.
-    let lb_v1_to_v2only = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let lb_v1_to_v2only_port = HeldPort::new("127.0.0.1");
+    let lb_v1_to_v2only = lb_v1_to_v2only_port.addr();
     let _lb2 = haproxy(&[(lb_v1_to_v2only, r.addr2.unwrap(), "send-proxy")]);
     wait_for_port(lb_v1_to_v2only).await;
     assert_eq!(get_from("127.0.0.5", lb_v1_to_v2only).await, None);
@@ -202,19 +201,15 @@ async fn tls_behind_haproxy_reads_the_header_before_the_handshake() {
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let tls_port = free_port("127.0.0.1");
-    let extra = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:{tls_port}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\nproxy_protocol = \"v2\"\nproxy_protocol_from = [\"127.0.0.1/32\"]\n",
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}\nproxy_protocol = \"v2\"\nproxy_protocol_from = [\"127.0.0.1/32\"]",
         cert_path.display(),
         key_path.display()
     );
-    let r = Rampart::start(bin(), &config(&origin, &extra)).await;
-    let front = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let _lb = haproxy(&[(
-        front,
-        SocketAddr::from(([127, 0, 0, 1], tls_port)),
-        "send-proxy-v2",
-    )]);
+    let r = Rampart::start(bin(), &config(&origin).listener("{listen3}", &tls).build()).await;
+    let front_port = HeldPort::new("127.0.0.1");
+    let front = front_port.addr();
+    let _lb = haproxy(&[(front, r.addr3.unwrap(), "send-proxy-v2")]);
     wait_for_port(front).await;
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
@@ -259,7 +254,7 @@ fn v2_header(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_that_are_missing_malformed_slow_or_unexpected_close_the_connection() {
     let origin = MockOrigin::start("o").await;
-    let r = Rampart::start(bin(), &config(&origin, "")).await;
+    let r = Rampart::start(bin(), &config(&origin).build()).await;
     let get = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let with = |header: &[u8]| [header, &get[..]].concat();
 

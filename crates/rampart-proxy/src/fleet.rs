@@ -36,6 +36,13 @@ use std::time::{Duration, Instant};
 
 /// Timeout for admin-path Redis operations (flag changes, resyncs).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long after the writer read Redis' clock a flag write may still be
+/// applied; shorter than [`ADMIN_TIMEOUT`], so a write the writer gave up on
+/// can no longer be applied by the time it reports the failure.
+const WRITE_WINDOW_MS: u64 = 1_000;
+/// While degraded, one request per this interval tries Redis (the probe); the
+/// others take their rule's failure mode at once.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 const TAKE_SCRIPT: &str = r#"
 local t = redis.call('TIME')
@@ -62,6 +69,50 @@ if granted == 0 then wait = math.ceil((cost - tokens) / rate) end
 return {granted, wait}
 "#;
 
+/// A flag write (or delete, with an empty value) that Redis applies only
+/// before its deadline (Redis' own clock, read by the writer just before) and
+/// only while the fleet epoch exists: a write delayed past its deadline (Redis
+/// paused, a slow network) is refused by the script, never applied late.
+const WRITE_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now > tonumber(ARGV[1]) then return 'late' end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 'empty' end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+else
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[2])
+return 'ok'
+"#;
+
+/// Puts a node's flags back into a Redis that lost its data (no epoch), and
+/// starts a new epoch; does nothing when another node did it first.
+const REPUBLISH_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('PUBLISH', KEYS[1], '*')
+return 1
+"#;
+
+/// Compare-and-set of one flag: from the value a failed write left (empty:
+/// absent) back to the value before it (empty: absent).
+const RESTORE_SCRIPT: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (cur or '') ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"#;
+
 const EXPIRE_SCRIPT: &str = r#"
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -83,6 +134,33 @@ pub enum FleetError {
     /// Redis answered with an error.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Degraded and not this request's turn to probe: the failure mode applies
+    /// without asking Redis.
+    #[error("Redis is unreachable (circuit open; probing every {PROBE_INTERVAL:?})")]
+    CircuitOpen,
+    /// The write reached Redis after its deadline and was not applied.
+    #[error("the change reached Redis after its deadline and was not applied")]
+    Late,
+}
+
+/// What Redis holds for the fleet's flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetView {
+    /// The fleet epoch; `None` when Redis has lost its data (or never had any).
+    pub epoch: Option<String>,
+    /// Active flags.
+    pub flags: BTreeMap<String, Activation>,
+}
+
+/// A flag write whose answer never came: it may have been applied just before
+/// Redis stopped answering. The next successful read checks, and undoes it.
+#[derive(Debug, Clone)]
+struct FailedWrite {
+    flag: String,
+    /// The value it would have left (empty: deleted).
+    landed: String,
+    /// The value before it (empty: absent).
+    previous: String,
 }
 
 /// The fleet client of one node.
@@ -93,8 +171,15 @@ pub struct Fleet {
     manager: arc_swap::ArcSwapOption<ConnectionManager>,
     degraded: AtomicBool,
     leases: LeaseTable,
+    /// While degraded: when the next probe may try Redis (ms since `epoch_start`).
+    next_probe_ms: std::sync::atomic::AtomicU64,
+    started: Instant,
+    failed_writes: std::sync::Mutex<Vec<FailedWrite>>,
     take: redis::Script,
     expire: redis::Script,
+    write: redis::Script,
+    republish: redis::Script,
+    restore: redis::Script,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -117,14 +202,46 @@ impl Fleet {
             manager: arc_swap::ArcSwapOption::empty(),
             degraded: AtomicBool::new(true),
             leases: LeaseTable::default(),
+            next_probe_ms: std::sync::atomic::AtomicU64::new(0),
+            started: Instant::now(),
+            failed_writes: std::sync::Mutex::new(Vec::new()),
             take: redis::Script::new(TAKE_SCRIPT),
             expire: redis::Script::new(EXPIRE_SCRIPT),
+            write: redis::Script::new(WRITE_SCRIPT),
+            republish: redis::Script::new(REPUBLISH_SCRIPT),
+            restore: redis::Script::new(RESTORE_SCRIPT),
         })
     }
 
     /// The hash and channel of the flags.
     pub fn flags_key(&self) -> String {
         format!("{}flags", self.config.key_prefix)
+    }
+
+    /// The key holding the fleet epoch: present while Redis holds the fleet's
+    /// flags; missing after Redis lost its data.
+    pub fn epoch_key(&self) -> String {
+        format!("{}epoch", self.config.key_prefix)
+    }
+
+    /// The circuit breaker: whether a request may ask Redis now. Always while
+    /// Redis answers; while degraded, one request per [`PROBE_INTERVAL`].
+    fn may_ask(&self) -> bool {
+        if !self.is_degraded() {
+            return true;
+        }
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_probe_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_probe_ms
+                .compare_exchange(
+                    next,
+                    now + PROBE_INTERVAL.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     /// Whether the last Redis operation failed.
@@ -179,11 +296,24 @@ impl Fleet {
         limit: Duration,
         op: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, FleetError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        self.timed_until(metrics, what, deadline, op).await
+    }
+
+    async fn timed_until<T>(
+        &self,
+        metrics: &Metrics,
+        what: FleetOp,
+        deadline: tokio::time::Instant,
+        op: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, FleetError> {
         let start = Instant::now();
-        let result = match tokio::time::timeout(limit, op).await {
+        let result = match tokio::time::timeout_at(deadline, op).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(FleetError::Redis(e)),
-            Err(_) => Err(FleetError::Timeout(limit)),
+            Err(_) => Err(FleetError::Timeout(
+                deadline.into_std().saturating_duration_since(start),
+            )),
         };
         metrics.fleet_redis(what, start.elapsed().as_secs_f64(), result.is_ok());
         self.mark(result.is_ok(), metrics, what, result.as_ref().err());
@@ -194,12 +324,15 @@ impl Fleet {
     /// from this node's lease when it has one, locally refused while Redis said
     /// the bucket is empty, otherwise one Redis round trip (shared with the
     /// requests that arrive while it is under way).
+    /// Waits (for another request's refill, or for Redis) until `deadline` at
+    /// most; while degraded, only a probe asks Redis.
     pub async fn take(
         &self,
         index: usize,
         rule: &LimitConfig,
         key: &LimitKey,
         cost: u32,
+        deadline: tokio::time::Instant,
         metrics: &Metrics,
     ) -> Result<FleetAnswer, FleetError> {
         let batch = self.config.quota_batch;
@@ -209,12 +342,18 @@ impl Fleet {
                 Begin::Answered(answer) => return Ok(answer),
                 Begin::Refill { want, owner } => break (want, owner),
                 Begin::Wait(notified) => {
-                    let _ = tokio::time::timeout(self.config.timeout, notified).await;
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(FleetError::Timeout(self.config.timeout));
+                    }
                     waited = true;
                 }
             }
         };
-        let result = self.script(rule, key, cost, want, metrics).await;
+        if !self.may_ask() {
+            self.leases.finish(index, *key, None, owner);
+            return Err(FleetError::CircuitOpen);
+        }
+        let result = self.script(rule, key, cost, want, deadline, metrics).await;
         let answer = match &result {
             Ok((granted, wait)) => Some((*granted, *wait)),
             Err(_) => None,
@@ -237,6 +376,7 @@ impl Fleet {
         key: &LimitKey,
         cost: u32,
         want: u32,
+        deadline: tokio::time::Instant,
         metrics: &Metrics,
     ) -> Result<(u32, Duration), FleetError> {
         let op = if want == 0 {
@@ -262,12 +402,7 @@ impl Fleet {
             .arg(want)
             .arg(cost.max(1));
         let (granted, wait_ms): (u32, u64) = self
-            .timed(
-                metrics,
-                op,
-                self.config.timeout,
-                invocation.invoke_async(&mut conn),
-            )
+            .timed_until(metrics, op, deadline, invocation.invoke_async(&mut conn))
             .await?;
         Ok((granted, Duration::from_millis(wait_ms)))
     }
@@ -283,13 +418,17 @@ impl Fleet {
         checks: &[FleetCheck],
         metrics: &Metrics,
     ) -> Vec<FleetAnswer> {
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
         match checks {
-            [check] => vec![self.answer_one(limits, check, metrics, false).await],
+            [check] => vec![
+                self.answer_one(limits, check, deadline, metrics, false)
+                    .await,
+            ],
             _ => {
                 futures_util::future::join_all(
                     checks
                         .iter()
-                        .map(|c| self.answer_one(limits, c, metrics, false)),
+                        .map(|c| self.answer_one(limits, c, deadline, metrics, false)),
                 )
                 .await
             }
@@ -301,6 +440,7 @@ impl Fleet {
         &self,
         limits: &[LimitConfig],
         check: &FleetCheck,
+        deadline: tokio::time::Instant,
         metrics: &Metrics,
         peek: bool,
     ) -> FleetAnswer {
@@ -308,7 +448,7 @@ impl Fleet {
             return FleetAnswer::Unavailable;
         };
         let answer = if peek {
-            self.script(rule, &check.key, check.cost, 0, metrics)
+            self.script(rule, &check.key, check.cost, 0, deadline, metrics)
                 .await
                 .map(|(granted, wait)| {
                     if granted == 0 {
@@ -318,7 +458,7 @@ impl Fleet {
                     }
                 })
         } else {
-            self.take(check.rule, rule, &check.key, check.cost, metrics)
+            self.take(check.rule, rule, &check.key, check.cost, deadline, metrics)
                 .await
         };
         answer.unwrap_or(FleetAnswer::Unavailable)
@@ -332,10 +472,11 @@ impl Fleet {
         checks: &[FleetCheck],
         metrics: &Metrics,
     ) -> Vec<FleetAnswer> {
+        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
         futures_util::future::join_all(
             checks
                 .iter()
-                .map(|c| self.answer_one(limits, c, metrics, true)),
+                .map(|c| self.answer_one(limits, c, deadline, metrics, true)),
         )
         .await
     }
@@ -345,76 +486,164 @@ impl Fleet {
         self.leases.sweep();
     }
 
-    /// Every flag active in Redis.
-    pub async fn read_flags(
-        &self,
-        metrics: &Metrics,
-    ) -> Result<BTreeMap<String, Activation>, FleetError> {
+    /// What Redis holds: the epoch and every flag, read in one transaction.
+    pub async fn read_view(&self, metrics: &Metrics) -> Result<FleetView, FleetError> {
         let mut conn = self.connection()?;
-        let raw: HashMap<String, String> = self
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .get(self.epoch_key())
+            .hgetall(self.flags_key());
+        let (epoch, raw): (Option<String>, HashMap<String, String>) = self
             .timed(
                 metrics,
                 FleetOp::Resync,
                 ADMIN_TIMEOUT,
-                redis::cmd("HGETALL")
-                    .arg(self.flags_key())
-                    .query_async(&mut conn),
+                pipe.query_async(&mut conn),
             )
             .await?;
-        let mut out = BTreeMap::new();
+        let mut flags = BTreeMap::new();
         for (flag, json) in raw {
             match serde_json::from_str::<Activation>(&json) {
                 Ok(a) => {
-                    out.insert(flag, a);
+                    flags.insert(flag, a);
                 }
                 Err(e) => log::error!("fleet: flag {flag} in Redis is not readable ({e}); ignored"),
             }
         }
-        Ok(out)
+        Ok(FleetView { epoch, flags })
     }
 
-    /// Writes an activation and announces it.
+    /// Writes flag `flag` (`None`: deletes it) and announces it, all or
+    /// nothing: the writer reads Redis' clock, and the script applies the
+    /// change only before that time plus [`WRITE_WINDOW_MS`]. An answer that
+    /// never comes is a failure that cannot be applied later (the deadline has
+    /// passed by the time the writer gives up); if the change was applied just
+    /// before Redis stopped answering, the next read after it undoes it
+    /// ([`Fleet::settle_failed_writes`]). `Ok(false)`: Redis has no epoch (it
+    /// lost its data) and nothing was written; re-publish, then write again.
     pub async fn write_flag(
         &self,
         flag: &str,
-        activation: &Activation,
+        value: Option<&Activation>,
+        previous: Option<&Activation>,
         metrics: &Metrics,
-    ) -> Result<(), FleetError> {
+    ) -> Result<bool, FleetError> {
         let mut conn = self.connection()?;
-        let json = serde_json::to_string(activation).unwrap_or_default();
-        let key = self.flags_key();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset(&key, flag, json)
-            .ignore()
-            .publish(&key, flag)
-            .ignore();
-        self.timed(
-            metrics,
-            FleetOp::FlagWrite,
-            ADMIN_TIMEOUT,
-            pipe.query_async::<()>(&mut conn),
-        )
-        .await
+        let (secs, micros): (u64, u64) = self
+            .timed(
+                metrics,
+                FleetOp::FlagWrite,
+                ADMIN_TIMEOUT,
+                redis::cmd("TIME").query_async(&mut conn),
+            )
+            .await?;
+        let deadline_ms = secs * 1000 + micros / 1000 + WRITE_WINDOW_MS;
+        let json = |a: Option<&Activation>| {
+            a.map(|a| serde_json::to_string(a).unwrap_or_default())
+                .unwrap_or_default()
+        };
+        let landed = json(value);
+        let mut invocation = self.write.key(self.flags_key());
+        invocation
+            .key(self.epoch_key())
+            .arg(deadline_ms)
+            .arg(flag)
+            .arg(&landed);
+        let answer: Result<String, FleetError> = self
+            .timed(
+                metrics,
+                FleetOp::FlagWrite,
+                ADMIN_TIMEOUT,
+                invocation.invoke_async(&mut conn),
+            )
+            .await;
+        match answer.as_deref() {
+            Ok("ok") => Ok(true),
+            Ok("empty") => Ok(false),
+            Ok(_) => Err(FleetError::Late),
+            Err(_) => {
+                if let Ok(mut failed) = self.failed_writes.lock() {
+                    failed.push(FailedWrite {
+                        flag: flag.to_string(),
+                        landed,
+                        previous: json(previous),
+                    });
+                }
+                answer.map(|_| false)
+            }
+        }
     }
 
-    /// Removes a flag and announces it.
-    pub async fn delete_flag(&self, flag: &str, metrics: &Metrics) -> Result<(), FleetError> {
+    /// Puts `active` back into a Redis that has no epoch (it lost its data),
+    /// with a new epoch named after this node; `false` when another node
+    /// re-published first (then its flags are the fleet's).
+    pub async fn republish(
+        &self,
+        node: &str,
+        active: &BTreeMap<String, Activation>,
+        metrics: &Metrics,
+    ) -> Result<bool, FleetError> {
         let mut conn = self.connection()?;
-        let key = self.flags_key();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hdel(&key, flag)
-            .ignore()
-            .publish(&key, flag)
-            .ignore();
-        self.timed(
-            metrics,
-            FleetOp::FlagWrite,
-            ADMIN_TIMEOUT,
-            pipe.query_async::<()>(&mut conn),
-        )
-        .await
+        let epoch = format!("{node}@{}", crate::lockdown::now_unix_ms());
+        let mut invocation = self.republish.key(self.flags_key());
+        invocation.key(self.epoch_key()).arg(epoch);
+        for (flag, a) in active {
+            invocation
+                .arg(flag)
+                .arg(serde_json::to_string(a).unwrap_or_default());
+        }
+        let done: i64 = self
+            .timed(
+                metrics,
+                FleetOp::FlagWrite,
+                ADMIN_TIMEOUT,
+                invocation.invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// After a successful read: undoes each write this node reported as failed
+    /// but that was applied after all (its value is in `view`), and forgets the
+    /// others (their deadline has passed: they can no longer be applied).
+    /// Returns the flags undone.
+    pub async fn settle_failed_writes(&self, view: &FleetView, metrics: &Metrics) -> Vec<String> {
+        let failed = match self.failed_writes.lock() {
+            Ok(mut f) => std::mem::take(&mut *f),
+            Err(_) => return Vec::new(),
+        };
+        let mut undone = Vec::new();
+        for w in failed {
+            let now = view
+                .flags
+                .get(&w.flag)
+                .map(|a| serde_json::to_string(a).unwrap_or_default())
+                .unwrap_or_default();
+            if now != w.landed {
+                continue;
+            }
+            let Ok(mut conn) = self.connection() else {
+                continue;
+            };
+            let mut invocation = self.restore.key(self.flags_key());
+            invocation.arg(&w.flag).arg(&w.landed).arg(&w.previous);
+            let restored: Result<i64, _> = self
+                .timed(
+                    metrics,
+                    FleetOp::FlagWrite,
+                    ADMIN_TIMEOUT,
+                    invocation.invoke_async(&mut conn),
+                )
+                .await;
+            if restored.is_ok_and(|n| n == 1) {
+                log::warn!(
+                    "fleet: a change of {} reported as failed had been applied; undone",
+                    w.flag
+                );
+                undone.push(w.flag);
+            }
+        }
+        undone
     }
 
     /// Removes an expired flag if it is still the same activation; returns

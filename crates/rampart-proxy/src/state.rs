@@ -253,6 +253,14 @@ pub enum FlagAction {
     FleetEnable,
     /// Turned off or expired by another node, learned from Redis.
     FleetDisable,
+    /// Put back into a Redis that had lost its data (no fleet epoch).
+    FleetRepublish,
+    /// A change this node reported as failed had reached Redis after all (its
+    /// answer was lost); it was undone.
+    FleetRevert,
+    /// Its TTL passed while Redis was unreachable: off on this node; the
+    /// fleet-wide `expire` is recorded by whichever node removes it from Redis.
+    LocalExpire,
     /// The state file could not be read at start-up.
     CorruptState,
 }
@@ -266,6 +274,9 @@ impl FlagAction {
             FlagAction::Expire => "expire",
             FlagAction::FleetEnable => "fleet_enable",
             FlagAction::FleetDisable => "fleet_disable",
+            FlagAction::FleetRepublish => "fleet_republish",
+            FlagAction::FleetRevert => "fleet_revert",
+            FlagAction::LocalExpire => "expire_local",
             FlagAction::CorruptState => "corrupt_state",
         }
     }
@@ -622,17 +633,13 @@ impl Shared {
                 since_ms.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
             }),
         };
-        if let Some(fleet) = &self.fleet {
-            fleet
-                .write_flag(flag, &activation, &self.metrics)
-                .await
-                .map_err(|e| FlagError::Fleet(e.to_string()))?;
-        }
+        let mut changes = self.fleet_write(current, flag, Some(&activation)).await?;
         let mut active = current.flags.active.clone();
         active.insert(flag.to_string(), activation.clone());
+        changes.push(FlagChange::on(flag, FlagAction::Enable, &activation, ttl));
         let proposal = Proposal {
             next: current.with_flags(active),
-            changes: vec![FlagChange::on(flag, FlagAction::Enable, &activation, ttl)],
+            changes,
         };
         Ok((
             Some(proposal),
@@ -653,25 +660,25 @@ impl Shared {
         if current.config.lockdown.flag_index(flag).is_none() {
             return Err(FlagError::Unknown(known_flags(current)).into());
         }
-        if let Some(fleet) = &self.fleet {
-            fleet
-                .delete_flag(flag, &self.metrics)
-                .await
-                .map_err(|e| FlagError::Fleet(e.to_string()))?;
-        }
+        let mut changes = self.fleet_write(current, flag, None).await?;
         let mut active = current.flags.active.clone();
         if active.remove(flag).is_none() {
+            let proposal = Proposal {
+                next: current.clone(),
+                changes,
+            };
             return Ok((
-                None,
+                Some(proposal),
                 Outcome::Disabled {
                     was_active: false,
                     persisted: true,
                 },
             ));
         }
+        changes.push(FlagChange::off(flag, FlagAction::Disable, actor, reason));
         let proposal = Proposal {
             next: current.with_flags(active),
-            changes: vec![FlagChange::off(flag, FlagAction::Disable, actor, reason)],
+            changes,
         };
         Ok((
             Some(proposal),
@@ -680,6 +687,62 @@ impl Shared {
                 persisted: false,
             },
         ))
+    }
+
+    /// Writes a flag change to Redis (fleet mode), all or nothing. When Redis
+    /// has lost its data, this node's flags are re-published first (one
+    /// `fleet_republish` record each, returned) and the change written after.
+    async fn fleet_write(
+        &self,
+        current: &Snapshot,
+        flag: &str,
+        value: Option<&Activation>,
+    ) -> Result<Vec<FlagChange>, CommandError> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(Vec::new());
+        };
+        let previous = current.flags.active.get(flag);
+        let refused = |e: crate::fleet::FleetError| FlagError::Fleet(e.to_string());
+        let mut changes = Vec::new();
+        for attempt in 0..2 {
+            if fleet
+                .write_flag(flag, value, previous, &self.metrics)
+                .await
+                .map_err(refused)?
+            {
+                return Ok(changes);
+            }
+            if attempt == 0 {
+                changes = self.republish(current).await.map_err(refused)?;
+            }
+        }
+        Err(FlagError::Fleet("Redis lost its data and could not be re-published".into()).into())
+    }
+
+    /// Re-publishes this node's flags into a Redis without a fleet epoch; one
+    /// `fleet_republish` record per flag when this node did it.
+    async fn republish(
+        &self,
+        current: &Snapshot,
+    ) -> Result<Vec<FlagChange>, crate::fleet::FleetError> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(Vec::new());
+        };
+        let active = &current.flags.active;
+        if !fleet.republish(&self.node, active, &self.metrics).await? {
+            return Ok(Vec::new());
+        }
+        log::warn!(
+            "fleet: Redis had lost the fleet's flags (no epoch); re-published the {} flag(s) this node holds",
+            active.len()
+        );
+        Ok(active
+            .iter()
+            .map(|(flag, a)| FlagChange {
+                reason: format!("Redis had lost its data; re-published ({})", a.reason),
+                ..FlagChange::on(flag, FlagAction::FleetRepublish, a, None)
+            })
+            .collect())
     }
 
     /// Turns off every flag whose expiry has passed; returns their names.
@@ -716,20 +779,16 @@ impl Shared {
         for (flag, a) in &due {
             // Fleet-wide, the node whose script removes the flag records the
             // expiry; the others record that they learned it from the fleet.
-            let ours = match &self.fleet {
-                None => true,
+            let action = match &self.fleet {
+                None => FlagAction::Expire,
                 Some(fleet) => match fleet.expire_flag(flag, a, &self.metrics).await {
-                    Ok(removed) => removed,
+                    Ok(true) => FlagAction::Expire,
+                    Ok(false) => FlagAction::FleetDisable,
                     Err(e) => {
-                        log::error!("fleet: cannot expire {flag} in Redis ({e}); expired locally");
-                        true
+                        log::error!("fleet: cannot expire {flag} in Redis ({e}); expired on this node, the fleet records it when Redis is back");
+                        FlagAction::LocalExpire
                     }
                 },
-            };
-            let action = if ours {
-                FlagAction::Expire
-            } else {
-                FlagAction::FleetDisable
             };
             changes.push(FlagChange {
                 expires: a.expires(),
@@ -762,19 +821,69 @@ impl Shared {
         let Some(fleet) = &self.fleet else {
             return Ok((None, Outcome::FleetSynced(false)));
         };
-        let mut remote = fleet.read_flags(&self.metrics).await?;
+        let mut view = fleet.read_view(&self.metrics).await?;
+        let mut changes = Vec::new();
+        let undone = fleet.settle_failed_writes(&view, &self.metrics).await;
+        if !undone.is_empty() {
+            for flag in &undone {
+                changes.push(FlagChange::off(
+                    flag,
+                    FlagAction::FleetRevert,
+                    "rampart",
+                    "a change reported as failed had reached Redis; undone",
+                ));
+            }
+            view = fleet.read_view(&self.metrics).await?;
+        }
+        if view.epoch.is_none() {
+            // Redis lost its data: never adopt the empty view; put back what
+            // this node holds (or adopt what another node put back first, on
+            // the next read).
+            changes.extend(self.republish(current).await?);
+            let proposal = Proposal {
+                next: current.clone(),
+                changes,
+            };
+            return Ok((Some(proposal), Outcome::FleetSynced(false)));
+        }
+        let mut remote = view.flags;
         remote.retain(|name, _| current.config.lockdown.flag_index(name).is_some());
+        // A flag whose TTL passed is not adopted; whichever node removes it from
+        // Redis records the one `expire`.
+        let now_ms = lockdown::now_unix_ms();
+        let due: Vec<(String, Activation)> = remote
+            .iter()
+            .filter(|(_, a)| a.is_due(now_ms))
+            .map(|(n, a)| (n.clone(), a.clone()))
+            .collect();
+        let mut expired_here = Vec::new();
+        for (flag, a) in &due {
+            remote.remove(flag);
+            if fleet.expire_flag(flag, a, &self.metrics).await? {
+                expired_here.push(flag.clone());
+                changes.push(FlagChange {
+                    expires: a.expires(),
+                    ..FlagChange::off(flag, FlagAction::Expire, "rampart", "ttl passed")
+                });
+            }
+        }
         let local = &current.flags.active;
         if remote == *local {
-            return Ok((None, Outcome::FleetSynced(false)));
+            let proposal = Proposal {
+                next: current.clone(),
+                changes,
+            };
+            return Ok((Some(proposal), Outcome::FleetSynced(false)));
         }
-        let mut changes = Vec::new();
         for (flag, a) in &remote {
             if local.get(flag) != Some(a) {
                 changes.push(FlagChange::on(flag, FlagAction::FleetEnable, a, None));
             }
         }
         for flag in local.keys().filter(|f| !remote.contains_key(*f)) {
+            if expired_here.contains(flag) {
+                continue;
+            }
             changes.push(FlagChange::off(
                 flag,
                 FlagAction::FleetDisable,
@@ -782,7 +891,6 @@ impl Shared {
                 "turned off or expired on another node",
             ));
         }
-        let now_ms = lockdown::now_unix_ms();
         let newest = remote
             .iter()
             .filter(|(name, a)| local.get(*name) != Some(a))

@@ -7,6 +7,7 @@ pub mod config;
 pub mod geo;
 pub mod origin;
 pub mod redis;
+pub mod relay;
 
 pub use config::ConfigBuilder;
 pub use origin::{MockOrigin, Recorded};

@@ -73,6 +73,53 @@ impl RedisServer {
         self.spawn().await;
     }
 
+    /// Starts it again on the same port with no data at all (a Redis without
+    /// persistence that restarted, or a replacement).
+    pub async fn restart_empty(&mut self) {
+        self.kill();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+        self.spawn().await;
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT); it then runs what queued up.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .args([&format!("-{name}"), &c.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -{name} redis-server");
+        }
+    }
+
+    /// Runs one `redis-cli` command against it and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .expect("redis-cli (comes with redis-server)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Its data folder.
     pub fn dir(&self) -> &Path {
         self.dir.path()

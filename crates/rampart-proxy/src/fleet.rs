@@ -175,6 +175,8 @@ pub struct Fleet {
     next_probe_ms: std::sync::atomic::AtomicU64,
     started: Instant,
     failed_writes: std::sync::Mutex<Vec<FailedWrite>>,
+    /// [`WRITE_WINDOW_MS`] (tests set a deadline already past).
+    write_window_ms: i64,
     take: redis::Script,
     expire: redis::Script,
     write: redis::Script,
@@ -205,6 +207,7 @@ impl Fleet {
             next_probe_ms: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
             failed_writes: std::sync::Mutex::new(Vec::new()),
+            write_window_ms: WRITE_WINDOW_MS as i64,
             take: redis::Script::new(TAKE_SCRIPT),
             expire: redis::Script::new(EXPIRE_SCRIPT),
             write: redis::Script::new(WRITE_SCRIPT),
@@ -537,7 +540,7 @@ impl Fleet {
                 redis::cmd("TIME").query_async(&mut conn),
             )
             .await?;
-        let deadline_ms = secs * 1000 + micros / 1000 + WRITE_WINDOW_MS;
+        let deadline_ms = (secs * 1000 + micros / 1000).saturating_add_signed(self.write_window_ms);
         let json = |a: Option<&Activation>| {
             a.map(|a| serde_json::to_string(a).unwrap_or_default())
                 .unwrap_or_default()
@@ -689,5 +692,121 @@ fn describe(key: &LimitKey) -> String {
         LimitKey::Hashed(h) => format!("h{h:016x}"),
         LimitKey::Whole => "all".into(),
         LimitKey::Overflow => "overflow".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_testkit::redis::RedisServer;
+
+    fn fleet(redis: &RedisServer) -> Fleet {
+        Fleet::new(FleetConfig {
+            redis_url: redis.url(),
+            key_prefix: "t:".into(),
+            node: None,
+            timeout: Duration::from_millis(200),
+            resync_interval: Duration::from_secs(1),
+            quota_batch: 3,
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn activation() -> Activation {
+        Activation {
+            mode: crate::lockdown::Mode::Enforce,
+            actor: "a".into(),
+            reason: "r".into(),
+            since_ms: 1,
+            expires_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_need_the_epoch_and_a_write_past_its_deadline_is_not_applied() {
+        let redis = RedisServer::start().await;
+        let metrics = Metrics::new();
+        let mut f = fleet(&redis);
+        f.connect().await.unwrap_or_else(|e| panic!("{e}"));
+        let a = activation();
+        // No epoch yet: nothing is written, the caller re-publishes first.
+        let written = f.write_flag("x", Some(&a), None, &metrics).await;
+        assert!(matches!(written, Ok(false)), "{written:?}");
+        assert_eq!(redis.cli(&["HEXISTS", "t:flags", "x"]), "0");
+        assert!(f
+            .republish("n", &BTreeMap::new(), &metrics)
+            .await
+            .unwrap_or(false));
+        assert!(!f
+            .republish("m", &BTreeMap::new(), &metrics)
+            .await
+            .unwrap_or(true));
+        assert!(matches!(
+            f.write_flag("x", Some(&a), None, &metrics).await,
+            Ok(true)
+        ));
+        assert_eq!(redis.cli(&["HEXISTS", "t:flags", "x"]), "1");
+        // A deadline already past when the script runs: refused, not applied.
+        f.write_window_ms = -1_000;
+        let late = f.write_flag("y", Some(&a), None, &metrics).await;
+        assert!(matches!(late, Err(FleetError::Late)), "{late:?}");
+        assert_eq!(redis.cli(&["HEXISTS", "t:flags", "y"]), "0");
+        let late = f.write_flag("x", None, Some(&a), &metrics).await;
+        assert!(matches!(late, Err(FleetError::Late)), "{late:?}");
+        assert_eq!(redis.cli(&["HEXISTS", "t:flags", "x"]), "1");
+    }
+
+    #[tokio::test]
+    async fn a_write_reported_failed_that_landed_after_all_is_undone() {
+        let redis = RedisServer::start().await;
+        let metrics = Metrics::new();
+        let f = fleet(&redis);
+        f.connect().await.unwrap_or_else(|e| panic!("{e}"));
+        let a = activation();
+        assert!(f
+            .republish("n", &BTreeMap::new(), &metrics)
+            .await
+            .unwrap_or(false));
+        assert!(matches!(
+            f.write_flag("x", Some(&a), None, &metrics).await,
+            Ok(true)
+        ));
+        // As if its answer had been lost: the writer reported a failure.
+        f.failed_writes
+            .lock()
+            .map(|mut w| {
+                w.push(FailedWrite {
+                    flag: "x".into(),
+                    landed: serde_json::to_string(&a).unwrap_or_default(),
+                    previous: String::new(),
+                })
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        // A write that did not land is forgotten, not undone.
+        f.failed_writes
+            .lock()
+            .map(|mut w| {
+                w.push(FailedWrite {
+                    flag: "z".into(),
+                    landed: "{}".into(),
+                    previous: String::new(),
+                })
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let view = f
+            .read_view(&metrics)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(view.epoch.is_some());
+        assert_eq!(
+            f.settle_failed_writes(&view, &metrics).await,
+            vec!["x".to_string()]
+        );
+        assert_eq!(redis.cli(&["HEXISTS", "t:flags", "x"]), "0");
+        assert!(f
+            .failed_writes
+            .lock()
+            .map(|w| w.is_empty())
+            .unwrap_or(false));
     }
 }

@@ -3,7 +3,11 @@
 # (benches/configs/fleet-vs-local.toml) with a redis-server on 127.0.0.1:16379 and
 # an nginx origin; wrk alternates between a route with a local bucket and one with
 # a fleet bucket (same rate, nobody limited). Prints requests/s and latency
-# percentiles per path, 3 rounds, medians. Bounded runs.
+# percentiles per path, 3 rounds, medians. Then the faults, each bounded: a flood
+# of refused requests on a tiny fleet bucket (Redis calls per refused request),
+# Redis frozen (SIGSTOP) and Redis refusing connections (killed) while wrk runs
+# on a route with two fleet rules (worst and p99 request wait, Redis attempts),
+# with the configured timeout of 50 ms as the ceiling to compare against.
 #   benches/fleet.sh [ROUNDS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +46,32 @@ print(f\"{'path':6} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'non-2xx':>8}\")
 for p, v in rows.items():
     print(f'{p:6} {s.median(x[0] for x in v):9.0f} {s.median(x[1] for x in v):8.0f} {s.median(x[2] for x in v):8.0f} {sum(x[3] for x in v):8d}')
 "
-curl -s -H "Authorization: Bearer $RAMPART_ADMIN_TOKEN" http://127.0.0.1:19902/metrics | grep -E '^rampart_fleet_redis_duration_seconds_(sum|count)|^rampart_fleet_degraded' || true
+metric() { # SERIES -> value (0 when absent)
+  curl -s -H "Authorization: Bearer $RAMPART_ADMIN_TOKEN" http://127.0.0.1:19902/metrics \
+    | awk -v s="$1" 'index($0, s" ") == 1 {print $2; found=1} END {if (!found) print 0}'
+}
+calls='rampart_fleet_redis_duration_seconds_count{op="quota"}'
+errors='rampart_fleet_redis_errors_total{op="quota"}'
+wrk_row() { # LABEL SECONDS PATH: requests, non-2xx, p99, max
+  wrk -t1 -c32 -d"$2s" --latency "http://127.0.0.1:18081/$3" \
+    | awk -v l="$1" '/requests in/ {n=$1} / 99%/ {p99=$2} /Latency/ && !m {m=$4} /Non-2xx/ {bad=$NF} END {printf "%-28s %9s %9s %9s %9s", l, n, (bad==""?0:bad), p99, m}'
+}
+echo
+printf '%-28s %9s %9s %9s %9s %s\n' fault requests non-2xx p99 max "redis calls"
+c0=$(metric "$calls")
+row=$(wrk_row "refused flood (tiny bucket)" 5 tiny)
+c1=$(metric "$calls")
+refused=$(echo "$row" | awk '{print $(NF-2)}')
+echo "$row $(python3 -c "print(f'{$c1-$c0:.0f} ({($c1-$c0)/max($refused,1):.5f} per refused)')")"
+# Redis frozen for 3 s in the middle of an 8 s run.
+e0=$(metric "$errors"); c0=$(metric "$calls")
+( sleep 2; kill -STOP "$(cat "$tmp/redis.pid")"; sleep 3; kill -CONT "$(cat "$tmp/redis.pid")" ) &
+row=$(wrk_row "redis frozen 3 s (SIGSTOP)" 8 two)
+wait
+echo "$row $(python3 -c "print(f'{$(metric "$calls")-$c0:.0f} ({$(metric "$errors")-$e0:.0f} failed)')")"
+# Redis killed for the whole run: connections refused.
+kill "$(cat "$tmp/redis.pid")"; sleep 1
+e0=$(metric "$errors"); c0=$(metric "$calls")
+row=$(wrk_row "redis refusing connections" 5 two)
+echo "$row $(python3 -c "print(f'{$(metric "$calls")-$c0:.0f} ({$(metric "$errors")-$e0:.0f} failed)')")"
+curl -s -H "Authorization: Bearer $RAMPART_ADMIN_TOKEN" http://127.0.0.1:19902/metrics | grep -E '^rampart_fleet_degraded' || true

@@ -78,6 +78,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now > tonumber(ARGV[1]) then return 'late' end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 'empty' end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], ARGV[2])
 else
@@ -91,8 +92,9 @@ return 'ok'
 /// starts a new epoch; does nothing when another node did it first.
 const REPUBLISH_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[2])
 end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('PUBLISH', KEYS[1], '*')
@@ -150,6 +152,8 @@ pub struct FleetView {
     pub epoch: Option<String>,
     /// Active flags.
     pub flags: BTreeMap<String, Activation>,
+    /// The node that last changed each flag (set or deleted), where known.
+    pub origins: BTreeMap<String, String>,
 }
 
 /// A flag write whose answer never came: it may have been applied just before
@@ -219,6 +223,11 @@ impl Fleet {
     /// The hash and channel of the flags.
     pub fn flags_key(&self) -> String {
         format!("{}flags", self.config.key_prefix)
+    }
+
+    /// The hash naming the node that last changed each flag.
+    pub fn origins_key(&self) -> String {
+        format!("{}flag-origins", self.config.key_prefix)
     }
 
     /// The key holding the fleet epoch: present while Redis holds the fleet's
@@ -495,8 +504,13 @@ impl Fleet {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .get(self.epoch_key())
-            .hgetall(self.flags_key());
-        let (epoch, raw): (Option<String>, HashMap<String, String>) = self
+            .hgetall(self.flags_key())
+            .hgetall(self.origins_key());
+        let (epoch, raw, origins): (
+            Option<String>,
+            HashMap<String, String>,
+            BTreeMap<String, String>,
+        ) = self
             .timed(
                 metrics,
                 FleetOp::Resync,
@@ -513,7 +527,11 @@ impl Fleet {
                 Err(e) => log::error!("fleet: flag {flag} in Redis is not readable ({e}); ignored"),
             }
         }
-        Ok(FleetView { epoch, flags })
+        Ok(FleetView {
+            epoch,
+            flags,
+            origins,
+        })
     }
 
     /// Writes flag `flag` (`None`: deletes it) and announces it, all or
@@ -526,6 +544,7 @@ impl Fleet {
     /// lost its data) and nothing was written; re-publish, then write again.
     pub async fn write_flag(
         &self,
+        node: &str,
         flag: &str,
         value: Option<&Activation>,
         previous: Option<&Activation>,
@@ -549,9 +568,11 @@ impl Fleet {
         let mut invocation = self.write.key(self.flags_key());
         invocation
             .key(self.epoch_key())
+            .key(self.origins_key())
             .arg(deadline_ms)
             .arg(flag)
-            .arg(&landed);
+            .arg(&landed)
+            .arg(node);
         let answer: Result<String, FleetError> = self
             .timed(
                 metrics,
@@ -589,7 +610,11 @@ impl Fleet {
         let mut conn = self.connection()?;
         let epoch = format!("{node}@{}", crate::lockdown::now_unix_ms());
         let mut invocation = self.republish.key(self.flags_key());
-        invocation.key(self.epoch_key()).arg(epoch);
+        invocation
+            .key(self.epoch_key())
+            .key(self.origins_key())
+            .arg(epoch)
+            .arg(node);
         for (flag, a) in active {
             invocation
                 .arg(flag)
@@ -730,7 +755,7 @@ mod tests {
         f.connect().await.unwrap_or_else(|e| panic!("{e}"));
         let a = activation();
         // No epoch yet: nothing is written, the caller re-publishes first.
-        let written = f.write_flag("x", Some(&a), None, &metrics).await;
+        let written = f.write_flag("n", "x", Some(&a), None, &metrics).await;
         assert!(matches!(written, Ok(false)), "{written:?}");
         assert_eq!(redis.cli(&["HEXISTS", "t:flags", "x"]), "0");
         assert!(f
@@ -742,16 +767,16 @@ mod tests {
             .await
             .unwrap_or(true));
         assert!(matches!(
-            f.write_flag("x", Some(&a), None, &metrics).await,
+            f.write_flag("n", "x", Some(&a), None, &metrics).await,
             Ok(true)
         ));
         assert_eq!(redis.cli(&["HEXISTS", "t:flags", "x"]), "1");
         // A deadline already past when the script runs: refused, not applied.
         f.write_window_ms = -1_000;
-        let late = f.write_flag("y", Some(&a), None, &metrics).await;
+        let late = f.write_flag("n", "y", Some(&a), None, &metrics).await;
         assert!(matches!(late, Err(FleetError::Late)), "{late:?}");
         assert_eq!(redis.cli(&["HEXISTS", "t:flags", "y"]), "0");
-        let late = f.write_flag("x", None, Some(&a), &metrics).await;
+        let late = f.write_flag("n", "x", None, Some(&a), &metrics).await;
         assert!(matches!(late, Err(FleetError::Late)), "{late:?}");
         assert_eq!(redis.cli(&["HEXISTS", "t:flags", "x"]), "1");
     }
@@ -768,7 +793,7 @@ mod tests {
             .await
             .unwrap_or(false));
         assert!(matches!(
-            f.write_flag("x", Some(&a), None, &metrics).await,
+            f.write_flag("n", "x", Some(&a), None, &metrics).await,
             Ok(true)
         ));
         // As if its answer had been lost: the writer reported a failure.

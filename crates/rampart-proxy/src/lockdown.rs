@@ -265,7 +265,8 @@ pub struct AuditEntry<'a> {
     pub time: u64,
     /// Who.
     pub actor: &'a str,
-    /// `enable`, `disable`, `expire`, `restore`, `corrupt_state`.
+    /// `enable`, `disable`, `expire`, `expire_local`, `fleet_enable`,
+    /// `fleet_disable`, `fleet_republish`, `fleet_revert`, `corrupt_state`.
     pub action: &'a str,
     /// Which flag (empty for whole-state events).
     pub flag: &'a str,
@@ -277,8 +278,11 @@ pub struct AuditEntry<'a> {
     pub ttl_seconds: Option<u64>,
     /// Expiry, Unix seconds.
     pub expires: Option<u64>,
-    /// The node that made the change.
+    /// The node that wrote the record.
     pub node: &'a str,
+    /// For changes learned from the fleet: the node that made them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_node: Option<&'a str>,
 }
 
 /// Appends `entry` to the audit log and logs it.

@@ -299,6 +299,8 @@ pub struct FlagChange {
     pub ttl_seconds: Option<u64>,
     /// Expiry, Unix seconds.
     pub expires: Option<u64>,
+    /// For changes learned from the fleet: the node that made them, if known.
+    pub origin_node: Option<String>,
 }
 
 impl FlagChange {
@@ -311,6 +313,7 @@ impl FlagChange {
             mode: None,
             ttl_seconds: None,
             expires: None,
+            origin_node: None,
         }
     }
 
@@ -323,6 +326,7 @@ impl FlagChange {
             mode: Some(a.mode),
             ttl_seconds: ttl.map(|t| t.as_secs()),
             expires: a.expires(),
+            origin_node: None,
         }
     }
 }
@@ -560,6 +564,7 @@ impl Shared {
                     ttl_seconds: c.ttl_seconds,
                     expires: c.expires,
                     node: &self.node,
+                    origin_node: c.origin_node.as_deref(),
                 },
             );
         }
@@ -706,7 +711,7 @@ impl Shared {
         let mut changes = Vec::new();
         for attempt in 0..2 {
             if fleet
-                .write_flag(flag, value, previous, &self.metrics)
+                .write_flag(&self.node, flag, value, previous, &self.metrics)
                 .await
                 .map_err(refused)?
             {
@@ -846,7 +851,7 @@ impl Shared {
             };
             return Ok((Some(proposal), Outcome::FleetSynced(false)));
         }
-        let mut remote = view.flags;
+        let mut remote = view.flags.clone();
         remote.retain(|name, _| current.config.lockdown.flag_index(name).is_some());
         // A flag whose TTL passed is not adopted; whichever node removes it from
         // Redis records the one `expire`.
@@ -877,19 +882,25 @@ impl Shared {
         }
         for (flag, a) in &remote {
             if local.get(flag) != Some(a) {
-                changes.push(FlagChange::on(flag, FlagAction::FleetEnable, a, None));
+                changes.push(FlagChange {
+                    origin_node: view.origins.get(flag).cloned(),
+                    ..FlagChange::on(flag, FlagAction::FleetEnable, a, None)
+                });
             }
         }
         for flag in local.keys().filter(|f| !remote.contains_key(*f)) {
             if expired_here.contains(flag) {
                 continue;
             }
-            changes.push(FlagChange::off(
-                flag,
-                FlagAction::FleetDisable,
-                "fleet",
-                "turned off or expired on another node",
-            ));
+            changes.push(FlagChange {
+                origin_node: view.origins.get(flag).cloned(),
+                ..FlagChange::off(
+                    flag,
+                    FlagAction::FleetDisable,
+                    "fleet",
+                    "turned off or expired on another node",
+                )
+            });
         }
         let newest = remote
             .iter()

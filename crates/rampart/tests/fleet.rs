@@ -187,6 +187,7 @@ async fn a_flag_enabled_on_a_is_enforced_on_b_within_a_second() {
         "\"actor\":\"oncall\"",
         "\"reason\":\"flood\"",
         "\"node\":\"node-b\"",
+        "\"origin_node\":\"node-a\"",
         "\"flag\":\"registration_closed\"",
     ] {
         assert!(lines[0].contains(field), "{field} missing: {}", lines[0]);

@@ -66,8 +66,9 @@ echo "$row $(python3 -c "print(f'{$c1-$c0:.0f} ({($c1-$c0)/max($refused,1):.5f} 
 # Redis frozen for 3 s in the middle of an 8 s run.
 e0=$(metric "$errors"); c0=$(metric "$calls")
 ( sleep 2; kill -STOP "$(cat "$tmp/redis.pid")"; sleep 3; kill -CONT "$(cat "$tmp/redis.pid")" ) &
+freezer=$!
 row=$(wrk_row "redis frozen 3 s (SIGSTOP)" 8 two)
-wait
+wait "$freezer"
 echo "$row $(python3 -c "print(f'{$(metric "$calls")-$c0:.0f} ({$(metric "$errors")-$e0:.0f} failed)')")"
 # Redis killed for the whole run: connections refused.
 kill "$(cat "$tmp/redis.pid")"; sleep 1

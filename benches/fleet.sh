@@ -26,7 +26,7 @@ start_origin "$tmp"
 export RAMPART_ADMIN_TOKEN=bench-token-0123456789abcdef
 RUST_LOG=warn target/release/rampart run --config benches/configs/fleet-vs-local.toml >"$tmp/rampart.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null; kill $(cat "$tmp/origin.pid") $(cat "$tmp/redis.pid") 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'kill $pid 2>/dev/null; kill $(cat "$tmp/origin.pid" "$tmp/redis.pid" 2>/dev/null) 2>/dev/null; rm -rf "$tmp"' EXIT
 sleep 2
 for i in $(seq 1 "$rounds"); do
   for path in local fleet; do

@@ -353,6 +353,9 @@ impl Fleet {
             match self.leases.begin(index, *key, batch, waited) {
                 Begin::Answered(answer) => return Ok(answer),
                 Begin::Refill { want, owner } => break (want, owner),
+                // While degraded the refill under way is a probe: the others
+                // take the failure mode at once instead of waiting for it.
+                Begin::Wait(_) if self.is_degraded() => return Err(FleetError::CircuitOpen),
                 Begin::Wait(notified) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return Err(FleetError::Timeout(self.config.timeout));

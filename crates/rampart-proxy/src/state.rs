@@ -845,11 +845,11 @@ impl Shared {
             // this node holds (or adopt what another node put back first, on
             // the next read).
             changes.extend(self.republish(current).await?);
-            let proposal = Proposal {
+            let proposal = (!changes.is_empty()).then(|| Proposal {
                 next: current.clone(),
                 changes,
-            };
-            return Ok((Some(proposal), Outcome::FleetSynced(false)));
+            });
+            return Ok((proposal, Outcome::FleetSynced(false)));
         }
         let mut remote = view.flags.clone();
         remote.retain(|name, _| current.config.lockdown.flag_index(name).is_some());
@@ -874,11 +874,11 @@ impl Shared {
         }
         let local = &current.flags.active;
         if remote == *local {
-            let proposal = Proposal {
+            let proposal = (!changes.is_empty()).then(|| Proposal {
                 next: current.clone(),
                 changes,
-            };
-            return Ok((Some(proposal), Outcome::FleetSynced(false)));
+            });
+            return Ok((proposal, Outcome::FleetSynced(false)));
         }
         for (flag, a) in &remote {
             if local.get(flag) != Some(a) {

@@ -286,6 +286,37 @@ impl Rampart {
         })
     }
 
+    /// `GET path` on the admin API, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        self.admin_request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("admin request")
+            .json()
+            .await
+            .expect("admin JSON")
+    }
+
+    /// Whether lockdown flag `flag` is active (any mode), per `GET /lockdown`.
+    pub async fn flag_active(&self, flag: &str) -> bool {
+        self.admin_json("/lockdown").await["flags"]
+            .as_array()
+            .is_some_and(|flags| {
+                flags
+                    .iter()
+                    .any(|f| f["name"] == flag && f["active"] == true)
+            })
+    }
+
+    /// Waits up to `within` until `rampart_fleet_degraded` reads `degraded`.
+    pub async fn fleet_degraded_becomes(&self, degraded: bool, within: Duration) -> bool {
+        let want = if degraded { 1.0 } else { 0.0 };
+        wait_until(within, || async {
+            self.metric("rampart_fleet_degraded").await == Some(want)
+        })
+        .await
+    }
+
     /// `GET /status` as JSON.
     pub async fn status(&self) -> serde_json::Value {
         self.admin_request(reqwest::Method::GET, "/status")

@@ -102,31 +102,14 @@ async fn set_flag(r: &Rampart, flag: &str, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-async fn active(r: &Rampart, flag: &str) -> bool {
-    let v: Value = r
-        .admin_request(Method::GET, "/lockdown")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|f| f["name"] == flag && f["active"] == true)
-}
-
 async fn two_nodes(origin: &MockOrigin, redis: &RedisServer) -> (Rampart, Rampart) {
     let a = Rampart::start(bin(), &config(origin, redis, "node-a")).await;
     let b = Rampart::start(bin(), &config(origin, redis, "node-b")).await;
     // Both connected before the test starts.
     for n in [&a, &b] {
-        let connected = wait_until(Duration::from_secs(10), || async {
-            n.metric("rampart_fleet_degraded").await == Some(0.0)
-        })
-        .await;
+        let connected = n
+            .fleet_degraded_becomes(false, Duration::from_secs(10))
+            .await;
         assert!(connected, "node did not connect to Redis:\n{}", n.log());
     }
     (a, b)
@@ -208,12 +191,12 @@ async fn a_ttl_expires_fleet_wide_and_once() {
     assert_eq!(r.status(), 200);
     assert!(
         wait_until(Duration::from_secs(2), || async {
-            active(&b, "registration_closed").await
+            b.flag_active("registration_closed").await
         })
         .await
     );
     let expired = wait_until(Duration::from_secs(6), || async {
-        !active(&a, "registration_closed").await && !active(&b, "registration_closed").await
+        !a.flag_active("registration_closed").await && !b.flag_active("registration_closed").await
     })
     .await;
     assert!(expired, "the flag did not expire on both nodes");
@@ -284,7 +267,7 @@ async fn with_redis_down_failure_modes_apply_flags_stay_and_nodes_resync_after()
     );
     assert!(
         wait_until(Duration::from_secs(2), || async {
-            active(&b, "registration_closed").await
+            b.flag_active("registration_closed").await
         })
         .await
     );

@@ -10,7 +10,7 @@ use rampart_testkit::redis::RedisServer;
 use rampart_testkit::relay::Relay;
 use rampart_testkit::{wait_until, ConfigBuilder, MockOrigin, Rampart};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -95,10 +95,9 @@ block = [{{ routes = ["chat"], status = 403, message = "closed" }}]
 
 async fn node(origin: &MockOrigin, redis_url: &str, name: &str) -> Rampart {
     let n = Rampart::start(bin(), &config(origin, redis_url, name)).await;
-    let connected = wait_until(Duration::from_secs(10), || async {
-        n.metric("rampart_fleet_degraded").await == Some(0.0)
-    })
-    .await;
+    let connected = n
+        .fleet_degraded_becomes(false, Duration::from_secs(10))
+        .await;
     assert!(connected, "node did not connect to Redis:\n{}", n.log());
     n
 }
@@ -129,22 +128,6 @@ async fn change(r: &Rampart, method: Method, flag: &str) -> u16 {
         .unwrap()
         .status()
         .as_u16()
-}
-
-async fn active(r: &Rampart, flag: &str) -> bool {
-    let v: Value = r
-        .admin_request(Method::GET, "/lockdown")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|f| f["name"] == flag && f["active"] == true)
 }
 
 fn audit(r: &Rampart) -> String {
@@ -186,7 +169,7 @@ async fn a_flag_change_refused_while_redis_is_frozen_never_lands_later() {
     assert_eq!(change(&a, Method::PUT, "chat_closed").await, 200);
     assert!(
         wait_until(Duration::from_secs(2), || async {
-            active(&b, "chat_closed").await
+            b.flag_active("chat_closed").await
         })
         .await
     );
@@ -199,8 +182,8 @@ async fn a_flag_change_refused_while_redis_is_frozen_never_lands_later() {
         resyncs(n, 3.0).await;
     }
     for n in [&a, &b] {
-        assert!(!active(n, "registration_closed").await, "{}", audit(n));
-        assert!(active(n, "chat_closed").await, "{}", audit(n));
+        assert!(!n.flag_active("registration_closed").await, "{}", audit(n));
+        assert!(n.flag_active("chat_closed").await, "{}", audit(n));
         assert_eq!(status(n, "/register").await, 200);
         assert_eq!(status(n, "/chat").await, 403);
         assert_eq!(audited(n, "enable", "registration_closed"), 0);
@@ -227,7 +210,7 @@ async fn redis_restarted_empty_never_lifts_an_enforced_flag() {
     assert_eq!(change(&a, Method::PUT, "registration_closed").await, 200);
     assert!(
         wait_until(Duration::from_secs(2), || async {
-            active(&b, "registration_closed").await
+            b.flag_active("registration_closed").await
         })
         .await
     );
@@ -243,7 +226,7 @@ async fn redis_restarted_empty_never_lifts_an_enforced_flag() {
         resyncs(n, 2.0).await;
     }
     for n in [&a, &b] {
-        assert!(active(n, "registration_closed").await, "{}", audit(n));
+        assert!(n.flag_active("registration_closed").await, "{}", audit(n));
         assert_eq!(status(n, "/register").await, 403);
         assert_eq!(audited(n, "fleet_disable", "registration_closed"), 0);
         let state = std::fs::read_to_string(n.dir().join("state/lockdown.json")).unwrap();
@@ -262,7 +245,7 @@ async fn redis_restarted_empty_never_lifts_an_enforced_flag() {
     assert_eq!(change(&b, Method::DELETE, "registration_closed").await, 200);
     assert!(
         wait_until(Duration::from_secs(2), || async {
-            !active(&a, "registration_closed").await
+            !a.flag_active("registration_closed").await
         })
         .await
     );
@@ -296,11 +279,7 @@ async fn with_redis_refusing_connections_requests_take_the_failure_mode_at_once(
     let origin = MockOrigin::start("o").await;
     let a = node(&origin, &redis.url(), "node-a").await;
     redis.kill();
-    let degraded = wait_until(Duration::from_secs(5), || async {
-        a.metric("rampart_fleet_degraded").await == Some(1.0)
-    })
-    .await;
-    assert!(degraded);
+    assert!(a.fleet_degraded_becomes(true, Duration::from_secs(5)).await);
     let tries = |r: &'static str| format!("rampart_fleet_redis_errors_total{{op=\"{r}\"}}");
     let before = series(&a, &tries("quota")).await;
     let started = Instant::now();
@@ -347,21 +326,20 @@ async fn a_node_cut_off_from_redis_records_no_second_expire() {
     assert_eq!(r.status(), 200);
     assert!(
         wait_until(Duration::from_secs(2), || async {
-            active(&b, "registration_closed").await
+            b.flag_active("registration_closed").await
         })
         .await
     );
     relay.cut();
     let off = wait_until(Duration::from_secs(8), || async {
-        !active(&a, "registration_closed").await && !active(&b, "registration_closed").await
+        !a.flag_active("registration_closed").await && !b.flag_active("registration_closed").await
     })
     .await;
     assert!(off, "the TTL did not end the flag on both nodes");
     relay.restore();
-    let back = wait_until(Duration::from_secs(10), || async {
-        b.metric("rampart_fleet_degraded").await == Some(0.0)
-    })
-    .await;
+    let back = b
+        .fleet_degraded_becomes(false, Duration::from_secs(10))
+        .await;
     assert!(back, "node B did not reconnect:\n{}", b.log());
     resyncs(&b, 2.0).await;
     let expires =
@@ -373,7 +351,7 @@ async fn a_node_cut_off_from_redis_records_no_second_expire() {
         "{}",
         audit(&b)
     );
-    assert!(!active(&b, "registration_closed").await);
+    assert!(!b.flag_active("registration_closed").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,11 +364,7 @@ async fn fleet_failure_local_admits_at_most_its_documented_bound() {
     ];
     redis.kill();
     for n in &nodes {
-        let degraded = wait_until(Duration::from_secs(5), || async {
-            n.metric("rampart_fleet_degraded").await == Some(1.0)
-        })
-        .await;
-        assert!(degraded);
+        assert!(n.fleet_degraded_becomes(true, Duration::from_secs(5)).await);
     }
     let window = Duration::from_secs(3);
     let started = Instant::now();

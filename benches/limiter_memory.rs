@@ -34,6 +34,8 @@ fn rule(max_keys: u32) -> RateRule<DefaultClock> {
             shadow: false,
             only_with_flag: None,
             scope: rampart_config::LimitScope::Local,
+            clients: Default::default(),
+            ban: None,
         },
         DefaultClock::default(),
     )

@@ -175,6 +175,8 @@ fn limit_config(max_keys: u32) -> LimitConfig {
         shadow: false,
         only_with_flag: None,
         scope: rampart_config::LimitScope::Local,
+        clients: Default::default(),
+        ban: None,
     }
 }
 

@@ -226,6 +226,12 @@ pub struct FileAccess {
     pub asns: Option<Vec<i64>>,
     /// ISO 3166-1 alpha-2 country codes.
     pub countries: Option<Vec<String>>,
+    /// Matches clients outside these networks.
+    pub not_cidrs: Option<Vec<String>>,
+    /// Matches clients outside these autonomous systems.
+    pub not_asns: Option<Vec<i64>>,
+    /// Matches clients outside these countries.
+    pub not_countries: Option<Vec<String>>,
     /// Routes the rule applies to; all when absent.
     pub routes: Option<Vec<String>>,
 }
@@ -271,6 +277,41 @@ pub struct FileLimit {
     pub fleet_failure: Option<String>,
     /// Share of the budget the local fallback gets (0 < share <= 1).
     pub fleet_local_share: Option<f64>,
+    /// Applies only to clients in these networks.
+    pub cidrs: Option<Vec<String>>,
+    /// Applies only to clients in these autonomous systems.
+    pub asns: Option<Vec<i64>>,
+    /// Applies only to clients in these countries.
+    pub countries: Option<Vec<String>>,
+    /// Applies only to clients outside these networks.
+    pub not_cidrs: Option<Vec<String>>,
+    /// Applies only to clients outside these autonomous systems.
+    pub not_asns: Option<Vec<i64>>,
+    /// Applies only to clients outside these countries.
+    pub not_countries: Option<Vec<String>>,
+    /// The penalty box: ban keys that keep being refused.
+    pub ban: Option<FileBan>,
+}
+
+/// `ban = { ... }` of a `[[limits]]` rule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBan {
+    /// Refusals within `within` that ban the key.
+    pub after: Option<i64>,
+    /// The window the refusals are counted in.
+    pub within: Option<String>,
+    /// The first ban's length.
+    #[serde(rename = "for")]
+    pub duration: Option<String>,
+    /// Each repeat ban within `memory` lasts this many times the last one.
+    pub increment: Option<f64>,
+    /// The longest ban.
+    pub max: Option<String>,
+    /// How long a ban is remembered for the increment.
+    pub memory: Option<String>,
+    /// Most keys tracked (offenders and bans).
+    pub max_keys: Option<i64>,
 }
 
 /// `[[concurrency]]`

@@ -420,12 +420,8 @@ pub struct AccessRuleConfig {
     pub name: String,
     /// What a match does.
     pub action: AccessAction,
-    /// Networks, host bits clear.
-    pub cidrs: Vec<IpNet>,
-    /// Autonomous system numbers.
-    pub asns: Vec<u32>,
-    /// Upper-case ISO 3166-1 alpha-2 codes.
-    pub countries: Vec<String>,
+    /// The clients it matches.
+    pub clients: ClientCondition,
     /// Route indices it applies to; all routes when `None`.
     pub routes: Option<Vec<usize>>,
 }
@@ -517,7 +513,66 @@ pub struct LimitConfig {
     pub only_with_flag: Option<usize>,
     /// Local or fleet-wide.
     pub scope: LimitScope,
+    /// The clients it applies to.
+    pub clients: ClientCondition,
+    /// The penalty box, if any.
+    pub ban: Option<BanConfig>,
 }
+
+/// Which clients a rule concerns, by network, autonomous system and country.
+///
+/// A client matches when it is in one of the positive lists (any of `cidrs`,
+/// `asns`, `countries`; every client when all three are empty) and in none of
+/// the `not_*` lists. A client whose country (AS) is unknown is in no country
+/// (AS) list: `not_countries = ["CN"]` matches it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientCondition {
+    /// Networks, host bits clear.
+    pub cidrs: Vec<IpNet>,
+    /// Autonomous system numbers.
+    pub asns: Vec<u32>,
+    /// Upper-case ISO 3166-1 alpha-2 codes.
+    pub countries: Vec<String>,
+    /// Networks excluded.
+    pub not_cidrs: Vec<IpNet>,
+    /// Autonomous systems excluded.
+    pub not_asns: Vec<u32>,
+    /// Countries excluded.
+    pub not_countries: Vec<String>,
+}
+
+impl ClientCondition {
+    /// Whether it matches every client.
+    pub fn is_everyone(&self) -> bool {
+        self == &ClientCondition::default()
+    }
+}
+
+/// The penalty box of a `[[limits]]` rule: a key refused `after` times within
+/// `within` is banned for `duration`; a key banned again within `memory` of its
+/// last ban is banned `increment` times longer, up to `max`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanConfig {
+    /// Refusals that ban.
+    pub after: NonZeroU32,
+    /// The window they are counted in.
+    pub within: Duration,
+    /// The first ban's length.
+    pub duration: Duration,
+    /// Growth factor of repeat bans (at least 1).
+    pub increment: f64,
+    /// The longest ban.
+    pub max: Duration,
+    /// How long past bans count for the increment.
+    pub memory: Duration,
+    /// Most keys tracked (counting refusals or banned).
+    pub max_keys: NonZeroU32,
+}
+
+/// Default `ban.increment`.
+pub const DEFAULT_BAN_INCREMENT: f64 = 2.0;
+/// Default `ban.max_keys`.
+pub const DEFAULT_BAN_MAX_KEYS: u32 = 100_000;
 
 /// `[[concurrency]]`: most requests in flight per key.
 #[derive(Debug, Clone)]

@@ -34,9 +34,10 @@
 //! A rule in shadow mode and a flag in preview never refuse: what they would
 //! have refused becomes an [`Observation`] of the verdict.
 
+use crate::bans::BanTable;
 use crate::body::BodyInput;
-use crate::cidr::CidrSet;
-use crate::geo::{CountryCode, GeoInfo};
+use crate::clients::{ClientMatch, MatchedBy};
+use crate::geo::GeoInfo;
 use crate::limits::{
     ConcurrencyPermit, ConcurrencyRule, KeyFacts, LimitKey, RateRule, RuleOutcome,
 };
@@ -58,31 +59,7 @@ use std::time::Duration;
 struct AccessRule {
     name: Arc<str>,
     action: AccessAction,
-    cidrs: CidrSet,
-    asns: Vec<u32>,
-    countries: Vec<CountryCode>,
-}
-
-/// How an access rule matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AccessMatch {
-    Network,
-    Asn(u32),
-    Country(CountryCode),
-}
-
-impl AccessRule {
-    fn matches(&self, ip: IpAddr, geo: &GeoInfo) -> Option<AccessMatch> {
-        if self.cidrs.contains(ip) {
-            return Some(AccessMatch::Network);
-        }
-        if let Some(asn) = geo.asn.filter(|a| self.asns.binary_search(a).is_ok()) {
-            return Some(AccessMatch::Asn(asn));
-        }
-        geo.country
-            .filter(|c| self.countries.contains(c))
-            .map(AccessMatch::Country)
-    }
+    clients: ClientMatch,
 }
 
 /// Indices of the rules that apply to one route.
@@ -93,6 +70,8 @@ struct RouteRules {
     concurrency: Vec<usize>,
     /// The largest body the route's `key = "body"` limits read.
     body_key_limit: Option<usize>,
+    /// Whether any of its limits has a penalty box.
+    has_bans: bool,
 }
 
 /// The facts about one request that the policy reads. The proxy gathers them;
@@ -278,6 +257,8 @@ pub enum RuleKind {
     FleetLimit,
     /// A `[[concurrency]]` rule.
     Concurrency,
+    /// A limit's penalty box.
+    Ban,
     /// A `key = "body"` limit reading its field.
     BodyKey,
     /// A flag's body rule.
@@ -294,6 +275,7 @@ impl RuleKind {
             RuleKind::Limit => "limit",
             RuleKind::FleetLimit => "fleet_limit",
             RuleKind::Concurrency => "concurrency",
+            RuleKind::Ban => "ban",
             RuleKind::BodyKey => "body_key",
             RuleKind::BodyRule => "body_rule",
         }
@@ -355,6 +337,11 @@ pub struct Policy<C: Clock + Clone = DefaultClock> {
     access: Vec<AccessRule>,
     limits: Vec<Arc<RateRule<C>>>,
     limit_names: Vec<Arc<str>>,
+    /// The clients each limit applies to; `None`: everyone.
+    limit_clients: Vec<Option<ClientMatch>>,
+    /// The penalty box of each limit that has one. Kept across reloads while
+    /// the rule's name, key and ban settings are unchanged.
+    bans: Vec<Option<Arc<BanTable<C>>>>,
     /// For fleet rules whose failure mode is `local`: the local bucket at the
     /// configured share of the budget, used while Redis is unreachable. Kept
     /// across reloads like the other buckets, capped and swept like them.
@@ -423,20 +410,10 @@ impl<C: Clock + Clone> Policy<C> {
         let access = config
             .access
             .iter()
-            .map(|a| {
-                let mut asns = a.asns.clone();
-                asns.sort_unstable();
-                AccessRule {
-                    name: a.name.as_str().into(),
-                    action: a.action,
-                    cidrs: CidrSet::new(&a.cidrs),
-                    asns,
-                    countries: a
-                        .countries
-                        .iter()
-                        .filter_map(|c| CountryCode::parse(c))
-                        .collect(),
-                }
+            .map(|a| AccessRule {
+                name: a.name.as_str().into(),
+                action: a.action,
+                clients: ClientMatch::new(&a.clients),
             })
             .collect();
         let keep = |rules: Option<&[Arc<RateRule<C>>]>, l: &LimitConfig| {
@@ -462,6 +439,25 @@ impl<C: Clock + Clone> Policy<C> {
             .map(|l| {
                 let local = fallback_config(l)?;
                 Some(keep(previous_fallbacks.as_deref(), &local))
+            })
+            .collect();
+        let bans = config
+            .limits
+            .iter()
+            .map(|l| {
+                let ban = l.ban.as_ref()?;
+                let kept = previous.and_then(|p| {
+                    p.limits
+                        .iter()
+                        .zip(&p.bans)
+                        .find(|(r, b)| {
+                            r.config.name == l.name
+                                && r.config.key == l.key
+                                && b.as_ref().is_some_and(|b| b.config == *ban)
+                        })
+                        .and_then(|(_, b)| b.clone())
+                });
+                Some(kept.unwrap_or_else(|| Arc::new(BanTable::new(ban.clone(), clock.clone()))))
             })
             .collect();
         let concurrency = config
@@ -497,6 +493,7 @@ impl<C: Clock + Clone> Policy<C> {
                             _ => None,
                         })
                         .max(),
+                    has_bans: limits.iter().any(|&i| config.limits[i].ban.is_some()),
                     limits,
                     concurrency: (0..config.concurrency.len())
                         .filter(|&i| applies(&config.concurrency[i].routes, route))
@@ -517,6 +514,12 @@ impl<C: Clock + Clone> Policy<C> {
                 .limits
                 .iter()
                 .map(|l| l.name.as_str().into())
+                .collect(),
+            bans,
+            limit_clients: config
+                .limits
+                .iter()
+                .map(|l| (!l.clients.is_everyone()).then(|| ClientMatch::new(&l.clients)))
                 .collect(),
             limits,
             concurrency_names: config
@@ -632,6 +635,17 @@ impl<C: Clock + Clone> Policy<C> {
         &self.fleet_fallback
     }
 
+    /// The penalty boxes, indexed like the rate rules.
+    pub fn ban_tables(&self) -> &[Option<Arc<BanTable<C>>>] {
+        &self.bans
+    }
+
+    /// The penalty box of the rule called `name`, with the rule's key kind.
+    pub fn ban_table(&self, name: &str) -> Option<(&Arc<BanTable<C>>, &KeyKind)> {
+        let i = self.limits.iter().position(|r| r.config.name == name)?;
+        Some((self.bans.get(i)?.as_ref()?, &self.limits[i].config.key))
+    }
+
     /// Concurrency rules, in config order.
     pub fn concurrency_rules(&self) -> &[Arc<ConcurrencyRule>] {
         &self.concurrency
@@ -649,6 +663,9 @@ impl<C: Clock + Clone> Policy<C> {
                     .flatten()
                     .map(|r| (format!("{} (fallback)", r.config.name), r.sweep())),
             )
+            .chain(self.limits.iter().zip(&self.bans).filter_map(|(r, b)| {
+                Some((format!("{} (bans)", r.config.name), b.as_ref()?.sweep()))
+            }))
             .collect()
     }
 }
@@ -826,6 +843,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             match &check.enforcement {
                 Enforcement::Enforce => {
                     self.refusal = self.policy.rate_limited(check.rule, check.cost, wait);
+                    self.strike(check.rule, check.key);
                 }
                 Enforcement::Shadow => self.observations.push(Observation::Shadow {
                     rule: self.policy.limit_names[check.rule].clone(),
@@ -919,7 +937,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             let matched = if self.allowed_by.is_some() {
                 None
             } else {
-                rule.matches(facts.ip, &facts.geo)
+                rule.clients.matches(facts.ip, &facts.geo)
             };
             let decided = self.allowed_by.is_some();
             self.note(|| TraceEntry {
@@ -948,9 +966,9 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 AccessAction::Deny => {
                     let name = rule.name.clone();
                     self.refusal = Some(match matched {
-                        AccessMatch::Network => Rejection::DeniedByNetwork { rule: name },
-                        AccessMatch::Asn(asn) => Rejection::DeniedByAsn { rule: name, asn },
-                        AccessMatch::Country(country) => Rejection::DeniedByCountry {
+                        MatchedBy::Network => Rejection::DeniedByNetwork { rule: name },
+                        MatchedBy::Asn(asn) => Rejection::DeniedByAsn { rule: name, asn },
+                        MatchedBy::Country(country) => Rejection::DeniedByCountry {
                             rule: name,
                             country,
                         },
@@ -1143,26 +1161,14 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
         let scale = policy.scale(facts.flags, FlagMode::Enforce).map(|(s, _)| s);
         let preview_scale = policy.scale(facts.flags, FlagMode::Preview);
         let mut preview_scale_hit = false;
+        if rules.has_bans && self.banned(facts) {
+            return;
+        }
         for &i in &rules.limits {
             let rule = &policy.limits[i];
-            let mut enforcement = if rule.config.shadow {
-                Enforcement::Shadow
-            } else {
-                Enforcement::Enforce
+            let Some(enforcement) = self.applicable(facts, i, true) else {
+                continue;
             };
-            if let Some(f) = rule.config.only_with_flag {
-                match mode(facts.flags, f) {
-                    FlagMode::Off => continue,
-                    FlagMode::Preview => {
-                        if let Some(flag) = policy.flags.flags.get(f) {
-                            enforcement = Enforcement::Preview {
-                                flag: flag.name.clone(),
-                            };
-                        }
-                    }
-                    FlagMode::Enforce => {}
-                }
-            }
             if matches!(rule.config.key, KeyKind::Body(_)) && self.body_keys.is_empty() {
                 // Dry run without a body.
                 self.note(|| TraceEntry {
@@ -1244,6 +1250,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 }),
                 Enforcement::Enforce => {
                     self.refusal = policy.rate_limited(i, cost.get(), retry_after);
+                    self.strike(i, key);
                     return;
                 }
             }
@@ -1297,6 +1304,111 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 });
                 return;
             }
+        }
+    }
+
+    /// How limit `i` applies to this request: `None` when it does not (its
+    /// flag is off, or the client is outside its networks, ASNs or countries).
+    fn applicable(
+        &mut self,
+        facts: &RequestFacts<'_>,
+        i: usize,
+        trace: bool,
+    ) -> Option<Enforcement> {
+        let policy = self.policy;
+        let rule = policy.limits.get(i)?;
+        let mut enforcement = if rule.config.shadow {
+            Enforcement::Shadow
+        } else {
+            Enforcement::Enforce
+        };
+        if let Some(f) = rule.config.only_with_flag {
+            match mode(facts.flags, f) {
+                FlagMode::Off => return None,
+                FlagMode::Preview => {
+                    if let Some(flag) = policy.flags.flags.get(f) {
+                        enforcement = Enforcement::Preview {
+                            flag: flag.name.clone(),
+                        };
+                    }
+                }
+                FlagMode::Enforce => {}
+            }
+        }
+        if let Some(Some(clients)) = policy.limit_clients.get(i) {
+            if clients.matches(facts.ip, &facts.geo).is_none() {
+                if trace {
+                    self.note(|| TraceEntry {
+                        kind: RuleKind::Limit,
+                        name: rule.config.name.as_str().into(),
+                        key: String::new(),
+                        detail: "does not apply to this client (its networks, ASNs or countries)"
+                            .into(),
+                        outcome: TraceOutcome::NoMatch,
+                        shadow: rule.config.shadow,
+                    });
+                }
+                return None;
+            }
+        }
+        Some(enforcement)
+    }
+
+    /// The penalty boxes, before any bucket is charged: refuses the request
+    /// when an enforced rule that applies holds its key banned.
+    fn banned(&mut self, facts: &RequestFacts<'_>) -> bool {
+        let policy = self.policy;
+        for &i in &policy.rules_for(self.route).limits {
+            let Some(Some(table)) = policy.bans.get(i) else {
+                continue;
+            };
+            if self.applicable(facts, i, false) != Some(Enforcement::Enforce) {
+                continue;
+            }
+            let rule = &policy.limits[i];
+            if matches!(rule.config.key, KeyKind::Body(_)) && self.body_keys.is_empty() {
+                continue;
+            }
+            let key = rule.key(&self.key_facts(facts, &rule.config.key, i));
+            let remaining = table.banned(&key);
+            self.note(|| TraceEntry {
+                kind: RuleKind::Ban,
+                name: rule.config.name.as_str().into(),
+                key: describe_key(&key),
+                detail: match remaining {
+                    Some(r) => format!("banned for {} more s", retry_after_secs(r)),
+                    None => format!(
+                        "not banned ({} refusals within {} s ban)",
+                        table.config.after,
+                        table.config.within.as_secs()
+                    ),
+                },
+                outcome: if remaining.is_some() {
+                    TraceOutcome::Refused
+                } else {
+                    TraceOutcome::Passed
+                },
+                shadow: false,
+            });
+            if let Some(remaining) = remaining {
+                self.refusal = Some(Rejection::Banned {
+                    rule: policy.limit_names[i].clone(),
+                    retry_after: retry_after_secs(remaining),
+                });
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Counts a refusal by limit `rule` of `key` in its penalty box (real
+    /// requests only).
+    fn strike(&self, rule: usize, key: LimitKey) {
+        if self.charging != Charging::Charge {
+            return;
+        }
+        if let Some(Some(table)) = self.policy.bans.get(rule) {
+            table.strike(key);
         }
     }
 
@@ -2173,5 +2285,167 @@ shadow = true
         // Missing answers count as Redis not answering: `f-closed` refuses.
         let (verdict, _) = p.run(&facts, Charging::Charge, None, |_| Vec::new());
         assert_eq!(verdict.refusal.unwrap().rule(), Some("f-closed"));
+    }
+}
+
+#[cfg(test)]
+mod ban_and_scope_tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+[geoip]
+asn_db = "/nonexistent/asn.mmdb"
+[pools.web]
+servers = ["127.0.0.1:9000"]
+[[routes]]
+name = "login"
+path_prefix = "/login"
+pool = "web"
+[[limits]]
+name = "hosting"
+key = "asn"
+rate = "2/min"
+burst = 2
+not_asns = [4134]
+ban = { after = 3, within = "1m", for = "30s", increment = 2.0, max = "2m" }
+[[limits]]
+name = "everyone-ip"
+key = "ip"
+rate = "100/min"
+burst = 100
+"#;
+
+    fn facts<'a>(ip: &str, asn: u32, headers: &'a HeaderMap) -> RequestFacts<'a> {
+        RequestFacts {
+            ip: ip.parse().unwrap(),
+            geo: GeoInfo {
+                country: None,
+                asn: Some(asn),
+            },
+            host: None,
+            path: "/login",
+            query: None,
+            method: "POST",
+            headers,
+            flags: &[],
+        }
+    }
+
+    fn decide(p: &Policy<FakeRelativeClock>, ip: &str, asn: u32, charging: Charging) -> Verdict {
+        let headers = HeaderMap::new();
+        p.run(&facts(ip, asn, &headers), charging, None, |_| Vec::new())
+            .0
+    }
+
+    #[test]
+    fn limits_scoped_to_networks_spare_the_excluded_ones() {
+        let clock = FakeRelativeClock::default();
+        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        let p = Policy::new(&config, clock, None);
+        // The carrier AS 4134 is outside the hosting rule: 50 requests pass.
+        for _ in 0..50 {
+            assert!(decide(&p, "10.0.0.1", 4134, Charging::Charge)
+                .refusal
+                .is_none());
+        }
+        // A hosting AS gets 2.
+        assert!(decide(&p, "10.0.0.2", 64500, Charging::Charge)
+            .refusal
+            .is_none());
+        assert!(decide(&p, "10.0.0.3", 64500, Charging::Charge)
+            .refusal
+            .is_none());
+        let r = decide(&p, "10.0.0.4", 64500, Charging::Charge)
+            .refusal
+            .unwrap();
+        assert_eq!(r.rule(), Some("hosting"));
+    }
+
+    #[test]
+    fn a_key_refused_often_is_banned_before_any_bucket_is_charged() {
+        let clock = FakeRelativeClock::default();
+        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        let p = Policy::new(&config, clock.clone(), None);
+        for _ in 0..2 {
+            assert!(decide(&p, "10.0.0.1", 64500, Charging::Charge)
+                .refusal
+                .is_none());
+        }
+        // Refused three times by the bucket: the third bans AS64500.
+        for _ in 0..3 {
+            assert_eq!(
+                decide(&p, "10.0.0.1", 64500, Charging::Charge).label(),
+                "rate_limited"
+            );
+        }
+        let everyone = &p.rate_rules()[1];
+        let ip_key = LimitKey::Ip("10.0.0.9".parse().unwrap());
+        // Explain says banned too, and charges nothing.
+        assert_eq!(
+            decide(&p, "10.0.0.9", 64500, Charging::DryRun).label(),
+            "banned"
+        );
+        let banned = decide(&p, "10.0.0.9", 64500, Charging::Charge)
+            .refusal
+            .unwrap();
+        assert_eq!(
+            banned,
+            Rejection::Banned {
+                rule: "hosting".into(),
+                retry_after: 30
+            }
+        );
+        assert_eq!(banned.status(), 429);
+        assert_eq!(banned.retry_after(), Some(30));
+        // No bucket was charged for the banned request.
+        assert!(!everyone.peek(&ip_key).tracked);
+        // After the ban, the bucket decides again (one token refilled meanwhile).
+        clock.advance(Duration::from_secs(30));
+        assert!(decide(&p, "10.0.0.9", 64500, Charging::Charge)
+            .refusal
+            .is_none());
+        // A repeat offender's second ban is twice as long.
+        for _ in 0..3 {
+            decide(&p, "10.0.0.9", 64500, Charging::Charge);
+        }
+        assert_eq!(
+            decide(&p, "10.0.0.9", 64500, Charging::Charge)
+                .refusal
+                .unwrap()
+                .retry_after(),
+            Some(60)
+        );
+        let (table, _) = p.ban_table("hosting").unwrap();
+        assert_eq!(table.bans_total(), 2);
+        assert_eq!(table.active(5)[0].key, LimitKey::Asn(64500));
+    }
+
+    #[test]
+    fn dry_runs_never_ban_and_bans_survive_a_reload() {
+        let clock = FakeRelativeClock::default();
+        let config = rampart_config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        let p = Policy::new(&config, clock.clone(), None);
+        for _ in 0..2 {
+            decide(&p, "10.0.0.1", 64500, Charging::Charge);
+        }
+        for _ in 0..20 {
+            assert_eq!(
+                decide(&p, "10.0.0.1", 64500, Charging::DryRun).label(),
+                "rate_limited"
+            );
+        }
+        assert_eq!(p.ban_table("hosting").unwrap().0.bans_total(), 0);
+        for _ in 0..3 {
+            decide(&p, "10.0.0.1", 64500, Charging::Charge);
+        }
+        let next = Policy::new(&config, clock, Some(&p));
+        assert_eq!(
+            decide(&next, "10.0.0.1", 64500, Charging::Charge).label(),
+            "banned"
+        );
     }
 }

@@ -2,10 +2,12 @@
 //! config to a decision. Nothing here does I/O on the request path or imports
 //! Pingora, so every rule is testable with plain values and a fake clock.
 
+pub mod bans;
 pub mod body;
 pub mod canonical;
 pub mod cidr;
 pub mod client_ip;
+pub mod clients;
 pub mod engine;
 pub mod geo;
 pub mod limits;

@@ -597,6 +597,8 @@ mod tests {
             shadow: false,
             only_with_flag: None,
             scope: rampart_config::LimitScope::Local,
+            clients: Default::default(),
+            ban: None,
         };
         (RateRule::new(config, clock.clone()), clock)
     }

@@ -63,6 +63,13 @@ pub enum Rejection {
         /// The rate's period in seconds (at least 1).
         window: u64,
     },
+    /// A `[[limits]]` rule's penalty box holds the client's key.
+    Banned {
+        /// Rule name.
+        rule: Arc<str>,
+        /// Whole seconds until the ban ends, at least 1.
+        retry_after: u64,
+    },
     /// A `[[concurrency]]` cap is reached.
     TooManyInFlight {
         /// Rule name.
@@ -142,7 +149,9 @@ impl Rejection {
             | Rejection::DeniedByCountry { .. }
             | Rejection::UnknownCountry
             | Rejection::UnknownAsn => 403,
-            Rejection::RateLimited { .. } | Rejection::TooManyInFlight { .. } => 429,
+            Rejection::RateLimited { .. }
+            | Rejection::TooManyInFlight { .. }
+            | Rejection::Banned { .. } => 429,
             Rejection::Maintenance { .. } => 503,
             Rejection::LockedDown { status, .. } | Rejection::BodyRefused { status, .. } => *status,
             Rejection::SessionRequired { .. } | Rejection::RestrictedByFlag { .. } => 403,
@@ -161,6 +170,7 @@ impl Rejection {
             | Rejection::DeniedByAsn { rule, .. }
             | Rejection::DeniedByCountry { rule, .. }
             | Rejection::RateLimited { rule, .. }
+            | Rejection::Banned { rule, .. }
             | Rejection::TooManyInFlight { rule } => Some(rule),
             Rejection::Maintenance { flag, .. }
             | Rejection::LockedDown { flag, .. }
@@ -209,6 +219,7 @@ impl Rejection {
             Rejection::UnknownAsn => "unknown_asn",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::TooManyInFlight { .. } => "too_many_in_flight",
+            Rejection::Banned { .. } => "banned",
             Rejection::Maintenance { .. } => "maintenance",
             Rejection::LockedDown { .. } => "locked_down",
             Rejection::SessionRequired { .. } => "session_required",
@@ -236,6 +247,7 @@ impl Rejection {
             | Rejection::UnknownAsn => "Forbidden",
             Rejection::RateLimited { .. } => "Too many requests",
             Rejection::TooManyInFlight { .. } => "Too many requests in flight",
+            Rejection::Banned { .. } => "Too many refused requests",
             Rejection::Maintenance { .. } => "Down for maintenance",
             Rejection::LockedDown { .. } => "Temporarily closed",
             Rejection::SessionRequired { .. } => "Existing sessions only",
@@ -284,6 +296,10 @@ impl Rejection {
             Rejection::TooManyInFlight { .. } => {
                 "Too many of your requests are in progress; wait for one to finish.".into()
             }
+            Rejection::Banned { retry_after, .. } => format!(
+                "Too many of your requests were refused; requests are not accepted for {retry_after} s."
+            )
+            .into(),
             Rejection::Maintenance { message, .. } | Rejection::LockedDown { message, .. } => {
                 Cow::Borrowed(message)
             }
@@ -313,7 +329,9 @@ impl Rejection {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Rejection::NoHealthyUpstream { .. } => Some(5),
-            Rejection::RateLimited { retry_after, .. } => Some(*retry_after),
+            Rejection::RateLimited { retry_after, .. } | Rejection::Banned { retry_after, .. } => {
+                Some(*retry_after)
+            }
             Rejection::TooManyInFlight { .. } => Some(1),
             Rejection::Maintenance { retry_after, .. } => Some(*retry_after),
             _ => None,

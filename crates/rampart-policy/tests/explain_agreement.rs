@@ -1,9 +1,10 @@
 //! `explain` is the real decision with charging switched off: over a generated
 //! table of requests × active flags × rules (maintenance, login_only, route
 //! blocks, restrictions, sessions, body rules, body keys, unknown country, local
-//! limits with limit_scale, shadow rules, in-flight caps, fleet rules in each
-//! failure mode and each Redis answer), a dry run first and then the real
-//! decision, on the same state, must give the same verdict on every row.
+//! limits with limit_scale, limits scoped to countries, penalty boxes, shadow
+//! rules, in-flight caps, fleet rules in each failure mode and each Redis
+//! answer), a dry run first and then the real decision, on the same state,
+//! must give the same verdict on every row.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use governor::clock::FakeRelativeClock;
@@ -54,6 +55,14 @@ key = "ip"
 rate = "3/min"
 burst = 3
 routes = ["login"]
+ban = { after = 3, within = "1m", for = "30s" }
+[[limits]]
+name = "chat-foreign"
+key = "ip"
+rate = "2/min"
+burst = 2
+routes = ["chat"]
+not_countries = ["DE"]
 [[limits]]
 name = "login-account"
 key = "body"
@@ -370,6 +379,7 @@ fn explain_and_the_real_decision_agree_on_every_row() {
         "restricted_by_flag",
         "body_refused",
         "rate_limited",
+        "banned",
         "too_many_in_flight",
         "denied_network",
         "unknown_country",

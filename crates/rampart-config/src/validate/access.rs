@@ -34,21 +34,56 @@ impl Validator {
                 AccessAction::Deny
             }
         };
-        let given = raw.cidrs.as_ref().is_some_and(|v| !v.is_empty())
-            || raw.asns.as_ref().is_some_and(|v| !v.is_empty())
-            || raw.countries.as_ref().is_some_and(|v| !v.is_empty());
-        let (cidrs, asns, countries) =
-            self.client_lists(&key, raw.cidrs, raw.asns, raw.countries, geoip);
-        if !given {
-            self.issue(&key, "matches nothing: give cidrs, asns or countries");
+        let clients = self.client_condition(
+            &key,
+            ClientLists {
+                cidrs: raw.cidrs,
+                asns: raw.asns,
+                countries: raw.countries,
+                not_cidrs: raw.not_cidrs,
+                not_asns: raw.not_asns,
+                not_countries: raw.not_countries,
+            },
+            geoip,
+        );
+        if clients.is_everyone() {
+            self.issue(
+                &key,
+                "matches nothing: give cidrs, asns or countries (or not_cidrs, not_asns, not_countries)",
+            );
         }
         AccessRuleConfig {
             routes: self.route_refs(&key, raw.routes, routes),
             name,
             action,
+            clients,
+        }
+    }
+
+    /// The client condition of a rule (`access`, `limits`): positive and
+    /// negated network, AS and country lists.
+    pub(super) fn client_condition(
+        &mut self,
+        key: &str,
+        lists: ClientLists,
+        geoip: &GeoipConfig,
+    ) -> ClientCondition {
+        let (cidrs, asns, countries) =
+            self.client_lists(key, lists.cidrs, lists.asns, lists.countries, geoip);
+        let (not_cidrs, not_asns, not_countries) = self.client_lists(
+            key,
+            lists.not_cidrs,
+            lists.not_asns,
+            lists.not_countries,
+            geoip,
+        );
+        ClientCondition {
             cidrs,
             asns,
             countries,
+            not_cidrs,
+            not_asns,
+            not_countries,
         }
     }
 
@@ -96,6 +131,16 @@ impl Validator {
         }
         (nets, numbers, codes)
     }
+}
+
+/// The client lists of a rule as written in the file.
+pub(super) struct ClientLists {
+    pub cidrs: Option<Vec<String>>,
+    pub asns: Option<Vec<i64>>,
+    pub countries: Option<Vec<String>>,
+    pub not_cidrs: Option<Vec<String>>,
+    pub not_asns: Option<Vec<i64>>,
+    pub not_countries: Option<Vec<String>>,
 }
 
 /// `"cn"` becomes `"CN"`; anything but two ASCII letters is refused.

@@ -225,7 +225,22 @@ impl Validator {
                 LimitScope::Local
             }
         };
+        let clients = self.client_condition(
+            &key,
+            super::access::ClientLists {
+                cidrs: raw.cidrs,
+                asns: raw.asns,
+                countries: raw.countries,
+                not_cidrs: raw.not_cidrs,
+                not_asns: raw.not_asns,
+                not_countries: raw.not_countries,
+            },
+            geoip,
+        );
+        let ban = raw.ban.map(|b| self.ban(&key, b));
         LimitConfig {
+            clients,
+            ban,
             scope,
             only_with_flag,
             max_keys: self.count(&format!("{key}.max_keys"), raw.max_keys, DEFAULT_MAX_KEYS),
@@ -236,6 +251,79 @@ impl Validator {
             rate,
             burst,
             cost,
+        }
+    }
+
+    /// `ban = { after, within, for, increment, max, memory, max_keys }`.
+    fn ban(&mut self, key: &str, raw: file::FileBan) -> BanConfig {
+        let key = format!("{key}.ban");
+        if raw.after.is_none() {
+            self.issue(
+                format!("{key}.after"),
+                "is required (refusals that ban the key)",
+            );
+        }
+        let after = self.count(&format!("{key}.after"), raw.after, 10);
+        let within = match raw.within.as_deref() {
+            None => {
+                self.issue(format!("{key}.within"), "is required (e.g. \"10s\")");
+                Duration::from_secs(10)
+            }
+            Some(t) => {
+                self.nonzero_duration(&format!("{key}.within"), Some(t), Duration::from_secs(10))
+            }
+        };
+        let duration = match raw.duration.as_deref() {
+            None => {
+                self.issue(
+                    format!("{key}.for"),
+                    "is required (the first ban's length, e.g. \"1m\")",
+                );
+                Duration::from_secs(60)
+            }
+            Some(t) => {
+                self.nonzero_duration(&format!("{key}.for"), Some(t), Duration::from_secs(60))
+            }
+        };
+        let increment = raw.increment.unwrap_or(DEFAULT_BAN_INCREMENT);
+        if !(1.0..=100.0).contains(&increment) {
+            self.issue(
+                format!("{key}.increment"),
+                format!("must be from 1 to 100, got {increment}"),
+            );
+        }
+        let max = self.nonzero_duration(
+            &format!("{key}.max"),
+            raw.max.as_deref(),
+            duration.max(Duration::from_secs(3600)),
+        );
+        if max < duration {
+            self.issue(
+                format!("{key}.max"),
+                format!(
+                    "{} s is shorter than the first ban ({} s)",
+                    max.as_secs(),
+                    duration.as_secs()
+                ),
+            );
+        }
+        let memory = self.nonzero_duration(
+            &format!("{key}.memory"),
+            raw.memory.as_deref(),
+            Duration::from_secs(24 * 3600),
+        );
+        BanConfig {
+            after,
+            within,
+            duration,
+            increment: increment.clamp(1.0, 100.0),
+            max: max.max(duration),
+            memory,
+            max_keys: self.count(
+                &format!("{key}.max_keys"),
+                raw.max_keys,
+                DEFAULT_BAN_MAX_KEYS,
+            ),
         }
     }
 

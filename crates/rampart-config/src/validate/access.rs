@@ -34,6 +34,17 @@ impl Validator {
                 AccessAction::Deny
             }
         };
+        let given = [
+            &raw.cidrs,
+            &raw.countries,
+            &raw.not_cidrs,
+            &raw.not_countries,
+        ]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()))
+            || [&raw.asns, &raw.not_asns]
+                .iter()
+                .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
         let clients = self.client_condition(
             &key,
             ClientLists {
@@ -46,7 +57,7 @@ impl Validator {
             },
             geoip,
         );
-        if clients.is_everyone() {
+        if !given {
             self.issue(
                 &key,
                 "matches nothing: give cidrs, asns or countries (or not_cidrs, not_asns, not_countries)",
@@ -70,8 +81,9 @@ impl Validator {
     ) -> ClientCondition {
         let (cidrs, asns, countries) =
             self.client_lists(key, lists.cidrs, lists.asns, lists.countries, geoip);
-        let (not_cidrs, not_asns, not_countries) = self.client_lists(
+        let (not_cidrs, not_asns, not_countries) = self.named_client_lists(
             key,
+            "not_",
             lists.not_cidrs,
             lists.not_asns,
             lists.not_countries,
@@ -96,11 +108,25 @@ impl Validator {
         countries: Option<Vec<String>>,
         geoip: &GeoipConfig,
     ) -> (Vec<IpNet>, Vec<u32>, Vec<String>) {
+        self.named_client_lists(key, "", cidrs, asns, countries, geoip)
+    }
+
+    /// [`Validator::client_lists`] for lists whose keys start with `prefix`
+    /// (`not_`).
+    fn named_client_lists(
+        &mut self,
+        key: &str,
+        prefix: &str,
+        cidrs: Option<Vec<String>>,
+        asns: Option<Vec<i64>>,
+        countries: Option<Vec<String>>,
+        geoip: &GeoipConfig,
+    ) -> (Vec<IpNet>, Vec<u32>, Vec<String>) {
         let mut nets = Vec::new();
         for (j, text) in cidrs.unwrap_or_default().iter().enumerate() {
             match parse_cidr(text) {
                 Ok(net) => nets.push(net),
-                Err(e) => self.issue(format!("{key}.cidrs[{j}]"), e),
+                Err(e) => self.issue(format!("{key}.{prefix}cidrs[{j}]"), e),
             }
         }
         let mut numbers = Vec::new();
@@ -108,26 +134,26 @@ impl Validator {
             match u32::try_from(n) {
                 Ok(n) if n > 0 => numbers.push(n),
                 _ => self.issue(
-                    format!("{key}.asns[{j}]"),
+                    format!("{key}.{prefix}asns[{j}]"),
                     format!("{n} is not an AS number"),
                 ),
             }
         }
         if !numbers.is_empty() && geoip.asn_db.is_none() {
-            self.issue(format!("{key}.asns"), "needs geoip.asn_db");
+            self.issue(format!("{key}.{prefix}asns"), "needs geoip.asn_db");
         }
         let mut codes = Vec::new();
         for (j, c) in countries.unwrap_or_default().into_iter().enumerate() {
             match country_code(&c) {
                 Some(c) => codes.push(c),
                 None => self.issue(
-                    format!("{key}.countries[{j}]"),
+                    format!("{key}.{prefix}countries[{j}]"),
                     format!("\"{c}\" is not a two-letter country code (ISO 3166-1 alpha-2, e.g. \"US\")"),
                 ),
             }
         }
         if !codes.is_empty() && geoip.country_db.is_none() {
-            self.issue(format!("{key}.countries"), "needs geoip.country_db");
+            self.issue(format!("{key}.{prefix}countries"), "needs geoip.country_db");
         }
         (nets, numbers, codes)
     }

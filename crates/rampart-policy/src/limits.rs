@@ -58,6 +58,49 @@ pub enum LimitKey {
     Overflow,
 }
 
+impl LimitKey {
+    /// A text form that [`LimitKey::parse_text`] reads back: the address, the
+    /// network, `AS64500`, the country code, `h` and 16 hex digits for a
+    /// hashed value, `all` for a whole route, `overflow`.
+    pub fn text(&self) -> String {
+        match self {
+            LimitKey::Ip(ip) => ip.to_string(),
+            LimitKey::Net(net) => net.to_string(),
+            LimitKey::Asn(n) => format!("AS{n}"),
+            LimitKey::Country(c) => c.to_string(),
+            LimitKey::Hashed(h) => format!("h{h:016x}"),
+            LimitKey::Whole => "all".into(),
+            LimitKey::Overflow => "overflow".into(),
+        }
+    }
+
+    /// Reads [`LimitKey::text`] back (AS numbers in any case).
+    pub fn parse_text(text: &str) -> Option<LimitKey> {
+        let t = text.trim();
+        if let Ok(ip) = t.parse::<IpAddr>() {
+            return Some(LimitKey::Ip(rampart_config::canonical_ip(ip)));
+        }
+        if let Ok(net) = t.parse::<IpNet>() {
+            return Some(LimitKey::Net(net.trunc()));
+        }
+        if let Some(n) = t
+            .get(..2)
+            .filter(|p| p.eq_ignore_ascii_case("as"))
+            .and_then(|_| t[2..].parse::<u32>().ok())
+        {
+            return Some(LimitKey::Asn(n));
+        }
+        if let Some(hex) = t.strip_prefix('h').filter(|h| h.len() == 16) {
+            return u64::from_str_radix(hex, 16).ok().map(LimitKey::Hashed);
+        }
+        match t {
+            "all" => Some(LimitKey::Whole),
+            "overflow" => Some(LimitKey::Overflow),
+            _ => CountryCode::parse(t).map(LimitKey::Country),
+        }
+    }
+}
+
 /// Size in bytes of one tracked key's entry, not counting the map's own overhead
 /// (measured per key in the `limiter` bench).
 pub const ENTRY_SIZE: usize = std::mem::size_of::<(LimitKey, AtomicU64)>();

@@ -15,6 +15,8 @@
 //! | GET | `/lockdown` | every flag with its state, actor, reason, since and expiry |
 //! | PUT | `/lockdown/{flag}` | turn a flag on: `{"reason": "...", "actor": "...", "ttl": "2h", "mode": "enforce"}` |
 //! | DELETE | `/lockdown/{flag}` | turn a flag off (optional body `{"actor": "...", "reason": "..."}`) |
+//! | GET | `/bans` | every active ban: rule, key, remaining seconds, offenses |
+//! | DELETE | `/bans/{rule}?key=KEY` | lift a ban (and its memory of past bans) |
 
 use crate::lockdown::{parse_ttl, Mode};
 use crate::state::{CommandError, FlagError, ReloadError, Shared};
@@ -161,6 +163,12 @@ impl ServeHttp for AdminService {
                     Err(e) => problem(StatusCode::BAD_REQUEST, &e),
                 }
             }
+            (Method::GET, "/bans") => json_reply(StatusCode::OK, self.bans(usize::MAX)),
+            (Method::DELETE, p) if p.starts_with("/bans/") => {
+                let rule = percent_decode(p.trim_start_matches("/bans/"));
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                self.lift(&rule, &query)
+            }
             (method, p) if p.starts_with("/lockdown/") => {
                 let flag = p.trim_start_matches("/lockdown/").to_string();
                 match method {
@@ -172,13 +180,13 @@ impl ServeHttp for AdminService {
                     ),
                 }
             }
-            (_, "/metrics" | "/status" | "/reload" | "/debug/explain" | "/debug/top" | "/lockdown") => problem(
+            (_, "/metrics" | "/status" | "/reload" | "/debug/explain" | "/debug/top" | "/lockdown" | "/bans") => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed on this path",
             ),
             _ => problem(
                 StatusCode::NOT_FOUND,
-                "unknown admin path (known: /healthz, /readyz, /metrics, /status, /reload, /debug/explain, /debug/top, /lockdown)",
+                "unknown admin path (known: /healthz, /readyz, /metrics, /status, /reload, /debug/explain, /debug/top, /lockdown, /bans)",
             ),
         }
     }
@@ -315,7 +323,67 @@ impl AdminService {
             "ips": rows(ips),
             "prefixes": rows(prefixes),
             "asns": rows(asns),
+            "bans": self.bans(n)["bans"],
         })
+    }
+
+    /// Every active ban, longest remaining first, at most `n` per rule.
+    fn bans(&self, n: usize) -> serde_json::Value {
+        let snapshot = self.shared.snapshot();
+        let mut rows = Vec::new();
+        for (rule, table) in snapshot
+            .policy
+            .rate_rules()
+            .iter()
+            .zip(snapshot.policy.ban_tables())
+        {
+            let Some(table) = table else { continue };
+            for ban in table.active(n) {
+                rows.push(json!({
+                    "rule": rule.config.name,
+                    "key": ban.key.text(),
+                    "remaining_seconds": rampart_policy::engine::retry_after_secs(ban.remaining),
+                    "offenses": ban.offenses,
+                }));
+            }
+        }
+        json!({ "bans": rows })
+    }
+
+    /// Lifts one ban: `DELETE /bans/{rule}?key=...`.
+    fn lift(&self, rule: &str, query: &str) -> Response<Vec<u8>> {
+        let key_text = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("key="))
+            .map(percent_decode);
+        let Some(key_text) = key_text else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "give the key: DELETE /bans/{rule}?key=203.0.113.7 (an address, a network, AS64500, a country code, or h<16 hex digits>)",
+            );
+        };
+        let Some(key) = rampart_policy::limits::LimitKey::parse_text(&key_text) else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("\"{key_text}\" is not a key (an address, a network, AS64500, a country code, or h<16 hex digits>)"),
+            );
+        };
+        let snapshot = self.shared.snapshot();
+        let Some((table, _)) = snapshot.policy.ban_table(rule) else {
+            return problem(
+                StatusCode::NOT_FOUND,
+                &format!("no [[limits]] rule \"{rule}\" with a ban"),
+            );
+        };
+        let was_banned = table.lift(&key);
+        log::warn!(
+            "ban of {} by {rule} lifted through the admin API (was banned: {was_banned})",
+            key.text()
+        );
+        json_reply(
+            StatusCode::OK,
+            json!({"rule": rule, "key": key.text(), "was_banned": was_banned}),
+        )
     }
 
     fn lockdown_list(&self) -> serde_json::Value {

@@ -194,6 +194,25 @@ impl LimiterSweep {
                 rule.fallbacks(),
             );
         }
+        for (rule, bans) in snapshot
+            .policy
+            .rate_rules()
+            .iter()
+            .zip(snapshot.policy.ban_tables())
+        {
+            let Some(bans) = bans else { continue };
+            shared.metrics.limiter(
+                &rule.config.name,
+                LimiterKind::Ban,
+                bans.tracked_keys(),
+                bans.config.max_keys.get(),
+                0,
+                0,
+            );
+            shared
+                .metrics
+                .bans(&rule.config.name, bans.active_count(), bans.bans_total());
+        }
         for rule in snapshot.policy.concurrency_rules() {
             shared.metrics.limiter(
                 &rule.config.name,

@@ -43,6 +43,8 @@ pub enum LimiterKind {
     Concurrency,
     /// The local fallback buckets of a fleet rule (failure mode `local`).
     FleetFallback,
+    /// A rule's penalty box (keys counting refusals or banned).
+    Ban,
 }
 
 impl LimiterKind {
@@ -52,6 +54,7 @@ impl LimiterKind {
             LimiterKind::Rate => "rate",
             LimiterKind::Concurrency => "concurrency",
             LimiterKind::FleetFallback => "fleet_fallback",
+            LimiterKind::Ban => "ban",
         }
     }
 }
@@ -148,6 +151,8 @@ pub struct Metrics {
     limiter_max_keys: IntGaugeVec,
     limiter_evictions: IntCounterVec,
     limiter_fallbacks: IntCounterVec,
+    bans_active: IntGaugeVec,
+    bans_total: IntCounterVec,
     geo_build: IntGaugeVec,
     geo_reloads: IntCounterVec,
     /// [country found, country unknown, asn found, asn unknown]
@@ -296,6 +301,16 @@ impl Metrics {
         let limiter_fallbacks = counter(
             "rampart_limiter_fallbacks_total",
             "Requests charged to a coarser key because the rule's store was full.",
+            &["rule"],
+        );
+        let bans_active = gauge(
+            "rampart_bans_active",
+            "Keys in a limit's penalty box now.",
+            &["rule"],
+        );
+        let bans_total = counter(
+            "rampart_bans_total",
+            "Keys banned by a limit's penalty box.",
             &["rule"],
         );
         let geo_build = gauge(
@@ -472,6 +487,8 @@ impl Metrics {
             limiter_max_keys,
             limiter_evictions,
             limiter_fallbacks,
+            bans_active,
+            bans_total,
             geo_build,
             geo_reloads,
             geo_lookups,
@@ -606,6 +623,17 @@ impl Metrics {
         }
     }
 
+    /// Records a penalty box: keys banned now, and its bans so far (brought up
+    /// to the table's own total, as the limiter counters are).
+    pub fn bans(&self, rule: &str, active: usize, total: u64) {
+        self.bans_active
+            .with_label_values(&[rule])
+            .set(i64::try_from(active).unwrap_or(i64::MAX));
+        let c = self.bans_total.with_label_values(&[rule]);
+        let seen = c.get();
+        c.inc_by(if total >= seen { total - seen } else { total });
+    }
+
     /// Records which flags are on, in which mode.
     pub fn set_flags(
         &self,
@@ -692,6 +720,7 @@ impl Metrics {
         self.config_generation.set(snapshot.generation as i64);
         self.limiter_keys.reset();
         self.limiter_max_keys.reset();
+        self.bans_active.reset();
         self.upstream_healthy.reset();
         for pool in &snapshot.pools {
             for s in &pool.servers {

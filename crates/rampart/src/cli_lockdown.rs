@@ -415,3 +415,97 @@ pub fn top(target: &AdminTarget, n: usize) -> u8 {
     }
     0
 }
+
+/// `rampart bans` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum BansCommand {
+    /// List every active ban.
+    List,
+    /// Lift a ban (and its memory of past bans).
+    Lift {
+        /// The `[[limits]]` rule holding the ban.
+        rule: String,
+        /// The banned key: an address, a network, AS64500, a country code, or
+        /// h<16 hex digits> for a hashed value.
+        key: String,
+    },
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs `rampart bans`; returns the exit code.
+pub fn bans(target: &AdminTarget, command: &BansCommand) -> u8 {
+    let (addr, token) = match resolve(target) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("rampart bans: {e}");
+            return 64;
+        }
+    };
+    let (method, path) = match command {
+        BansCommand::List => ("GET", "/bans".to_string()),
+        BansCommand::Lift { rule, key } => (
+            "DELETE",
+            format!("/bans/{}?key={}", encode(rule), encode(key)),
+        ),
+    };
+    let reply = match call(&addr, &token, method, &path, None) {
+        Ok(r) if (200..300).contains(&r.status) => r,
+        Ok(r) => {
+            eprintln!(
+                "rampart bans: {} {}",
+                r.status,
+                printable(r.body["detail"].as_str().unwrap_or("refused"))
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("rampart bans: {e}");
+            return 1;
+        }
+    };
+    if target.json {
+        println!("{}", reply.body);
+        return 0;
+    }
+    match command {
+        BansCommand::List => {
+            println!(
+                "{:<20} {:<42} {:>10} {:>8}",
+                "RULE", "KEY", "REMAINING", "OFFENSES"
+            );
+            for row in reply.body["bans"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {:<42} {:>10} {:>8}",
+                    printable(row["rule"].as_str().unwrap_or("?")),
+                    printable(row["key"].as_str().unwrap_or("?")),
+                    human(row["remaining_seconds"].as_u64().unwrap_or(0)),
+                    row["offenses"].as_u64().unwrap_or(0)
+                );
+            }
+        }
+        BansCommand::Lift { rule, key } => {
+            let was = reply.body["was_banned"].as_bool().unwrap_or(false);
+            println!(
+                "{} {} by {}",
+                if was {
+                    "lifted the ban of"
+                } else {
+                    "no active ban for"
+                },
+                printable(key),
+                printable(rule)
+            );
+        }
+    }
+    0
+}

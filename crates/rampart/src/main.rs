@@ -51,6 +51,13 @@ enum Command {
         #[command(subcommand)]
         command: cli_lockdown::LockdownCommand,
     },
+    /// List and lift the bans of limits' penalty boxes through the admin API.
+    Bans {
+        #[command(flatten)]
+        target: cli_lockdown::AdminTarget,
+        #[command(subcommand)]
+        command: cli_lockdown::BansCommand,
+    },
     /// Top sources of rejected requests (addresses, networks, ASNs).
     Top {
         #[command(flatten)]
@@ -100,6 +107,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(config, None),
         Command::Top { target, n } => ExitCode::from(cli_lockdown::top(&target, n)),
+        Command::Bans { target, command } => ExitCode::from(cli_lockdown::bans(&target, &command)),
         Command::Lockdown { target, command } => {
             ExitCode::from(cli_lockdown::run(&target, &command))
         }

@@ -519,3 +519,125 @@ fn geoip_lookup_prints_country_and_asn_from_the_configured_databases() {
     );
     assert_eq!(run("nope").0, 64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosting_networks_get_a_tighter_budget_and_repeat_offenders_are_banned() {
+    let origin = MockOrigin::start("o").await;
+    let rampart = start(
+        &origin,
+        r#"
+[[limits]]
+name = "hosting-asn"
+key = "asn"
+rate = "2/h"
+burst = 2
+routes = ["login"]
+asns = [64500]
+ban = { after = 3, within = "1m", for = "2m", max = "10m" }
+[[limits]]
+name = "everyone-ip"
+key = "ip"
+rate = "100/h"
+burst = 100
+routes = ["login"]
+"#,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // The home ISP (AS64501) is outside the hosting rule.
+    for i in 0..10 {
+        let r = get_as(
+            &client,
+            &rampart,
+            "/api/auth/login",
+            &format!("203.0.113.{i}"),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    // The hosting AS: two pass, three refused, then the whole AS is banned,
+    // whatever address it comes from.
+    for i in 0..2 {
+        let r = get_as(
+            &client,
+            &rampart,
+            "/api/auth/login",
+            &format!("198.51.100.{i}"),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    for i in 2..5 {
+        let r = get_as(
+            &client,
+            &rampart,
+            "/api/auth/login",
+            &format!("198.51.100.{i}"),
+        )
+        .await;
+        assert_eq!(r.status(), 429);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["type"], "https://rampart.dev/problems/rate-limited");
+    }
+    let origin_before = origin.request_count();
+    let banned = get_as(&client, &rampart, "/api/auth/login", "198.51.100.77").await;
+    assert_eq!(banned.status(), 429);
+    assert_eq!(banned.headers()["retry-after"], "120");
+    assert_eq!(banned.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = banned.json().await.unwrap();
+    assert_eq!(body["type"], "https://rampart.dev/problems/banned");
+    assert_eq!(body["rule"], "hosting-asn");
+    assert_eq!(origin.request_count(), origin_before);
+
+    // Visible in the admin API, /debug/top, explain and metrics.
+    let bans = rampart.admin_json("/bans").await;
+    assert_eq!(bans["bans"][0]["rule"], "hosting-asn");
+    assert_eq!(bans["bans"][0]["key"], "AS64500");
+    assert_eq!(bans["bans"][0]["offenses"], 1);
+    let top = rampart.admin_json("/debug/top?n=5").await;
+    assert_eq!(top["bans"][0]["key"], "AS64500");
+    let explain = rampart
+        .admin_json("/debug/explain?ip=198.51.100.200&path=/api/auth/login")
+        .await;
+    assert_eq!(explain["verdict"], "banned");
+    assert_eq!(explain["rules"][0]["kind"], "ban");
+    let active = wait_until(Duration::from_secs(5), || async {
+        rampart
+            .metric("rampart_bans_active{rule=\"hosting-asn\"}")
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(active, "{}", rampart.metrics().await);
+    assert_eq!(
+        rampart
+            .metric("rampart_bans_total{rule=\"hosting-asn\"}")
+            .await,
+        Some(1.0)
+    );
+
+    // Lifted by the operator: the bucket decides again (still empty: 429, not banned).
+    let lifted = rampart
+        .admin_request(Method::DELETE, "/bans/hosting-asn?key=AS64500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lifted.status(), 200);
+    let body: serde_json::Value = lifted.json().await.unwrap();
+    assert_eq!(body["was_banned"], true);
+    let r = get_as(&client, &rampart, "/api/auth/login", "198.51.100.78").await;
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "https://rampart.dev/problems/rate-limited");
+    let bad = rampart
+        .admin_request(Method::DELETE, "/bans/hosting-asn?key=not-a-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let unknown = rampart
+        .admin_request(Method::DELETE, "/bans/nope?key=AS1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}

@@ -105,6 +105,11 @@ impl<C: Clock + Clone> BanTable<C> {
     /// Counts one refusal of `key` by the rule; returns the ban's length when
     /// this refusal bans it.
     pub fn strike(&self, key: LimitKey) -> Option<Duration> {
+        self.strike_counted(key).map(|(length, _)| length)
+    }
+
+    /// [`BanTable::strike`], with the key's bans in memory (this one included).
+    pub fn strike_counted(&self, key: LimitKey) -> Option<(Duration, u32)> {
         let now = self.now();
         let max = self.config.max_keys.get() as usize;
         if !self.entries.contains_key(&key) && self.len.load(Ordering::Relaxed) >= max {
@@ -137,7 +142,7 @@ impl<C: Clock + Clone> BanTable<C> {
         e.banned_until = now.saturating_add(length);
         e.strikes = 0;
         self.bans_total.fetch_add(1, Ordering::Relaxed);
-        Some(Duration::from_nanos(length))
+        Some((Duration::from_nanos(length), e.offenses))
     }
 
     /// Lifts `key`'s ban (its memory of past bans too); whether it was banned.

@@ -212,6 +212,22 @@ pub struct Verdict {
     /// In-flight slots held until the request ends (dropping releases them).
     /// Always empty for a refused request and in a dry run.
     pub permits: Vec<ConcurrencyPermit>,
+    /// The ban this request's refusal started, if it did (the proxy announces
+    /// bans of fleet rules to the other nodes).
+    pub new_ban: Option<NewBan>,
+}
+
+/// A ban a refusal has just started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBan {
+    /// Limit rule index.
+    pub rule: usize,
+    /// The banned key.
+    pub key: LimitKey,
+    /// How long.
+    pub length: Duration,
+    /// The key's bans in memory, this one included.
+    pub offenses: u32,
 }
 
 impl Verdict {
@@ -552,6 +568,7 @@ impl<C: Clock + Clone> Policy<C> {
             fleet_answered: false,
             body: None,
             body_keys: Vec::new(),
+            new_ban: None,
             trace: (charging == Charging::DryRun).then(Vec::new),
         }
     }
@@ -708,6 +725,7 @@ pub struct Evaluation<'p, C: Clock + Clone = DefaultClock> {
     body: Option<BodyRead>,
     /// Normalised body key values, indexed like the config's limits.
     body_keys: Vec<Option<String>>,
+    new_ban: Option<NewBan>,
     trace: Option<Vec<TraceEntry>>,
 }
 
@@ -884,6 +902,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             } else {
                 std::mem::take(&mut self.permits)
             },
+            new_ban: self.new_ban.take(),
         })
     }
 
@@ -1403,12 +1422,19 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
 
     /// Counts a refusal by limit `rule` of `key` in its penalty box (real
     /// requests only).
-    fn strike(&self, rule: usize, key: LimitKey) {
+    fn strike(&mut self, rule: usize, key: LimitKey) {
         if self.charging != Charging::Charge {
             return;
         }
         if let Some(Some(table)) = self.policy.bans.get(rule) {
-            table.strike(key);
+            if let Some((length, offenses)) = table.strike_counted(key) {
+                self.new_ban = Some(NewBan {
+                    rule,
+                    key,
+                    length,
+                    offenses,
+                });
+            }
         }
     }
 

@@ -167,7 +167,7 @@ impl ServeHttp for AdminService {
             (Method::DELETE, p) if p.starts_with("/bans/") => {
                 let rule = percent_decode(p.trim_start_matches("/bans/"));
                 let query = session.req_header().uri.query().unwrap_or("").to_string();
-                self.lift(&rule, &query)
+                self.lift(&rule, &query).await
             }
             (method, p) if p.starts_with("/lockdown/") => {
                 let flag = p.trim_start_matches("/lockdown/").to_string();
@@ -351,7 +351,7 @@ impl AdminService {
     }
 
     /// Lifts one ban: `DELETE /bans/{rule}?key=...`.
-    fn lift(&self, rule: &str, query: &str) -> Response<Vec<u8>> {
+    async fn lift(&self, rule: &str, query: &str) -> Response<Vec<u8>> {
         let key_text = query
             .split('&')
             .find_map(|p| p.strip_prefix("key="))
@@ -375,6 +375,23 @@ impl AdminService {
                 &format!("no [[limits]] rule \"{rule}\" with a ban"),
             );
         };
+        let fleet_rule =
+            snapshot.config.limits.iter().any(|l| {
+                l.name == rule && matches!(l.scope, rampart_config::LimitScope::Fleet { .. })
+            });
+        if let (true, Some(fleet)) = (fleet_rule, &self.shared.fleet) {
+            // A fleet ban is lifted in Redis first, or not at all: a resync
+            // would otherwise bring it back.
+            if let Err(e) = fleet
+                .lift_ban(rule, &key.text(), &self.shared.metrics)
+                .await
+            {
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the fleet store (Redis) is unreachable, nothing changed: {e}"),
+                );
+            }
+        }
         let was_banned = table.lift(&key);
         log::warn!(
             "ban of {} by {rule} lifted through the admin API (was banned: {was_banned})",

@@ -72,6 +72,14 @@ impl BackgroundService for FleetSync {
             }
             let pubsub = fleet.subscribe().await;
             let _ = self.shared.fleet_resync().await;
+            match fleet.read_bans(&self.shared.metrics).await {
+                Ok(bans) => {
+                    for ban in &bans {
+                        self.shared.apply_fleet_ban(ban);
+                    }
+                }
+                Err(e) => log::warn!("fleet: cannot read the fleet's bans: {e}"),
+            }
             let mut messages = match pubsub {
                 Ok(p) => Some(p.into_on_message()),
                 Err(e) => {
@@ -101,10 +109,15 @@ impl BackgroundService for FleetSync {
                         }
                     }
                     m = message => {
-                        if m.is_none() {
-                            break;
+                        let Some(m) = m else { break };
+                        if m.get_channel_name() == fleet.bans_key() {
+                            match serde_json::from_slice::<crate::fleet::FleetBan>(m.get_payload_bytes()) {
+                                Ok(ban) => self.shared.apply_fleet_ban(&ban),
+                                Err(e) => log::warn!("fleet: unreadable ban announcement ({e}); ignored"),
+                            }
+                        } else {
+                            let _ = self.shared.fleet_resync().await;
                         }
-                        let _ = self.shared.fleet_resync().await;
                     }
                 }
             }

@@ -145,6 +145,24 @@ pub enum FleetError {
     Late,
 }
 
+/// Most bans read back from Redis on a resync.
+pub const MAX_FLEET_BANS: usize = 100_000;
+
+/// A ban as the fleet shares it: the rule's name, the key's text form
+/// (`LimitKey::text`), its length (or time left) in ms, and the key's bans in
+/// memory. A length of 0 announces a lift.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FleetBan {
+    /// Rule name.
+    pub rule: String,
+    /// The key, as `LimitKey::text` writes it.
+    pub key: String,
+    /// Length or time left, ms; 0 lifts the ban.
+    pub ms: u64,
+    /// Bans of the key in memory.
+    pub offenses: u32,
+}
+
 /// What Redis holds for the fleet's flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetView {
@@ -700,13 +718,145 @@ impl Fleet {
         Ok(removed == 1)
     }
 
-    /// A fresh subscription to the flags channel.
+    /// A fresh subscription to the flags and bans channels.
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub, FleetError> {
         let mut pubsub = tokio::time::timeout(ADMIN_TIMEOUT, self.client.get_async_pubsub())
             .await
             .map_err(|_| FleetError::Timeout(ADMIN_TIMEOUT))??;
         pubsub.subscribe(self.flags_key()).await?;
+        pubsub.subscribe(self.bans_key()).await?;
         Ok(pubsub)
+    }
+
+    /// The channel bans are announced on, and the prefix of their keys.
+    pub fn bans_key(&self) -> String {
+        format!("{}bans", self.config.key_prefix)
+    }
+
+    fn ban_key(&self, ban: &FleetBan) -> String {
+        format!("{}ban:{}:{}", self.config.key_prefix, ban.rule, ban.key)
+    }
+
+    /// Records a ban in Redis (expiring with it) and announces it to every node.
+    pub async fn publish_ban(&self, ban: &FleetBan, metrics: &Metrics) -> Result<(), FleetError> {
+        let mut conn = self.connection()?;
+        let json = serde_json::to_string(ban).unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.ban_key(ban))
+            .arg(&json)
+            .arg("PX")
+            .arg(ban.ms.max(1))
+            .ignore()
+            .publish(self.bans_key(), &json)
+            .ignore();
+        self.timed(
+            metrics,
+            FleetOp::Ban,
+            ADMIN_TIMEOUT,
+            pipe.query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Removes a ban from Redis and announces the lift.
+    pub async fn lift_ban(
+        &self,
+        rule: &str,
+        key: &str,
+        metrics: &Metrics,
+    ) -> Result<(), FleetError> {
+        let mut conn = self.connection()?;
+        let ban = FleetBan {
+            rule: rule.to_string(),
+            key: key.to_string(),
+            ms: 0,
+            offenses: 0,
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(self.ban_key(&ban))
+            .ignore()
+            .publish(
+                self.bans_key(),
+                serde_json::to_string(&ban).unwrap_or_default(),
+            )
+            .ignore();
+        self.timed(
+            metrics,
+            FleetOp::Ban,
+            ADMIN_TIMEOUT,
+            pipe.query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Every ban in Redis, with its time left (at most [`MAX_FLEET_BANS`]).
+    pub async fn read_bans(&self, metrics: &Metrics) -> Result<Vec<FleetBan>, FleetError> {
+        let mut conn = self.connection()?;
+        let pattern = format!("{}ban:*", self.config.key_prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .timed(
+                    metrics,
+                    FleetOp::Ban,
+                    ADMIN_TIMEOUT,
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 || keys.len() >= MAX_FLEET_BANS {
+                break;
+            }
+        }
+        keys.truncate(MAX_FLEET_BANS);
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.get(k).pttl(k);
+        }
+        let raw: Vec<(Option<String>, i64)> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            let flat: Vec<redis::Value> = self
+                .timed(
+                    metrics,
+                    FleetOp::Ban,
+                    ADMIN_TIMEOUT,
+                    pipe.query_async(&mut conn),
+                )
+                .await?;
+            flat.chunks(2)
+                .map(|pair| {
+                    let json = match pair.first() {
+                        Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+                        _ => None,
+                    };
+                    let ttl = match pair.get(1) {
+                        Some(redis::Value::Int(n)) => *n,
+                        _ => -2,
+                    };
+                    (json, ttl)
+                })
+                .collect()
+        };
+        Ok(raw
+            .into_iter()
+            .filter_map(|(json, ttl)| {
+                let mut ban: FleetBan = serde_json::from_str(&json?).ok()?;
+                ban.ms = u64::try_from(ttl).ok().filter(|&t| t > 0)?;
+                Some(ban)
+            })
+            .collect())
     }
 }
 

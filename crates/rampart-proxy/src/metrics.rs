@@ -72,6 +72,8 @@ pub enum FleetOp {
     FlagWrite,
     /// Removing an expired flag.
     FlagExpire,
+    /// Announcing, lifting or reading bans.
+    Ban,
 }
 
 impl FleetOp {
@@ -83,6 +85,7 @@ impl FleetOp {
             FleetOp::Resync => "resync",
             FleetOp::FlagWrite => "flag_write",
             FleetOp::FlagExpire => "flag_expire",
+            FleetOp::Ban => "ban",
         }
     }
 }

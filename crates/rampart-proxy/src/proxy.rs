@@ -33,6 +33,39 @@ impl RampartProxy {
         Self { shared }
     }
 
+    /// Announces a ban of a fleet rule to the other nodes, in the background
+    /// (the request does not wait on Redis for it; a failure is logged, and
+    /// this node keeps the ban either way).
+    fn announce_ban(
+        &self,
+        fleet: &Arc<crate::fleet::Fleet>,
+        snapshot: &Snapshot,
+        ban: &rampart_policy::engine::NewBan,
+    ) {
+        let Some(rule) = snapshot.config.limits.get(ban.rule) else {
+            return;
+        };
+        if !matches!(rule.scope, rampart_config::LimitScope::Fleet { .. }) {
+            return;
+        }
+        let announced = crate::fleet::FleetBan {
+            rule: rule.name.clone(),
+            key: ban.key.text(),
+            ms: u64::try_from(ban.length.as_millis()).unwrap_or(u64::MAX),
+            offenses: ban.offenses,
+        };
+        let (fleet, shared) = (fleet.clone(), self.shared.clone());
+        tokio::spawn(async move {
+            if let Err(e) = fleet.publish_ban(&announced, &shared.metrics).await {
+                log::warn!(
+                    "fleet: ban of {} by {} not announced: {e}; enforced on this node only",
+                    announced.key,
+                    announced.rule
+                );
+            }
+        });
+    }
+
     /// Counts a rejected request against its address, network and AS.
     fn record_offender(&self, ctx: &RequestCtx) {
         let now = std::time::SystemTime::now()
@@ -566,6 +599,9 @@ impl ProxyHttp for RampartProxy {
                 }
             }
         };
+        if let (Some(ban), Some(fleet)) = (&verdict.new_ban, &self.shared.fleet) {
+            self.announce_ban(fleet, &snapshot, ban);
+        }
         ctx.route = verdict.route;
         ctx.pool = verdict.pool;
         ctx.permits = verdict.permits;

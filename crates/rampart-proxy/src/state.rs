@@ -750,6 +750,24 @@ impl Shared {
             .collect())
     }
 
+    /// Applies a ban announced by the fleet (or read back on a resync) to this
+    /// node's penalty box of that rule: imposes it, or lifts it (length 0).
+    /// A rule or key this node does not know is ignored.
+    pub fn apply_fleet_ban(&self, ban: &crate::fleet::FleetBan) {
+        let snapshot = self.snapshot();
+        let Some((table, _)) = snapshot.policy.ban_table(&ban.rule) else {
+            return;
+        };
+        let Some(key) = rampart_policy::limits::LimitKey::parse_text(&ban.key) else {
+            return;
+        };
+        if ban.ms == 0 {
+            table.lift(&key);
+        } else {
+            table.impose(key, Duration::from_millis(ban.ms), ban.offenses);
+        }
+    }
+
     /// Turns off every flag whose expiry has passed; returns their names.
     pub async fn expire_flags(&self) -> Vec<String> {
         let now_ms = lockdown::now_unix_ms();

@@ -19,7 +19,7 @@ fn config(origin: &MockOrigin, redis: &RedisServer, node: &str) -> String {
     let mut builder = ConfigBuilder::new()
         .pool("web", &[origin.addr])
         .health_check("web", r#"interval = "1s""#);
-    for name in ["register", "login", "chat", "models", "account"] {
+    for name in ["register", "login", "chat", "models", "account", "guarded"] {
         builder = builder.route(name, &format!("/{name}"), "web");
     }
     builder
@@ -73,6 +73,15 @@ burst = 100
 scope = "fleet"
 fleet_failure = "open"
 routes = ["chat"]
+[[limits]]
+name = "guarded-fleet"
+key = "ip"
+rate = "1/h"
+burst = 2
+scope = "fleet"
+fleet_failure = "closed"
+routes = ["guarded"]
+ban = { after = 2, within = "1m", for = "5m" }
 [[flags]]
 name = "registration_closed"
 block = [{ routes = ["register"], status = 403, message = "closed" }]
@@ -351,4 +360,70 @@ async fn a_body_keyed_quota_holds_across_nodes() {
     assert!(statuses[6..].iter().all(|&s| s == 429), "{statuses:?}");
     // Another account has its own bucket.
     assert_eq!(attempt(&b, "someone-else").await, 200);
+}
+
+async fn status_as(r: &Rampart, path: &str, ip: &str) -> u16 {
+    reqwest::Client::new()
+        .get(r.url(path))
+        .header("x-forwarded-for", ip)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_on_one_node_holds_on_every_node_and_a_lift_too() {
+    let redis = RedisServer::start().await;
+    let origin = MockOrigin::start("o").await;
+    let (a, b) = two_nodes(&origin, &redis).await;
+    let ip = "198.51.100.9";
+    for _ in 0..2 {
+        assert_eq!(status_as(&a, "/guarded", ip).await, 200);
+    }
+    // Two refusals by the fleet bucket ban the address.
+    for _ in 0..2 {
+        assert_eq!(status_as(&a, "/guarded", ip).await, 429);
+    }
+    let on_b = wait_until(Duration::from_secs(2), || async {
+        b.admin_json("/bans").await["bans"][0]["key"] == ip
+    })
+    .await;
+    assert!(on_b, "node B did not learn the ban:\n{}", b.log());
+    let origin_before = origin.request_count();
+    let r = reqwest::Client::new()
+        .get(b.url("/guarded"))
+        .header("x-forwarded-for", ip)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "https://rampart.dev/problems/banned");
+    assert_eq!(origin.request_count(), origin_before);
+    // Redis holds it, expiring with it.
+    let ttl: i64 = redis
+        .cli(&["PTTL", &format!("test:ban:guarded-fleet:{ip}")])
+        .parse()
+        .unwrap();
+    assert!(ttl > 290_000 && ttl <= 300_000, "{ttl}");
+    // Lifted on B, lifted on A.
+    let lifted = b
+        .admin_request(Method::DELETE, &format!("/bans/guarded-fleet?key={ip}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lifted.status(), 200);
+    let gone = wait_until(Duration::from_secs(2), || async {
+        a.admin_json("/bans").await["bans"]
+            .as_array()
+            .is_some_and(|b| b.is_empty())
+    })
+    .await;
+    assert!(gone, "node A kept the lifted ban");
+    assert_eq!(
+        redis.cli(&["EXISTS", &format!("test:ban:guarded-fleet:{ip}")]),
+        "0"
+    );
 }

@@ -58,6 +58,36 @@ pub struct FileConfig {
     /// `[request]`
     #[serde(default)]
     pub request: FileRequest,
+    /// `[[escalations]]`
+    #[serde(default)]
+    pub escalations: Vec<FileEscalation>,
+}
+
+/// `[[escalations]]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileEscalation {
+    /// Name (audit actor `auto:<name>`, metrics).
+    pub name: Option<String>,
+    /// The flag it enters and leaves.
+    pub flag: Option<String>,
+    /// `enforce` (default) or `preview`.
+    pub mode: Option<String>,
+    /// `request_rate`, `rejected_share`, `origin_p99` or `origin_5xx_share`.
+    pub signal: Option<String>,
+    /// The route of a route signal (absent: every request).
+    pub route: Option<String>,
+    /// The pool of a pool signal.
+    pub pool: Option<String>,
+    /// Enter when the signal is above this.
+    pub enter_above: Option<f64>,
+    /// ... for this long.
+    pub enter_for: Option<String>,
+    /// Leave when the signal is below this.
+    pub leave_below: Option<f64>,
+    /// ... for this long.
+    pub leave_for: Option<String>,
+    /// Stay at least this long once entered.
+    pub min_hold: Option<String>,
 }
 
 /// `[request]`
@@ -295,7 +325,6 @@ pub struct FileLimit {
 
 /// `ban = { ... }` of a `[[limits]]` rule.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FileBan {
     /// Refusals within `within` that ban the key.
     pub after: Option<i64>,

@@ -102,6 +102,8 @@ pub struct Config {
     pub fleet: Option<FleetConfig>,
     /// How request targets are canonicalised.
     pub request: RequestConfig,
+    /// `[[escalations]]`, in config order.
+    pub escalations: Vec<EscalationConfig>,
 }
 
 /// `[request]`: how requests are read and what of them is forwarded.
@@ -517,6 +519,68 @@ pub struct LimitConfig {
     pub clients: ClientCondition,
     /// The penalty box, if any.
     pub ban: Option<BanConfig>,
+}
+
+/// What an escalation watches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Signal {
+    /// Requests per second on a route (`None`: every request).
+    RequestRate {
+        /// Route index.
+        route: Option<usize>,
+    },
+    /// Share of a route's requests refused at the edge, 0 to 1.
+    RejectedShare {
+        /// Route index (`None`: every request).
+        route: Option<usize>,
+    },
+    /// The 99th percentile of a pool's time to response header, seconds.
+    OriginP99 {
+        /// Pool index.
+        pool: usize,
+    },
+    /// Share of a pool's proxied responses that are 5xx, 0 to 1.
+    Origin5xxShare {
+        /// Pool index.
+        pool: usize,
+    },
+}
+
+impl Signal {
+    /// The label in metrics and logs.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            Signal::RequestRate { .. } => "request_rate",
+            Signal::RejectedShare { .. } => "rejected_share",
+            Signal::OriginP99 { .. } => "origin_p99",
+            Signal::Origin5xxShare { .. } => "origin_5xx_share",
+        }
+    }
+}
+
+/// `[[escalations]]`: enter a flag when a signal stays above `enter_above` for
+/// `enter_for`; leave it when it stays below `leave_below` for `leave_for`, not
+/// before `min_hold` after entering.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EscalationConfig {
+    /// Name; the audit actor is `auto:<name>`.
+    pub name: String,
+    /// Flag index.
+    pub flag: usize,
+    /// Whether it enters the flag in preview only.
+    pub preview: bool,
+    /// What it watches.
+    pub signal: Signal,
+    /// Enter above this.
+    pub enter_above: f64,
+    /// ... held this long.
+    pub enter_for: Duration,
+    /// Leave below this (at most `enter_above`).
+    pub leave_below: f64,
+    /// ... held this long.
+    pub leave_for: Duration,
+    /// Shortest time in the flag.
+    pub min_hold: Duration,
 }
 
 /// Which clients a rule concerns, by network, autonomous system and country.

@@ -9,6 +9,7 @@ pub mod cidr;
 pub mod client_ip;
 pub mod clients;
 pub mod engine;
+pub mod escalation;
 pub mod geo;
 pub mod limits;
 pub mod lockdown;

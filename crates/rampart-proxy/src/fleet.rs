@@ -115,6 +115,19 @@ redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 "#;
 
+/// How long the escalation leader's lease lasts without renewal.
+const LEADER_LEASE_MS: u64 = 3_000;
+
+/// Takes the escalation lease when free, or renews it for its holder.
+const LEAD_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"#;
+
 const EXPIRE_SCRIPT: &str = r#"
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -204,6 +217,7 @@ pub struct Fleet {
     write: redis::Script,
     republish: redis::Script,
     restore: redis::Script,
+    lead: redis::Script,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -235,6 +249,7 @@ impl Fleet {
             write: redis::Script::new(WRITE_SCRIPT),
             republish: redis::Script::new(REPUBLISH_SCRIPT),
             restore: redis::Script::new(RESTORE_SCRIPT),
+            lead: redis::Script::new(LEAD_SCRIPT),
         })
     }
 
@@ -726,6 +741,27 @@ impl Fleet {
         pubsub.subscribe(self.flags_key()).await?;
         pubsub.subscribe(self.bans_key()).await?;
         Ok(pubsub)
+    }
+
+    /// Takes or renews the escalation lease for `node` (3 s, renewed every
+    /// tick); whether this node leads. Without Redis nobody leads: flag
+    /// changes could not be made anyway.
+    pub async fn lead(&self, node: &str, metrics: &Metrics) -> bool {
+        let Ok(mut conn) = self.connection() else {
+            return false;
+        };
+        let mut invocation = self
+            .lead
+            .key(format!("{}escalation-leader", self.config.key_prefix));
+        invocation.arg(node).arg(LEADER_LEASE_MS);
+        self.timed(
+            metrics,
+            FleetOp::Resync,
+            self.config.timeout.max(Duration::from_millis(200)),
+            invocation.invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .is_ok_and(|n| n == 1)
     }
 
     /// The channel bans are announced on, and the prefix of their keys.

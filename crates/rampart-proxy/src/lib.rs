@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod admin;
 pub mod background;
 pub mod edge;
+pub mod escalator;
 pub mod fleet;
 pub mod health;
 pub mod lease;
@@ -250,6 +251,10 @@ pub fn build_server_with(
     server.add_service(background_service(
         "lockdown expiry",
         background::FlagExpiry::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "escalations",
+        escalator::Escalator::new(shared.clone()),
     ));
     server.add_service(background_service(
         "limiter sweep",

@@ -156,6 +156,9 @@ pub struct Metrics {
     limiter_fallbacks: IntCounterVec,
     bans_active: IntGaugeVec,
     bans_total: IntCounterVec,
+    escalation_signal: prometheus::GaugeVec,
+    escalation_entered: IntGaugeVec,
+    escalation_transitions: IntCounterVec,
     geo_build: IntGaugeVec,
     geo_reloads: IntCounterVec,
     /// [country found, country unknown, asn found, asn unknown]
@@ -315,6 +318,28 @@ impl Metrics {
             "rampart_bans_total",
             "Keys banned by a limit's penalty box.",
             &["rule"],
+        );
+        let escalation_signal = registered(
+            &registry,
+            &names,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "rampart_escalation_signal",
+                    "The value of an escalation's signal over the last few seconds (req/s, share or seconds).",
+                ),
+                &["escalation"],
+            )
+            .expect("valid metric"),
+        );
+        let escalation_entered = gauge(
+            "rampart_escalation_entered",
+            "1 while an escalation holds its flag.",
+            &["escalation"],
+        );
+        let escalation_transitions = counter(
+            "rampart_escalation_transitions_total",
+            "Flags entered and left by escalations.",
+            &["escalation", "transition"],
         );
         let geo_build = gauge(
             "rampart_geoip_database_build_timestamp_seconds",
@@ -492,6 +517,9 @@ impl Metrics {
             limiter_fallbacks,
             bans_active,
             bans_total,
+            escalation_signal,
+            escalation_entered,
+            escalation_transitions,
             geo_build,
             geo_reloads,
             geo_lookups,
@@ -739,6 +767,96 @@ impl Metrics {
             log::error!("cannot encode metrics: {e}");
         }
         out
+    }
+}
+
+/// Cumulative counts the escalation signals are computed from (deltas of two
+/// samples give a window's values).
+#[derive(Debug, Clone, Default)]
+pub struct SignalCounters {
+    /// Per route label: (requests, refused at the edge, proxied, proxied 5xx).
+    pub routes: std::collections::HashMap<String, [u64; 4]>,
+    /// Per pool: cumulative counts of the response-time buckets (upper bounds
+    /// in seconds) and the total.
+    pub pools: std::collections::HashMap<String, (Vec<(f64, u64)>, u64)>,
+}
+
+impl Metrics {
+    /// The counters of the escalation signals, read from the registry.
+    pub fn signal_counters(&self) -> SignalCounters {
+        let mut out = SignalCounters::default();
+        for family in self.registry.gather() {
+            match family.name() {
+                "rampart_http_requests_total" => {
+                    for m in family.get_metric() {
+                        let label = |name: &str| {
+                            m.get_label()
+                                .iter()
+                                .find(|l| l.name() == name)
+                                .map(|l| l.value().to_string())
+                                .unwrap_or_default()
+                        };
+                        let n = m.get_counter().get_value() as u64;
+                        let proxied = label("verdict") == PROXIED_VERDICT;
+                        let five = label("status_class") == "5xx";
+                        let e = out.routes.entry(label("route")).or_default();
+                        e[0] += n;
+                        if proxied {
+                            e[2] += n;
+                            if five {
+                                e[3] += n;
+                            }
+                        } else {
+                            e[1] += n;
+                        }
+                    }
+                }
+                "rampart_upstream_response_duration_seconds" => {
+                    for m in family.get_metric() {
+                        let pool = m
+                            .get_label()
+                            .iter()
+                            .find(|l| l.name() == "pool")
+                            .map(|l| l.value().to_string())
+                            .unwrap_or_default();
+                        let h = m.get_histogram();
+                        let buckets = h
+                            .get_bucket()
+                            .iter()
+                            .map(|b| (b.upper_bound(), b.cumulative_count()))
+                            .collect();
+                        out.pools.insert(pool, (buckets, h.get_sample_count()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Records an escalation's signal value and whether it holds its flag.
+    pub fn escalation(&self, name: &str, value: Option<f64>, entered: bool) {
+        if let Some(v) = value {
+            self.escalation_signal.with_label_values(&[name]).set(v);
+        }
+        self.escalation_entered
+            .with_label_values(&[name])
+            .set(i64::from(entered));
+    }
+
+    /// Counts one escalation transition.
+    pub fn escalation_transition(
+        &self,
+        name: &str,
+        transition: rampart_policy::escalation::Transition,
+    ) {
+        let label = match transition {
+            rampart_policy::escalation::Transition::Enter => "enter",
+            rampart_policy::escalation::Transition::Leave => "leave",
+        };
+        self.escalation_transitions
+            .with_label_values(&[name, label])
+            .inc();
     }
 }
 

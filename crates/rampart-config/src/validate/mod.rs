@@ -3,6 +3,7 @@
 
 mod access;
 mod body;
+mod escalations;
 mod fleet;
 mod geoip;
 mod limits;
@@ -171,6 +172,22 @@ impl Validator {
             .filter_map(|l: &LimitConfig| l.only_with_flag)
             .collect();
         let lockdown = self.lockdown(raw.lockdown, raw.flags, &route_names, &geoip, &referenced);
+        let mut escalation_names = BTreeSet::new();
+        let escalations = raw
+            .escalations
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                self.escalation(
+                    i,
+                    e,
+                    &route_names,
+                    &pool_names,
+                    &flag_names,
+                    &mut escalation_names,
+                )
+            })
+            .collect();
         let access_log = self.access_log(raw.access_log);
         let fleet = raw.fleet.map(|f| self.fleet(f));
         let request = self.request(raw.request);
@@ -185,6 +202,7 @@ impl Validator {
             }
         }
         Some(Config {
+            escalations,
             request,
             fleet,
             access_log,

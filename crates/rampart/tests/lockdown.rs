@@ -571,3 +571,133 @@ async fn explain_follows_the_active_flags_and_reads_a_posted_body() {
     // Explaining never reached the origin.
     assert_eq!(origin.request_count(), 0);
 }
+
+/// Sends registrations at about `per_second` until `stop` is set.
+fn flood(
+    url: String,
+    per_second: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_second));
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            let _ = client.post(&url).send().await;
+        }
+    })
+}
+
+async fn flag_state(r: &Rampart, flag: &str) -> Value {
+    r.admin_json("/lockdown").await["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == flag)
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_enters_and_leaves_its_flag_and_an_operator_wins() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let origin = MockOrigin::start("auth").await;
+    let config = format!(
+        "{}\n{}",
+        config(&origin),
+        r#"
+[[escalations]]
+name = "register-flood"
+flag = "registration_closed"
+signal = "request_rate"
+route = "register"
+enter_above = 20
+enter_for = "1s"
+leave_below = 5
+leave_for = "2s"
+min_hold = "0s"
+"#
+    );
+    let rampart = Rampart::start(bin(), &config).await;
+    let url = rampart.url("/api/auth/register");
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = flood(url.clone(), 50, stop.clone());
+    let entered = wait_until(Duration::from_secs(15), || async {
+        flag_state(&rampart, "registration_closed").await["active"] == true
+    })
+    .await;
+    assert!(
+        entered,
+        "the flood did not enter the flag:\n{}",
+        rampart.metrics().await
+    );
+    let state = flag_state(&rampart, "registration_closed").await;
+    assert_eq!(state["actor"], "auto:register-flood");
+    assert_eq!(state["mode"], "enforce");
+    let refused = reqwest::Client::new().post(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+
+    // Quiet: the window drains, then 2 s below 5/s leaves the flag.
+    let left = wait_until(Duration::from_secs(20), || async {
+        flag_state(&rampart, "registration_closed").await["active"] == false
+    })
+    .await;
+    assert!(left, "the escalation did not leave the flag");
+    let audit = std::fs::read_to_string(rampart.dir().join("state/lockdown-audit.jsonl")).unwrap();
+    let auto: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("\"actor\":\"auto:register-flood\""))
+        .collect();
+    assert_eq!(auto.len(), 2, "{audit}");
+    assert!(auto[0].contains("\"action\":\"enable\""), "{audit}");
+    assert!(auto[1].contains("\"action\":\"disable\""), "{audit}");
+    assert_eq!(
+        rampart
+            .metric("rampart_escalation_transitions_total{escalation=\"register-flood\",transition=\"enter\"}")
+            .await,
+        Some(1.0)
+    );
+
+    // A second flood: entered again; the operator turns the flag off and
+    // automation leaves it off while the flood goes on.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = flood(url.clone(), 50, stop.clone());
+    let entered = wait_until(Duration::from_secs(15), || async {
+        flag_state(&rampart, "registration_closed").await["active"] == true
+    })
+    .await;
+    assert!(entered);
+    let off = rampart
+        .admin_request(Method::DELETE, "/lockdown/registration_closed")
+        .json(&json!({"actor": "oncall", "reason": "false positive"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 200);
+    // The escalation keeps seeing the flood (its signal stays above the
+    // threshold for several ticks) and does not re-enter.
+    let seen = "rampart_escalation_signal{escalation=\"register-flood\"}";
+    for _ in 0..4 {
+        let high = wait_until(Duration::from_secs(5), || async {
+            rampart.metric(seen).await.unwrap_or(0.0) > 20.0
+        })
+        .await;
+        assert!(high);
+        tokio::time::sleep(Duration::from_secs(1)).await; // one tick of the escalator
+    }
+    assert_eq!(
+        flag_state(&rampart, "registration_closed").await["active"],
+        false
+    );
+    assert_eq!(
+        rampart
+            .metric("rampart_escalation_entered{escalation=\"register-flood\"}")
+            .await,
+        Some(0.0)
+    );
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+}

@@ -123,7 +123,7 @@ impl Validator {
         let threshold = |this: &mut Self, k: &str, v: Option<f64>| match v {
             None => {
                 this.issue(format!("{key}.{k}"), "is required");
-                0.0
+                None
             }
             Some(v) if !v.is_finite() || v < 0.0 || (share && v > 1.0) => {
                 this.issue(
@@ -134,17 +134,19 @@ impl Validator {
                         format!("must be 0 or more, got {v}")
                     },
                 );
-                0.0
+                None
             }
-            Some(v) => v,
+            Some(v) => Some(v),
         };
         let enter_above = threshold(self, "enter_above", raw.enter_above);
         let leave_below = threshold(self, "leave_below", raw.leave_below);
-        if leave_below > enter_above {
-            self.issue(
-                format!("{key}.leave_below"),
-                format!("{leave_below} is above enter_above ({enter_above}): the flag would flap"),
-            );
+        if let (Some(enter), Some(leave)) = (enter_above, leave_below) {
+            if leave > enter {
+                self.issue(
+                    format!("{key}.leave_below"),
+                    format!("{leave} is above enter_above ({enter}): the flag would flap"),
+                );
+            }
         }
         let enter_for = self.nonzero_duration(
             &format!("{key}.enter_for"),
@@ -166,9 +168,9 @@ impl Validator {
             flag: flag?,
             preview,
             signal: signal?,
-            enter_above,
+            enter_above: enter_above?,
             enter_for,
-            leave_below,
+            leave_below: leave_below?,
             leave_for,
             min_hold,
         })

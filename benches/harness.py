@@ -2,7 +2,7 @@
 """End-to-end attack harness: Rampart side by side with nginx (limit_req + geoip2)
 and HAProxy (stick tables), on loopback, with real GeoIP/ASN data.
 
-    benches/harness.py [--quick] [--flood N] [--only rampart,nginx,haproxy]
+    benches/harness.py [--quick] [--flood N] [--only rampart,nginx,haproxy] [--scenarios S5,S6]
 
 Every proxy gets the closest equivalent policy: 429 above 50 requests/s (burst 100)
 per client address and per ASN, 403 for one denied country (not HAProxy: it has no
@@ -22,6 +22,11 @@ RESULTS = ROOT / "benches" / "results"
 ORIGIN, RAMPART, RAMPART_ADMIN, NGINX, HAPROXY = 19000, 18080, 19901, 19080, 19180
 TOKEN = "bench-token-0123456789abcdef"
 BOTNET_ASN = 14061          # a hosting provider's network
+# S6: a botnet rotating over four hosting networks, users on eight carriers.
+HOSTING_ASNS = [14061, 16509, 24940, 63949]       # DigitalOcean, AWS, Hetzner, Linode
+CARRIER_ASNS = [4134, 4837, 9808, 7922, 3320, 701, 12322, 3215]
+S6_LEGIT_PER_ASN = 8        # requests/s each carrier's users need
+S6_ATTACK_FACTOR = 10       # the botnet sends 10x the legitimate rate
 FLOOD_RANGE = "11.0.0.0/10"  # one AS (749), 4 M addresses
 DENIED_COUNTRY = "KP"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -66,6 +71,8 @@ def pools(work: Path):
     legit = [next(n for n in by_asn[a] if n.prefixlen <= 24) for a in rnd.sample(sorted(candidates), 2000)]
     (work / "legit.txt").write_text("".join(f"{n}\n" for n in legit))
     (work / "botnet.txt").write_text("".join(f"{n}\n" for n in by_asn[BOTNET_ASN]))
+    (work / "hosting.txt").write_text("".join(f"{n}\n" for a in HOSTING_ASNS for n in by_asn.get(a, [])))
+    (work / "carriers.txt").write_text("".join(f"{n}\n" for a in CARRIER_ASNS for n in by_asn.get(a, [])))
     (work / "asn.map").write_text("".join(mapping))
 
 
@@ -112,6 +119,28 @@ name = "per-asn"
 key = "asn"
 rate = "50/s"
 burst = 100
+ban = {{ after = 20, within = "2s", for = "1m", max = "10m" }}
+# The shipped "hosting networks" example (conf/examples-geo.toml): a tight
+# budget and a penalty box for data-centre ASNs, carriers untouched.
+[[limits]]
+name = "hosting-asn"
+key = "asn"
+rate = "2/s"
+burst = 10
+asns = [{",".join(str(a) for a in HOSTING_ASNS)}]
+ban = {{ after = 5, within = "2s", for = "1m", max = "1h" }}
+[[flags]]
+name = "under_attack"
+limit_scale = 0.5
+[[escalations]]
+name = "attack"
+flag = "under_attack"
+signal = "rejected_share"
+enter_above = 0.3
+enter_for = "2s"
+leave_below = 0.05
+leave_for = "30s"
+min_hold = "1m"
 [access_log]
 enabled = false
 [lockdown]
@@ -129,12 +158,15 @@ http {{ access_log off; keepalive_requests 10000000;
   map $geo_cc $denied {{ {DENIED_COUNTRY} 1; default 0; }}
   limit_req_zone $binary_remote_addr zone=ip:64m rate=50r/s;
   limit_req_zone $geo_asn zone=asn:16m rate=50r/s;
+  map $geo_asn $hosting_key {{ {" ".join(f"{a} $geo_asn;" for a in HOSTING_ASNS)} default ""; }}
+  limit_req_zone $hosting_key zone=hosting:1m rate=2r/s;
   limit_req_status 429;
   upstream o {{ server 127.0.0.1:{ORIGIN}; keepalive 256; }}
   server {{ listen 127.0.0.1:{NGINX};
     location / {{
       if ($denied) {{ return 403; }}
       limit_req zone=ip burst=100 nodelay; limit_req zone=asn burst=100 nodelay;
+      limit_req zone=hosting burst=10 nodelay;
       proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Class $http_x_class; }} }} }}
 """)
@@ -153,8 +185,13 @@ frontend fe
   bind 127.0.0.1:{HAPROXY}
   http-request set-var(txn.cip) req.hdr_ip(x-forwarded-for,-1)
   http-request set-var(txn.asn) var(txn.cip),map_ip_int({work}/asn.map,0)
+  acl hosting var(txn.asn) -m int {" ".join(str(a) for a in HOSTING_ASNS)}
   http-request track-sc0 var(txn.cip) table st_ip
   http-request track-sc1 var(txn.asn) table st_asn
+  http-request track-sc2 var(txn.asn) table st_hosting if hosting
+  http-request deny deny_status 429 if {{ sc_get_gpc0(2) gt 5 }}
+  http-request sc-inc-gpc0(2) if hosting {{ sc_http_req_rate(2) gt 10 }}
+  http-request deny deny_status 429 if hosting {{ sc_http_req_rate(2) gt 10 }}
   http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt 100 }}
   http-request deny deny_status 429 if {{ sc_http_req_rate(1) gt 100 }}
   default_backend be
@@ -165,6 +202,8 @@ backend st_ip
   stick-table type ip size 2m expire 10s store http_req_rate(2s)
 backend st_asn
   stick-table type integer size 200k expire 10s store http_req_rate(2s)
+backend st_hosting
+  stick-table type integer size 1k expire 60s store http_req_rate(5s),gpc0
 """)
 
 
@@ -246,6 +285,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="1 round, shorter runs (a smoke test)")
     ap.add_argument("--flood", type=int, default=2_000_000, help="distinct addresses in S3 (up to 10 M)")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5,S6",
+                    help="comma-separated subset of S1..S6 (S2 runs with S1); a subset writes partial.*")
     ap.add_argument("--only", default="rampart,nginx,haproxy",
                     help="comma-separated subset of rampart,nginx,haproxy; a subset writes "
                          "benches/results/partial.{json,md} and leaves latest.* alone")
@@ -254,6 +295,9 @@ def main():
     unknown = sorted(set(only) - {"rampart", "nginx", "haproxy"})
     if unknown or not only:
         ap.error(f"--only takes rampart, nginx and haproxy, not {', '.join(unknown) or 'nothing'}")
+    want = {x.strip().upper() for x in args.scenarios.split(",") if x.strip()}
+    if "S2" in want:
+        want.add("S1")
     rounds, secs = (1, 3) if args.quick else (3, 6)
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="rampart-harness-"))
@@ -275,77 +319,16 @@ def main():
             res = out["scenarios"].setdefault(px.name, {})
             print(f"== {px.name}", flush=True)
             # S1: clean traffic, nobody limited.
-            px.start()
-            s1 = []
-            for _ in range(rounds):
-                c0 = px.cpu()
-                r = loadgen(px.port, secs, legit)
-                s1.append((r["rps"], 1e6 * (px.cpu() - c0) / max(1, r["answered"]), r["limited"] + r["forbidden"] + r["other"] + r["errors"]))
-            res["S1"] = {"rps": statistics.median(x[0] for x in s1), "cpu_us_per_req": statistics.median(x[1] for x in s1),
-                         "not_ok": sum(x[2] for x in s1)}
-            if res["S1"]["rps"] < 100:
-                problems.append(f"{px.name} S1: the proxy did not serve traffic (see {work})")
-            if res["S1"]["not_ok"]:
-                problems.append(f"{px.name} S1: {res['S1']['not_ok']} legit requests were not served")
-            # S2: open-loop latency at fixed rates.
-            res["S2"] = {}
-            for rate in (2000, 8000):
-                rs = [loadgen(px.port, secs, legit, rate=rate) for _ in range(rounds)]
-                res["S2"][str(rate)] = {"p50_us": statistics.median(r["p50_us"] for r in rs), "p99_us": statistics.median(r["p99_us"] for r in rs)}
-            px.stop()
-            # S4: one hot attacker.
-            px.start()
-            s4 = []
-            for _ in range(rounds):
-                c0 = px.cpu()
-                r = loadgen(px.port, secs, "fixed:198.18.0.1", cls="attack")
-                s4.append((1e6 * (px.cpu() - c0) / max(1, r["answered"]), r["limited"] / max(1, r["answered"]), r["rps"]))
-            res["S4"] = {"cpu_us_per_rejected": statistics.median(x[0] for x in s4), "rejected_share": statistics.median(x[1] for x in s4),
-                         "rps": statistics.median(x[2] for x in s4)}
-            res["S4"]["rejected_vs_proxied_cpu"] = res["S4"]["cpu_us_per_rejected"] / max(1e-9, res["S1"]["cpu_us_per_req"])
-            if res["S4"]["rejected_share"] < 0.95:
-                problems.append(f"{px.name} S4: only {res['S4']['rejected_share']:.1%} of the hot attacker's requests were rejected")
-            px.stop()
-            # S5: botnet over one ASN plus legit users from 2000 ASNs, open loop.
-            px.start()
-            before = origin_hits(work, "attack")
-            s5 = []
-            for _ in range(rounds):
-                a0 = origin_hits(work, "attack")
-                bot = loadgen(px.port, secs + 1, botnet, cls="attack", connections=32, rate=4000, wait=False)
-                good = loadgen(px.port, secs, legit, cls="legit", connections=8, rate=400)
-                bad = json.loads(bot.communicate()[0])
-                reached = origin_hits(work, "attack") - a0
-                s5.append((good["ok"] / max(1, good["answered"] + good["errors"]), reached / max(1, bad["answered"] + bad["errors"])))
-            res["S5"] = {"legit_served": statistics.median(x[0] for x in s5), "attack_reached_origin": statistics.median(x[1] for x in s5)}
-            if res["S5"]["attack_reached_origin"] > 0.5:
-                problems.append(f"{px.name} S5: {res['S5']['attack_reached_origin']:.1%} of the botnet reached the origin: policy not enforced")
-            px.stop()
-            # S3: flood of distinct addresses from one AS, RSS sampled, a legit client
-            # measured; a fresh process per round, so each round floods from empty.
-            s3 = []
-            for _ in range(rounds):
-                px.start()
-                rss = [px.rss_mib()]
-                flood = loadgen(px.port, 600, f"distinct:{FLOOD_RANGE}", cls="attack", connections=32, max_requests=args.flood, wait=False)
-                good = loadgen(px.port, 600, legit, cls="legit", connections=4, rate=200, wait=False)
-                t0 = time.time()
-                while flood.poll() is None and time.time() - t0 < 600:
-                    time.sleep(1)
-                    rss.append(px.rss_mib())
-                f = json.loads(flood.communicate()[0])
-                good.send_signal(signal.SIGINT)
-                try:
-                    g = json.loads(good.communicate(timeout=5)[0] or "{}")
-                except Exception:
-                    good.kill()
-                    g = {}
-                s3.append((f["limited"] / max(0.1, f["seconds"]), f["limited"] / max(1, f["answered"]), rss[0], max(rss), rss[-1], g.get("p99_us") or 0, f["seconds"]))
-                px.stop()
-            res["S3"] = {"distinct_sources": args.flood, "seconds": statistics.median(x[6] for x in s3),
-                         "rejected_per_s": statistics.median(x[0] for x in s3), "rejected_share": statistics.median(x[1] for x in s3),
-                         "rss_mib_start": statistics.median(x[2] for x in s3), "rss_mib_max": max(x[3] for x in s3),
-                         "rss_mib_end": statistics.median(x[4] for x in s3), "legit_p99_us": statistics.median(x[5] for x in s3)}
+            if "S1" in want:
+                scenario_s1_s2(px, res, problems, rounds, secs, legit)
+            if "S4" in want:
+                scenario_s4(px, res, problems, rounds, secs)
+            if "S5" in want:
+                scenario_s5(px, res, problems, rounds, secs, legit, botnet, work)
+            if "S6" in want:
+                scenario_s6(px, res, problems, rounds, secs, work)
+            if "S3" in want:
+                scenario_s3(px, res, rounds, legit, args.flood)
             print(json.dumps(res), flush=True)
     finally:
         for px in proxies:
@@ -353,11 +336,144 @@ def main():
         subprocess.run(["nginx", "-c", str(work / "origin.conf"), "-s", "stop"], capture_output=True)
     out["problems"] = problems
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "latest" if len(only) == 3 else "partial"
+    stem = "latest" if len(only) == 3 and want >= {"S1", "S2", "S3", "S4", "S5", "S6"} else "partial"
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2))
     (RESULTS / f"{stem}.md").write_text(report(out, rounds, secs))
     print(report(out, rounds, secs))
     return 1 if problems else 0
+
+
+def scenario_s1_s2(px, res, problems, rounds, secs, legit):
+    """S1: clean traffic, nobody limited; S2: open-loop latency at fixed rates."""
+    px.start()
+    s1 = []
+    for _ in range(rounds):
+        c0 = px.cpu()
+        r = loadgen(px.port, secs, legit)
+        s1.append((r["rps"], 1e6 * (px.cpu() - c0) / max(1, r["answered"]), r["limited"] + r["forbidden"] + r["other"] + r["errors"]))
+    res["S1"] = {"rps": statistics.median(x[0] for x in s1), "cpu_us_per_req": statistics.median(x[1] for x in s1),
+                 "not_ok": sum(x[2] for x in s1)}
+    if res["S1"]["rps"] < 100:
+        problems.append(f"{px.name} S1: the proxy did not serve traffic (see {px.work})")
+    if res["S1"]["not_ok"]:
+        problems.append(f"{px.name} S1: {res['S1']['not_ok']} legit requests were not served")
+    res["S2"] = {}
+    for rate in (2000, 8000):
+        rs = [loadgen(px.port, secs, legit, rate=rate) for _ in range(rounds)]
+        res["S2"][str(rate)] = {"p50_us": statistics.median(r["p50_us"] for r in rs), "p99_us": statistics.median(r["p99_us"] for r in rs)}
+    px.stop()
+
+
+def scenario_s4(px, res, problems, rounds, secs):
+    """S4: one hot attacker."""
+    px.start()
+    s4 = []
+    for _ in range(rounds):
+        c0 = px.cpu()
+        r = loadgen(px.port, secs, "fixed:198.18.0.1", cls="attack")
+        s4.append((1e6 * (px.cpu() - c0) / max(1, r["answered"]), r["limited"] / max(1, r["answered"]), r["rps"]))
+    res["S4"] = {"cpu_us_per_rejected": statistics.median(x[0] for x in s4), "rejected_share": statistics.median(x[1] for x in s4),
+                 "rps": statistics.median(x[2] for x in s4)}
+    if "S1" in res:
+        res["S4"]["rejected_vs_proxied_cpu"] = res["S4"]["cpu_us_per_rejected"] / max(1e-9, res["S1"]["cpu_us_per_req"])
+    if res["S4"]["rejected_share"] < 0.95:
+        problems.append(f"{px.name} S4: only {res['S4']['rejected_share']:.1%} of the hot attacker's requests were rejected")
+    px.stop()
+
+
+def escalation_watch(px, t0, stop):
+    """Seconds from t0 until Rampart's escalation enters its flag, or None."""
+    import urllib.request
+    while not stop.is_set():
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{RAMPART_ADMIN}/lockdown",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+            flags = json.loads(urllib.request.urlopen(req, timeout=1).read())["flags"]
+            if any(f["name"] == "under_attack" and f["active"] for f in flags):
+                return time.time() - t0
+        except Exception:
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def attack_round(px, work, attack_pool, attack_rate, legit_pool, legit_rate, secs):
+    """One round on a fresh process: the attack and legitimate users together,
+    open loop. Returns (legit served, attack reaching origin, seconds to escalation)."""
+    import threading
+    # A fresh start: no flag left on by an earlier round's escalation.
+    for stale in ("lockdown.json", "audit.jsonl"):
+        (work / stale).unlink(missing_ok=True)
+    px.start()
+    a0 = origin_hits(work, "attack")
+    stop = threading.Event()
+    found = {}
+    t0 = time.time()
+    if px.name == "rampart":
+        watcher = threading.Thread(target=lambda: found.setdefault("t", escalation_watch(px, t0, stop)))
+        watcher.start()
+    bot = loadgen(px.port, secs + 1, attack_pool, cls="attack", connections=32, rate=attack_rate, wait=False)
+    good = loadgen(px.port, secs, legit_pool, cls="legit", connections=8, rate=legit_rate)
+    bad = json.loads(bot.communicate()[0])
+    stop.set()
+    if px.name == "rampart":
+        watcher.join()
+    reached = origin_hits(work, "attack") - a0
+    px.stop()
+    return (good["ok"] / max(1, good["answered"] + good["errors"]),
+            reached / max(1, bad["answered"] + bad["errors"]), found.get("t"))
+
+
+def scenario_s5(px, res, problems, rounds, secs, legit, botnet, work):
+    """S5: a botnet in one hosting ASN plus users from 2000 ASNs; a fresh process
+    per round, so bans start from nothing each time."""
+    s5 = [attack_round(px, work, botnet, 4000, legit, 400, secs) for _ in range(rounds)]
+    res["S5"] = {"legit_served": statistics.median(x[0] for x in s5),
+                 "attack_reached_origin": statistics.median(x[1] for x in s5)}
+    if res["S5"]["attack_reached_origin"] > 0.5:
+        problems.append(f"{px.name} S5: {res['S5']['attack_reached_origin']:.1%} of the botnet reached the origin: policy not enforced")
+
+
+def scenario_s6(px, res, problems, rounds, secs, work):
+    """S6: a botnet rotating addresses over four hosting ASNs at 10x the legitimate
+    rate; legitimate users on eight carrier ASNs, 8 requests/s each."""
+    legit_rate = S6_LEGIT_PER_ASN * len(CARRIER_ASNS)
+    s6 = [attack_round(px, work, f"pool:{work}/hosting.txt", S6_ATTACK_FACTOR * legit_rate,
+                       f"pool:{work}/carriers.txt", legit_rate, max(secs, 12)) for _ in range(rounds)]
+    times = [x[2] for x in s6 if x[2] is not None]
+    res["S6"] = {"legit_served": statistics.median(x[0] for x in s6),
+                 "attack_reached_origin": statistics.median(x[1] for x in s6),
+                 "escalation_seconds": statistics.median(times) if times else None}
+    if res["S6"]["attack_reached_origin"] > 0.5:
+        problems.append(f"{px.name} S6: {res['S6']['attack_reached_origin']:.1%} of the botnet reached the origin: policy not enforced")
+
+
+def scenario_s3(px, res, rounds, legit, flood_count):
+    """S3: flood of distinct addresses from one AS, RSS sampled, a legit client
+    measured; a fresh process per round, so each round floods from empty."""
+    s3 = []
+    for _ in range(rounds):
+        px.start()
+        rss = [px.rss_mib()]
+        flood = loadgen(px.port, 600, f"distinct:{FLOOD_RANGE}", cls="attack", connections=32, max_requests=flood_count, wait=False)
+        good = loadgen(px.port, 600, legit, cls="legit", connections=4, rate=200, wait=False)
+        t0 = time.time()
+        while flood.poll() is None and time.time() - t0 < 600:
+            time.sleep(1)
+            rss.append(px.rss_mib())
+        f = json.loads(flood.communicate()[0])
+        good.send_signal(signal.SIGINT)
+        try:
+            g = json.loads(good.communicate(timeout=5)[0] or "{}")
+        except Exception:
+            good.kill()
+            g = {}
+        s3.append((f["limited"] / max(0.1, f["seconds"]), f["limited"] / max(1, f["answered"]), rss[0], max(rss), rss[-1], g.get("p99_us") or 0, f["seconds"]))
+        px.stop()
+    res["S3"] = {"distinct_sources": flood_count, "seconds": statistics.median(x[6] for x in s3),
+                 "rejected_per_s": statistics.median(x[0] for x in s3), "rejected_share": statistics.median(x[1] for x in s3),
+                 "rss_mib_start": statistics.median(x[2] for x in s3), "rss_mib_max": max(x[3] for x in s3),
+                 "rss_mib_end": statistics.median(x[4] for x in s3), "legit_p99_us": statistics.median(x[5] for x in s3)}
 
 
 def report(out, rounds, secs):
@@ -372,7 +488,10 @@ def report(out, rounds, secs):
     lines = [f"# Attack harness results\n",
              f"Machine: {out['machine']['cores']} cores, kernel {out['machine']['kernel']}; {out['versions']['nginx']}; {out['versions']['haproxy']}.",
              f"Medians of {rounds} rounds of {secs} s per scenario; loopback; one worker each; keep-alive to the origin; access logs off.",
-             "Policy on every proxy: 429 above 50/s (burst 100) per client address and per ASN; 403 for one country (not HAProxy).\n",
+             "Policy on every proxy: 429 above 50/s (burst 100) per client address and per ASN; 403 for one country (not HAProxy); "
+             "hosting ASNs 2/s (burst 10) per ASN. Rampart adds penalty boxes (per-ASN and hosting) and an escalation "
+             "(rejected share above 30 % for 2 s enters `under_attack`); HAProxy bans a hosting ASN through a gpc0 "
+             "stick counter; nginx has neither (limit_req cannot ban or escalate).\n",
              "| scenario | measure | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     def row(scen, label, key, fmt):
         code = scen.split()[0]
@@ -395,6 +514,9 @@ def report(out, rounds, secs):
     row("S4 hot attacker", "rejected / proxied CPU", "rejected_vs_proxied_cpu", lambda v: "-" if v is None else f"{v:.2f}")
     row("S5 botnet", "legit served", "legit_served", pc)
     row("S5 botnet", "attack reaching origin", "attack_reached_origin", pc)
+    row("S6 rotating botnet, 4 hosting ASNs", "legit served", "legit_served", pc)
+    row("S6 rotating botnet, 4 hosting ASNs", "attack reaching origin", "attack_reached_origin", pc)
+    row("S6 rotating botnet, 4 hosting ASNs", "seconds to escalation", "escalation_seconds", f1)
     lines.append("")
     if "rampart" in s and "nginx" in s:
         lines.append(f"Rampart vs nginx: S1 throughput {ratio('rampart', 'S1', 'rps')}, CPU per request {ratio('rampart', 'S1', 'cpu_us_per_req')}.")

@@ -427,3 +427,77 @@ async fn a_ban_on_one_node_holds_on_every_node_and_a_lift_too() {
         "0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_changes_the_flag_once_for_the_whole_fleet() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let redis = RedisServer::start().await;
+    let origin = MockOrigin::start("o").await;
+    let escalation = r#"
+[[escalations]]
+name = "register-flood"
+flag = "registration_closed"
+signal = "request_rate"
+route = "register"
+enter_above = 10
+enter_for = "1s"
+leave_below = 1
+leave_for = "1h"
+"#;
+    let with = |node: &str| format!("{}\n{escalation}", config(&origin, &redis, node));
+    let a = Rampart::start(bin(), &with("node-a")).await;
+    let b = Rampart::start(bin(), &with("node-b")).await;
+    for n in [&a, &b] {
+        assert!(
+            n.fleet_degraded_becomes(false, Duration::from_secs(10))
+                .await
+        );
+    }
+    // Both nodes see the same flood.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut loads = Vec::new();
+    for n in [&a, &b] {
+        let (url, stop) = (n.url("/register"), stop.clone());
+        loads.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(25));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let _ = client.get(&url).send().await;
+            }
+        }));
+    }
+    let both = wait_until(Duration::from_secs(15), || async {
+        a.flag_active("registration_closed").await && b.flag_active("registration_closed").await
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loads {
+        l.await.unwrap();
+    }
+    assert!(both, "the flood did not enter the flag on both nodes");
+    // Exactly one node (the leader) made the change; the other learned it.
+    let count = |n: &Rampart, action: &str| {
+        std::fs::read_to_string(n.dir().join("state/lockdown-audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("\"action\":\"{action}\""))
+                    && l.contains("\"actor\":\"auto:register-flood\"")
+            })
+            .count()
+    };
+    let learned = wait_until(Duration::from_secs(3), || async {
+        count(&a, "enable") + count(&b, "enable") == 1
+            && count(&a, "fleet_enable") + count(&b, "fleet_enable") == 1
+    })
+    .await;
+    assert!(
+        learned,
+        "enable {}+{}, fleet_enable {}+{}",
+        count(&a, "enable"),
+        count(&b, "enable"),
+        count(&a, "fleet_enable"),
+        count(&b, "fleet_enable")
+    );
+}

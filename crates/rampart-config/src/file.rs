@@ -88,6 +88,8 @@ pub struct FileEscalation {
     pub leave_for: Option<String>,
     /// Stay at least this long once entered.
     pub min_hold: Option<String>,
+    /// Fewer requests (responses) in the window count as calm.
+    pub min_requests: Option<i64>,
 }
 
 /// `[request]`

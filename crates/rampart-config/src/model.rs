@@ -581,7 +581,13 @@ pub struct EscalationConfig {
     pub leave_for: Duration,
     /// Shortest time in the flag.
     pub min_hold: Duration,
+    /// For share and latency signals: with fewer requests (responses) in the
+    /// window, the signal reads 0 (calm), so a trickle cannot enter the flag.
+    pub min_requests: u64,
 }
+
+/// Default `min_requests` of an escalation.
+pub const DEFAULT_ESCALATION_MIN_REQUESTS: u64 = 20;
 
 /// Which clients a rule concerns, by network, autonomous system and country.
 ///

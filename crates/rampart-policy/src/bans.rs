@@ -12,9 +12,11 @@
 //! **Memory bound and its approximation.** At most `max_keys` keys are tracked.
 //! When the table is full, a key it does not know is not counted: it can still
 //! be refused by the rule's bucket but cannot be banned until a sweep frees
-//! room. Banned keys and keys with remembered bans are never dropped before
-//! their ban and memory end, so a flood of fresh keys cannot free a banned
-//! one. The sweep drops keys with no ban, no remembered ban and no refusal in
+//! room. Banned keys are never dropped before their ban ends, so a flood of
+//! fresh keys cannot free a banned one. Keys that only remember a past ban are
+//! kept for `memory`, except when the table is 90 % full: then the sweep (every
+//! 5 s) drops them, so keys banned once cannot hold the table full for a day
+//! (their next ban starts from the first length again). The sweep drops keys with no ban, no remembered ban and no refusal in
 //! the current window. The count of keys uses relaxed atomics, like the
 //! limiter stores: concurrent inserts can pass the cap by the number of
 //! worker threads.
@@ -211,15 +213,21 @@ impl<C: Clock + Clone> BanTable<C> {
     }
 
     /// Drops keys with no ban, no remembered ban and no refusal in the current
-    /// window; returns how many.
+    /// window; returns how many. When the table is 90 % full, keys that only
+    /// remember a past ban go too (their next ban starts from the first
+    /// length), so keys banned once and gone cannot keep the table full.
     pub fn sweep(&self) -> usize {
         let now = self.now();
         let within = nanos(self.config.within);
         let memory = nanos(self.config.memory);
+        let pressed = self.len.load(Ordering::Relaxed)
+            >= (self.config.max_keys.get() as usize).saturating_mul(9) / 10;
         let mut dropped = 0;
         self.entries.retain(|_, e| {
+            let remembered =
+                !pressed && e.last_ban != 0 && now.saturating_sub(e.last_ban) <= memory;
             let keep = e.banned_until > now
-                || (e.last_ban != 0 && now.saturating_sub(e.last_ban) <= memory)
+                || remembered
                 || (e.strikes > 0 && now.saturating_sub(e.window_start) < within);
             if !keep {
                 dropped += 1;
@@ -343,5 +351,38 @@ mod tests {
         clock.advance(Duration::from_secs(3700));
         t.sweep();
         assert_eq!(t.tracked_keys(), 0);
+    }
+}
+
+#[cfg(test)]
+mod pressure_tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use std::num::NonZeroU32;
+
+    #[test]
+    fn keys_banned_once_cannot_hold_a_full_table() {
+        let clock = FakeRelativeClock::default();
+        let config = BanConfig {
+            after: NonZeroU32::MIN,
+            within: Duration::from_secs(10),
+            duration: Duration::from_secs(1),
+            increment: 2.0,
+            max: Duration::from_secs(10),
+            memory: Duration::from_secs(86_400),
+            max_keys: NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN),
+        };
+        let t = BanTable::new(config, clock.clone());
+        for n in 0..4 {
+            assert!(t.strike(LimitKey::Asn(n)).is_some());
+        }
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(t.strike(LimitKey::Asn(99)), None, "full");
+        t.sweep();
+        assert_eq!(t.tracked_keys(), 0);
+        assert!(
+            t.strike(LimitKey::Asn(99)).is_some(),
+            "a real offender is banned again"
+        );
     }
 }

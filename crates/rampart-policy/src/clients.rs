@@ -2,7 +2,7 @@
 //! each list positive or negated (see `rampart_config::ClientCondition`).
 
 use crate::cidr::CidrSet;
-use crate::geo::{CountryCode, GeoInfo};
+use crate::geo::{CountryCode, GeoInfo, UNKNOWN_COUNTRY};
 use rampart_config::ClientCondition;
 use std::net::IpAddr;
 
@@ -38,9 +38,6 @@ fn sorted(list: &[u32]) -> Vec<u32> {
     v.sort_unstable();
     v
 }
-
-/// The unknown country.
-const UNKNOWN_COUNTRY: CountryCode = CountryCode(*b"??");
 
 impl ClientMatch {
     /// Compiles `c`.

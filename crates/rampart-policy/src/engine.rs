@@ -462,13 +462,16 @@ impl<C: Clock + Clone> Policy<C> {
             .iter()
             .map(|l| {
                 let ban = l.ban.as_ref()?;
+                // Kept only together with its rule's state (the same Arc): a
+                // rebuilt rule hashes header and body values with a new key, so
+                // an old ban on a hashed value would match nobody.
                 let kept = previous.and_then(|p| {
                     p.limits
                         .iter()
                         .zip(&p.bans)
                         .find(|(r, b)| {
-                            r.config.name == l.name
-                                && r.config.key == l.key
+                            limits.iter().any(|kept| Arc::ptr_eq(kept, r))
+                                && r.config.name == l.name
                                 && b.as_ref().is_some_and(|b| b.config == *ban)
                         })
                         .and_then(|(_, b)| b.clone())
@@ -861,7 +864,12 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             match &check.enforcement {
                 Enforcement::Enforce => {
                     self.refusal = self.policy.rate_limited(check.rule, check.cost, wait);
-                    self.strike(check.rule, check.key);
+                    // Only a refusal by the fleet bucket itself counts toward a
+                    // ban: never one Redis being unreachable caused (closed
+                    // mode, or the smaller fallback bucket).
+                    if matches!(answer, FleetAnswer::Limited { .. }) {
+                        self.strike(check.rule, check.key);
+                    }
                 }
                 Enforcement::Shadow => self.observations.push(Observation::Shadow {
                     rule: self.policy.limit_names[check.rule].clone(),
@@ -1214,10 +1222,11 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             }
             // Cells free before this request, for a previewed limit_scale.
             let free_before = preview_scale.map(|_| rule.peek(&key).cells);
-            let outcome = if dry {
-                rule.peek_cost(key, cost)
+            let (outcome, own_key) = if dry {
+                (rule.peek_cost(key, cost), true)
             } else {
-                rule.check_cost(key, cost)
+                let (outcome, charged) = rule.check_cost_charged(key, cost);
+                (outcome, charged == key)
             };
             self.note(|| {
                 let state = rule.peek(&key);
@@ -1269,7 +1278,11 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 }),
                 Enforcement::Enforce => {
                     self.refusal = policy.rate_limited(i, cost.get(), retry_after);
-                    self.strike(i, key);
+                    // A refusal by a shared coarser or overflow bucket (the
+                    // store was full) is not this client's doing: no strike.
+                    if own_key {
+                        self.strike(i, key);
+                    }
                     return;
                 }
             }
@@ -1424,6 +1437,12 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
     /// requests only).
     fn strike(&mut self, rule: usize, key: LimitKey) {
         if self.charging != Charging::Charge {
+            return;
+        }
+        // Every client whose AS or country is unknown shares that key: banning
+        // it would ban them all for one of them.
+        if matches!(key, LimitKey::Asn(0)) || key == LimitKey::Country(crate::geo::UNKNOWN_COUNTRY)
+        {
             return;
         }
         if let Some(Some(table)) = self.policy.bans.get(rule) {
@@ -2473,5 +2492,129 @@ burst = 100
             decide(&next, "10.0.0.1", 64500, Charging::Charge).label(),
             "banned"
         );
+    }
+}
+
+#[cfg(test)]
+mod ban_fairness_tests {
+    //! Refusals that are not the client's own doing never ban it.
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use std::path::Path;
+
+    fn policy(extra: &str) -> Policy<FakeRelativeClock> {
+        let config = rampart_config::parse(
+            &format!(
+                "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[geoip]\nasn_db = \"/x.mmdb\"\n[fleet]\nredis_url = \"redis://127.0.0.1:1/0\"\n[pools.web]\nservers = [\"127.0.0.1:9000\"]\n[[routes]]\nname = \"all\"\npool = \"web\"\n{extra}"
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        Policy::new(&config, FakeRelativeClock::default(), None)
+    }
+
+    fn decide(
+        p: &Policy<FakeRelativeClock>,
+        ip: &str,
+        asn: Option<u32>,
+        fleet: FleetAnswer,
+    ) -> Verdict {
+        let headers = HeaderMap::new();
+        let facts = RequestFacts {
+            ip: ip.parse().unwrap(),
+            geo: GeoInfo { country: None, asn },
+            host: None,
+            path: "/",
+            query: None,
+            method: "GET",
+            headers: &headers,
+            flags: &[],
+        };
+        p.run(&facts, Charging::Charge, None, |c| vec![fleet; c.len()])
+            .0
+    }
+
+    #[test]
+    fn redis_being_unreachable_never_bans() {
+        let p = policy("[[limits]]\nname = \"f\"\nkey = \"ip\"\nrate = \"100/s\"\nscope = \"fleet\"\nfleet_failure = \"closed\"\nban = { after = 3, within = \"1m\", for = \"10m\" }\n");
+        for _ in 0..10 {
+            assert_eq!(
+                decide(&p, "192.0.2.1", Some(1), FleetAnswer::Unavailable).label(),
+                "rate_limited"
+            );
+        }
+        assert!(decide(&p, "192.0.2.1", Some(1), FleetAnswer::Allowed)
+            .refusal
+            .is_none());
+        // Refusals by the fleet bucket itself do ban.
+        let limited = FleetAnswer::Limited {
+            retry_after: Duration::from_secs(1),
+        };
+        for _ in 0..3 {
+            decide(&p, "192.0.2.1", Some(1), limited);
+        }
+        assert_eq!(
+            decide(&p, "192.0.2.1", Some(1), FleetAnswer::Allowed).label(),
+            "banned"
+        );
+    }
+
+    #[test]
+    fn refusals_by_a_shared_overflow_bucket_never_ban() {
+        let p = policy("[[limits]]\nname = \"l\"\nkey = \"ip\"\nrate = \"2/min\"\nburst = 2\nmax_keys = 2\nban = { after = 2, within = \"1m\", for = \"10m\" }\n");
+        // Two addresses fill the store; a third drains the /24 bucket it shares.
+        decide(&p, "10.0.0.1", Some(1), FleetAnswer::Allowed);
+        decide(&p, "10.0.1.1", Some(1), FleetAnswer::Allowed);
+        for _ in 0..4 {
+            decide(&p, "192.0.2.1", Some(1), FleetAnswer::Allowed);
+        }
+        // A newcomer in the same /24 is refused by the shared bucket, never banned.
+        for _ in 0..5 {
+            assert_eq!(
+                decide(&p, "192.0.2.99", Some(1), FleetAnswer::Allowed).label(),
+                "rate_limited"
+            );
+        }
+        let (table, _) = p.ban_table("l").unwrap();
+        assert_eq!(table.bans_total(), 0);
+    }
+
+    #[test]
+    fn the_unknown_as_is_never_banned() {
+        let p = policy("[[limits]]\nname = \"a\"\nkey = \"asn\"\nrate = \"1/min\"\nburst = 1\nban = { after = 2, within = \"1m\", for = \"10m\" }\n");
+        for _ in 0..5 {
+            decide(&p, "192.0.2.1", None, FleetAnswer::Allowed);
+        }
+        assert_eq!(
+            decide(&p, "198.51.100.1", None, FleetAnswer::Allowed).label(),
+            "rate_limited"
+        );
+        assert_eq!(p.ban_table("a").unwrap().0.bans_total(), 0);
+    }
+
+    #[test]
+    fn a_rebuilt_rule_does_not_keep_bans_its_new_hasher_cannot_match() {
+        let extra = |rate: &str| {
+            format!("[[limits]]\nname = \"h\"\nkey = \"header\"\nheader = \"x-key\"\nrate = \"{rate}\"\nburst = 1\nban = {{ after = 1, within = \"1m\", for = \"10m\" }}\n")
+        };
+        let old = policy(&extra("1/min"));
+        let config = rampart_config::parse(
+            &format!("[[listeners]]\naddress = \"127.0.0.1:8080\"\n[geoip]\nasn_db = \"/x.mmdb\"\n[fleet]\nredis_url = \"redis://127.0.0.1:1/0\"\n[pools.web]\nservers = [\"127.0.0.1:9000\"]\n[[routes]]\nname = \"all\"\npool = \"web\"\n{}", extra("2/min")),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let new = Policy::new(&config, FakeRelativeClock::default(), Some(&old));
+        assert!(!Arc::ptr_eq(
+            old.ban_table("h").unwrap().0,
+            new.ban_table("h").unwrap().0
+        ));
+        let same = Policy::new(&rampart_config::parse(
+            &format!("[[listeners]]\naddress = \"127.0.0.1:8080\"\n[geoip]\nasn_db = \"/x.mmdb\"\n[fleet]\nredis_url = \"redis://127.0.0.1:1/0\"\n[pools.web]\nservers = [\"127.0.0.1:9000\"]\n[[routes]]\nname = \"all\"\npool = \"web\"\n{}", extra("1/min")),
+            Path::new("t.toml"),
+        ).unwrap(), FakeRelativeClock::default(), Some(&old));
+        assert!(Arc::ptr_eq(
+            old.ban_table("h").unwrap().0,
+            same.ban_table("h").unwrap().0
+        ));
     }
 }

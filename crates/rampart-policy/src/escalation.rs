@@ -144,6 +144,7 @@ mod tests {
             leave_below: 50.0,
             leave_for: Duration::from_secs(30),
             min_hold: Duration::from_secs(60),
+            min_requests: 20,
         })
     }
 

@@ -38,6 +38,9 @@ impl fmt::Display for CountryCode {
     }
 }
 
+/// The country of a client the databases do not place (`??`).
+pub const UNKNOWN_COUNTRY: CountryCode = CountryCode(*b"??");
+
 /// What the databases say about one address.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GeoInfo {

@@ -96,6 +96,7 @@ impl LimitKey {
         match t {
             "all" => Some(LimitKey::Whole),
             "overflow" => Some(LimitKey::Overflow),
+            "??" => Some(LimitKey::Country(crate::geo::UNKNOWN_COUNTRY)),
             _ => CountryCode::parse(t).map(LimitKey::Country),
         }
     }
@@ -189,7 +190,9 @@ pub fn key_for(kind: &KeyKind, facts: &KeyFacts<'_>, hasher: &impl BuildHasher) 
         KeyKind::Ip => LimitKey::Ip(facts.ip),
         KeyKind::Prefix { v4, v6 } => LimitKey::Net(prefix_of(facts.ip, *v4, *v6)),
         KeyKind::Asn => LimitKey::Asn(facts.geo.asn.unwrap_or(0)),
-        KeyKind::Country => LimitKey::Country(facts.geo.country.unwrap_or(CountryCode(*b"??"))),
+        KeyKind::Country => {
+            LimitKey::Country(facts.geo.country.unwrap_or(crate::geo::UNKNOWN_COUNTRY))
+        }
         KeyKind::Header(_) => match facts.header {
             Some(value) => LimitKey::Hashed(hasher.hash_one(value)),
             // Without the header the client is counted by address, so leaving the
@@ -450,7 +453,17 @@ impl<C: Clock + Clone> RateRule<C> {
 
     /// Charges `cost` cells to `key`.
     pub fn check_cost(&self, key: LimitKey, cost: NonZeroU32) -> RuleOutcome {
+        self.check_cost_charged(key, cost).0
+    }
+
+    /// [`RateRule::check_cost`], with the key actually charged: `key`, or the
+    /// coarser or overflow key it shared because the store was full.
+    pub fn check_cost_charged(&self, key: LimitKey, cost: NonZeroU32) -> (RuleOutcome, LimitKey) {
         let key = self.admitted(key);
+        (self.charge(key, cost), key)
+    }
+
+    fn charge(&self, key: LimitKey, cost: NonZeroU32) -> RuleOutcome {
         match self.limiter.check_key_n(&key, cost) {
             Ok(Ok(())) => RuleOutcome::Allowed,
             Ok(Err(not_until)) => RuleOutcome::Limited {

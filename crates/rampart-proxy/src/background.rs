@@ -73,11 +73,7 @@ impl BackgroundService for FleetSync {
             let pubsub = fleet.subscribe().await;
             let _ = self.shared.fleet_resync().await;
             match fleet.read_bans(&self.shared.metrics).await {
-                Ok(bans) => {
-                    for ban in &bans {
-                        self.shared.apply_fleet_ban(ban);
-                    }
-                }
+                Ok(bans) => self.shared.sync_fleet_bans(&bans),
                 Err(e) => log::warn!("fleet: cannot read the fleet's bans: {e}"),
             }
             let mut messages = match pubsub {

@@ -39,14 +39,25 @@ impl Escalator {
     }
 }
 
-/// The value of `signal` between two samples, `secs` apart; `None` without data.
+/// The value of escalation `e`'s signal between two samples, `secs` apart.
+/// Share and latency signals read 0 (calm) below `min_requests` in the window,
+/// and `rejected_share` leaves out the refusals of the escalation's own flag
+/// (else a flag that refuses the route's traffic would keep itself on).
 pub fn signal_value(
-    signal: &Signal,
+    e: &rampart_config::EscalationConfig,
     config: &Config,
     old: &SignalCounters,
     new: &SignalCounters,
     secs: f64,
 ) -> Option<f64> {
+    let own_flag = config
+        .lockdown
+        .flags
+        .get(e.flag)
+        .map(|f| f.name.as_str())
+        .unwrap_or_default();
+    let signal = &e.signal;
+    let min = e.min_requests;
     let route_delta = |route: Option<usize>| -> [u64; 4] {
         let mut sum = [0u64; 4];
         for (label, now) in &new.routes {
@@ -84,19 +95,34 @@ pub fn signal_value(
         }
         sum
     };
+    let own_refusals = |route: Option<usize>| -> u64 {
+        new.refused_by
+            .iter()
+            .filter(|((label, rule), _)| {
+                rule == own_flag
+                    && match route {
+                        None => true,
+                        Some(r) => config.routes.get(r).is_some_and(|c| c.name == *label),
+                    }
+            })
+            .map(|(k, now)| now.saturating_sub(old.refused_by.get(k).copied().unwrap_or(0)))
+            .sum()
+    };
     match *signal {
         Signal::RequestRate { route } => (secs > 0.0).then(|| route_delta(route)[0] as f64 / secs),
         Signal::RejectedShare { route } => {
             let d = route_delta(route);
-            Some(if d[0] == 0 {
+            let own = own_refusals(route);
+            let (total, refused) = (d[0].saturating_sub(own), d[1].saturating_sub(own));
+            Some(if total < min.max(1) {
                 0.0
             } else {
-                d[1] as f64 / d[0] as f64
+                refused as f64 / total as f64
             })
         }
         Signal::Origin5xxShare { pool } => {
             let d = pool_routes(pool);
-            Some(if d[2] == 0 {
+            Some(if d[2] < min.max(1) {
                 0.0
             } else {
                 d[3] as f64 / d[2] as f64
@@ -107,8 +133,8 @@ pub fn signal_value(
             let (now_buckets, now_count) = new.pools.get(name)?;
             let (old_buckets, old_count) = old.pools.get(name).cloned().unwrap_or_default();
             let count = now_count.saturating_sub(old_count);
-            if count == 0 {
-                return None;
+            if count < min.max(1) {
+                return Some(0.0);
             }
             let target = (count as f64 * 0.99).ceil() as u64;
             let mut lower = 0.0;
@@ -166,10 +192,9 @@ impl Escalator {
                     below_since: None,
                 };
             }
-            (EscalationState::Idle { .. }, Some(_)) => {
-                // On by someone else: nothing to enter.
-                e.state = EscalationState::Idle { above_since: None };
-            }
+            // On by someone else (an operator): their change wins, as if they
+            // had changed it while the escalation held it.
+            (EscalationState::Idle { .. }, Some(_)) => e.suspend(),
             _ => {}
         }
     }
@@ -292,7 +317,7 @@ impl BackgroundService for Escalator {
             let clock = started.elapsed();
             for e in &mut escalations {
                 let value = if secs > 0.0 {
-                    signal_value(&e.config.signal, &snapshot.config, oldest, newest, secs)
+                    signal_value(&e.config, &snapshot.config, oldest, newest, secs)
                 } else {
                     None
                 };
@@ -336,6 +361,9 @@ pool = "auth"
 [[routes]]
 name = "chat"
 pool = "web"
+[[flags]]
+name = "closed"
+block = [{ routes = ["register"], status = 403, message = "closed" }]
 "#,
             std::path::Path::new("t.toml"),
         )
@@ -344,6 +372,7 @@ pool = "web"
 
     fn counters(routes: &[(&str, [u64; 4])], auth: &[(f64, u64)]) -> SignalCounters {
         SignalCounters {
+            refused_by: HashMap::new(),
             routes: routes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             pools: HashMap::from([(
                 "auth".to_string(),
@@ -368,7 +397,19 @@ pool = "web"
             ],
             &[(0.1, 90 + 50), (1.0, 90 + 98), (10.0, 90 + 100)],
         );
-        let v = |s: Signal| signal_value(&s, &c, &old, &new, 5.0);
+        let escalation = |signal: Signal, min_requests: u64| rampart_config::EscalationConfig {
+            name: "e".into(),
+            flag: 0,
+            preview: false,
+            signal,
+            enter_above: 1.0,
+            enter_for: Duration::from_secs(1),
+            leave_below: 0.5,
+            leave_for: Duration::from_secs(1),
+            min_hold: Duration::ZERO,
+            min_requests,
+        };
+        let v = |s: Signal| signal_value(&escalation(s, 20), &c, &old, &new, 5.0);
         assert_eq!(v(Signal::RequestRate { route: register }), Some(100.0));
         assert_eq!(v(Signal::RequestRate { route: None }), Some(200.0));
         assert_eq!(v(Signal::RejectedShare { route: register }), Some(0.8));
@@ -376,10 +417,17 @@ pool = "web"
         // 100 responses: the 99th is in the (1, 10] bucket, the first of it.
         let p99 = v(Signal::OriginP99 { pool: auth }).unwrap_or_default();
         assert!((p99 - 5.5).abs() < 1e-9, "{p99}");
-        // No responses in the window: no data.
-        assert_eq!(
-            signal_value(&Signal::OriginP99 { pool: auth }, &c, &new, &new, 5.0),
-            None
-        );
+        // No responses in the window, or fewer than min_requests: calm.
+        let p99 = escalation(Signal::OriginP99 { pool: auth }, 20);
+        assert_eq!(signal_value(&p99, &c, &new, &new, 5.0), Some(0.0));
+        let share = escalation(Signal::RejectedShare { route: register }, 1000);
+        assert_eq!(signal_value(&share, &c, &old, &new, 5.0), Some(0.0));
+        // Refusals by the escalation's own flag do not keep it on.
+        let mut own = new.clone();
+        own.refused_by
+            .insert(("register".into(), "closed".into()), 300);
+        let share = escalation(Signal::RejectedShare { route: register }, 20);
+        // 500 requests, 400 refused, 300 of them by the flag itself: 100 of 200.
+        assert_eq!(signal_value(&share, &c, &old, &own, 5.0), Some(0.5));
     }
 }

@@ -779,6 +779,8 @@ pub struct SignalCounters {
     /// Per pool: cumulative counts of the response-time buckets (upper bounds
     /// in seconds) and the total.
     pub pools: std::collections::HashMap<String, (Vec<(f64, u64)>, u64)>,
+    /// Refusals per (route label, rule or flag name).
+    pub refused_by: std::collections::HashMap<(String, String), u64>,
 }
 
 impl Metrics {
@@ -809,6 +811,20 @@ impl Metrics {
                         } else {
                             e[1] += n;
                         }
+                    }
+                }
+                "rampart_policy_rejections_total" => {
+                    for m in family.get_metric() {
+                        let label = |name: &str| {
+                            m.get_label()
+                                .iter()
+                                .find(|l| l.name() == name)
+                                .map(|l| l.value().to_string())
+                                .unwrap_or_default()
+                        };
+                        *out.refused_by
+                            .entry((label("route"), label("rule")))
+                            .or_default() += m.get_counter().get_value() as u64;
                     }
                 }
                 "rampart_upstream_response_duration_seconds" => {

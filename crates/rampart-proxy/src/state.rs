@@ -768,6 +768,37 @@ impl Shared {
         }
     }
 
+    /// Makes this node's bans of fleet rules what Redis holds (read back on a
+    /// (re)connect): imposes every ban listed, and lifts the fleet-rule bans
+    /// Redis no longer has (a lift announced while this node was not
+    /// listening).
+    pub fn sync_fleet_bans(&self, bans: &[crate::fleet::FleetBan]) {
+        for ban in bans {
+            self.apply_fleet_ban(ban);
+        }
+        let snapshot = self.snapshot();
+        for (rule, table) in snapshot
+            .policy
+            .rate_rules()
+            .iter()
+            .zip(snapshot.policy.ban_tables())
+        {
+            let Some(table) = table else { continue };
+            if !matches!(rule.config.scope, rampart_config::LimitScope::Fleet { .. }) {
+                continue;
+            }
+            for active in table.active(usize::MAX) {
+                let text = active.key.text();
+                let listed = bans
+                    .iter()
+                    .any(|b| b.rule == rule.config.name && b.key == text);
+                if !listed {
+                    table.lift(&active.key);
+                }
+            }
+        }
+    }
+
     /// Turns off every flag whose expiry has passed; returns their names.
     pub async fn expire_flags(&self) -> Vec<String> {
         let now_ms = lockdown::now_unix_ms();

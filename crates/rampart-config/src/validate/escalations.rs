@@ -163,7 +163,19 @@ impl Validator {
             raw.min_hold.as_deref(),
             Duration::from_secs(300),
         );
+        let min_requests = match raw.min_requests {
+            None => DEFAULT_ESCALATION_MIN_REQUESTS,
+            Some(n) if n >= 0 => n as u64,
+            Some(n) => {
+                self.issue(
+                    format!("{key}.min_requests"),
+                    format!("must be 0 or more, got {n}"),
+                );
+                DEFAULT_ESCALATION_MIN_REQUESTS
+            }
+        };
         Some(EscalationConfig {
+            min_requests,
             name,
             flag: flag?,
             preview,

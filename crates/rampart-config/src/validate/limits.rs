@@ -238,6 +238,12 @@ impl Validator {
             geoip,
         );
         let ban = raw.ban.map(|b| self.ban(&key, b));
+        if ban.is_some() && kind == KeyKind::Route {
+            self.issue(
+                format!("{key}.ban"),
+                "not with key = \"route\": one client's refusals would ban the route for everyone",
+            );
+        }
         LimitConfig {
             clients,
             ban,

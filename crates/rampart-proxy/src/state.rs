@@ -520,8 +520,10 @@ impl Shared {
         if flags_changed || config_changed {
             self.metrics.set_flags(&next.flags, &next.config.lockdown);
         }
+        // Recorded before it takes effect: whoever sees the change can read
+        // its audit record.
+        self.audit_to(&next.config.lockdown.audit_log, &changes);
         self.snapshot.store(Arc::new(next));
-        self.audit(&changes);
         persisted
     }
 
@@ -541,19 +543,24 @@ impl Shared {
         }
     }
 
-    /// The one place audit records are written: one per change.
+    /// Audits `changes` to the current config's audit log.
     fn audit(&self, changes: &[FlagChange]) {
+        let snapshot = self.snapshot();
+        self.audit_to(&snapshot.config.lockdown.audit_log, changes);
+    }
+
+    /// The one place audit records are written: one per change.
+    fn audit_to(&self, log: &std::path::Path, changes: &[FlagChange]) {
         if changes.is_empty() {
             return;
         }
-        let snapshot = self.snapshot();
         let time = lockdown::now_unix();
         for c in changes {
             if !c.flag.is_empty() {
                 self.metrics.lockdown_change(&c.flag, c.action);
             }
             lockdown::audit(
-                &snapshot.config.lockdown.audit_log,
+                log,
                 &AuditEntry {
                     time,
                     actor: &c.actor,

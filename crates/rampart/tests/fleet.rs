@@ -169,7 +169,10 @@ async fn a_flag_enabled_on_a_is_enforced_on_b_within_a_second() {
     let audit = std::fs::read_to_string(a.dir().join("state/lockdown-audit.jsonl")).unwrap();
     assert!(audit.contains("\"node\":\"node-a\""), "{audit}");
     // Node B audits what it learned from the fleet, once, with the actor.
-    let learned = std::fs::read_to_string(b.dir().join("state/lockdown-audit.jsonl")).unwrap();
+    let b_audit = b.dir().join("state/lockdown-audit.jsonl");
+    let written = wait_until(Duration::from_secs(2), || async { b_audit.exists() }).await;
+    assert!(written, "node B wrote no audit record");
+    let learned = std::fs::read_to_string(&b_audit).unwrap();
     let lines: Vec<&str> = learned
         .lines()
         .filter(|l| l.contains("\"action\":\"fleet_enable\""))

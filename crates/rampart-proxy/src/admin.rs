@@ -369,11 +369,21 @@ impl AdminService {
             );
         };
         let snapshot = self.shared.snapshot();
-        let Some((table, _)) = snapshot.policy.ban_table(rule) else {
+        let Some((table, kind)) = snapshot.policy.ban_table(rule) else {
             return problem(
                 StatusCode::NOT_FOUND,
                 &format!("no [[limits]] rule \"{rule}\" with a ban"),
             );
+        };
+        // An address given for a prefix-keyed rule means its network.
+        let key = match (key, kind) {
+            (
+                rampart_policy::limits::LimitKey::Ip(ip),
+                rampart_config::KeyKind::Prefix { v4, v6 },
+            ) => rampart_policy::limits::LimitKey::Net(rampart_policy::limits::prefix_of(
+                ip, *v4, *v6,
+            )),
+            (key, _) => key,
         };
         let fleet_rule =
             snapshot.config.limits.iter().any(|l| {

@@ -641,3 +641,47 @@ routes = ["login"]
         .unwrap();
     assert_eq!(unknown.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_on_a_network_is_lifted_by_any_address_in_it() {
+    let origin = MockOrigin::start("o").await;
+    let rampart = start(
+        &origin,
+        r#"
+[[limits]]
+name = "net"
+key = "prefix"
+prefix_v4 = 24
+rate = "1/h"
+burst = 1
+routes = ["login"]
+ban = { after = 2, within = "1m", for = "5m" }
+"#,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for i in 1..=3 {
+        get_as(
+            &client,
+            &rampart,
+            "/api/auth/login",
+            &format!("203.0.113.{i}"),
+        )
+        .await;
+    }
+    let banned = get_as(&client, &rampart, "/api/auth/login", "203.0.113.50").await;
+    let body: serde_json::Value = banned.json().await.unwrap();
+    assert_eq!(body["type"], "https://rampart.dev/problems/banned");
+    assert_eq!(
+        rampart.admin_json("/bans").await["bans"][0]["key"],
+        "203.0.113.0/24"
+    );
+    let lifted = rampart
+        .admin_request(Method::DELETE, "/bans/net?key=203.0.113.77")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = lifted.json().await.unwrap();
+    assert_eq!(body["was_banned"], true);
+    assert_eq!(body["key"], "203.0.113.0/24");
+}

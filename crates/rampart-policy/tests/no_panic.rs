@@ -1,7 +1,7 @@
 //! Network-facing input never panics the policy engine: deterministic
 //! pseudo-random bytes (fixed seed) through the client IP resolver, the body
-//! rule, phone normalisation and the route table, and mutated configs through
-//! the config parser.
+//! rule, phone normalisation, the route table and ban-key text, and mutated
+//! configs through the config parser.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use rampart_config::{BodyRuleConfig, ClientIpConfig, ForwardedHeader};
@@ -104,6 +104,17 @@ fn random_forwarding_headers_bodies_and_paths_never_panic() {
         }
         let host = String::from_utf8_lossy(&rng.bytes(20, b"[]:.0123456789abc")).into_owned();
         let _ = routes.find(Some(&host), &path, "POST");
+        // Ban keys typed by operators (DELETE /bans) or read from the fleet:
+        // never a panic, and whatever parses prints back to itself.
+        let text =
+            String::from_utf8_lossy(&rng.bytes(24, b"ASash0123456789abcdef.:/?DE")).into_owned();
+        if let Some(key) = rampart_policy::limits::LimitKey::parse_text(&text) {
+            assert_eq!(
+                rampart_policy::limits::LimitKey::parse_text(&key.text()),
+                Some(key),
+                "{text}"
+            );
+        }
     }
 }
 

@@ -625,8 +625,8 @@ impl<A> EdgeApp<A> {
         }
     }
 
-    /// Wraps the admin API: the same deadlines and caps, nothing counted as
-    /// public traffic.
+    /// Wraps the admin API: the same deadlines and head caps, no per-source
+    /// connection cap, nothing counted as public traffic.
     pub fn admin(inner: A, shared: Arc<Shared>) -> Self {
         Self {
             inner: Arc::new(inner),
@@ -670,10 +670,13 @@ where
             .and_then(|d| d.peer_addr().cloned())
             .and_then(|a| a.as_inet().map(|a| a.ip()))
             .map(rampart_config::canonical_ip);
-        // Behind a trusted proxy the peer is not the client: no cap there.
+        // Behind a trusted proxy the peer is not the client: no cap there. The
+        // admin listener is private and authenticated: an operator's tools
+        // (a console polling, a CLI, Prometheus) are never closed at accept.
         let _slot = match peer {
             Some(ip)
-                if limits.max_connections_per_source > 0
+                if self.public
+                    && limits.max_connections_per_source > 0
                     && !snapshot.config.client_ip.is_trusted(ip) =>
             {
                 match self.sources.acquire(ip, limits.max_connections_per_source) {

@@ -291,6 +291,16 @@ async fn one_source_cannot_hold_more_than_its_connections() {
     })
     .await;
     assert!(ok, "no slot came back after a connection closed");
+
+    // The admin listener has no per-source cap: an operator's tools stay
+    // connected while the same address holds more than 3 of them.
+    let mut admin_held = Vec::new();
+    for _ in 0..5 {
+        admin_held.push(TcpStream::connect(r.admin).await.unwrap());
+    }
+    let metrics = r.metrics().await;
+    assert!(metrics.contains("rampart_client_connections_closed_total"), "{metrics}");
+    drop(admin_held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,7 +299,10 @@ async fn one_source_cannot_hold_more_than_its_connections() {
         admin_held.push(TcpStream::connect(r.admin).await.unwrap());
     }
     let metrics = r.metrics().await;
-    assert!(metrics.contains("rampart_client_connections_closed_total"), "{metrics}");
+    assert!(
+        metrics.contains("rampart_client_connections_closed_total"),
+        "{metrics}"
+    );
     drop(admin_held);
 }
 

@@ -33,7 +33,7 @@ done
 # Built one package at a time, as benches/ratio.sh does, so neither script
 # rebuilds what the other built (features unify differently per invocation).
 cargo build --release -p rampart
-cargo build --release -p rampart-benches --bin rampart-pingora-floor
+cargo build --release -p rampart-benches --bin rampart-pingora-floor --bin rampart-lean-floor
 export RAMPART_ADMIN_TOKEN=bench-token-0123456789abcdef
 tmp=$(mktemp -d)
 # shellcheck source=benches/origin.sh
@@ -81,6 +81,8 @@ printf '%-34s %14s %10s\n' "nginx (proxy_pass, keepalive)" "$ng" "1.00x"
 row() { printf '%-34s %14s %10s\n' "$1" "$2" "$(python3 -c "print(f'{$2/$ng:.2f}x')")"; }
 row "pingora floor" "$(measure floor 18090 INT "X-Bench: 1" -- \
   "$PWD/target/release/rampart-pingora-floor" 127.0.0.1:18090 127.0.0.1:19000)"
+row "lean floor (own request loop)" "$(measure lean 18091 INT "X-Bench: 1" -- \
+  "$PWD/target/release/rampart-lean-floor" 127.0.0.1:18091 127.0.0.1:19000)"
 rampart=${RAMPART:-$PWD/target/release/rampart}
 row "rampart, proxied (mitigation on)" "$(measure rampart 18080 INT "X-Bench: 1" -- \
   "$rampart" run --config ratio-mitigation.toml)"

@@ -377,6 +377,8 @@ pub struct FileServer {
     pub work_stealing: Option<bool>,
     /// Idle origin connections kept per process.
     pub upstream_keepalive_pool_size: Option<i64>,
+    /// Which request loop serves HTTP/1.1: "rampart" or "pingora-proxy".
+    pub http1_loop: Option<String>,
     /// Drain time after SIGTERM.
     pub grace_period: Option<String>,
     /// Time the runtimes get to stop after the drain.

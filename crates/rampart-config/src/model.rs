@@ -668,6 +668,16 @@ impl Config {
     }
 }
 
+/// The request loop of HTTP/1.1 connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Loop {
+    /// Rampart's own loop on pingora-core's HTTP/1.1 sessions (`lean`).
+    #[default]
+    Rampart,
+    /// pingora-proxy's `ProxyHttp` phases, as HTTP/2 uses.
+    PingoraProxy,
+}
+
 /// `[server]`: Pingora server settings that matter for cost per request.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -678,6 +688,9 @@ pub struct ServerConfig {
     pub work_stealing: bool,
     /// Idle origin connections kept per process.
     pub upstream_keepalive_pool_size: usize,
+    /// Which request loop serves HTTP/1.1 connections (HTTP/2 always goes
+    /// through pingora-proxy). Read at start only.
+    pub http1_loop: Http1Loop,
     /// After SIGTERM, no new connections are accepted and in-flight requests get
     /// this long to finish (the process waits the whole period).
     pub grace_period: Duration,

@@ -609,6 +609,8 @@ pub struct EdgeApp<A> {
     sources: Arc<SourceCounter>,
     h2c: bool,
     public: bool,
+    /// Rampart's own HTTP/1.1 request loop; `inner` serves HTTP/1.1 without it.
+    lean: Option<Arc<crate::lean::Lean>>,
 }
 
 impl<A> EdgeApp<A> {
@@ -622,7 +624,14 @@ impl<A> EdgeApp<A> {
             sources,
             h2c,
             public: true,
+            lean: None,
         }
+    }
+
+    /// Serves HTTP/1.1 connections with `lean` instead of the wrapped application.
+    pub fn with_lean(mut self, lean: Arc<crate::lean::Lean>) -> Self {
+        self.lean = Some(lean);
+        self
     }
 
     /// Wraps the admin API: the same deadlines and head caps, no per-source
@@ -634,8 +643,22 @@ impl<A> EdgeApp<A> {
             sources: Arc::new(SourceCounter::default()),
             h2c: false,
             public: false,
+            lean: None,
         }
     }
+}
+
+/// What one request hands to the next on its connection.
+enum Carried {
+    /// pingora-proxy's stream and session settings.
+    Proxy(
+        (
+            pingora::protocols::Stream,
+            Option<pingora::apps::HttpPersistentSettings>,
+        ),
+    ),
+    /// The lean loop's stream and bytes already read of the next request.
+    Lean((pingora::protocols::Stream, Option<bytes::BytesMut>)),
 }
 
 /// The HTTP/2 connection preface.
@@ -731,9 +754,21 @@ where
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(0) });
         session.set_read_timeout(None);
         loop {
-            session.set_connection_user_context(Some(Box::new(state.clone())));
             let round_started = Instant::now();
-            let reused = self.inner.process_new_http(session, shutdown).await;
+            // The next request's stream, with what carries over to it.
+            let reused = match &self.lean {
+                Some(lean) => lean
+                    .serve(session, &state, shutdown)
+                    .await
+                    .map(|reusable| Carried::Lean(reusable.into_parts())),
+                None => {
+                    session.set_connection_user_context(Some(Box::new(state.clone())));
+                    self.inner
+                        .process_new_http(session, shutdown)
+                        .await
+                        .map(|reused| Carried::Proxy(reused.consume()))
+                }
+            };
             if self.public
                 && !state.seen_by_proxy.load(Ordering::Acquire)
                 && state.refused().is_none()
@@ -754,11 +789,21 @@ where
                     round_started.elapsed(),
                 );
             }
-            let (stream, settings) = reused?.consume();
             state.next_request();
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
+            match reused? {
+                Carried::Proxy((stream, settings)) => {
+                    session = ServerSession::new_http1(stream);
+                    if let Some(settings) = settings {
+                        settings.apply_to_session(&mut session);
+                    }
+                }
+                Carried::Lean((stream, prefix)) => {
+                    session = ServerSession::new_http1(stream);
+                    session.set_keepalive(Some(0));
+                    if let Some(prefix) = prefix {
+                        session.set_pipelined_prefix(prefix);
+                    }
+                }
             }
             session.set_read_timeout(None);
             if *shutdown.borrow() {

@@ -9,6 +9,7 @@ pub mod edge;
 pub mod escalator;
 pub mod fleet;
 pub mod health;
+pub mod lean;
 pub mod lease;
 pub mod listening;
 pub mod lockdown;
@@ -155,6 +156,8 @@ pub fn build_server_with(
     let socket_options = listener_socket_options();
     let sources = Arc::new(edge::SourceCounter::default());
 
+    // One origin pool for the HTTP/1.1 loop of every public service.
+    let lean = Arc::new(lean::Lean::new(shared.clone(), &conf));
     // Plain HTTP/2 (h2c) is an option of the service, so h2c listeners get their own.
     for h2c in [false, true] {
         let listeners: Vec<_> = config.listeners.iter().filter(|l| l.h2c == h2c).collect();
@@ -214,11 +217,11 @@ pub fn build_server_with(
                 shared: shared.clone(),
             }));
         }
-        let service = Service::with_listeners(
-            name.to_string(),
-            endpoints,
-            edge::EdgeApp::new(app, shared.clone(), sources.clone(), h2c),
-        );
+        let mut edge = edge::EdgeApp::new(app, shared.clone(), sources.clone(), h2c);
+        if config.server.http1_loop == rampart_config::Http1Loop::Rampart {
+            edge = edge.with_lean(lean.clone());
+        }
+        let service = Service::with_listeners(name.to_string(), endpoints, edge);
         server.add_service(service);
     }
 

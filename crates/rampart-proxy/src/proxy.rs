@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
@@ -32,126 +33,125 @@ impl RampartProxy {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
+}
 
-    /// Announces a ban of a fleet rule to the other nodes, in the background
-    /// (the request does not wait on Redis for it; a failure is logged, and
-    /// this node keeps the ban either way).
-    fn announce_ban(
-        &self,
-        fleet: &Arc<crate::fleet::Fleet>,
-        snapshot: &Snapshot,
-        ban: &rampart_policy::engine::NewBan,
-    ) {
-        let Some(rule) = snapshot.config.limits.get(ban.rule) else {
-            return;
-        };
-        if !matches!(rule.scope, rampart_config::LimitScope::Fleet { .. }) {
-            return;
-        }
-        let announced = crate::fleet::FleetBan {
-            rule: rule.name.clone(),
-            key: ban.key.text(),
-            ms: u64::try_from(ban.length.as_millis()).unwrap_or(u64::MAX),
-            offenses: ban.offenses,
-        };
-        let (fleet, shared) = (fleet.clone(), self.shared.clone());
-        tokio::spawn(async move {
-            if let Err(e) = fleet.publish_ban(&announced, &shared.metrics).await {
-                log::warn!(
-                    "fleet: ban of {} by {} not announced: {e}; enforced on this node only",
-                    announced.key,
-                    announced.rule
-                );
-            }
-        });
+/// Announces a ban of a fleet rule to the other nodes, in the background
+/// (the request does not wait on Redis for it; a failure is logged, and
+/// this node keeps the ban either way).
+fn announce_ban(
+    shared: &Arc<Shared>,
+    fleet: &Arc<crate::fleet::Fleet>,
+    snapshot: &Snapshot,
+    ban: &rampart_policy::engine::NewBan,
+) {
+    let Some(rule) = snapshot.config.limits.get(ban.rule) else {
+        return;
+    };
+    if !matches!(rule.scope, rampart_config::LimitScope::Fleet { .. }) {
+        return;
     }
+    let announced = crate::fleet::FleetBan {
+        rule: rule.name.clone(),
+        key: ban.key.text(),
+        ms: u64::try_from(ban.length.as_millis()).unwrap_or(u64::MAX),
+        offenses: ban.offenses,
+    };
+    let (fleet, shared) = (fleet.clone(), shared.clone());
+    tokio::spawn(async move {
+        if let Err(e) = fleet.publish_ban(&announced, &shared.metrics).await {
+            log::warn!(
+                "fleet: ban of {} by {} not announced: {e}; enforced on this node only",
+                announced.key,
+                announced.rule
+            );
+        }
+    });
+}
 
-    /// Counts a rejected request against its address, network and AS.
-    fn record_offender(&self, ctx: &RequestCtx) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let prefix = rampart_policy::limits::prefix_of(ctx.client_ip, 24, 48);
-        self.shared
-            .offenders
-            .record(ctx.client_ip, prefix, ctx.geo.asn, now);
+/// Counts a rejected request against its address, network and AS.
+fn record_offender(shared: &Shared, ctx: &RequestCtx) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let prefix = rampart_policy::limits::prefix_of(ctx.client_ip, 24, 48);
+    shared
+        .offenders
+        .record(ctx.client_ip, prefix, ctx.geo.asn, now);
+}
+
+/// Reads the request body, up to `limit` bytes (one more when it is longer),
+/// into Pingora's retry buffer, which replays it to the origin byte for
+/// byte. A client that sent `Expect: 100-continue` is told to go on first
+/// (HTTP/1.1; HTTP/2 clients send without waiting), unless the declared length
+/// is already too large. The whole body must arrive within
+/// `client_body_timeout` (408 otherwise).
+pub(crate) async fn read_body(
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+    limit: usize,
+) -> Result<BodyRead> {
+    let declared = declared_length(session);
+    let mut body = Vec::new();
+    if declared.is_some_and(|n| n > limit) {
+        // Declared too large: no need to read it to know.
+        body.resize(limit + 1, 0);
+        return Ok(BodyRead::Complete(body));
     }
-
-    /// Reads the request body, up to `limit` bytes (one more when it is longer),
-    /// into Pingora's retry buffer, which replays it to the origin byte for
-    /// byte. A client that sent `Expect: 100-continue` is told to go on first
-    /// (HTTP/1.1; HTTP/2 clients send without waiting), unless the declared length
-    /// is already too large. The whole body must arrive within
-    /// `client_body_timeout` (408 otherwise).
-    async fn read_body(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        limit: usize,
-    ) -> Result<BodyRead> {
-        let declared = declared_length(session);
-        let mut body = Vec::new();
-        if declared.is_some_and(|n| n > limit) {
-            // Declared too large: no need to read it to know.
-            body.resize(limit + 1, 0);
-            return Ok(BodyRead::Complete(body));
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        if let ServerSession::H1(h1) = session {
+            h1.write_continue_response().await?;
         }
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue {
-            if let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut() {
-                h1.write_continue_response().await?;
-            }
-            ctx.continue_sent = true;
-        }
-        session.enable_retry_buffering();
-        // HTTP/1.1 connections are held to the deadline by their stream as well.
-        let deadline = tokio::time::Instant::from_std(ctx.body_deadline());
-        loop {
-            let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
-                Ok(Ok(chunk)) => chunk,
-                // A bad chunk or a client that went away is the client's doing,
-                // never an origin failure.
-                Ok(Err(e)) => {
-                    session.set_keepalive(None);
-                    let deadline_passed = ctx
-                        .conn
-                        .as_ref()
-                        .and_then(|c| c.refused())
-                        .is_some_and(|r| r == crate::edge::EdgeRefusal::BodyTimeout);
-                    if deadline_passed || e.etype() == &ErrorType::ReadTimedout {
-                        return Ok(BodyRead::TimedOut);
-                    }
-                    let gone = matches!(
-                        e.etype(),
-                        ErrorType::ConnectionClosed | ErrorType::ReadError
-                    );
-                    return Ok(if gone {
-                        BodyRead::ClientGone
-                    } else {
-                        BodyRead::Malformed
-                    });
+        ctx.continue_sent = true;
+    }
+    session.enable_retry_buffering();
+    // HTTP/1.1 connections are held to the deadline by their stream as well.
+    let deadline = tokio::time::Instant::from_std(ctx.body_deadline());
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+            Ok(Ok(chunk)) => chunk,
+            // A bad chunk or a client that went away is the client's doing,
+            // never an origin failure.
+            Ok(Err(e)) => {
+                session.set_keepalive(None);
+                let deadline_passed = ctx
+                    .conn
+                    .as_ref()
+                    .and_then(|c| c.refused())
+                    .is_some_and(|r| r == crate::edge::EdgeRefusal::BodyTimeout);
+                if deadline_passed || e.etype() == &ErrorType::ReadTimedout {
+                    return Ok(BodyRead::TimedOut);
                 }
-                Err(_) => return Ok(BodyRead::TimedOut),
-            };
-            let Some(chunk) = chunk else { break };
-            body.extend_from_slice(&chunk);
-            if body.len() > limit {
-                break;
+                let gone = matches!(
+                    e.etype(),
+                    ErrorType::ConnectionClosed | ErrorType::ReadError
+                );
+                return Ok(if gone {
+                    BodyRead::ClientGone
+                } else {
+                    BodyRead::Malformed
+                });
             }
+            Err(_) => return Ok(BodyRead::TimedOut),
+        };
+        let Some(chunk) = chunk else { break };
+        body.extend_from_slice(&chunk);
+        if body.len() > limit {
+            break;
         }
-        if body.len() <= limit {
-            ctx.body_done = true;
-            if let Some(conn) = &ctx.conn {
-                conn.answering();
-            }
-        }
-        Ok(BodyRead::Complete(body))
     }
+    if body.len() <= limit {
+        ctx.body_done = true;
+        if let Some(conn) = &ctx.conn {
+            conn.answering();
+        }
+    }
+    Ok(BodyRead::Complete(body))
 }
 
 /// Removes the client-sent fields of `strip` (sorted, lower case, `-` for `_`),
@@ -179,7 +179,7 @@ fn strip_client_headers(req: &mut RequestHeader, strip: &[String]) {
 }
 
 /// The body length the request declares (`Content-Length`), when it does.
-fn declared_length(session: &Session) -> Option<usize> {
+fn declared_length(session: &ServerSession) -> Option<usize> {
     session
         .req_header()
         .headers
@@ -191,7 +191,7 @@ fn declared_length(session: &Session) -> Option<usize> {
 /// What the policy reads of a request (see `RequestFacts`).
 fn request_facts<'a>(
     ctx: &RequestCtx,
-    session: &'a Session,
+    session: &'a ServerSession,
     flags: &'a [rampart_policy::FlagMode],
 ) -> RequestFacts<'a> {
     let req = session.req_header();
@@ -211,7 +211,7 @@ fn request_facts<'a>(
 /// deadline, sent a malformed request or went away, and when the origin timed
 /// out waiting for a request body the client never finished; the origin's
 /// otherwise. A client can never make a healthy origin look like it is failing.
-fn failure_verdict(e: &Error, ctx: &RequestCtx) -> Rejection {
+pub(crate) fn failure_verdict(e: &Error, ctx: &RequestCtx) -> Rejection {
     let timeout = matches!(
         e.etype(),
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -263,7 +263,7 @@ fn failure_verdict(e: &Error, ctx: &RequestCtx) -> Rejection {
 /// `rampart_policy::canonical`). Absolute-form targets become origin-form; the
 /// query is kept as sent. Untouched when already canonical.
 fn canonicalize_target(
-    session: &mut Session,
+    session: &mut ServerSession,
     options: rampart_policy::CanonicalOptions,
 ) -> std::result::Result<(), rampart_policy::CanonicalRefusal> {
     use rampart_policy::CanonicalRefusal;
@@ -314,26 +314,26 @@ fn canonicalize_target(
 /// What the phases of one request decided.
 #[derive(Debug)]
 pub struct RequestCtx {
-    snapshot: Arc<Snapshot>,
-    started: Instant,
-    client_ip: IpAddr,
-    route: Option<usize>,
-    pool: Option<usize>,
-    server: Option<usize>,
-    connect_failures: u8,
-    rejection: Option<Rejection>,
-    geo: GeoInfo,
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) started: Instant,
+    pub(crate) client_ip: IpAddr,
+    pub(crate) route: Option<usize>,
+    pub(crate) pool: Option<usize>,
+    pub(crate) server: Option<usize>,
+    pub(crate) connect_failures: u8,
+    pub(crate) rejection: Option<Rejection>,
+    pub(crate) geo: GeoInfo,
     /// In-flight slots, released when the context is dropped at the end of the request.
-    permits: Vec<ConcurrencyPermit>,
+    pub(crate) permits: Vec<ConcurrencyPermit>,
     /// What shadow rules and previewed flags would have refused (recorded in `logging`).
-    observations: Vec<Observation>,
-    upstream_start: Option<Instant>,
+    pub(crate) observations: Vec<Observation>,
+    pub(crate) upstream_start: Option<Instant>,
     /// `100 Continue` was sent to the client before its body was read.
-    continue_sent: bool,
+    pub(crate) continue_sent: bool,
     /// The client connection's phase and deadline (HTTP/1.1; see `edge`).
-    conn: Option<Arc<crate::edge::ConnState>>,
+    pub(crate) conn: Option<Arc<crate::edge::ConnState>>,
     /// The whole request body has been read (or there is none).
-    body_done: bool,
+    pub(crate) body_done: bool,
     _in_flight: InFlight,
 }
 
@@ -356,7 +356,7 @@ impl Drop for InFlight {
 
 /// One access log line (JSON). The query string is left out: it may carry tokens.
 fn access_line(
-    session: &Session,
+    session: &ServerSession,
     ctx: &RequestCtx,
     now: std::time::Duration,
     status: u16,
@@ -391,8 +391,31 @@ fn access_line(
 }
 
 impl RequestCtx {
+    /// A request starting now, on the current snapshot; `conn` is its HTTP/1.1
+    /// connection's deadline state.
+    pub(crate) fn new(shared: &Shared, conn: Option<Arc<crate::edge::ConnState>>) -> Self {
+        RequestCtx {
+            snapshot: shared.snapshot(),
+            started: Instant::now(),
+            upstream_start: None,
+            continue_sent: false,
+            conn,
+            body_done: false,
+            _in_flight: InFlight::new(&shared.metrics.in_flight),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            route: None,
+            pool: None,
+            server: None,
+            connect_failures: 0,
+            rejection: None,
+            geo: GeoInfo::default(),
+            permits: Vec::new(),
+            observations: Vec::new(),
+        }
+    }
+
     /// When the whole request body must have arrived.
-    fn body_deadline(&self) -> Instant {
+    pub(crate) fn body_deadline(&self) -> Instant {
         self.started + self.snapshot.config.server.client.body_timeout
     }
 
@@ -466,6 +489,218 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
     })
 }
 
+/// Resolves the client, matches the route, applies the policy (lists, limits,
+/// in-flight caps) and answers at the edge when the request cannot or must not
+/// go upstream.
+pub(crate) async fn decide(
+    shared: &Arc<Shared>,
+    session: &mut ServerSession,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
+    let snapshot = ctx.snapshot.clone();
+    if session.is_body_empty() {
+        ctx.body_done = true;
+    }
+    if let Some(conn) = &ctx.conn {
+        conn.request_seen();
+        if ctx.body_done {
+            conn.answering();
+        }
+    }
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let req = session.req_header();
+    let client_config = &snapshot.config.client_ip;
+    let forwarded = req
+        .headers
+        .get_all(header_name(client_config.header))
+        .iter()
+        .map(|v| v.as_bytes());
+    ctx.client_ip = resolve_client_ip(peer, forwarded, client_config);
+
+    let options = rampart_policy::CanonicalOptions {
+        allow_semicolons: snapshot.config.request.allow_semicolons,
+    };
+    if let Err(refusal) = canonicalize_target(session, options) {
+        let rejection = Rejection::NonCanonical { refusal };
+        // The rest of a request we cannot read unambiguously is not worth reading.
+        session.set_keepalive(None);
+        write_rejection(session, &rejection, RouteKind::Api).await?;
+        ctx.rejection = Some(rejection);
+        return Ok(true);
+    }
+    ctx.geo = snapshot.geo.lookup(ctx.client_ip);
+    shared.metrics.geo_lookup(&snapshot.geo, &ctx.geo);
+    let modes = &snapshot.flags.modes;
+
+    // The policy decides; this loop only does the I/O it asks for.
+    let mut evaluation = snapshot.policy.evaluate(Charging::Charge);
+    let verdict = loop {
+        match evaluation.next(&request_facts(ctx, session, modes)) {
+            Step::Done(verdict) => break verdict,
+            Step::NeedBody { limit } => {
+                let read = read_body(session, ctx, limit).await?;
+                evaluation.give_body(read);
+            }
+            Step::NeedFleet(checks) => {
+                let answers = match &shared.fleet {
+                    Some(fleet) => {
+                        fleet
+                            .answer(&snapshot.config.limits, &checks, &shared.metrics)
+                            .await
+                    }
+                    None => Vec::new(),
+                };
+                evaluation.give_fleet(answers);
+            }
+        }
+    };
+    if let (Some(ban), Some(fleet)) = (&verdict.new_ban, &shared.fleet) {
+        announce_ban(shared, fleet, &snapshot, ban);
+    }
+    ctx.route = verdict.route;
+    ctx.pool = verdict.pool;
+    ctx.permits = verdict.permits;
+    ctx.observations = verdict.observations;
+    let mut rejection = verdict.refusal;
+    if rejection.is_none() && !ctx.body_done && session.is_http2() {
+        // An HTTP/2 stream's body has no connection deadline to hold it (the
+        // connection carries other streams): a small body with a declared
+        // length is read here, within client_body_timeout, before anything
+        // goes upstream, so a stalled stream is cut at its deadline and not
+        // after the origin's read timeout. Longer or undeclared bodies are
+        // streamed, cut when a chunk arrives late (request_body_filter).
+        let declared = declared_length(session)
+            .filter(|&n| n > 0 && n <= rampart_config::MAX_BODY_BYTES_LIMIT);
+        if let Some(length) = declared {
+            rejection = match read_body(session, ctx, length).await? {
+                BodyRead::Complete(_) => None,
+                failed => failed.refusal(),
+            };
+        }
+    }
+    let rejection = rejection.or_else(|| snapshot.unhealthy_pool(ctx.pool?));
+    if let Some(rejection) = rejection {
+        ctx.permits.clear();
+        let close = ctx
+            .route
+            .and_then(|r| snapshot.config.routes.get(r))
+            .is_some_and(|r| r.close_on_reject);
+        // A refused body may not have been read to its end: the connection
+        // cannot carry another request.
+        if close || matches!(rejection, Rejection::BodyRefused { .. }) {
+            session.set_keepalive(None);
+        }
+        // A client that went away gets nothing written (499 is only logged).
+        if !matches!(rejection, Rejection::ClientError { status: 499 }) {
+            write_rejection(session, &rejection, ctx.kind()).await?;
+        }
+        ctx.rejection = Some(rejection);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Replaces forwarding headers with what Rampart resolved: a client-supplied
+/// X-Forwarded-For, X-Real-IP or Forwarded is never passed on.
+pub(crate) fn forward_headers(
+    upstream_request: &mut RequestHeader,
+    ctx: &RequestCtx,
+    tls: bool,
+) -> Result<()> {
+    let ip = ip_header_value(ctx.client_ip);
+    strip_client_headers(upstream_request, &ctx.snapshot.config.request.strip_headers);
+    upstream_request.insert_header("x-forwarded-for", ip.clone())?;
+    upstream_request.insert_header("x-real-ip", ip)?;
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    upstream_request.insert_header("x-forwarded-proto", proto)?;
+    if ctx.continue_sent {
+        // The client has been told to go on and its body is buffered: the origin
+        // must not hold the request back waiting to say the same.
+        upstream_request.remove_header(&http::header::EXPECT);
+    }
+    if !upstream_request.headers.contains_key(http::header::HOST) {
+        // HTTP/2 clients send :authority instead of Host; HTTP/1.1 origins need Host.
+        if let Some(authority) = upstream_request.uri.authority().map(|a| a.to_string()) {
+            upstream_request.insert_header("host", authority)?;
+        }
+    }
+    Ok(())
+}
+
+/// Errors after the request was let through: problem bodies, never HTML, on API routes.
+pub(crate) async fn fail(session: &mut ServerSession, e: &Error, ctx: &mut RequestCtx) -> u16 {
+    let rejection = ctx
+        .rejection
+        .clone()
+        .unwrap_or_else(|| failure_verdict(e, ctx));
+    let status = rejection.status();
+    // A response may already be on its way (the origin failed mid-stream).
+    let written = session.response_written().is_some();
+    let client_gone = matches!(rejection, Rejection::ClientError { status: 499 });
+    if !written && !client_gone {
+        if let Err(write_error) = write_rejection(session, &rejection, ctx.kind()).await {
+            log::debug!("cannot write error response: {write_error}");
+        }
+    }
+    ctx.rejection = Some(rejection);
+    status
+}
+
+/// One metrics update per request, success or failure.
+pub(crate) fn log_request(shared: &Shared, session: &ServerSession, ctx: &RequestCtx) {
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .unwrap_or(0);
+    let verdict = ctx
+        .rejection
+        .as_ref()
+        .map(|r| r.label())
+        .unwrap_or(PROXIED_VERDICT);
+    for observation in &ctx.observations {
+        match observation {
+            Observation::Shadow { rule } => shared.metrics.shadow_match(ctx.route_label(), rule),
+            Observation::Preview { flag } => {
+                shared.metrics.lockdown_preview(ctx.route_label(), flag)
+            }
+        }
+    }
+    let policy_rule = ctx.rejection.as_ref().and_then(|r| r.rule());
+    if let Some(rule) = policy_rule {
+        shared.metrics.rejection(ctx.route_label(), verdict, rule);
+        record_offender(shared, ctx);
+    }
+    let elapsed = ctx.started.elapsed();
+    let proxied = ctx
+        .rejection
+        .is_none()
+        .then(|| ctx.snapshot.proxied_handles(ctx.route))
+        .flatten();
+    match proxied {
+        Some(handles) => shared
+            .metrics
+            .proxied(handles, status, elapsed.as_secs_f64()),
+        None => shared
+            .metrics
+            .request(ctx.route_label(), verdict, status, elapsed.as_secs_f64()),
+    }
+    if let Some(log) = &shared.access_log {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        if ctx.rejection.is_some() && !log.admit_rejected(now.as_secs()) {
+            shared.metrics.access_log_sampled_out();
+        } else {
+            let line = access_line(session, ctx, now, status, verdict, policy_rule, elapsed);
+            log.write(line, &shared.metrics);
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for RampartProxy {
     type CTX = RequestCtx;
@@ -475,24 +710,7 @@ impl ProxyHttp for RampartProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            snapshot: self.shared.snapshot(),
-            started: Instant::now(),
-            upstream_start: None,
-            continue_sent: false,
-            conn: None,
-            body_done: false,
-            _in_flight: InFlight::new(&self.shared.metrics.in_flight),
-            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            route: None,
-            pool: None,
-            server: None,
-            connect_failures: 0,
-            rejection: None,
-            geo: GeoInfo::default(),
-            permits: Vec::new(),
-            observations: Vec::new(),
-        }
+        RequestCtx::new(&self.shared, None)
     }
 
     /// Receives the connection's deadline state from `edge::EdgeApp` (it hands it
@@ -534,115 +752,9 @@ impl ProxyHttp for RampartProxy {
         Ok(())
     }
 
-    /// Resolves the client, matches the route, applies the policy (lists, limits,
-    /// in-flight caps) and answers at the edge when the request cannot or must not
-    /// go upstream.
+    /// See [`decide`].
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let snapshot = ctx.snapshot.clone();
-        if session.is_body_empty() {
-            ctx.body_done = true;
-        }
-        if let Some(conn) = &ctx.conn {
-            conn.request_seen();
-            if ctx.body_done {
-                conn.answering();
-            }
-        }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let req = session.req_header();
-        let client_config = &snapshot.config.client_ip;
-        let forwarded = req
-            .headers
-            .get_all(header_name(client_config.header))
-            .iter()
-            .map(|v| v.as_bytes());
-        ctx.client_ip = resolve_client_ip(peer, forwarded, client_config);
-
-        let options = rampart_policy::CanonicalOptions {
-            allow_semicolons: snapshot.config.request.allow_semicolons,
-        };
-        if let Err(refusal) = canonicalize_target(session, options) {
-            let rejection = Rejection::NonCanonical { refusal };
-            // The rest of a request we cannot read unambiguously is not worth reading.
-            session.set_keepalive(None);
-            write_rejection(session, &rejection, RouteKind::Api).await?;
-            ctx.rejection = Some(rejection);
-            return Ok(true);
-        }
-        ctx.geo = snapshot.geo.lookup(ctx.client_ip);
-        self.shared.metrics.geo_lookup(&snapshot.geo, &ctx.geo);
-        let modes = &snapshot.flags.modes;
-
-        // The policy decides; this loop only does the I/O it asks for.
-        let mut evaluation = snapshot.policy.evaluate(Charging::Charge);
-        let verdict = loop {
-            match evaluation.next(&request_facts(ctx, session, modes)) {
-                Step::Done(verdict) => break verdict,
-                Step::NeedBody { limit } => {
-                    let read = self.read_body(session, ctx, limit).await?;
-                    evaluation.give_body(read);
-                }
-                Step::NeedFleet(checks) => {
-                    let answers = match &self.shared.fleet {
-                        Some(fleet) => {
-                            fleet
-                                .answer(&snapshot.config.limits, &checks, &self.shared.metrics)
-                                .await
-                        }
-                        None => Vec::new(),
-                    };
-                    evaluation.give_fleet(answers);
-                }
-            }
-        };
-        if let (Some(ban), Some(fleet)) = (&verdict.new_ban, &self.shared.fleet) {
-            self.announce_ban(fleet, &snapshot, ban);
-        }
-        ctx.route = verdict.route;
-        ctx.pool = verdict.pool;
-        ctx.permits = verdict.permits;
-        ctx.observations = verdict.observations;
-        let mut rejection = verdict.refusal;
-        if rejection.is_none() && !ctx.body_done && session.as_downstream().is_http2() {
-            // An HTTP/2 stream's body has no connection deadline to hold it (the
-            // connection carries other streams): a small body with a declared
-            // length is read here, within client_body_timeout, before anything
-            // goes upstream, so a stalled stream is cut at its deadline and not
-            // after the origin's read timeout. Longer or undeclared bodies are
-            // streamed, cut when a chunk arrives late (request_body_filter).
-            let declared = declared_length(session)
-                .filter(|&n| n > 0 && n <= rampart_config::MAX_BODY_BYTES_LIMIT);
-            if let Some(length) = declared {
-                rejection = match self.read_body(session, ctx, length).await? {
-                    BodyRead::Complete(_) => None,
-                    failed => failed.refusal(),
-                };
-            }
-        }
-        let rejection = rejection.or_else(|| snapshot.unhealthy_pool(ctx.pool?));
-        if let Some(rejection) = rejection {
-            ctx.permits.clear();
-            let close = ctx
-                .route
-                .and_then(|r| snapshot.config.routes.get(r))
-                .is_some_and(|r| r.close_on_reject);
-            // A refused body may not have been read to its end: the connection
-            // cannot carry another request.
-            if close || matches!(rejection, Rejection::BodyRefused { .. }) {
-                session.set_keepalive(None);
-            }
-            // A client that went away gets nothing written (499 is only logged).
-            if !matches!(rejection, Rejection::ClientError { status: 499 }) {
-                write_rejection(session, &rejection, ctx.kind()).await?;
-            }
-            ctx.rejection = Some(rejection);
-            return Ok(true);
-        }
-        Ok(false)
+        decide(&self.shared, session, ctx).await
     }
 
     async fn upstream_peer(
@@ -697,58 +809,26 @@ impl ProxyHttp for RampartProxy {
         e
     }
 
-    /// Replaces forwarding headers with what Rampart resolved: a client-supplied
-    /// X-Forwarded-For, X-Real-IP or Forwarded is never passed on.
+    /// See [`forward_headers`].
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let ip = ip_header_value(ctx.client_ip);
-        strip_client_headers(upstream_request, &ctx.snapshot.config.request.strip_headers);
-        upstream_request.insert_header("x-forwarded-for", ip.clone())?;
-        upstream_request.insert_header("x-real-ip", ip)?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-        upstream_request.insert_header("x-forwarded-proto", proto)?;
-        if ctx.continue_sent {
-            // The client has been told to go on and its body is buffered: the origin
-            // must not hold the request back waiting to say the same.
-            upstream_request.remove_header(&http::header::EXPECT);
-        }
-        if !upstream_request.headers.contains_key(http::header::HOST) {
-            // HTTP/2 clients send :authority instead of Host; HTTP/1.1 origins need Host.
-            if let Some(authority) = upstream_request.uri.authority().map(|a| a.to_string()) {
-                upstream_request.insert_header("host", authority)?;
-            }
-        }
-        Ok(())
+        forward_headers(upstream_request, ctx, tls)
     }
 
-    /// Errors after the request was let through: problem bodies, never HTML, on API routes.
+    /// See [`fail`].
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let rejection = ctx
-            .rejection
-            .clone()
-            .unwrap_or_else(|| failure_verdict(e, ctx));
-        let status = rejection.status();
-        // A response may already be on its way (the origin failed mid-stream).
-        let written = session.response_written().is_some();
-        let client_gone = matches!(rejection, Rejection::ClientError { status: 499 });
-        if !written && !client_gone {
-            if let Err(write_error) = write_rejection(session, &rejection, ctx.kind()).await {
-                log::debug!("cannot write error response: {write_error}");
-            }
-        }
-        ctx.rejection = Some(rejection);
         FailToProxy {
-            error_code: status,
+            error_code: fail(session, e, ctx).await,
             can_reuse_downstream: false,
         }
     }
@@ -762,64 +842,9 @@ impl ProxyHttp for RampartProxy {
             )
     }
 
-    /// One metrics update per request, success or failure.
+    /// See [`log_request`].
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        let verdict = ctx
-            .rejection
-            .as_ref()
-            .map(|r| r.label())
-            .unwrap_or(PROXIED_VERDICT);
-        for observation in &ctx.observations {
-            match observation {
-                Observation::Shadow { rule } => {
-                    self.shared.metrics.shadow_match(ctx.route_label(), rule)
-                }
-                Observation::Preview { flag } => self
-                    .shared
-                    .metrics
-                    .lockdown_preview(ctx.route_label(), flag),
-            }
-        }
-        let policy_rule = ctx.rejection.as_ref().and_then(|r| r.rule());
-        if let Some(rule) = policy_rule {
-            self.shared
-                .metrics
-                .rejection(ctx.route_label(), verdict, rule);
-            self.record_offender(ctx);
-        }
-        let elapsed = ctx.started.elapsed();
-        let proxied = ctx
-            .rejection
-            .is_none()
-            .then(|| ctx.snapshot.proxied_handles(ctx.route))
-            .flatten();
-        match proxied {
-            Some(handles) => self
-                .shared
-                .metrics
-                .proxied(handles, status, elapsed.as_secs_f64()),
-            None => self.shared.metrics.request(
-                ctx.route_label(),
-                verdict,
-                status,
-                elapsed.as_secs_f64(),
-            ),
-        }
-        if let Some(log) = &self.shared.access_log {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            if ctx.rejection.is_some() && !log.admit_rejected(now.as_secs()) {
-                self.shared.metrics.access_log_sampled_out();
-            } else {
-                let line = access_line(session, ctx, now, status, verdict, policy_rule, elapsed);
-                log.write(line, &self.shared.metrics);
-            }
-        }
+        log_request(&self.shared, session, ctx);
     }
 
     async fn connected_to_upstream(

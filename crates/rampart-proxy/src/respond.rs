@@ -5,13 +5,13 @@ use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use rampart_config::RouteKind;
 use rampart_policy::Rejection;
 
 /// Writes `rejection` as a complete response, rendered for a route of `kind`.
 pub async fn write_rejection(
-    session: &mut Session,
+    session: &mut ServerSession,
     rejection: &Rejection,
     kind: RouteKind,
 ) -> Result<()> {
@@ -24,10 +24,6 @@ pub async fn write_rejection(
     for (name, value) in rejection.headers() {
         header.insert_header(name, value)?;
     }
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await
+    session.write_response_header(Box::new(header)).await?;
+    session.write_response_body(Bytes::from(body), true).await
 }

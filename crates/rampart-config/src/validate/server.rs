@@ -24,10 +24,22 @@ impl Validator {
                 DEFAULT_KEEPALIVE_POOL_SIZE
             }
         };
+        let http1_loop = match raw.http1_loop.as_deref() {
+            None | Some("rampart") => Http1Loop::Rampart,
+            Some("pingora-proxy") => Http1Loop::PingoraProxy,
+            Some(other) => {
+                self.issue(
+                    "server.http1_loop",
+                    format!("must be \"rampart\" or \"pingora-proxy\", got {other:?}"),
+                );
+                Http1Loop::Rampart
+            }
+        };
         ServerConfig {
             threads,
             work_stealing: raw.work_stealing.unwrap_or(false),
             upstream_keepalive_pool_size,
+            http1_loop,
             grace_period: self.duration(
                 "server.grace_period",
                 raw.grace_period.as_deref(),

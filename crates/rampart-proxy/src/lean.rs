@@ -1,0 +1,480 @@
+//! Rampart's own HTTP/1.1 request loop, on pingora-core's building blocks (its
+//! HTTP/1.1 server and client sessions and its transport connector) rather than
+//! pingora-proxy's `ProxyHttp` machinery. HTTP/2 connections still go through
+//! pingora-proxy (see `edge`).
+//!
+//! The decision is the same code as on the pingora-proxy path (`proxy::decide`,
+//! `forward_headers`, `fail`, `log_request`); what differs is the I/O around it:
+//! - no per-request channels, spawned tasks or boxed phase futures: one request
+//!   is one `async fn` that reads the head, decides, writes the request upstream,
+//!   then copies the response back;
+//! - origin connections are kept in a small last-in-first-out list checked on
+//!   take ([`OriginPool`]): no idle-watch task and no `getpeername` per reuse;
+//! - a request whose origin connection turns out to be closed before any byte of
+//!   a response came back is sent once more on a new connection, when its body
+//!   can be replayed (none, or read whole by a body rule);
+//! - the request body is sent before the response is read (like nginx with
+//!   `proxy_request_buffering off` but without a concurrent early response);
+//! - `101 Switching Protocols` turns the exchange into a two-way byte copy.
+
+use crate::edge::ConnState;
+use crate::proxy::{decide, fail, forward_headers, log_request, RequestCtx};
+use crate::state::Shared;
+use bytes::Bytes;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::prelude::*;
+use pingora::protocols::http::v1::client::HttpSession as Upstream;
+use pingora::protocols::http::{ReusableHttpStream, ServerSession};
+use pingora::protocols::Stream;
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::ErrorType;
+use rampart_policy::Rejection;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Idle origin connections, most recently used last. Taking checks the age;
+/// a connection the origin closed meanwhile is found out on first use (and the
+/// request sent again on a new one, see the module documentation).
+#[derive(Debug)]
+pub struct OriginPool {
+    idle: Mutex<VecDeque<IdleOrigin>>,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+struct IdleOrigin {
+    key: u64,
+    since: Instant,
+    idle_timeout: Option<Duration>,
+    stream: Stream,
+}
+
+impl OriginPool {
+    fn new(capacity: usize) -> Self {
+        Self {
+            idle: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            capacity,
+        }
+    }
+
+    /// The most recently released connection to the server with `key`, if one
+    /// is still within its idle timeout.
+    fn take(&self, key: u64) -> Option<Stream> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().ok()?;
+        // Expired connections are dropped (closed) wherever they are found.
+        idle.retain(|c| c.idle_timeout.is_none_or(|t| now - c.since < t));
+        let at = idle.iter().rposition(|c| c.key == key)?;
+        idle.remove(at).map(|c| c.stream)
+    }
+
+    /// Keeps `stream` for reuse; the oldest connection goes when the pool is full.
+    fn put(&self, key: u64, idle_timeout: Option<Duration>, stream: Stream) {
+        if self.capacity == 0 {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= self.capacity {
+            idle.pop_front();
+        }
+        idle.push_back(IdleOrigin {
+            key,
+            since: Instant::now(),
+            idle_timeout,
+            stream,
+        });
+    }
+}
+
+/// The HTTP/1.1 request loop of the public listeners.
+pub struct Lean {
+    shared: Arc<Shared>,
+    connector: TransportConnector,
+    origins: OriginPool,
+}
+
+impl std::fmt::Debug for Lean {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lean")
+            .field("origins", &self.origins)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one request ended, for the connection.
+enum Ended {
+    /// The client connection can carry another request.
+    Reusable,
+    /// It cannot (a failure, a refusal that closes, an upgraded connection).
+    Close,
+}
+
+impl Lean {
+    /// A loop over `shared`'s policy; origin connections as `conf` says
+    /// (keep-alive pool size, TLS to origins).
+    pub fn new(shared: Arc<Shared>, conf: &ServerConf) -> Self {
+        Self {
+            shared,
+            connector: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            origins: OriginPool::new(conf.upstream_keepalive_pool_size),
+        }
+    }
+
+    /// Serves one request on `session` and returns the connection when it can
+    /// carry another.
+    pub async fn serve(
+        &self,
+        mut session: ServerSession,
+        conn: &Arc<ConnState>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusableHttpStream> {
+        let mut watch = shutdown.clone();
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            // A server shutting down stops waiting for the next request.
+            _ = watch.wait_for(|down| *down) => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                // Pingora's plain 400 for a malformed head, as on the other path.
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let _ = session.respond_error(400).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if session.req_header().method == http::Method::CONNECT {
+            let _ = session.respond_error(405).await;
+            session.shutdown().await;
+            return None;
+        }
+        let mut ctx = RequestCtx::new(&self.shared, Some(conn.clone()));
+        let ended = self.handle(&mut session, &mut ctx).await;
+        log_request(&self.shared, &session, &ctx);
+        drop(ctx);
+        if matches!(ended, Ended::Close) {
+            session.set_keepalive(None);
+        }
+        session.finish().await.ok().flatten()
+    }
+
+    async fn handle(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Ended {
+        match decide(&self.shared, session, ctx).await {
+            Ok(true) => return Ended::Reusable,
+            Ok(false) => {}
+            Err(e) => {
+                fail(session, &e, ctx).await;
+                return Ended::Close;
+            }
+        }
+        match self.proxy(session, ctx).await {
+            Ok(ended) => ended,
+            Err(e) => {
+                fail(session, &e, ctx).await;
+                Ended::Close
+            }
+        }
+    }
+
+    /// The request header as the origin gets it.
+    fn upstream_header(session: &ServerSession, ctx: &RequestCtx) -> Result<Box<RequestHeader>> {
+        let mut header = Box::new(session.req_header().clone());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        forward_headers(&mut header, ctx, tls)?;
+        Ok(header)
+    }
+
+    /// An origin connection to `peer`: a pooled one unless `fresh`.
+    async fn connect(&self, peer: &HttpPeer, key: u64, fresh: bool) -> Result<(Stream, bool)> {
+        if !fresh {
+            if let Some(stream) = self.origins.take(key) {
+                return Ok((stream, true));
+            }
+        }
+        Ok((self.connector.new_stream(peer).await?, false))
+    }
+
+    async fn proxy(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<Ended> {
+        let snapshot = ctx.snapshot.clone();
+        let pool_index = ctx
+            .pool
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no pool"))?;
+        let pool = snapshot
+            .pools
+            .get(pool_index)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no pool"))?;
+        let handles = snapshot.pool_metrics.get(pool_index);
+        // A body read whole by a body rule is replayed byte for byte; a request
+        // without one can be sent again as it is.
+        let buffered = session.get_retry_buffer();
+        let replayable = ctx.body_done;
+        let mut fresh = false;
+        let (mut up, peer) = loop {
+            // After a connect failure, the retry goes to another server.
+            let exclude = if ctx.connect_failures > 0 {
+                ctx.server
+            } else {
+                None
+            };
+            let Some(i) = pool.pick(exclude) else {
+                ctx.rejection = Some(Rejection::NoHealthyUpstream {
+                    pool: pool.name().to_string(),
+                });
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no healthy server in pool",
+                ));
+            };
+            ctx.server = Some(i);
+            ctx.upstream_start = Some(Instant::now());
+            let peer = &pool.servers[i].peer;
+            let key = peer.reuse_hash();
+            let (stream, reused) = match self.connect(peer, key, fresh).await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    ctx.connect_failures = ctx.connect_failures.saturating_add(1);
+                    if ctx.connect_failures == 1 && pool.pick(ctx.server).is_some() {
+                        continue;
+                    }
+                    return Err(e.into_up());
+                }
+            };
+            if let Some(handles) = handles {
+                handles.connect(reused);
+            }
+            let mut up = Upstream::new_with_options(stream, peer);
+            let sent = async {
+                Self::send_head(&mut up, session, ctx, buffered.as_ref()).await?;
+                if replayable {
+                    up.finish_body().await.map_err(|e| e.into_up())?;
+                    Self::read_response_head(&mut up, session, ctx).await?;
+                }
+                Ok::<(), Box<Error>>(())
+            }
+            .await;
+            match sent {
+                Ok(()) => break (up, peer),
+                // The origin closed a pooled connection before answering: once
+                // more on a new one, when the request can be sent again.
+                Err(e) if reused && replayable && !fresh && closed_early(&e) => {
+                    fresh = true;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if !replayable {
+            self.stream_body(&mut up, session, ctx).await?;
+            up.finish_body().await.map_err(|e| e.into_up())?;
+            Self::read_response_head(&mut up, session, ctx).await?;
+        }
+        if let (Some(start), Some(handles)) = (ctx.upstream_start, handles) {
+            handles.upstream_response(start.elapsed().as_secs_f64());
+        }
+        let header = up
+            .resp_header()
+            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
+        let upgraded = header.status.as_u16() == 101 && session.is_upgrade_req();
+        session
+            .write_response_header(Box::new(header.clone()))
+            .await
+            .map_err(|e| e.into_down())?;
+        if upgraded {
+            return Self::tunnel(&mut up, session).await.map(|()| Ended::Close);
+        }
+        while let Some(chunk) = up.read_body_bytes().await.map_err(|e| e.into_up())? {
+            session
+                .write_response_body(chunk, false)
+                .await
+                .map_err(|e| e.into_down())?;
+        }
+        session.finish_body().await.map_err(|e| e.into_down())?;
+        up.respect_keepalive();
+        if let Some(stream) = up.reuse().await {
+            self.origins
+                .put(peer.reuse_hash(), peer.options.idle_timeout, stream);
+        }
+        Ok(Ended::Reusable)
+    }
+
+    /// Reads the origin's response header, passing a `100 Continue` on to a
+    /// client still waiting for one and skipping other informational responses.
+    async fn read_response_head(
+        up: &mut Upstream,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        loop {
+            up.read_response().await.map_err(|e| e.into_up())?;
+            match up.get_status().map(|s| s.as_u16()) {
+                Some(100) => {
+                    if expects_continue(session) && !ctx.continue_sent {
+                        session
+                            .write_continue_response()
+                            .await
+                            .map_err(|e| e.into_down())?;
+                        ctx.continue_sent = true;
+                    }
+                }
+                Some(102..=199) => {}
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Writes the request header, and the body when a body rule read it whole.
+    async fn send_head(
+        up: &mut Upstream,
+        session: &ServerSession,
+        ctx: &RequestCtx,
+        buffered: Option<&Bytes>,
+    ) -> Result<()> {
+        let header = Self::upstream_header(session, ctx)?;
+        up.write_request_header(header)
+            .await
+            .map_err(|e| e.into_up())?;
+        if let Some(body) = buffered.filter(|b| !b.is_empty()) {
+            up.write_body(body).await.map_err(|e| e.into_up())?;
+        }
+        Ok(())
+    }
+
+    /// Copies the rest of the request body to the origin, within the client's
+    /// body deadline.
+    async fn stream_body(
+        &self,
+        up: &mut Upstream,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::from_std(ctx.body_deadline());
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+                Ok(chunk) => chunk.map_err(|e| e.into_down())?,
+                Err(_) => {
+                    ctx.rejection = Some(Rejection::ClientTimeout);
+                    return Err(Error::explain(
+                        ErrorType::ReadTimedout,
+                        "client_body_timeout passed while the body was arriving",
+                    )
+                    .into_down());
+                }
+            };
+            let Some(chunk) = chunk else { break };
+            up.write_body(&chunk).await.map_err(|e| e.into_up())?;
+        }
+        ctx.body_done = true;
+        if let Some(conn) = &ctx.conn {
+            conn.answering();
+        }
+        Ok(())
+    }
+
+    /// After `101 Switching Protocols`: bytes both ways until either side ends.
+    async fn tunnel(up: &mut Upstream, session: &mut ServerSession) -> Result<()> {
+        up.maybe_upgrade_body_writer();
+        loop {
+            tokio::select! {
+                from_origin = up.read_body_bytes() => {
+                    match from_origin.map_err(|e| e.into_up())? {
+                        Some(chunk) => session
+                            .write_response_body(chunk, false)
+                            .await
+                            .map_err(|e| e.into_down())?,
+                        None => break,
+                    }
+                }
+                from_client = session.read_request_body() => {
+                    match from_client.map_err(|e| e.into_down())? {
+                        Some(chunk) => {
+                            up.write_body(&chunk).await.map_err(|e| e.into_up())?;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        let _ = session.finish_body().await;
+        Ok(())
+    }
+}
+
+/// The client asked to be told to go on before sending its body.
+fn expects_continue(session: &ServerSession) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// An origin connection that was closed before any byte of a response came back.
+fn closed_early(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real loopback connection (its far end is dropped).
+    async fn stream() -> Stream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        Box::new(pingora::protocols::l4::stream::Stream::from(tcp))
+    }
+
+    fn id(stream: &Stream) -> i32 {
+        stream.id()
+    }
+
+    #[tokio::test]
+    async fn the_pool_gives_back_the_newest_connection_of_a_server() {
+        let pool = OriginPool::new(4);
+        let (a, b, c) = (stream().await, stream().await, stream().await);
+        let (ia, ib, ic) = (id(&a), id(&b), id(&c));
+        pool.put(1, None, a);
+        pool.put(2, None, b);
+        pool.put(1, None, c);
+        assert_eq!(pool.take(1).as_ref().map(id), Some(ic));
+        assert_eq!(pool.take(1).as_ref().map(id), Some(ia));
+        assert!(pool.take(1).is_none());
+        assert_eq!(pool.take(2).as_ref().map(id), Some(ib));
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_drops_its_oldest_and_expired_connections_are_not_given() {
+        let pool = OriginPool::new(2);
+        let (a, b, c) = (stream().await, stream().await, stream().await);
+        let (ib, ic) = (id(&b), id(&c));
+        pool.put(1, None, a);
+        pool.put(1, None, b);
+        pool.put(1, None, c);
+        assert_eq!(pool.take(1).as_ref().map(id), Some(ic));
+        assert_eq!(pool.take(1).as_ref().map(id), Some(ib));
+        assert!(pool.take(1).is_none());
+
+        pool.put(1, Some(Duration::from_millis(1)), stream().await);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(pool.take(1).is_none());
+        assert!(pool.idle.lock().expect("lock").is_empty());
+
+        let off = OriginPool::new(0);
+        off.put(1, None, stream().await);
+        assert!(off.take(1).is_none());
+    }
+}

@@ -265,64 +265,125 @@ impl Rejection {
     }
 
     /// Human explanation. Fixed texts are borrowed; only the few that name a
-    /// value (pool, AS, country, wait) are formatted.
+    /// value (pool, AS, country, wait) are put together.
     pub fn detail(&self) -> Cow<'_, str> {
-        match self {
-            Rejection::NoRoute { .. } => "No route is configured for this request.".into(),
-            Rejection::NoHealthyUpstream { pool } => {
-                format!("No healthy origin server in pool \"{pool}\"; try again shortly.").into()
+        match self.detail_parts() {
+            (text, Piece::None, "") => Cow::Borrowed(text),
+            (head, middle, tail) => {
+                let mut out = String::with_capacity(head.len() + tail.len() + 24);
+                out.push_str(head);
+                match middle {
+                    Piece::None => {}
+                    Piece::Text(t) => out.push_str(t),
+                    Piece::Number(n) => push_decimal(&mut out, n),
+                }
+                out.push_str(tail);
+                Cow::Owned(out)
             }
-            Rejection::UpstreamFailed { .. } => {
-                "The origin server could not complete the request.".into()
-            }
-            Rejection::DeniedByNetwork { .. } => {
-                "Requests from your network are not accepted.".into()
-            }
-            Rejection::DeniedByAsn { asn, .. } => {
-                format!("Requests from AS{asn} are not accepted.").into()
-            }
-            Rejection::DeniedByCountry { country, .. } => {
-                format!("Requests from country {country} are not accepted.").into()
-            }
-            Rejection::UnknownCountry => {
-                "Requests from addresses with no known country are not accepted.".into()
-            }
-            Rejection::UnknownAsn => {
-                "Requests from addresses with no known network operator are not accepted.".into()
-            }
-            Rejection::RateLimited { retry_after, .. } => {
-                format!("Rate limit exceeded; retry in {retry_after} s.").into()
-            }
-            Rejection::TooManyInFlight { .. } => {
-                "Too many of your requests are in progress; wait for one to finish.".into()
-            }
-            Rejection::Banned { retry_after, .. } => format!(
-                "Too many of your requests were refused; requests are not accepted for {retry_after} s."
-            )
-            .into(),
-            Rejection::Maintenance { message, .. } | Rejection::LockedDown { message, .. } => {
-                Cow::Borrowed(message)
-            }
-            Rejection::SessionRequired { .. } => {
-                "Only signed-in users are served right now; new sessions are not accepted.".into()
-            }
-            Rejection::RestrictedByFlag { .. } => {
-                "This part of the service is temporarily restricted to some networks and regions."
-                    .into()
-            }
-            Rejection::BodyRefused { detail, .. } => Cow::Borrowed(detail),
-            Rejection::NonCanonical { refusal } => refusal.detail().into(),
-            Rejection::MethodNotAllowed { allow } => {
-                format!("This path accepts only {allow}.").into()
-            }
-            Rejection::ClientTimeout => {
-                "The request was not received in time; the connection is closed.".into()
-            }
-            Rejection::HeaderTooLarge => {
-                "The request head is too large or has too many header fields.".into()
-            }
-            Rejection::ClientError { .. } => "The request is malformed or incomplete.".into(),
         }
+    }
+
+    /// [`Self::detail`] as fixed text, one value and fixed text, so that it can
+    /// be written out without being put together first.
+    fn detail_parts(&self) -> (&str, Piece<'_>, &'static str) {
+        match self {
+            Rejection::NoRoute { .. } => {
+                ("No route is configured for this request.", Piece::None, "")
+            }
+            Rejection::NoHealthyUpstream { pool } => (
+                "No healthy origin server in pool \"",
+                Piece::Text(pool),
+                "\"; try again shortly.",
+            ),
+            Rejection::UpstreamFailed { .. } => (
+                "The origin server could not complete the request.",
+                Piece::None,
+                "",
+            ),
+            Rejection::DeniedByNetwork { .. } => (
+                "Requests from your network are not accepted.",
+                Piece::None,
+                "",
+            ),
+            Rejection::DeniedByAsn { asn, .. } => (
+                "Requests from AS",
+                Piece::Number(u64::from(*asn)),
+                " are not accepted.",
+            ),
+            Rejection::DeniedByCountry { country, .. } => (
+                "Requests from country ",
+                Piece::Text(country.as_str()),
+                " are not accepted.",
+            ),
+            Rejection::UnknownCountry => (
+                "Requests from addresses with no known country are not accepted.",
+                Piece::None,
+                "",
+            ),
+            Rejection::UnknownAsn => (
+                "Requests from addresses with no known network operator are not accepted.",
+                Piece::None,
+                "",
+            ),
+            Rejection::RateLimited { retry_after, .. } => (
+                "Rate limit exceeded; retry in ",
+                Piece::Number(*retry_after),
+                " s.",
+            ),
+            Rejection::TooManyInFlight { .. } => (
+                "Too many of your requests are in progress; wait for one to finish.",
+                Piece::None,
+                "",
+            ),
+            Rejection::Banned { retry_after, .. } => (
+                "Too many of your requests were refused; requests are not accepted for ",
+                Piece::Number(*retry_after),
+                " s.",
+            ),
+            Rejection::Maintenance { message, .. } | Rejection::LockedDown { message, .. } => {
+                (message, Piece::None, "")
+            }
+            Rejection::SessionRequired { .. } => (
+                "Only signed-in users are served right now; new sessions are not accepted.",
+                Piece::None,
+                "",
+            ),
+            Rejection::RestrictedByFlag { .. } => (
+                "This part of the service is temporarily restricted to some networks and regions.",
+                Piece::None,
+                "",
+            ),
+            Rejection::BodyRefused { detail, .. } => (detail, Piece::None, ""),
+            Rejection::NonCanonical { refusal } => (refusal.detail(), Piece::None, ""),
+            Rejection::MethodNotAllowed { allow } => {
+                ("This path accepts only ", Piece::Text(allow), ".")
+            }
+            Rejection::ClientTimeout => (
+                "The request was not received in time; the connection is closed.",
+                Piece::None,
+                "",
+            ),
+            Rejection::HeaderTooLarge => (
+                "The request head is too large or has too many header fields.",
+                Piece::None,
+                "",
+            ),
+            Rejection::ClientError { .. } => {
+                ("The request is malformed or incomplete.", Piece::None, "")
+            }
+        }
+    }
+
+    /// Appends the detail with `push` escaping each text part (numbers need none).
+    fn push_detail(&self, out: &mut String, push: fn(&mut String, &str)) {
+        let (head, middle, tail) = self.detail_parts();
+        push(out, head);
+        match middle {
+            Piece::None => {}
+            Piece::Text(t) => push(out, t),
+            Piece::Number(n) => push_decimal(out, n),
+        }
+        push(out, tail);
     }
 
     /// Seconds a client should wait before retrying, when that is known.
@@ -346,46 +407,154 @@ impl Rejection {
     /// Written into one buffer sized up front: a flood of rejections renders one
     /// of these per request (benches/instructions.sh measures the whole path).
     pub fn render(&self, kind: RouteKind) -> (&'static str, String) {
-        let detail = self.detail();
+        let mut body = String::new();
+        let content_type = self.render_into(kind, &mut body);
+        (content_type, body)
+    }
+
+    /// [`Self::render`] appended to `body` (a buffer kept across requests makes
+    /// no allocation); returns the content type.
+    pub fn render_into(&self, kind: RouteKind, body: &mut String) -> &'static str {
         let title = self.title();
         match kind {
             RouteKind::Api => {
                 let rule = self.rule().unwrap_or(self.label());
-                let mut body = String::with_capacity(
-                    PROBLEM_TYPE_BASE.len() + title.len() + detail.len() + 2 * rule.len() + 120,
-                );
+                body.reserve(PROBLEM_TYPE_BASE.len() + title.len() + 2 * rule.len() + 200);
                 body.push_str("{\"type\":\"");
                 body.push_str(PROBLEM_TYPE_BASE);
                 body.extend(self.label().chars().map(|c| if c == '_' { '-' } else { c }));
                 body.push_str("\",\"title\":");
-                push_json_string(&mut body, title);
+                push_json_string(body, title);
                 body.push_str(",\"status\":");
-                push_decimal(&mut body, u64::from(self.status()));
-                body.push_str(",\"detail\":");
-                push_json_string(&mut body, &detail);
-                body.push_str(",\"rule\":");
-                push_json_string(&mut body, rule);
+                push_decimal(body, u64::from(self.status()));
+                body.push_str(",\"detail\":\"");
+                self.push_detail(body, push_json_chars);
+                body.push_str("\",\"rule\":");
+                push_json_string(body, rule);
                 if let Rejection::RateLimited { .. } | Rejection::TooManyInFlight { .. } = self {
                     body.push_str(",\"violated-policies\":[");
-                    push_json_string(&mut body, rule);
+                    push_json_string(body, rule);
                     body.push(']');
                 }
                 body.push_str("}\n");
-                ("application/problem+json", body)
+                "application/problem+json"
             }
             RouteKind::Browser => {
-                let mut body = String::with_capacity(2 * title.len() + detail.len() + 110);
+                body.reserve(2 * title.len() + 200);
                 body.push_str("<!doctype html><html><head><title>");
-                push_html(&mut body, title);
+                push_html(body, title);
                 body.push_str("</title></head><body><h1>");
-                push_html(&mut body, title);
+                push_html(body, title);
                 body.push_str("</h1><p>");
-                push_html(&mut body, &detail);
+                self.push_detail(body, push_html);
                 body.push_str("</p></body></html>\n");
-                ("text/html; charset=utf-8", body)
+                "text/html; charset=utf-8"
             }
         }
     }
+
+    /// The whole HTTP/1.1 response, head and body, written into `out` (cleared
+    /// first) with `body` as scratch space: the same status, fields and body as
+    /// [`Self::render`] and [`Self::headers`] give, plus `date` and
+    /// `connection: close` when `close`. Both buffers are meant to be kept across
+    /// requests, so that a refusal allocates nothing.
+    pub fn write_http1(
+        &self,
+        kind: RouteKind,
+        date: &[u8],
+        close: bool,
+        out: &mut Vec<u8>,
+        body: &mut String,
+    ) {
+        body.clear();
+        let content_type = self.render_into(kind, body);
+        out.clear();
+        let status = self.status();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal_bytes(out, u64::from(status));
+        out.push(b' ');
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: ");
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        push_decimal_bytes(out, body.len() as u64);
+        out.extend_from_slice(b"\r\ncache-control: no-store\r\n");
+        if let Some(wait) = self.retry_after() {
+            out.extend_from_slice(b"retry-after: ");
+            push_decimal_bytes(out, wait);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Rejection::MethodNotAllowed { allow } = self {
+            out.extend_from_slice(b"allow: ");
+            out.extend_from_slice(allow.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Rejection::RateLimited {
+            rule,
+            retry_after,
+            quota,
+            window,
+        } = self
+        {
+            out.extend_from_slice(b"ratelimit-policy: ");
+            push_sf_string(out, rule);
+            out.extend_from_slice(b";q=");
+            push_decimal_bytes(out, u64::from(*quota));
+            out.extend_from_slice(b";w=");
+            push_decimal_bytes(out, u64::from(*window));
+            out.extend_from_slice(b"\r\nratelimit: ");
+            push_sf_string(out, rule);
+            out.extend_from_slice(b";r=0;t=");
+            push_decimal_bytes(out, *retry_after);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        if close {
+            out.extend_from_slice(b"\r\nconnection: close");
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body.as_bytes());
+    }
+}
+
+/// One value inside a detail text.
+enum Piece<'a> {
+    None,
+    Text(&'a str),
+    Number(u64),
+}
+
+/// Appends `n` in decimal to bytes.
+fn push_decimal_bytes(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `s` as a structured-field string (RFC 8941), as [`sf_string`] does.
+fn push_sf_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for b in s.bytes() {
+        if b == b'\\' || b == b'"' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 /// Appends `n` in decimal.
@@ -408,6 +577,17 @@ fn push_decimal(out: &mut String, n: u64) {
 fn push_json_string(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
+    push_json_chars(out, s);
+    out.push('"');
+}
+
+/// Appends `s` escaped for the inside of a JSON string literal; text with
+/// nothing to escape (the usual case) is copied whole.
+fn push_json_chars(out: &mut String, s: &str) {
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -424,7 +604,6 @@ fn push_json_string(out: &mut String, s: &str) {
             c => out.push(c),
         }
     }
-    out.push('"');
 }
 
 /// Appends `s` with HTML's special characters escaped.
@@ -456,6 +635,131 @@ fn sf_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kind of refusal with awkward values (quotes, backslashes, control
+    /// characters, non-ASCII) where a value can be chosen.
+    fn samples() -> Vec<Rejection> {
+        let rule: Arc<str> = Arc::from("r \"q\" \\ é");
+        vec![
+            Rejection::NoRoute { status: 404 },
+            Rejection::NoHealthyUpstream {
+                pool: "p\"\n".into(),
+            },
+            Rejection::UpstreamFailed { status: 502 },
+            Rejection::UpstreamFailed { status: 504 },
+            Rejection::DeniedByNetwork { rule: rule.clone() },
+            Rejection::DeniedByAsn {
+                rule: rule.clone(),
+                asn: 4_200_000_000,
+            },
+            Rejection::DeniedByCountry {
+                rule: rule.clone(),
+                country: CountryCode::parse("KP").expect("code"),
+            },
+            Rejection::UnknownCountry,
+            Rejection::UnknownAsn,
+            Rejection::RateLimited {
+                rule: rule.clone(),
+                retry_after: 17,
+                quota: 5,
+                window: 60,
+            },
+            Rejection::Banned {
+                rule: rule.clone(),
+                retry_after: 3600,
+            },
+            Rejection::TooManyInFlight { rule: rule.clone() },
+            Rejection::Maintenance {
+                flag: "maintenance".into(),
+                retry_after: 120,
+                message: "<b>back</b> \"soon\"\t".into(),
+            },
+            Rejection::LockedDown {
+                flag: "f".into(),
+                status: 503,
+                message: "closed".into(),
+            },
+            Rejection::SessionRequired { flag: "f".into() },
+            Rejection::RestrictedByFlag { flag: "f".into() },
+            Rejection::BodyRefused {
+                flag: "f".into(),
+                status: 413,
+                detail: "too \"big\"".into(),
+            },
+            Rejection::MethodNotAllowed {
+                allow: "GET, POST".into(),
+            },
+            Rejection::ClientTimeout,
+            Rejection::HeaderTooLarge,
+            Rejection::ClientError { status: 400 },
+        ]
+    }
+
+    #[test]
+    fn the_written_response_is_the_rendered_body_with_the_same_fields() {
+        let (mut out, mut scratch) = (Vec::new(), String::new());
+        for r in samples() {
+            for kind in [RouteKind::Api, RouteKind::Browser] {
+                for close in [false, true] {
+                    r.write_http1(
+                        kind,
+                        b"Mon, 30 Nov 2026 10:00:00 GMT",
+                        close,
+                        &mut out,
+                        &mut scratch,
+                    );
+                    let text = String::from_utf8(out.clone()).expect("utf-8");
+                    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+                    let (content_type, rendered) = r.render(kind);
+                    assert_eq!(body, rendered, "{r:?}");
+                    let mut lines = head.split("\r\n");
+                    let status_line = lines.next().expect("status line");
+                    let reason = http::StatusCode::from_u16(r.status())
+                        .expect("status")
+                        .canonical_reason()
+                        .expect("reason");
+                    assert_eq!(status_line, format!("HTTP/1.1 {} {reason}", r.status()));
+                    let mut fields: Vec<(String, String)> = lines
+                        .map(|l| {
+                            let (n, v) = l.split_once(": ").expect("field");
+                            (n.to_string(), v.to_string())
+                        })
+                        .collect();
+                    let mut expected: Vec<(String, String)> = vec![
+                        ("content-type".into(), content_type.into()),
+                        ("content-length".into(), rendered.len().to_string()),
+                        ("cache-control".into(), "no-store".into()),
+                        ("date".into(), "Mon, 30 Nov 2026 10:00:00 GMT".into()),
+                    ];
+                    expected.extend(r.headers().into_iter().map(|(n, v)| (n.to_string(), v)));
+                    if close {
+                        expected.push(("connection".into(), "close".into()));
+                    }
+                    fields.sort();
+                    expected.sort();
+                    assert_eq!(fields, expected, "{r:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn details_put_together_match_their_parts() {
+        for r in samples() {
+            let mut pieces = String::new();
+            r.push_detail(&mut pieces, |out, s| out.push_str(s));
+            assert_eq!(r.detail(), pieces, "{r:?}");
+        }
+        let banned = Rejection::Banned {
+            rule: "b".into(),
+            retry_after: 90,
+        };
+        assert_eq!(
+            banned.detail(),
+            "Too many of your requests were refused; requests are not accepted for 90 s."
+        );
+        assert!(matches!(Rejection::UnknownAsn.detail(), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn problem_json_names_type_status_and_rule() {

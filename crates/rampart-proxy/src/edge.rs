@@ -760,7 +760,7 @@ where
                 Some(lean) => lean
                     .serve(session, &state, shutdown)
                     .await
-                    .map(|reusable| Carried::Lean(reusable.into_parts())),
+                    .map(Carried::Lean),
                 None => {
                     session.set_connection_user_context(Some(Box::new(state.clone())));
                     self.inner

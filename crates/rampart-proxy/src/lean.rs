@@ -18,9 +18,9 @@
 //! - `101 Switching Protocols` turns the exchange into a two-way byte copy.
 
 use crate::edge::ConnState;
-use crate::proxy::{decide, fail, forward_headers, log_request, RequestCtx};
+use crate::proxy::{decide, fail, forward_headers, log_request, write_refusal, RequestCtx};
 use crate::state::Shared;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession as Upstream;
@@ -31,9 +31,17 @@ use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::ErrorType;
 use rampart_policy::Rejection;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+thread_local! {
+    /// The buffers refusals are rendered into, kept across requests so that a
+    /// refusal allocates nothing once they have grown.
+    static REFUSAL_BUFFERS: Cell<(Vec<u8>, String)> = const { Cell::new((Vec::new(), String::new())) };
+}
 
 /// Idle origin connections, most recently used last. Taking checks the age;
 /// a connection the origin closed meanwhile is found out on first use (and the
@@ -112,7 +120,14 @@ enum Ended {
     Reusable,
     /// It cannot (a failure, a refusal that closes, an upgraded connection).
     Close,
+    /// Refused, with nothing written yet: the answer is pre-rendered onto the
+    /// connection once the request is accounted for (see [`Lean::refuse`]).
+    Refused,
 }
+
+/// A client connection that can carry another request, and the bytes of it
+/// already read.
+pub type Reusable = (Stream, Option<BytesMut>);
 
 impl Lean {
     /// A loop over `shared`'s policy; origin connections as `conf` says
@@ -132,7 +147,7 @@ impl Lean {
         mut session: ServerSession,
         conn: &Arc<ConnState>,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusableHttpStream> {
+    ) -> Option<Reusable> {
         let mut watch = shutdown.clone();
         let read = tokio::select! {
             biased;
@@ -159,17 +174,93 @@ impl Lean {
         }
         let mut ctx = RequestCtx::new(&self.shared, Some(conn.clone()));
         let ended = self.handle(&mut session, &mut ctx).await;
-        log_request(&self.shared, &session, &ctx);
+        if matches!(ended, Ended::Refused) {
+            return Self::refuse(session, ctx, &self.shared).await;
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        log_request(&self.shared, &session, &ctx, status);
         drop(ctx);
         if matches!(ended, Ended::Close) {
             session.set_keepalive(None);
         }
-        session.finish().await.ok().flatten()
+        session
+            .finish()
+            .await
+            .ok()
+            .flatten()
+            .map(ReusableHttpStream::into_parts)
+    }
+
+    /// Answers a refused request that left the connection reusable (HTTP/1.1,
+    /// keep-alive, no request body) with bytes rendered into a buffer kept across
+    /// requests, written straight onto the connection: no response header map,
+    /// no allocation. Anything else is answered through the session.
+    async fn refuse(
+        mut session: ServerSession,
+        mut ctx: RequestCtx,
+        shared: &Shared,
+    ) -> Option<Reusable> {
+        let plain = {
+            let req = session.req_header();
+            req.version == http::Version::HTTP_11
+                && req
+                    .headers
+                    .get(http::header::CONNECTION)
+                    .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
+        };
+        let fast = plain
+            && session.get_keepalive().is_some()
+            && session.is_body_empty()
+            && !matches!(
+                ctx.rejection,
+                Some(Rejection::ClientError { status: 499 }) | None
+            );
+        if !fast {
+            let written = write_refusal(&mut session, &ctx).await;
+            let status = session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0);
+            log_request(shared, &session, &ctx, status);
+            if written.is_err() {
+                return None;
+            }
+            drop(ctx);
+            return session
+                .finish()
+                .await
+                .ok()
+                .flatten()
+                .map(ReusableHttpStream::into_parts);
+        }
+        let status = ctx.rejection.as_ref()?.status();
+        log_request(shared, &session, &ctx, status);
+        let kind = ctx.kind();
+        let rejection = ctx.rejection.take()?;
+        drop(ctx);
+        // Nothing was written: the session hands the connection back as it is,
+        // with any bytes of a next request already read.
+        session.set_pipelining_enabled(true);
+        let (mut stream, next) = session.finish().await.ok()??.into_parts();
+        let (mut out, mut scratch) = REFUSAL_BUFFERS.take();
+        let date = pingora::protocols::http::date::get_cached_date();
+        rejection.write_http1(kind, date.as_bytes(), false, &mut out, &mut scratch);
+        let sent = async {
+            stream.write_all(&out).await?;
+            stream.flush().await
+        }
+        .await;
+        REFUSAL_BUFFERS.set((out, scratch));
+        sent.ok()?;
+        Some((stream, next))
     }
 
     async fn handle(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Ended {
         match decide(&self.shared, session, ctx).await {
-            Ok(true) => return Ended::Reusable,
+            Ok(true) => return Ended::Refused,
             Ok(false) => {}
             Err(e) => {
                 fail(session, &e, ctx).await;

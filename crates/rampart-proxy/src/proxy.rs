@@ -419,7 +419,7 @@ impl RequestCtx {
         self.started + self.snapshot.config.server.client.body_timeout
     }
 
-    fn kind(&self) -> RouteKind {
+    pub(crate) fn kind(&self) -> RouteKind {
         self.route
             .and_then(|r| self.snapshot.config.routes.get(r))
             .map(|r| r.kind)
@@ -489,9 +489,10 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
     })
 }
 
-/// Resolves the client, matches the route, applies the policy (lists, limits,
-/// in-flight caps) and answers at the edge when the request cannot or must not
-/// go upstream.
+/// Resolves the client, matches the route and applies the policy (lists, limits,
+/// in-flight caps). `true` when the request cannot or must not go upstream: the
+/// refusal is in `ctx.rejection`, for the caller to write ([`write_refusal`], or
+/// the HTTP/1.1 loop's pre-rendered answer).
 pub(crate) async fn decide(
     shared: &Arc<Shared>,
     session: &mut ServerSession,
@@ -528,7 +529,6 @@ pub(crate) async fn decide(
         let rejection = Rejection::NonCanonical { refusal };
         // The rest of a request we cannot read unambiguously is not worth reading.
         session.set_keepalive(None);
-        write_rejection(session, &rejection, RouteKind::Api).await?;
         ctx.rejection = Some(rejection);
         return Ok(true);
     }
@@ -594,14 +594,19 @@ pub(crate) async fn decide(
         if close || matches!(rejection, Rejection::BodyRefused { .. }) {
             session.set_keepalive(None);
         }
-        // A client that went away gets nothing written (499 is only logged).
-        if !matches!(rejection, Rejection::ClientError { status: 499 }) {
-            write_rejection(session, &rejection, ctx.kind()).await?;
-        }
         ctx.rejection = Some(rejection);
         return Ok(true);
     }
     Ok(false)
+}
+
+/// Writes the refusal [`decide`] chose; a client that went away gets nothing
+/// written (499 is only logged).
+pub(crate) async fn write_refusal(session: &mut ServerSession, ctx: &RequestCtx) -> Result<()> {
+    match &ctx.rejection {
+        Some(Rejection::ClientError { status: 499 }) | None => Ok(()),
+        Some(rejection) => write_rejection(session, rejection, ctx.kind()).await,
+    }
 }
 
 /// Replaces forwarding headers with what Rampart resolved: a client-supplied
@@ -651,11 +656,8 @@ pub(crate) async fn fail(session: &mut ServerSession, e: &Error, ctx: &mut Reque
 }
 
 /// One metrics update per request, success or failure.
-pub(crate) fn log_request(shared: &Shared, session: &ServerSession, ctx: &RequestCtx) {
-    let status = session
-        .response_written()
-        .map(|r| r.status.as_u16())
-        .unwrap_or(0);
+/// `status` is what was written (0 for nothing).
+pub(crate) fn log_request(shared: &Shared, session: &ServerSession, ctx: &RequestCtx, status: u16) {
     let verdict = ctx
         .rejection
         .as_ref()
@@ -754,7 +756,11 @@ impl ProxyHttp for RampartProxy {
 
     /// See [`decide`].
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        decide(&self.shared, session, ctx).await
+        let refused = decide(&self.shared, session, ctx).await?;
+        if refused {
+            write_refusal(session, ctx).await?;
+        }
+        Ok(refused)
     }
 
     async fn upstream_peer(
@@ -844,7 +850,11 @@ impl ProxyHttp for RampartProxy {
 
     /// See [`log_request`].
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        log_request(&self.shared, session, ctx);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        log_request(&self.shared, session, ctx, status);
     }
 
     async fn connected_to_upstream(

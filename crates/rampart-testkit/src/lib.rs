@@ -135,6 +135,27 @@ pub struct Rampart {
     _ports: Vec<HeldPort>,
 }
 
+/// Environment variable naming the HTTP/1.1 request loop every test instance
+/// runs (`server.http1_loop`: "rampart" or "pingora-proxy"), so that the whole
+/// suite can be run against either: `RAMPART_TEST_HTTP1_LOOP=pingora-proxy
+/// cargo nextest run`. Unset: the config's own choice (the default loop).
+pub const TEST_HTTP1_LOOP_ENV: &str = "RAMPART_TEST_HTTP1_LOOP";
+
+/// `text` with `server.http1_loop` set from [`TEST_HTTP1_LOOP_ENV`], when set.
+fn with_http1_loop(text: String) -> String {
+    let Ok(choice) = std::env::var(TEST_HTTP1_LOOP_ENV) else {
+        return text;
+    };
+    let line = format!("http1_loop = \"{choice}\"\n");
+    match text.find("[server]\n") {
+        Some(at) => {
+            let end = at + "[server]\n".len();
+            format!("{}{line}{}", &text[..end], &text[end..])
+        }
+        None => format!("[server]\n{line}{text}"),
+    }
+}
+
 impl Rampart {
     /// Writes `template` as the config and starts `binary run` with it, then waits
     /// until `/readyz` answers 200.
@@ -169,6 +190,7 @@ impl Rampart {
         let addr2 = hold("{listen2}", "127.0.0.1", false);
         let addr3 = hold("{listen3}", "127.0.0.1", false);
         let addr6 = hold("{listen6}", "::1", false);
+        let text = with_http1_loop(text);
         std::fs::write(dir.path().join("rampart.toml"), text).expect("write config");
         let mut r = Self {
             child: None,

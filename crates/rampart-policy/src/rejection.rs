@@ -457,7 +457,8 @@ impl Rejection {
     /// first) with `body` as scratch space: the same status, fields and body as
     /// [`Self::render`] and [`Self::headers`] give, plus `date` and
     /// `connection: close` when `close`. Both buffers are meant to be kept across
-    /// requests, so that a refusal allocates nothing.
+    /// requests, so that a refusal allocates nothing. Returns where `date` starts
+    /// in `out`, so that a kept response can be given a new date in place.
     pub fn write_http1(
         &self,
         kind: RouteKind,
@@ -465,7 +466,7 @@ impl Rejection {
         close: bool,
         out: &mut Vec<u8>,
         body: &mut String,
-    ) {
+    ) -> usize {
         body.clear();
         let content_type = self.render_into(kind, body);
         out.clear();
@@ -513,12 +514,14 @@ impl Rejection {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"date: ");
+        let date_at = out.len();
         out.extend_from_slice(date);
         if close {
             out.extend_from_slice(b"\r\nconnection: close");
         }
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(body.as_bytes());
+        date_at
     }
 }
 
@@ -701,12 +704,16 @@ mod tests {
         for r in samples() {
             for kind in [RouteKind::Api, RouteKind::Browser] {
                 for close in [false, true] {
-                    r.write_http1(
+                    let date_at = r.write_http1(
                         kind,
                         b"Mon, 30 Nov 2026 10:00:00 GMT",
                         close,
                         &mut out,
                         &mut scratch,
+                    );
+                    assert_eq!(
+                        &out[date_at..date_at + 29],
+                        b"Mon, 30 Nov 2026 10:00:00 GMT"
                     );
                     let text = String::from_utf8(out.clone()).expect("utf-8");
                     let (head, body) = text.split_once("\r\n\r\n").expect("head and body");

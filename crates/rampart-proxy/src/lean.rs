@@ -30,6 +30,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::ErrorType;
+use rampart_config::RouteKind;
 use rampart_policy::Rejection;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -38,9 +39,63 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 thread_local! {
-    /// The buffers refusals are rendered into, kept across requests so that a
-    /// refusal allocates nothing once they have grown.
-    static REFUSAL_BUFFERS: Cell<(Vec<u8>, String)> = const { Cell::new((Vec::new(), String::new())) };
+    /// The last refusal answered on this thread, pre-rendered: a flood of the
+    /// same refusal is answered by writing these bytes (with the date brought up
+    /// to date in place), and a new one is rendered into the same buffers.
+    static LAST_REFUSAL: Cell<Option<Box<Rendered>>> = const { Cell::new(None) };
+}
+
+/// A refusal rendered as a whole HTTP/1.1 response.
+struct Rendered {
+    rejection: Rejection,
+    kind: RouteKind,
+    bytes: Vec<u8>,
+    date_at: usize,
+    scratch: String,
+}
+
+impl Rendered {
+    /// Makes `slot` hold the bytes for `rejection` on a route of `kind` at
+    /// `date`, rendering only when the refusal differs from the one it holds.
+    fn update(
+        slot: &mut Option<Box<Rendered>>,
+        rejection: Rejection,
+        kind: RouteKind,
+        date: &[u8],
+    ) {
+        match slot {
+            Some(r) if r.rejection == rejection && r.kind == kind => {
+                let at = r.date_at;
+                match r.bytes.get_mut(at..at + date.len()) {
+                    Some(old) => {
+                        if old != date {
+                            old.copy_from_slice(date);
+                        }
+                    }
+                    None => {
+                        r.date_at =
+                            rejection.write_http1(kind, date, false, &mut r.bytes, &mut r.scratch)
+                    }
+                }
+            }
+            Some(r) => {
+                r.date_at = rejection.write_http1(kind, date, false, &mut r.bytes, &mut r.scratch);
+                r.rejection = rejection;
+                r.kind = kind;
+            }
+            None => {
+                let (mut bytes, mut scratch) = (Vec::new(), String::new());
+                let date_at = rejection.write_http1(kind, date, false, &mut bytes, &mut scratch);
+                *slot = Some(Box::new(Rendered {
+                    rejection,
+                    kind,
+                    bytes,
+                    date_at,
+                    scratch,
+                }));
+            }
+        }
+    }
 }
 
 /// Idle origin connections, most recently used last. Taking checks the age;
@@ -245,15 +300,16 @@ impl Lean {
         // with any bytes of a next request already read.
         session.set_pipelining_enabled(true);
         let (mut stream, next) = session.finish().await.ok()??.into_parts();
-        let (mut out, mut scratch) = REFUSAL_BUFFERS.take();
+        let mut rendered = LAST_REFUSAL.take();
         let date = pingora::protocols::http::date::get_cached_date();
-        rejection.write_http1(kind, date.as_bytes(), false, &mut out, &mut scratch);
+        Rendered::update(&mut rendered, rejection, kind, date.as_bytes());
+        let bytes = rendered.as_ref().map_or(&[][..], |r| r.bytes.as_slice());
         let sent = async {
-            stream.write_all(&out).await?;
+            stream.write_all(bytes).await?;
             stream.flush().await
         }
         .await;
-        REFUSAL_BUFFERS.set((out, scratch));
+        LAST_REFUSAL.set(rendered);
         sent.ok()?;
         Some((stream, next))
     }
@@ -279,6 +335,9 @@ impl Lean {
     /// The request header as the origin gets it.
     fn upstream_header(session: &ServerSession, ctx: &RequestCtx) -> Result<Box<RequestHeader>> {
         let mut header = Box::new(session.req_header().clone());
+        // An HTTP/1.0 client's request goes on as HTTP/1.1, so that the origin
+        // connection stays open (as pingora-proxy does).
+        header.set_version(http::Version::HTTP_11);
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         forward_headers(&mut header, ctx, tls)?;
         Ok(header)
@@ -531,6 +590,48 @@ mod tests {
 
     fn id(stream: &Stream) -> i32 {
         stream.id()
+    }
+
+    #[test]
+    fn a_kept_refusal_gets_a_new_date_in_place_and_another_refusal_is_rendered() {
+        let banned = |wait| Rejection::Banned {
+            rule: "ban".into(),
+            retry_after: wait,
+        };
+        let mut slot = None;
+        Rendered::update(
+            &mut slot,
+            banned(60),
+            RouteKind::Api,
+            b"Mon, 30 Nov 2026 10:00:00 GMT",
+        );
+        let first = slot.as_ref().expect("rendered").bytes.clone();
+        Rendered::update(
+            &mut slot,
+            banned(60),
+            RouteKind::Api,
+            b"Mon, 30 Nov 2026 10:00:01 GMT",
+        );
+        let second = slot.as_ref().expect("rendered").bytes.clone();
+        let (mut expected, mut scratch) = (Vec::new(), String::new());
+        banned(60).write_http1(
+            RouteKind::Api,
+            b"Mon, 30 Nov 2026 10:00:01 GMT",
+            false,
+            &mut expected,
+            &mut scratch,
+        );
+        assert_eq!(second, expected);
+        assert_ne!(first, second);
+        for (rejection, kind) in [
+            (banned(59), RouteKind::Api),
+            (banned(59), RouteKind::Browser),
+        ] {
+            let date = b"Mon, 30 Nov 2026 10:00:02 GMT";
+            Rendered::update(&mut slot, rejection.clone(), kind, date);
+            rejection.write_http1(kind, date, false, &mut expected, &mut scratch);
+            assert_eq!(slot.as_ref().expect("rendered").bytes, expected);
+        }
     }
 
     #[tokio::test]

@@ -104,6 +104,19 @@ fn status_class(status: u16) -> usize {
     }
 }
 
+/// The series one refused request counts in (see [`Metrics::refused`]).
+struct RefusedHandles {
+    /// The `Metrics` they belong to.
+    owner: usize,
+    class: usize,
+    verdict: &'static str,
+    route: Box<str>,
+    rule: Box<str>,
+    requests: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+    rejections: prometheus::IntCounter,
+}
+
 /// A route's proxied-request series, resolved once per snapshot rather than by a
 /// label lookup per request. A status class's counter is created on its first
 /// request, so the exposition only lists classes that happened.
@@ -589,6 +602,56 @@ impl Metrics {
         self.rejections
             .with_label_values(&[route, reason, rule])
             .inc();
+    }
+
+    /// Counts one request refused by a policy rule: [`Self::rejection`] and
+    /// [`Self::request`] together. The series of the last refusal a thread
+    /// counted are kept, so that a flood of one refusal looks up no label.
+    pub fn refused(
+        &self,
+        route: &str,
+        verdict: &'static str,
+        rule: &str,
+        status: u16,
+        seconds: f64,
+    ) {
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<RefusedHandles>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let class = status_class(status);
+        let owner = self as *const Self as usize;
+        LAST.with(|last| {
+            let Ok(mut last) = last.try_borrow_mut() else {
+                return;
+            };
+            let fresh = !matches!(&*last, Some(h) if h.owner == owner
+                && h.class == class
+                && h.verdict == verdict
+                && *h.route == *route
+                && *h.rule == *rule);
+            if fresh {
+                *last = Some(RefusedHandles {
+                    owner,
+                    class,
+                    verdict,
+                    route: route.into(),
+                    rule: rule.into(),
+                    requests: self.requests.with_label_values(&[
+                        route,
+                        verdict,
+                        STATUS_CLASSES[class],
+                    ]),
+                    duration: self.request_duration.with_label_values(&[route, verdict]),
+                    rejections: self.rejections.with_label_values(&[route, verdict, rule]),
+                });
+            }
+            if let Some(h) = &*last {
+                h.requests.inc();
+                h.duration.observe(seconds);
+                h.rejections.inc();
+            }
+        });
     }
 
     /// Counts one shadow match.

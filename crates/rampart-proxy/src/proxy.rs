@@ -672,23 +672,32 @@ pub(crate) fn log_request(shared: &Shared, session: &ServerSession, ctx: &Reques
         }
     }
     let policy_rule = ctx.rejection.as_ref().and_then(|r| r.rule());
-    if let Some(rule) = policy_rule {
-        shared.metrics.rejection(ctx.route_label(), verdict, rule);
-        record_offender(shared, ctx);
-    }
     let elapsed = ctx.started.elapsed();
-    let proxied = ctx
-        .rejection
-        .is_none()
-        .then(|| ctx.snapshot.proxied_handles(ctx.route))
-        .flatten();
-    match proxied {
-        Some(handles) => shared
-            .metrics
-            .proxied(handles, status, elapsed.as_secs_f64()),
-        None => shared
-            .metrics
-            .request(ctx.route_label(), verdict, status, elapsed.as_secs_f64()),
+    if let Some(rule) = policy_rule {
+        shared.metrics.refused(
+            ctx.route_label(),
+            verdict,
+            rule,
+            status,
+            elapsed.as_secs_f64(),
+        );
+        record_offender(shared, ctx);
+    } else {
+        let proxied = ctx
+            .rejection
+            .is_none()
+            .then(|| ctx.snapshot.proxied_handles(ctx.route))
+            .flatten();
+        match proxied {
+            Some(handles) => shared
+                .metrics
+                .proxied(handles, status, elapsed.as_secs_f64()),
+            None => {
+                shared
+                    .metrics
+                    .request(ctx.route_label(), verdict, status, elapsed.as_secs_f64())
+            }
+        }
     }
     if let Some(log) = &shared.access_log {
         let now = std::time::SystemTime::now()

@@ -98,9 +98,12 @@ impl Rendered {
     }
 }
 
-/// Idle origin connections, most recently used last. Taking checks the age;
-/// a connection the origin closed meanwhile is found out on first use (and the
-/// request sent again on a new one, see the module documentation).
+/// Idle origin connections, most recently used last. Taking checks the age and,
+/// for a connection idle for [`CHECK_AFTER`] or more or a request that could not
+/// be sent again, that the origin has not closed it meanwhile (one non-blocking
+/// read); a connection closed under a request within that time is found out on
+/// first use and the request sent again on a new one (see the module
+/// documentation).
 #[derive(Debug)]
 pub struct OriginPool {
     idle: Mutex<VecDeque<IdleOrigin>>,
@@ -123,15 +126,21 @@ impl OriginPool {
         }
     }
 
-    /// The most recently released connection to the server with `key`, if one
-    /// is still within its idle timeout.
-    fn take(&self, key: u64) -> Option<Stream> {
+    /// The most recently released connection to the server with `key` that is
+    /// within its idle timeout and, when `check` or idle for [`CHECK_AFTER`], still
+    /// open.
+    fn take(&self, key: u64, check: bool) -> Option<Stream> {
         let now = Instant::now();
         let mut idle = self.idle.lock().ok()?;
         // Expired connections are dropped (closed) wherever they are found.
         idle.retain(|c| c.idle_timeout.is_none_or(|t| now - c.since < t));
-        let at = idle.iter().rposition(|c| c.key == key)?;
-        idle.remove(at).map(|c| c.stream)
+        while let Some(at) = idle.iter().rposition(|c| c.key == key) {
+            let mut c = idle.remove(at)?;
+            if !(check || now - c.since >= CHECK_AFTER) || still_open(&mut c.stream) {
+                return Some(c.stream);
+            }
+        }
+        None
     }
 
     /// Keeps `stream` for reuse; the oldest connection goes when the pool is full.
@@ -152,6 +161,24 @@ impl OriginPool {
             stream,
         });
     }
+}
+
+/// Idle time after which a pooled origin connection is checked before use.
+const CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether an idle origin connection is still open: nothing to read yet. A
+/// closed connection reads its end, and one with bytes waiting (which no
+/// request asked for) cannot carry a request either.
+fn still_open(stream: &mut Stream) -> bool {
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::{AsyncRead, ReadBuf};
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(
+        std::pin::Pin::new(stream).poll_read(&mut cx, &mut buf),
+        Poll::Pending
+    )
 }
 
 /// The HTTP/1.1 request loop of the public listeners.
@@ -222,6 +249,9 @@ impl Lean {
                 return None;
             }
         }
+        // Requests a client sent before its previous answer (pipelining) are
+        // served in order, one after the other, rather than dropped.
+        session.set_pipelining_enabled(true);
         if session.req_header().method == http::Method::CONNECT {
             let _ = session.respond_error(405).await;
             session.shutdown().await;
@@ -298,7 +328,6 @@ impl Lean {
         drop(ctx);
         // Nothing was written: the session hands the connection back as it is,
         // with any bytes of a next request already read.
-        session.set_pipelining_enabled(true);
         let (mut stream, next) = session.finish().await.ok()??.into_parts();
         let mut rendered = LAST_REFUSAL.take();
         let date = pingora::protocols::http::date::get_cached_date();
@@ -343,10 +372,17 @@ impl Lean {
         Ok(header)
     }
 
-    /// An origin connection to `peer`: a pooled one unless `fresh`.
-    async fn connect(&self, peer: &HttpPeer, key: u64, fresh: bool) -> Result<(Stream, bool)> {
+    /// An origin connection to `peer`: a pooled one unless `fresh`, checked to
+    /// be open when the request could not be sent again.
+    async fn connect(
+        &self,
+        peer: &HttpPeer,
+        key: u64,
+        fresh: bool,
+        replayable: bool,
+    ) -> Result<(Stream, bool)> {
         if !fresh {
-            if let Some(stream) = self.origins.take(key) {
+            if let Some(stream) = self.origins.take(key, !replayable) {
                 return Ok((stream, true));
             }
         }
@@ -388,7 +424,7 @@ impl Lean {
             ctx.upstream_start = Some(Instant::now());
             let peer = &pool.servers[i].peer;
             let key = peer.reuse_hash();
-            let (stream, reused) = match self.connect(peer, key, fresh).await {
+            let (stream, reused) = match self.connect(peer, key, fresh, replayable).await {
                 Ok(connected) => connected,
                 Err(e) => {
                     ctx.connect_failures = ctx.connect_failures.saturating_add(1);
@@ -578,13 +614,15 @@ fn closed_early(e: &Error) -> bool {
 mod tests {
     use super::*;
 
-    /// A real loopback connection (its far end is dropped).
+    /// A real loopback connection whose far end stays open (for the test's life).
     async fn stream() -> Stream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (far, _) = listener.accept().await.expect("accept");
+        std::mem::forget(far);
         Box::new(pingora::protocols::l4::stream::Stream::from(tcp))
     }
 
@@ -642,10 +680,10 @@ mod tests {
         pool.put(1, None, a);
         pool.put(2, None, b);
         pool.put(1, None, c);
-        assert_eq!(pool.take(1).as_ref().map(id), Some(ic));
-        assert_eq!(pool.take(1).as_ref().map(id), Some(ia));
-        assert!(pool.take(1).is_none());
-        assert_eq!(pool.take(2).as_ref().map(id), Some(ib));
+        assert_eq!(pool.take(1, false).as_ref().map(id), Some(ic));
+        assert_eq!(pool.take(1, false).as_ref().map(id), Some(ia));
+        assert!(pool.take(1, false).is_none());
+        assert_eq!(pool.take(2, false).as_ref().map(id), Some(ib));
     }
 
     #[tokio::test]
@@ -656,17 +694,36 @@ mod tests {
         pool.put(1, None, a);
         pool.put(1, None, b);
         pool.put(1, None, c);
-        assert_eq!(pool.take(1).as_ref().map(id), Some(ic));
-        assert_eq!(pool.take(1).as_ref().map(id), Some(ib));
-        assert!(pool.take(1).is_none());
+        assert_eq!(pool.take(1, false).as_ref().map(id), Some(ic));
+        assert_eq!(pool.take(1, false).as_ref().map(id), Some(ib));
+        assert!(pool.take(1, false).is_none());
 
         pool.put(1, Some(Duration::from_millis(1)), stream().await);
         std::thread::sleep(Duration::from_millis(5));
-        assert!(pool.take(1).is_none());
+        assert!(pool.take(1, false).is_none());
         assert!(pool.idle.lock().expect("lock").is_empty());
+
+        // A connection whose far end closed is not given when checked.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (far, _) = listener.accept().await.expect("accept");
+        drop(far);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.put(
+            1,
+            None,
+            Box::new(pingora::protocols::l4::stream::Stream::from(tcp)),
+        );
+        pool.put(1, None, stream().await);
+        assert!(pool.take(1, true).is_some(), "the open one");
+        assert!(pool.take(1, true).is_none(), "the closed one");
 
         let off = OriginPool::new(0);
         off.put(1, None, stream().await);
-        assert!(off.take(1).is_none());
+        assert!(off.take(1, false).is_none());
     }
 }

@@ -1,0 +1,303 @@
+//! Rampart's own HTTP/1.1 request loop (`server.http1_loop = "rampart"`, the
+//! default) over raw sockets, where it differs from pingora-proxy's: refusals
+//! written as pre-rendered bytes between pipelined requests, origin connections
+//! closed by the origin while pooled, `101` upgrades, and the other loop still
+//! selectable.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use rampart_testkit::{ConfigBuilder, MockOrigin, Rampart};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rampart"))
+}
+
+/// One route to `origin`; loopback is a trusted proxy and 198.51.100.0/24 is
+/// denied, so `X-Forwarded-For: 198.51.100.7` is refused with 403.
+fn config(origin: SocketAddr, server: &str) -> String {
+    ConfigBuilder::new()
+        .server(server)
+        .pool("o", &[origin])
+        .route("all", "/", "o")
+        .raw("[client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+        .raw("[[access]]\nname = \"bad\"\naction = \"deny\"\ncidrs = [\"198.51.100.0/24\"]")
+        .build()
+}
+
+/// Everything the peer sends until it closes (or `limit` passes).
+async fn read_all(s: &mut TcpStream, limit: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status codes of the responses in `text`, in order.
+fn statuses(text: &str) -> Vec<u16> {
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_whether_refused_or_proxied() {
+    for http1_loop in ["rampart", "pingora-proxy"] {
+        let origin = MockOrigin::start("o").await;
+        let server = format!("http1_loop = \"{http1_loop}\"");
+        let r = Rampart::start(bin(), &config(origin.addr, &server)).await;
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        s.write_all(
+            b"GET /one HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n\
+              GET /two HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /three HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.8\r\n\r\n\
+              GET /four HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let text = read_all(&mut s, Duration::from_secs(10)).await;
+        if http1_loop == "rampart" {
+            assert_eq!(statuses(&text), vec![403, 200, 403, 200], "{text}");
+            assert_eq!(text.matches("\"rule\":\"bad\"").count(), 2, "{text}");
+            let paths: Vec<String> = origin.requests().into_iter().map(|q| q.path).collect();
+            assert_eq!(paths, vec!["/two", "/four"]);
+        } else {
+            // pingora-proxy closes a connection whose client pipelined (RFC 9112
+            // allows it): the first answer comes back, the rest are not served.
+            assert_eq!(statuses(&text).first(), Some(&403), "{text}");
+            assert!(origin.requests().iter().all(|q| q.path != "/one"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_answer_keep_alive_and_close_requests_and_count_like_any_other() {
+    let origin = MockOrigin::start("o").await;
+    let r = Rampart::start(bin(), &config(origin.addr, "")).await;
+    // Keep-alive: the refusal, then the connection serves another request.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{first}");
+    assert!(
+        first.contains("content-type: application/problem+json\r\n"),
+        "{first}"
+    );
+    assert!(first.contains("date: "), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+    let (head, body) = first.split_once("\r\n\r\n").unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(body.len(), length);
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_all(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(statuses(&text), vec![200], "{text}");
+
+    // Connection: close and HTTP/1.0: refused through the session, then closed.
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"[..],
+        &b"GET / HTTP/1.0\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"[..],
+        // A refused request with a body: answered, its body never forwarded.
+        &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nX-Forwarded-For: 198.51.100.7\r\n\r\nhello"[..],
+    ] {
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        if request.starts_with(b"POST") {
+            let n = s.read(&mut buf).await.unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(text.contains(" 403 "), "{text}");
+            continue;
+        }
+        let text = read_all(&mut s, Duration::from_secs(10)).await;
+        assert_eq!(statuses(&text.replace("HTTP/1.0", "HTTP/1.1")), vec![403], "{text}");
+    }
+    assert_eq!(
+        origin
+            .requests()
+            .iter()
+            .map(|q| q.path.as_str())
+            .collect::<Vec<_>>(),
+        vec!["/after"]
+    );
+    let counted = r
+        .metric(
+            r#"rampart_policy_rejections_total{reason="denied_network",route="all",rule="bad"}"#,
+        )
+        .await;
+    assert_eq!(counted, Some(4.0), "{}", r.metrics().await);
+}
+
+/// An origin that answers each connection's first request with a keep-alive
+/// response and then closes it without saying so, as an origin whose keep-alive
+/// timeout is shorter than the proxy's does. Counts connections.
+async fn one_request_per_connection_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let length: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let at = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let mut have = head.len() - at;
+                while have < length {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have += n,
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                // Closed once the proxy has had time to pool the connection.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_connections_closed_while_pooled_are_never_a_failed_request() {
+    let (origin, accepted) = one_request_per_connection_origin().await;
+    let r = Rampart::start(bin(), &config(origin, "")).await;
+    let client = reqwest::Client::new();
+    for i in 0..6 {
+        // Requests that can be sent again (no body) and ones that cannot (a
+        // streamed body): each finds the pooled connection closed.
+        let request = if i % 2 == 0 {
+            client.get(r.url(&format!("/get{i}")))
+        } else {
+            client.post(r.url(&format!("/post{i}"))).body("payload")
+        };
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(accepted.load(Ordering::SeqCst) >= 6);
+    let failed = r
+        .metric(r#"rampart_http_requests_total{route="all",verdict="upstream_failed",status_class="5xx"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(failed, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_carries_bytes_both_ways() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Health checks connect too: every connection is served the same way.
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: shout\r\nConnection: Upgrade\r\n\r\n")
+                    .await;
+                // Echo in capitals until the client closes.
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    let upper = buf[..n].to_ascii_uppercase();
+                    if s.write_all(&upper).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let r = Rampart::start(bin(), &config(origin, "")).await;
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: shout\r\nConnection: Upgrade\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for word in ["hello", "again"] {
+        s.write_all(word.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < word.len() {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("echo in time")
+                .unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, word.to_ascii_uppercase().as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_loop_name_is_a_config_error() {
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg({
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("rampart.toml");
+            std::fs::write(
+                &path,
+                "[server]\nhttp1_loop = \"fast\"\n[[listeners]]\naddress = \"127.0.0.1:1\"\n[admin]\naddress = \"127.0.0.1:2\"\n[pools.o]\nservers = [\"127.0.0.1:3\"]\n[[routes]]\nname = \"all\"\npool = \"o\"\n",
+            )
+            .unwrap();
+            std::mem::forget(dir);
+            path
+        })
+        .env("RAMPART_ADMIN_TOKEN", rampart_testkit::TEST_TOKEN)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("server.http1_loop") && text.contains("\"fast\""),
+        "{text}"
+    );
+}

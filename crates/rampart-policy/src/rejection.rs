@@ -506,7 +506,7 @@ impl Rejection {
             out.extend_from_slice(b";q=");
             push_decimal_bytes(out, u64::from(*quota));
             out.extend_from_slice(b";w=");
-            push_decimal_bytes(out, u64::from(*window));
+            push_decimal_bytes(out, *window);
             out.extend_from_slice(b"\r\nratelimit: ");
             push_sf_string(out, rule);
             out.extend_from_slice(b";r=0;t=");

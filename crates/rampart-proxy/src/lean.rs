@@ -18,7 +18,7 @@
 //! - `101 Switching Protocols` turns the exchange into a two-way byte copy.
 
 use crate::edge::ConnState;
-use crate::proxy::{decide, fail, forward_headers, log_request, write_refusal, RequestCtx};
+use crate::proxy::{decide, fail, forward_parts, log_request, write_refusal, RequestCtx};
 use crate::state::Shared;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
@@ -363,13 +363,13 @@ impl Lean {
 
     /// The request header as the origin gets it.
     fn upstream_header(session: &ServerSession, ctx: &RequestCtx) -> Result<Box<RequestHeader>> {
-        let mut header = Box::new(session.req_header().clone());
+        let mut parts = session.req_header().as_owned_parts();
         // An HTTP/1.0 client's request goes on as HTTP/1.1, so that the origin
         // connection stays open (as pingora-proxy does).
-        header.set_version(http::Version::HTTP_11);
+        parts.version = http::Version::HTTP_11;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        forward_headers(&mut header, ctx, tls)?;
-        Ok(header)
+        forward_parts(&mut parts, ctx, tls)?;
+        Ok(Box::new(RequestHeader::from(parts)))
     }
 
     /// An origin connection to `peer`: a pooled one unless `fresh`, checked to

@@ -158,7 +158,7 @@ pub(crate) async fn read_body(
 /// also when spelled with underscores (`X_Forwarded_For`), which some origin
 /// stacks (CGI, PHP, some WSGI servers) read as the dashed name. One pass over
 /// the names; nothing is allocated unless a field is found.
-fn strip_client_headers(req: &mut RequestHeader, strip: &[String]) {
+fn strip_client_headers(headers: &mut http::HeaderMap, strip: &[String]) {
     let listed = |name: &str| {
         if name.contains('_') {
             let dashed = name.replace('_', "-");
@@ -167,14 +167,13 @@ fn strip_client_headers(req: &mut RequestHeader, strip: &[String]) {
             strip.binary_search_by(|s| s.as_str().cmp(name)).is_ok()
         }
     };
-    let found: Vec<HeaderName> = req
-        .headers
+    let found: Vec<HeaderName> = headers
         .keys()
         .filter(|name| listed(name.as_str()))
         .cloned()
         .collect();
     for name in found {
-        req.remove_header(&name);
+        headers.remove(&name);
     }
 }
 
@@ -437,6 +436,8 @@ impl RequestCtx {
 /// Header names the hot path looks up, parsed once at compile time rather than
 /// from a string on every lookup.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 fn header_name(header: ForwardedHeader) -> HeaderName {
     match header {
@@ -616,21 +617,43 @@ pub(crate) fn forward_headers(
     ctx: &RequestCtx,
     tls: bool,
 ) -> Result<()> {
+    let mut parts = upstream_request.as_owned_parts();
+    forward_parts(&mut parts, ctx, tls)?;
+    *upstream_request = RequestHeader::from(parts);
+    Ok(())
+}
+
+/// [`forward_headers`] on the request's parts, typed header names and all: no
+/// name is parsed and no case-preserving map is kept (names go out in their
+/// canonical case), and room for the added fields is made once.
+pub(crate) fn forward_parts(
+    parts: &mut http::request::Parts,
+    ctx: &RequestCtx,
+    tls: bool,
+) -> Result<()> {
+    let headers = &mut parts.headers;
+    headers.reserve(4);
+    strip_client_headers(headers, &ctx.snapshot.config.request.strip_headers);
     let ip = ip_header_value(ctx.client_ip);
-    strip_client_headers(upstream_request, &ctx.snapshot.config.request.strip_headers);
-    upstream_request.insert_header("x-forwarded-for", ip.clone())?;
-    upstream_request.insert_header("x-real-ip", ip)?;
+    headers.insert(X_FORWARDED_FOR, ip.clone());
+    headers.insert(X_REAL_IP, ip);
     let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-    upstream_request.insert_header("x-forwarded-proto", proto)?;
+    headers.insert(X_FORWARDED_PROTO, proto);
     if ctx.continue_sent {
         // The client has been told to go on and its body is buffered: the origin
         // must not hold the request back waiting to say the same.
-        upstream_request.remove_header(&http::header::EXPECT);
+        headers.remove(http::header::EXPECT);
     }
-    if !upstream_request.headers.contains_key(http::header::HOST) {
+    if !headers.contains_key(http::header::HOST) {
         // HTTP/2 clients send :authority instead of Host; HTTP/1.1 origins need Host.
-        if let Some(authority) = upstream_request.uri.authority().map(|a| a.to_string()) {
-            upstream_request.insert_header("host", authority)?;
+        if let Some(authority) = parts.uri.authority() {
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "authority is not a valid Host",
+                )
+            })?;
+            parts.headers.insert(http::header::HOST, host);
         }
     }
     Ok(())

@@ -32,15 +32,15 @@ for admin in 19903 19904; do
     sleep 0.1
   done
 done
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
+sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 run() { # MODE PID PORT [loadgen flags...]
   local mode=$1 pid=$2 port=$3; shift 3
-  local c0 c1 out
-  c0=$(cpu_ticks "$pid")
+  local u0 s0 out
+  u0=$(user_ticks "$pid"); s0=$(sys_ticks "$pid")
   out=$("$target/release/rampart-loadgen" --target "127.0.0.1:$port" --bind 127.0.0.9 \
     --no-forwarded-for --connections 32 --duration "$secs" "$@")
-  c1=$(cpu_ticks "$pid")
-  echo "$mode $((c1 - c0)) $out"
+  echo "$mode $(($(user_ticks "$pid") - u0)) $(($(sys_ticks "$pid") - s0)) $out"
   sleep 2
 }
 for _ in $(seq 1 "$rounds"); do
@@ -58,25 +58,30 @@ import json, os, statistics as st, sys
 tick = int(os.environ["TICK"])
 rows = {}
 for line in open(sys.argv[1]):
-    mode, ticks, js = line.split(" ", 2)
+    mode, user, system, js = line.split(" ", 3)
     r = json.loads(js)
     attempts = r["dropped"] + r["answered"]
+    per = lambda ticks: 1e6 * int(ticks) / tick / max(1, attempts)
     rows.setdefault(mode, []).append({
         "per_s": attempts / r["seconds"],
-        "cpu_us": 1e6 * int(ticks) / tick / max(1, attempts),
+        "cpu_us": per(user) + per(system),
+        "user_us": per(user),
+        "sys_us": per(system),
         "p50": r["p50_us"], "p99": r["p99_us"],
         "dropped": r["dropped"], "forbidden": r["forbidden"],
         "other": r["ok"] + r["limited"] + r["other"], "errors": r["errors"],
     })
-print(f"{'mode':26} {'attempts/s':>10} {'CPU us/attempt':>14} {'p50 us':>7} {'p99 us':>7} {'dropped':>8} {'403':>8} {'other':>6} {'errors':>6}")
+print(f"{'mode':26} {'attempts/s':>10} {'CPU us/att':>10} {'user':>6} {'sys':>6} {'p50 us':>7} {'p99 us':>7} {'dropped':>8} {'403':>8} {'other':>6} {'errors':>6}")
 for mode, v in rows.items():
     for x in v:
-        print(f"{mode:26} {x['per_s']:10.0f} {x['cpu_us']:14.1f} {x['p50']:7d} {x['p99']:7d} {x['dropped']:8d} {x['forbidden']:8d} {x['other']:6d} {x['errors']:6d}")
-med = {m: {k: st.median(x[k] for x in v) for k in ("per_s", "cpu_us", "p50", "p99")} for m, v in rows.items()}
-print("\nmedians")
+        print(f"{mode:26} {x['per_s']:10.0f} {x['cpu_us']:10.1f} {x['user_us']:6.1f} {x['sys_us']:6.1f} {x['p50']:7d} {x['p99']:7d} {x['dropped']:8d} {x['forbidden']:8d} {x['other']:6d} {x['errors']:6d}")
+keys = ("per_s", "cpu_us", "user_us", "sys_us", "p50", "p99")
+med = {m: {k: st.median(x[k] for x in v) for k in keys} for m, v in rows.items()}
+print("\nmedians (CPU: Rampart's user + system time per attempt, from /proc/PID/stat)")
 for mode, m in med.items():
-    print(f"{mode:26} {m['per_s']:10.0f} {m['cpu_us']:14.1f} {m['p50']:7.0f} {m['p99']:7.0f}")
+    print(f"{mode:26} {m['per_s']:10.0f} {m['cpu_us']:10.1f} {m['user_us']:6.1f} {m['sys_us']:6.1f} {m['p50']:7.0f} {m['p99']:7.0f}")
 a, b = med["closed_at_accept"], med["http_403_new_connection"]
 print(f"\nclosed at accept / 403 on a new connection: {a['per_s'] / b['per_s']:.2f}x the attempts per second, "
-      f"{a['cpu_us'] / b['cpu_us']:.2f}x the Rampart CPU per attempt")
+      f"{a['cpu_us'] / b['cpu_us']:.2f}x the Rampart CPU per attempt "
+      f"({a['user_us'] / b['user_us']:.2f}x user, {a['sys_us'] / b['sys_us']:.2f}x system)")
 PY

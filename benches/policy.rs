@@ -1,7 +1,8 @@
 //! Protects the per-request policy budget (about 1 µs for route, lists, country,
 //! ASN and three buckets) and the costs inside it: a limiter check on a hot key
 //! and on a new key, a country and ASN lookup, rendering a 429 with its fields,
-//! the phone-number body rule on a registration body.
+//! the phone-number body rule on a registration body; and the per-connection
+//! check at accept (`Policy::refusal_at_accept`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -153,6 +154,20 @@ fn full_decision(c: &mut Criterion) {
             black_box(decide(&clients[i]))
         })
     });
+    group.finish();
+
+    // Once per accepted connection, in the listener's accept loop.
+    let mut group = c.benchmark_group("accept");
+    let at_accept = |peer: IpAddr| policy.refusal_at_accept(peer, |ip| geo.lookup(ip));
+    for (name, peer, refused) in [
+        ("client_not_listed", "45.67.89.10", false),
+        ("client_deny_listed", "100.5.1.1", true),
+        ("trusted_proxy", "10.1.2.3", false),
+    ] {
+        let peer: IpAddr = peer.parse().unwrap();
+        assert_eq!(at_accept(peer).is_some(), refused, "{name}");
+        group.bench_function(name, |b| b.iter(|| black_box(at_accept(black_box(peer)))));
+    }
     group.finish();
 
     let mut group = c.benchmark_group("geo");

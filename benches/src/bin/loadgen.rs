@@ -10,6 +10,15 @@
 //! - `fixed:IP`: one address;
 //! - `pool:FILE`: a random address from a random network of FILE (one CIDR a line);
 //! - `distinct:CIDR`: a new address for every request, in order (floods).
+//!
+//! Connections: kept alive by default. `--new-connections` opens one per request
+//! (`Connection: close`, and waits for the server to close first, so no
+//! TIME_WAIT piles up on the client's ports); a connection the server closes or
+//! resets before any byte of an answer is counted as `dropped` (its latency
+//! counts in p50/p99 like an answer's). `--bind IP`
+//! connects from that local address (any 127.x.y.z on loopback) and
+//! `--no-forwarded-for` sends no X-Forwarded-For: the proxy sees the socket
+//! peer as the client (closing connections at accept is decided on it).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use ipnet::IpNet;
@@ -29,6 +38,9 @@ struct Args {
     clients: String,
     class: String,
     max_requests: u64,
+    new_connections: bool,
+    bind: Option<IpAddr>,
+    forwarded_for: bool,
 }
 
 fn parse_args() -> Args {
@@ -41,6 +53,9 @@ fn parse_args() -> Args {
         clients: "fixed:127.0.0.1".into(),
         class: "legit".into(),
         max_requests: u64::MAX,
+        new_connections: false,
+        bind: None,
+        forwarded_for: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +69,9 @@ fn parse_args() -> Args {
             "--clients" => a.clients = value(),
             "--class" => a.class = value(),
             "--max-requests" => a.max_requests = value().parse().expect("count"),
+            "--new-connections" => a.new_connections = true,
+            "--bind" => a.bind = Some(value().parse().expect("IP")),
+            "--no-forwarded-for" => a.forwarded_for = false,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -167,26 +185,43 @@ struct Stats {
     forbidden: u64,
     other: u64,
     errors: u64,
+    dropped: u64,
 }
 
-/// One request on a kept-alive connection; returns the status, or None when the
-/// connection must be reopened.
-async fn exchange(conn: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> Option<u16> {
-    conn.write_all(request).await.ok()?;
+/// How one exchange ended.
+enum Outcome {
+    /// An answer with this status; `close`: the server will close the connection.
+    Answer { status: u16, close: bool },
+    /// The server closed or reset the connection before any byte of an answer.
+    Dropped,
+    /// Anything else (a partial answer, a write or read error after bytes came).
+    Failed,
+}
+
+/// One request on a connection.
+async fn exchange(conn: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> Outcome {
     buf.clear();
+    if conn.write_all(request).await.is_err() {
+        // Closed before the request could be written: nothing was answered.
+        return Outcome::Dropped;
+    }
     let mut chunk = [0u8; 4096];
     let head_end = loop {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) if buf.is_empty() => return Outcome::Dropped,
+            Ok(0) | Err(_) => return Outcome::Failed,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-        buf.extend_from_slice(&chunk[..n]);
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break p + 4;
         }
     };
-    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
-    let status: u16 = head.get(9..12)?.parse().ok()?;
+    let Some(head) = std::str::from_utf8(&buf[..head_end]).ok() else {
+        return Outcome::Failed;
+    };
+    let Some(status) = head.get(9..12).and_then(|s| s.parse::<u16>().ok()) else {
+        return Outcome::Failed;
+    };
     let lower = head.to_ascii_lowercase();
     let length: usize = lower
         .lines()
@@ -194,16 +229,33 @@ async fn exchange(conn: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> Op
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     while buf.len() < head_end + length {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Outcome::Failed,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
-    if lower.contains("connection: close") {
-        return Some(status + 1000);
+    Outcome::Answer {
+        status,
+        close: lower.contains("connection: close"),
     }
-    Some(status)
+}
+
+/// A new connection to `target`, from `bind` when given.
+async fn connect(target: &str, bind: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = bind else {
+        return TcpStream::connect(target).await;
+    };
+    let to: std::net::SocketAddr = tokio::net::lookup_host(target)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    socket.connect(to).await
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -242,10 +294,16 @@ async fn main() {
             let mut conn: Option<TcpStream> = None;
             let mut buf = Vec::with_capacity(8192);
             // Open loop: each connection has its own schedule, staggered.
-            let mut due = start + per_conn_interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / args.connections as f64));
+            let mut due = start
+                + per_conn_interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(c as f64 / args.connections as f64)
+                });
             loop {
                 let now = Instant::now();
-                if now >= end || stop.load(Ordering::Relaxed) || sent.fetch_add(1, Ordering::Relaxed) >= args.max_requests {
+                if now >= end
+                    || stop.load(Ordering::Relaxed)
+                    || sent.fetch_add(1, Ordering::Relaxed) >= args.max_requests
+                {
                     break;
                 }
                 let scheduled = if let Some(interval) = per_conn_interval {
@@ -262,12 +320,23 @@ async fn main() {
                     break;
                 }
                 let ip = clients.pick(&mut rng);
+                let forwarded = if args.forwarded_for {
+                    format!("X-Forwarded-For: {ip}\r\n")
+                } else {
+                    String::new()
+                };
+                let close = if args.new_connections {
+                    "Connection: close\r\n"
+                } else {
+                    ""
+                };
                 let request = format!(
-                    "GET {} HTTP/1.1\r\nHost: bench\r\nX-Forwarded-For: {ip}\r\nX-Class: {}\r\n\r\n",
+                    "GET {} HTTP/1.1\r\nHost: bench\r\n{forwarded}X-Class: {}\r\n{close}\r\n",
                     args.path, args.class
                 );
-                if conn.is_none() {
-                    conn = TcpStream::connect(&args.target).await.ok();
+                let fresh = conn.is_none();
+                if fresh {
+                    conn = connect(&args.target, args.bind).await.ok();
                     if let Some(s) = &conn {
                         let _ = s.set_nodelay(true);
                     }
@@ -280,18 +349,45 @@ async fn main() {
                 let result = exchange(stream, request.as_bytes(), &mut buf).await;
                 let latency = scheduled.elapsed();
                 let status = match result {
-                    None => {
+                    // With --new-connections, a connection closed before its
+                    // request was answered is dropped; otherwise (kept-alive
+                    // connections) it is an error, as before.
+                    Outcome::Dropped if fresh && args.new_connections => {
+                        conn = None;
+                        local.dropped += 1;
+                        local
+                            .latencies_us
+                            .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
+                        continue;
+                    }
+                    Outcome::Dropped => {
                         conn = None;
                         local.errors += 1;
                         continue;
                     }
-                    Some(s) if s >= 1000 => {
+                    Outcome::Failed => {
                         conn = None;
-                        s - 1000
+                        local.errors += 1;
+                        continue;
                     }
-                    Some(s) => s,
+                    Outcome::Answer { status, close } => {
+                        if close || args.new_connections {
+                            if let Some(mut s) = conn.take() {
+                                // Let the server close first: its side keeps the
+                                // TIME_WAIT, the client's ports are free at once.
+                                let mut rest = [0u8; 512];
+                                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                                    while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}
+                                })
+                                .await;
+                            }
+                        }
+                        status
+                    }
                 };
-                local.latencies_us.push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
+                local
+                    .latencies_us
+                    .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
                 match status {
                     200..=299 => local.ok += 1,
                     429 => local.limited += 1,
@@ -306,6 +402,7 @@ async fn main() {
             s.forbidden += local.forbidden;
             s.other += local.other;
             s.errors += local.errors;
+            s.dropped += local.dropped;
         }));
     }
     for t in tasks {
@@ -323,7 +420,7 @@ async fn main() {
     };
     let answered = s.ok + s.limited + s.forbidden + s.other;
     println!(
-        "{{\"class\":\"{}\",\"answered\":{answered},\"rps\":{:.1},\"ok\":{},\"limited\":{},\"forbidden\":{},\"other\":{},\"errors\":{},\"p50_us\":{},\"p99_us\":{},\"seconds\":{elapsed:.2}}}",
+        "{{\"class\":\"{}\",\"answered\":{answered},\"rps\":{:.1},\"ok\":{},\"limited\":{},\"forbidden\":{},\"other\":{},\"errors\":{},\"dropped\":{},\"dropped_per_s\":{:.1},\"p50_us\":{},\"p99_us\":{},\"seconds\":{elapsed:.2}}}",
         args.class,
         answered as f64 / elapsed,
         s.ok,
@@ -331,6 +428,8 @@ async fn main() {
         s.forbidden,
         s.other,
         s.errors,
+        s.dropped,
+        s.dropped as f64 / elapsed,
         pct(0.50),
         pct(0.99),
     );

@@ -34,6 +34,8 @@
 //! A rule in shadow mode and a flag in preview never refuse: what they would
 //! have refused becomes an [`Observation`] of the verdict.
 
+mod accept;
+
 use crate::bans::BanTable;
 use crate::body::BodyInput;
 use crate::clients::{ClientMatch, MatchedBy};
@@ -369,6 +371,8 @@ pub struct Policy<C: Clock + Clone = DefaultClock> {
     unknown_country: UnknownPolicy,
     unknown_asn: UnknownPolicy,
     flags: CompiledFlags,
+    /// What [`Policy::refusal_at_accept`] reads.
+    accept: accept::AcceptPlan,
 }
 
 fn mode(flags: &[FlagMode], i: usize) -> FlagMode {
@@ -551,6 +555,7 @@ impl<C: Clock + Clone> Policy<C> {
             unknown_country: config.geoip.unknown_country,
             unknown_asn: config.geoip.unknown_asn,
             flags: CompiledFlags::new(&config.lockdown),
+            accept: accept::AcceptPlan::new(config),
         }
     }
 
@@ -642,6 +647,15 @@ impl<C: Clock + Clone> Policy<C> {
             quota: (rate.count.get() / cost.max(1)).max(1),
             window: rate.per.as_secs().max(1),
         })
+    }
+
+    /// The refusal of a request whose key limit rule `rule` has banned for
+    /// `remaining` more.
+    fn banned_refusal(&self, rule: usize, remaining: Duration) -> Rejection {
+        Rejection::Banned {
+            rule: self.limit_names[rule].clone(),
+            retry_after: retry_after_secs(remaining),
+        }
     }
 
     /// Rate rules, in config order.
@@ -991,15 +1005,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             match rule.action {
                 AccessAction::Allow => self.allowed_by = Some(rule.name.clone()),
                 AccessAction::Deny => {
-                    let name = rule.name.clone();
-                    self.refusal = Some(match matched {
-                        MatchedBy::Network => Rejection::DeniedByNetwork { rule: name },
-                        MatchedBy::Asn(asn) => Rejection::DeniedByAsn { rule: name, asn },
-                        MatchedBy::Country(country) => Rejection::DeniedByCountry {
-                            rule: name,
-                            country,
-                        },
-                    });
+                    self.refusal = Some(denied(&rule.name, matched));
                     return;
                 }
             }
@@ -1423,10 +1429,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 shadow: false,
             });
             if let Some(remaining) = remaining {
-                self.refusal = Some(Rejection::Banned {
-                    rule: policy.limit_names[i].clone(),
-                    retry_after: retry_after_secs(remaining),
-                });
+                self.refusal = Some(policy.banned_refusal(i, remaining));
                 return true;
             }
         }
@@ -1553,6 +1556,16 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             self.permits.clear();
             self.refusal = refusal;
         }
+    }
+}
+
+/// The refusal of deny rule `rule` for a client that matched it by `matched`.
+fn denied(rule: &Arc<str>, matched: MatchedBy) -> Rejection {
+    let rule = rule.clone();
+    match matched {
+        MatchedBy::Network => Rejection::DeniedByNetwork { rule },
+        MatchedBy::Asn(asn) => Rejection::DeniedByAsn { rule, asn },
+        MatchedBy::Country(country) => Rejection::DeniedByCountry { rule, country },
     }
 }
 

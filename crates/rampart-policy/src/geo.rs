@@ -142,6 +142,13 @@ impl GeoFile {
         CountryCode::parse(code)
     }
 
+    /// The AS number only: the organisation is not decoded, so a lookup
+    /// allocates nothing (it runs per request, and per connection at accept).
+    fn asn_number(&self, ip: IpAddr) -> Option<u32> {
+        let record: AsnNumberRecord = self.reader.lookup(ip).ok()?.decode().ok()??;
+        record.autonomous_system_number.filter(|&n| n > 0)
+    }
+
     fn asn(&self, ip: IpAddr) -> Option<(u32, Option<String>)> {
         let record: AsnRecord = self.reader.lookup(ip).ok()?.decode().ok()??;
         let asn = record.autonomous_system_number.filter(|&n| n > 0)?;
@@ -166,6 +173,12 @@ struct CountryRecord<'a> {
     registered_country: Option<IsoCode<'a>>,
     #[serde(borrow, default)]
     country_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct AsnNumberRecord {
+    #[serde(default)]
+    autonomous_system_number: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -202,7 +215,7 @@ impl GeoDb {
     pub fn lookup(&self, ip: IpAddr) -> GeoInfo {
         GeoInfo {
             country: self.country.as_ref().and_then(|db| db.country(ip)),
-            asn: self.asn.as_ref().and_then(|db| db.asn(ip).map(|(n, _)| n)),
+            asn: self.asn.as_ref().and_then(|db| db.asn_number(ip)),
         }
     }
 

@@ -2,6 +2,7 @@
 //! checks, the admin API, metrics, and the background services that reload config.
 //! Policy decisions are made by `rampart-policy`; this crate only wires them in.
 
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod background;
@@ -155,6 +156,8 @@ pub fn build_server_with(
     let conf = server.configuration.clone();
     let socket_options = listener_socket_options();
     let sources = Arc::new(edge::SourceCounter::default());
+    // Public listeners close at accept what the policy refuses on every request.
+    let drop_at_accept = Arc::new(accept::DropAtAccept::new(shared.clone()));
 
     // One origin pool for the HTTP/1.1 loop of every public service.
     let lean = Arc::new(lean::Lean::new(shared.clone(), &conf));
@@ -221,7 +224,8 @@ pub fn build_server_with(
         if config.server.http1_loop == rampart_config::Http1Loop::Rampart {
             edge = edge.with_lean(lean.clone());
         }
-        let service = Service::with_listeners(name.to_string(), endpoints, edge);
+        let mut service = Service::with_listeners(name.to_string(), endpoints, edge);
+        service.set_connection_filter(drop_at_accept.clone());
         server.add_service(service);
     }
 

@@ -90,6 +90,18 @@ impl FleetOp {
     }
 }
 
+/// The `reason` labels of `rampart_client_connections_dropped_at_accept_total`:
+/// the labels of the refusals [`rampart_policy::Policy::refusal_at_accept`]
+/// gives (the same as the request path's verdicts).
+pub const ACCEPT_DROP_REASONS: [&str; 6] = [
+    "denied_network",
+    "denied_asn",
+    "denied_country",
+    "unknown_country",
+    "unknown_asn",
+    "banned",
+];
+
 /// Status class labels, indexed by [`status_class`].
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
@@ -192,6 +204,8 @@ pub struct Metrics {
     fleet_redis_errors: IntCounterVec,
     fleet_sync_lag: prometheus::Gauge,
     client_closed: IntCounterVec,
+    /// Indexed like [`ACCEPT_DROP_REASONS`].
+    client_dropped_at_accept: [IntCounter; 6],
     client_sources: IntGauge,
 }
 
@@ -490,6 +504,13 @@ impl Metrics {
             "Client connections the edge closed itself, by reason (keepalive_timeout, header_timeout, body_timeout, header_too_large, per_source_cap, proxy_protocol_missing, proxy_protocol_invalid, proxy_protocol_untrusted).",
             &["reason"],
         );
+        let dropped_at_accept = counter(
+            "rampart_client_connections_dropped_at_accept_total",
+            "Client connections closed at accept, before TLS or HTTP, because every request from their source would be refused, by reason (denied_network, denied_asn, denied_country, unknown_country, unknown_asn, banned).",
+            &["reason"],
+        );
+        let client_dropped_at_accept =
+            ACCEPT_DROP_REASONS.map(|reason| dropped_at_accept.with_label_values(&[reason]));
         let client_sources = registered(
             &registry,
             &names,
@@ -501,6 +522,7 @@ impl Metrics {
         );
         Self {
             client_closed,
+            client_dropped_at_accept,
             client_sources,
             fleet_degraded,
             fleet_redis_duration,
@@ -543,6 +565,16 @@ impl Metrics {
     /// [`crate::edge::EdgeRefusal`] or [`crate::proxy_protocol::ProxyRefusal`].
     pub fn client_connection_closed(&self, reason: &'static str) {
         self.client_closed.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a connection closed at accept for `refusal` (one of the
+    /// refusals of [`rampart_policy::Policy::refusal_at_accept`]; any other is
+    /// not counted here).
+    pub fn connection_dropped_at_accept(&self, refusal: &rampart_policy::Rejection) {
+        let label = refusal.label();
+        if let Some(i) = ACCEPT_DROP_REASONS.iter().position(|r| *r == label) {
+            self.client_dropped_at_accept[i].inc();
+        }
     }
 
     /// Sets the number of client addresses with open connections.

@@ -138,7 +138,8 @@ pub struct Rampart {
 /// Environment variable naming the HTTP/1.1 request loop every test instance
 /// runs (`server.http1_loop`: "rampart" or "pingora-proxy"), so that the whole
 /// suite can be run against either: `RAMPART_TEST_HTTP1_LOOP=pingora-proxy
-/// cargo nextest run`. Unset: the config's own choice (the default loop).
+/// cargo nextest run`. Unset: the config's own choice (the default loop). A
+/// config that sets `http1_loop` itself keeps its choice.
 pub const TEST_HTTP1_LOOP_ENV: &str = "RAMPART_TEST_HTTP1_LOOP";
 
 /// `text` with `server.http1_loop` set from [`TEST_HTTP1_LOOP_ENV`], when set.
@@ -146,6 +147,10 @@ fn with_http1_loop(text: String) -> String {
     let Ok(choice) = std::env::var(TEST_HTTP1_LOOP_ENV) else {
         return text;
     };
+    if text.contains("http1_loop") {
+        // A test that names its loop tests that loop.
+        return text;
+    }
     let line = format!("http1_loop = \"{choice}\"\n");
     match text.find("[server]\n") {
         Some(at) => {

@@ -21,8 +21,13 @@ fn bin() -> &'static Path {
 /// One route to `origin`; loopback is a trusted proxy and 198.51.100.0/24 is
 /// denied, so `X-Forwarded-For: 198.51.100.7` is refused with 403.
 fn config(origin: SocketAddr, server: &str) -> String {
+    let server = if server.contains("http1_loop") {
+        server.to_string()
+    } else {
+        format!("http1_loop = \"rampart\"\n{server}")
+    };
     ConfigBuilder::new()
-        .server(server)
+        .server(&server)
         .pool("o", &[origin])
         .route("all", "/", "o")
         .raw("[client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]")

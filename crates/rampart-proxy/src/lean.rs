@@ -28,7 +28,7 @@ use pingora::protocols::http::{ReusableHttpStream, ServerSession};
 use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use rampart_config::RouteKind;
 use rampart_policy::Rejection;
@@ -131,11 +131,17 @@ impl OriginPool {
     /// open.
     fn take(&self, key: u64, check: bool) -> Option<Stream> {
         let now = Instant::now();
+        let expired = |c: &IdleOrigin| c.idle_timeout.is_some_and(|t| now - c.since >= t);
         let mut idle = self.idle.lock().ok()?;
-        // Expired connections are dropped (closed) wherever they are found.
-        idle.retain(|c| c.idle_timeout.is_none_or(|t| now - c.since < t));
+        // The oldest are at the front: expired ones are closed from there.
+        while idle.front().is_some_and(expired) {
+            idle.pop_front();
+        }
         while let Some(at) = idle.iter().rposition(|c| c.key == key) {
             let mut c = idle.remove(at)?;
+            if expired(&c) {
+                continue;
+            }
             if !(check || now - c.since >= CHECK_AFTER) || still_open(&mut c.stream) {
                 return Some(c.stream);
             }
@@ -404,7 +410,7 @@ impl Lean {
         let buffered = session.get_retry_buffer();
         let replayable = ctx.body_done;
         let mut fresh = false;
-        let (mut up, peer) = loop {
+        let (mut up, peer, key) = loop {
             // After a connect failure, the retry goes to another server.
             let exclude = if ctx.connect_failures > 0 {
                 ctx.server
@@ -423,7 +429,7 @@ impl Lean {
             ctx.server = Some(i);
             ctx.upstream_start = Some(Instant::now());
             let peer = &pool.servers[i].peer;
-            let key = peer.reuse_hash();
+            let key = pool.servers[i].reuse_key;
             let (stream, reused) = match self.connect(peer, key, fresh, replayable).await {
                 Ok(connected) => connected,
                 Err(e) => {
@@ -448,7 +454,7 @@ impl Lean {
             }
             .await;
             match sent {
-                Ok(()) => break (up, peer),
+                Ok(()) => break (up, peer, key),
                 // The origin closed a pooled connection before answering: once
                 // more on a new one, when the request can be sent again.
                 Err(e) if reused && replayable && !fresh && closed_early(&e) => {
@@ -485,8 +491,7 @@ impl Lean {
         session.finish_body().await.map_err(|e| e.into_down())?;
         up.respect_keepalive();
         if let Some(stream) = up.reuse().await {
-            self.origins
-                .put(peer.reuse_hash(), peer.options.idle_timeout, stream);
+            self.origins.put(key, peer.options.idle_timeout, stream);
         }
         Ok(Ended::Reusable)
     }

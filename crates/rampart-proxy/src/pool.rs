@@ -100,6 +100,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// The peer handed to Pingora, built once per config.
     pub peer: HttpPeer,
+    /// `peer`'s connection-reuse key (`Peer::reuse_hash`), computed once.
+    pub reuse_key: u64,
     /// Its health.
     pub health: Arc<ServerHealth>,
 }
@@ -196,6 +198,7 @@ impl Pool {
                 peer.options.idle_timeout = Some(config.idle_timeout);
                 Upstream {
                     addr,
+                    reuse_key: pingora::upstreams::peer::Peer::reuse_hash(&peer),
                     peer,
                     health: registry.get(&config.name, addr),
                 }

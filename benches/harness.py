@@ -2,7 +2,7 @@
 """End-to-end attack harness: Rampart side by side with nginx (limit_req + geoip2)
 and HAProxy (stick tables), on loopback, with real GeoIP/ASN data.
 
-    benches/harness.py [--quick] [--flood N] [--only rampart,nginx,haproxy] [--scenarios S5,S6]
+    [RAMPART=/path/to/rampart] benches/harness.py [--quick] [--flood N] [--only rampart,nginx,haproxy] [--scenarios S5,S6]
 
 Every proxy gets the closest equivalent policy: 429 above 50 requests/s (burst 100)
 per client address and per ASN, 403 for one denied country (not HAProxy: it has no
@@ -11,7 +11,9 @@ Client addresses come through X-Forwarded-For from loopback, which every proxy
 trusts. The origin (nginx) logs each request's X-Class, so attack requests that
 reach it are counted. Each scenario checks that the proxy really enforced its
 policy. Results go to benches/results/latest.{json,md} (partial.* with --only).
-Loopback only, bounded.
+Binaries come from CARGO_TARGET_DIR (default target/); RAMPART=/path/to/rampart
+runs that build instead of building one (scripts/build-pgo trains its
+instrumented binary this way). Loopback only, bounded.
 """
 import argparse, csv, ipaddress, json, os, random, shutil, signal, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -19,6 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benches" / "data"
 RESULTS = ROOT / "benches" / "results"
+# Cargo resolves a relative CARGO_TARGET_DIR against the directory it runs in: ROOT.
+RELEASE = ROOT / os.environ.get("CARGO_TARGET_DIR", "target") / "release"
+RAMPART_BIN = Path(os.environ.get("RAMPART") or RELEASE / "rampart").resolve()
 ORIGIN, RAMPART, RAMPART_ADMIN, NGINX, HAPROXY = 19000, 18080, 19901, 19080, 19180
 TOKEN = "bench-token-0123456789abcdef"
 BOTNET_ASN = 14061          # a hosting provider's network
@@ -36,19 +41,23 @@ def sh(*cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def ensure_tools():
-    need = [p for p, b in [("nginx-light", "nginx"), ("haproxy", "haproxy"), ("npm", "npm")] if not shutil.which(b)]
-    if not Path("/usr/lib/nginx/modules/ngx_http_geoip2_module.so").exists():
+def ensure_tools(only):
+    # nginx is the origin in every run; npm fetches the GeoIP data.
+    need = [p for p, b in [("nginx-light", "nginx"), ("npm", "npm")] if not shutil.which(b)]
+    if "haproxy" in only and not shutil.which("haproxy"):
+        need.append("haproxy")
+    if "nginx" in only and not Path("/usr/lib/nginx/modules/ngx_http_geoip2_module.so").exists():
         need.append("libnginx-mod-http-geoip2")
     if need:
         sh("apt-get", "update", "-qq")
         sh("apt-get", "install", "-y", "-qq", *need, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     # One package per build, as ratio.sh and instructions.sh do: building both in one
     # invocation unifies features differently and rebuilds the whole Pingora stack.
-    sh("cargo", "build", "--release", "-q", "-p", "rampart", cwd=ROOT)
+    if not os.environ.get("RAMPART"):
+        sh("cargo", "build", "--release", "-q", "-p", "rampart", cwd=ROOT)
     sh("cargo", "build", "--release", "-q", "-p", "rampart-benches", "--bin", "rampart-loadgen", cwd=ROOT)
     if not (DATA / "country.mmdb").exists() or not (DATA / "asn.mmdb").exists():
-        sh(str(ROOT / "deploy/geoip/fetch.sh"), str(DATA), str(ROOT / "target/release/rampart"))
+        sh(str(ROOT / "deploy/geoip/fetch.sh"), str(DATA), str(RAMPART_BIN))
     if not (DATA / "asn-ipv4.csv").exists():
         with tempfile.TemporaryDirectory() as t:
             sh("npm", "pack", "--silent", "@ip-location-db/asn", cwd=t, stdout=subprocess.DEVNULL)
@@ -215,7 +224,7 @@ class Proxy:
         w = self.work
         if self.name == "rampart":
             env = {**os.environ, "RAMPART_ADMIN_TOKEN": TOKEN, "RUST_LOG": "warn"}
-            self.proc = subprocess.Popen([str(ROOT / "target/release/rampart"), "run", "--config", str(w / "rampart.toml")],
+            self.proc = subprocess.Popen([str(RAMPART_BIN), "run", "--config", str(w / "rampart.toml")],
                                          env=env, stdout=open(w / "rampart.log", "w"), stderr=subprocess.STDOUT)
             self.pids = [self.proc.pid]
             time.sleep(1.5)
@@ -261,7 +270,7 @@ class Proxy:
 
 
 def loadgen(port, seconds, clients, cls="legit", connections=32, rate=None, max_requests=None, wait=True):
-    cmd = [str(ROOT / "target/release/rampart-loadgen"), "--target", f"127.0.0.1:{port}", "--duration", str(seconds),
+    cmd = [str(RELEASE / "rampart-loadgen"), "--target", f"127.0.0.1:{port}", "--duration", str(seconds),
            "--connections", str(connections), "--clients", clients, "--class", cls]
     if rate:
         cmd += ["--rate", str(rate)]
@@ -299,7 +308,7 @@ def main():
     if "S2" in want:
         want.add("S1")
     rounds, secs = (1, 3) if args.quick else (3, 6)
-    ensure_tools()
+    ensure_tools(only)
     work = Path(tempfile.mkdtemp(prefix="rampart-harness-"))
     print(f"work folder {work}; building address pools and peer configs", flush=True)
     pools(work)

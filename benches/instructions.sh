@@ -13,12 +13,16 @@
 # on a signal so that callgrind writes its totals. Instructions per request =
 # difference in instructions / difference in requests, so start-up and shutdown
 # cancel out.
-# RAMPART=/path/to/an/older/rampart measures that build instead of
-# target/release/rampart, for a before/after of one change.
+# Binaries come from CARGO_TARGET_DIR (default target/).
+# RAMPART=/path/to/an/older/rampart measures that build instead of building
+# one, for a before/after of one change (or scripts/build-pgo's PGO binary).
 #   [RAMPART=...] benches/instructions.sh [SECONDS]
 set -euo pipefail
+rampart=${RAMPART:+$(realpath "$RAMPART")}  # before the cd: relative to the caller
 cd "$(dirname "$0")/.."
 secs=${1:-10}
+release=$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)/release
+rampart=${rampart:-$release/rampart}
 for tool in valgrind nginx wrk; do
   command -v $tool >/dev/null || {
     apt-get update -qq
@@ -26,13 +30,10 @@ for tool in valgrind nginx wrk; do
     break
   }
 done
-[ -f benches/data/country.mmdb ] && [ -f benches/data/asn.mmdb ] || {
-  cargo build --release -p rampart
-  deploy/geoip/fetch.sh benches/data target/release/rampart
-}
 # Built one package at a time, as benches/ratio.sh does, so neither script
 # rebuilds what the other built (features unify differently per invocation).
-cargo build --release -p rampart
+[ -n "${RAMPART:-}" ] || cargo build --release -p rampart
+[ -f benches/data/country.mmdb ] && [ -f benches/data/asn.mmdb ] || deploy/geoip/fetch.sh benches/data "$rampart"
 cargo build --release -p rampart-benches --bin rampart-pingora-floor --bin rampart-lean-floor
 export RAMPART_ADMIN_TOKEN=bench-token-0123456789abcdef
 tmp=$(mktemp -d)
@@ -80,10 +81,9 @@ ng=$(measure nginx 19080 QUIT "X-Bench: 1" -- nginx -c "$tmp/proxy.conf")
 printf '%-34s %14s %10s\n' "nginx (proxy_pass, keepalive)" "$ng" "1.00x"
 row() { printf '%-34s %14s %10s\n' "$1" "$2" "$(python3 -c "print(f'{$2/$ng:.2f}x')")"; }
 row "pingora floor" "$(measure floor 18090 INT "X-Bench: 1" -- \
-  "$PWD/target/release/rampart-pingora-floor" 127.0.0.1:18090 127.0.0.1:19000)"
+  "$release/rampart-pingora-floor" 127.0.0.1:18090 127.0.0.1:19000)"
 row "lean floor (own request loop)" "$(measure lean 18091 INT "X-Bench: 1" -- \
-  "$PWD/target/release/rampart-lean-floor" 127.0.0.1:18091 127.0.0.1:19000)"
-rampart=${RAMPART:-$PWD/target/release/rampart}
+  "$release/rampart-lean-floor" 127.0.0.1:18091 127.0.0.1:19000)"
 row "rampart, proxied (mitigation on)" "$(measure rampart 18080 INT "X-Bench: 1" -- \
   "$rampart" run --config ratio-mitigation.toml)"
 row "rampart, rejected (deny list, 403)" "$(measure rejected 18080 INT "X-Forwarded-For: 198.51.100.7" -- \

@@ -548,14 +548,17 @@ fn push_decimal_bytes(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// Appends `s` as a structured-field string (RFC 8941), as [`sf_string`] does.
+/// Appends `s` as a structured-field string (RFC 8941), as [`sf_string`] does:
+/// quotes and backslashes escaped, anything but printable ASCII (which a
+/// field value cannot carry) replaced by `?`.
 fn push_sf_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     for b in s.bytes() {
-        if b == b'\\' || b == b'"' {
-            out.push(b'\\');
+        match b {
+            b'\\' | b'"' => out.extend_from_slice(&[b'\\', b]),
+            0x20..=0x7e => out.push(b),
+            _ => out.push(b'?'),
         }
-        out.push(b);
     }
     out.push(b'"');
 }
@@ -632,7 +635,9 @@ pub fn json_string(s: &str) -> String {
 /// A Structured Fields string (RFC 8941): quoted, with `"` and `\\` escaped.
 /// Rule names are validated to `[a-z0-9_-]`, so nothing else needs care.
 fn sf_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    let mut out = Vec::with_capacity(s.len() + 2);
+    push_sf_string(&mut out, s);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -143,3 +143,77 @@ fn mutated_configs_are_refused_or_accepted_never_a_panic() {
     // Most random edits break something, and each is reported, not a panic.
     assert!(refused > 300, "{refused} of 1000 mutations refused");
 }
+
+/// Random rule names, messages and details (quotes, backslashes, control
+/// characters, any Unicode) through the pre-rendered HTTP/1.1 refusal: the
+/// head is well formed, `content-length` is the body's, and the JSON body
+/// parses back to the very texts that went in.
+#[test]
+fn random_texts_render_into_well_formed_refusals_that_parse_back() {
+    use rampart_config::RouteKind;
+    use rampart_policy::Rejection;
+    use std::sync::Arc;
+    let mut rng = Rng(0x5eed_0f_7e57);
+    let alphabet = b"ab\"\\\n\r\t\x01\x1f<>&' /{}";
+    let (mut out, mut scratch) = (Vec::new(), String::new());
+    for _ in 0..20_000 {
+        let text = |rng: &mut Rng| String::from_utf8_lossy(&rng.bytes(40, alphabet)).into_owned();
+        let (rule, message) = (text(&mut rng), text(&mut rng));
+        let rejections = [
+            Rejection::DeniedByNetwork {
+                rule: Arc::from(rule.as_str()),
+            },
+            Rejection::RateLimited {
+                rule: Arc::from(rule.as_str()),
+                retry_after: rng.next() % 100_000,
+                quota: (rng.next() % 1_000) as u32,
+                window: rng.next() % 3_600,
+            },
+            Rejection::Maintenance {
+                flag: Arc::from(rule.as_str()),
+                retry_after: rng.next() % 1_000,
+                message: Arc::from(message.as_str()),
+            },
+            Rejection::BodyRefused {
+                flag: Arc::from(rule.as_str()),
+                status: 403,
+                detail: message.clone(),
+            },
+        ];
+        for r in rejections {
+            r.write_http1(
+                RouteKind::Api,
+                b"Mon, 30 Nov 2026 10:00:00 GMT",
+                false,
+                &mut out,
+                &mut scratch,
+            );
+            let at = out
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("end of head");
+            let (head, body) = (&out[..at], &out[at + 4..]);
+            let head = std::str::from_utf8(head).expect("head is text");
+            assert!(
+                !head.contains('\n') || head.split("\r\n").all(|l| !l.contains('\n')),
+                "{head:?}"
+            );
+            let length: usize = head
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.parse().ok())
+                .expect("content-length");
+            assert_eq!(length, body.len());
+            let json: serde_json::Value =
+                serde_json::from_slice(body).expect("problem body is JSON");
+            assert_eq!(
+                json["detail"],
+                serde_json::Value::from(r.detail().as_ref()),
+                "{r:?}"
+            );
+            if let Some(rule) = r.rule() {
+                assert_eq!(json["rule"], serde_json::Value::from(rule));
+            }
+        }
+    }
+}

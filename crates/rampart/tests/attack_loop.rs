@@ -70,6 +70,8 @@ enum Script {
     HeadWithLateBody,
     /// `100 Continue` to `Expect: 100-continue`, then the body is read.
     Continue,
+    /// `101` to every request but health checks, then records raw bytes.
+    Always101,
 }
 
 /// What a scripted origin saw: raw bytes of all connections, in arrival order.
@@ -127,7 +129,12 @@ async fn serve_script(mut s: TcpStream, script: Script, seen: Seen) {
         if script == Script::Continue && head.contains("expect: 100-continue") {
             let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
-        if script == Script::UpgradeAnything && head.contains("\r\nupgrade:") {
+        let switch = match script {
+            Script::UpgradeAnything => head.contains("\r\nupgrade:"),
+            Script::Always101 => !head.starts_with("get /health"),
+            _ => false,
+        };
+        if switch {
             let _ = s
                 .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
                 .await;
@@ -368,6 +375,90 @@ async fn finding_expect_continue_is_answered_before_the_body_arrives() {
         let rest = String::from_utf8_lossy(&rest).into_owned();
         if !rest.contains("fresh") && !interim.contains("fresh") {
             failures.push(format!("{http1_loop}: final answer {rest:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Probes printed for the report (pass on both loops; the output says what each did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_upgrade_edge_cases() {
+    for http1_loop in LOOPS {
+        // HTTP/1.0 client asking for an upgrade.
+        let (origin, seen) = scripted_origin(Script::UpgradeAnything).await;
+        let r = Rampart::start(bin(), &config(origin, http1_loop)).await;
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        s.write_all(
+            b"GET /ten HTTP/1.0\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let got = read_until(&mut s, b"\r\n\r\n", Duration::from_secs(3)).await;
+        let _ = s
+            .write_all(b"GET /after-ten HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        eprintln!(
+            "PROBE {http1_loop} http/1.0 upgrade: client got {:?}; origin saw {:?}",
+            String::from_utf8_lossy(&got),
+            seen.text()
+        );
+        drop(r);
+        // Origin answering 101 to a request that asked for no upgrade.
+        let (origin, seen) = scripted_origin(Script::Always101).await;
+        let r = Rampart::start(bin(), &config(origin, http1_loop)).await;
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        s.write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, b"\r\n\r\n", Duration::from_secs(3)).await;
+        let _ = s
+            .write_all(b"GET /next HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n")
+            .await;
+        let more = read_all(&mut s, Duration::from_secs(2)).await;
+        eprintln!(
+            "PROBE {http1_loop} 101 to plain request: client got {:?} then {:?}; origin saw {:?}",
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&more),
+            seen.text()
+        );
+    }
+}
+
+/// Framing attacks on requests, refused or proxied, followed by pipelined
+/// requests: the origin must never receive `/smuggled` as a request, and the
+/// request after must be answered by the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_framing_attacks_smuggle_nothing_past_the_policy() {
+    let cases: [(&str, &[u8]); 8] = [
+        ("refused CL body holding a request", b"POST /r HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\nContent-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        ("refused CL+TE", b"POST /r HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("proxied CL+TE", b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("proxied TE chunked, identity", b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("duplicate differing CL", b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("obs-fold TE", b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("refused chunked with extension", b"POST /r HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\nTransfer-Encoding: chunked\r\n\r\n23;ext=\"a\"\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        ("refused with Expect and body", b"POST /r HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\nExpect: 100-continue\r\nContent-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ];
+    let mut failures = Vec::new();
+    for http1_loop in LOOPS {
+        let origin = MockOrigin::start("o").await;
+        let r = Rampart::start(bin(), &config(origin.addr, http1_loop)).await;
+        for (name, bytes) in cases {
+            let mut s = TcpStream::connect(r.addr).await.unwrap();
+            s.write_all(bytes).await.unwrap();
+            let got = read_all(&mut s, Duration::from_secs(3)).await;
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let statuses: Vec<&str> = text
+                .match_indices("HTTP/1.")
+                .filter_map(|(at, _)| text.get(at + 9..at + 12))
+                .collect();
+            eprintln!("CASE {http1_loop} {name}: {statuses:?}");
+            if origin.requests().iter().any(|q| q.path == "/smuggled") {
+                failures.push(format!(
+                    "{http1_loop} {name}: origin got /smuggled ({text:?})"
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");

@@ -153,7 +153,7 @@ fn random_texts_render_into_well_formed_refusals_that_parse_back() {
     use rampart_config::RouteKind;
     use rampart_policy::Rejection;
     use std::sync::Arc;
-    let mut rng = Rng(0x5eed_0f_7e57);
+    let mut rng = Rng(0x5eed_0f7e57);
     let alphabet = b"ab\"\\\n\r\t\x01\x1f<>&' /{}";
     let (mut out, mut scratch) = (Vec::new(), String::new());
     for _ in 0..20_000 {

@@ -14,8 +14,15 @@
 //!   a response came back is sent once more on a new connection, when its body
 //!   can be replayed (none, or read whole by a body rule);
 //! - the request body is sent before the response is read (like nginx with
-//!   `proxy_request_buffering off` but without a concurrent early response);
-//! - `101 Switching Protocols` turns the exchange into a two-way byte copy.
+//!   `proxy_request_buffering off` but without a concurrent early response); a
+//!   client that waits for `100 Continue` is told to go on by Rampart itself;
+//! - hop-by-hop fields and the fields `Connection` names are dropped, and only a
+//!   WebSocket upgrade goes on (`proxy::forward_parts`); the origin's `101` to
+//!   it turns the exchange into a two-way byte copy;
+//! - a pooled origin connection is checked before each use, so bytes an origin
+//!   sent late on it are never read as the next request's answer;
+//! - a response cut short is left cut: the connection is closed, never ended
+//!   with a last chunk.
 
 use crate::edge::ConnState;
 use crate::proxy::{decide, fail, forward_parts, log_request, write_refusal, RequestCtx};
@@ -99,11 +106,11 @@ impl Rendered {
 }
 
 /// Idle origin connections, most recently used last. Taking checks the age and,
-/// for a connection idle for [`CHECK_AFTER`] or more or a request that could not
-/// be sent again, that the origin has not closed it meanwhile (one non-blocking
-/// read); a connection closed under a request within that time is found out on
-/// first use and the request sent again on a new one (see the module
-/// documentation).
+/// with one non-blocking read, that the origin has neither closed the connection
+/// nor sent bytes nobody asked for (a late or overlong answer, which must never
+/// reach the next request's client); a connection closed between that check and
+/// the request is found out on first use and the request sent again on a new
+/// one (see the module documentation).
 #[derive(Debug)]
 pub struct OriginPool {
     idle: Mutex<VecDeque<IdleOrigin>>,
@@ -127,9 +134,8 @@ impl OriginPool {
     }
 
     /// The most recently released connection to the server with `key` that is
-    /// within its idle timeout and, when `check` or idle for [`CHECK_AFTER`], still
-    /// open.
-    fn take(&self, key: u64, check: bool) -> Option<Stream> {
+    /// within its idle timeout and still open, with nothing unasked waiting on it.
+    fn take(&self, key: u64) -> Option<Stream> {
         let now = Instant::now();
         let expired = |c: &IdleOrigin| c.idle_timeout.is_some_and(|t| now - c.since >= t);
         let mut idle = self.idle.lock().ok()?;
@@ -142,7 +148,7 @@ impl OriginPool {
             if expired(&c) {
                 continue;
             }
-            if !(check || now - c.since >= CHECK_AFTER) || still_open(&mut c.stream) {
+            if still_open(&mut c.stream) {
                 return Some(c.stream);
             }
         }
@@ -168,9 +174,6 @@ impl OriginPool {
         });
     }
 }
-
-/// Idle time after which a pooled origin connection is checked before use.
-const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// Whether an idle origin connection is still open: nothing to read yet. A
 /// closed connection reads its end, and one with bytes waiting (which no
@@ -275,7 +278,10 @@ impl Lean {
         log_request(&self.shared, &session, &ctx, status);
         drop(ctx);
         if matches!(ended, Ended::Close) {
-            session.set_keepalive(None);
+            // Not `finish`: a response cut short must stay visibly cut (no last
+            // chunk written for it), and the connection carries nothing more.
+            session.shutdown().await;
+            return None;
         }
         session
             .finish()
@@ -368,27 +374,24 @@ impl Lean {
     }
 
     /// The request header as the origin gets it.
-    fn upstream_header(session: &ServerSession, ctx: &RequestCtx) -> Result<Box<RequestHeader>> {
+    fn upstream_header(
+        session: &ServerSession,
+        ctx: &RequestCtx,
+        has_body: bool,
+    ) -> Result<Box<RequestHeader>> {
         let mut parts = session.req_header().as_owned_parts();
         // An HTTP/1.0 client's request goes on as HTTP/1.1, so that the origin
         // connection stays open (as pingora-proxy does).
         parts.version = http::Version::HTTP_11;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        forward_parts(&mut parts, ctx, tls)?;
+        forward_parts(&mut parts, ctx, tls, has_body)?;
         Ok(Box::new(RequestHeader::from(parts)))
     }
 
-    /// An origin connection to `peer`: a pooled one unless `fresh`, checked to
-    /// be open when the request could not be sent again.
-    async fn connect(
-        &self,
-        peer: &HttpPeer,
-        key: u64,
-        fresh: bool,
-        replayable: bool,
-    ) -> Result<(Stream, bool)> {
+    /// An origin connection to `peer`: a pooled one unless `fresh`.
+    async fn connect(&self, peer: &HttpPeer, key: u64, fresh: bool) -> Result<(Stream, bool)> {
         if !fresh {
-            if let Some(stream) = self.origins.take(key, !replayable) {
+            if let Some(stream) = self.origins.take(key) {
                 return Ok((stream, true));
             }
         }
@@ -409,6 +412,26 @@ impl Lean {
         // without one can be sent again as it is.
         let buffered = session.get_retry_buffer();
         let replayable = ctx.body_done;
+        let has_body = !session.is_body_empty();
+        if !replayable && !ctx.continue_sent && expects_continue(session) {
+            // A client waiting for `100 Continue` before sending the body Rampart
+            // streams is told to go on here, as nginx does; the origin is not
+            // asked (Expect is not forwarded once the client was answered).
+            session
+                .write_continue_response()
+                .await
+                .map_err(|e| e.into_down())?;
+            ctx.continue_sent = true;
+        }
+        // Built before any connection, so that a request refused for its
+        // hop-by-hop fields never reaches an origin.
+        let mut header = match Self::upstream_header(session, ctx, has_body) {
+            Ok(header) => Some(header),
+            Err(e) => {
+                ctx.rejection = Some(Rejection::ClientError { status: 400 });
+                return Err(e.into_down());
+            }
+        };
         let mut fresh = false;
         let (mut up, peer, key) = loop {
             // After a connect failure, the retry goes to another server.
@@ -430,7 +453,7 @@ impl Lean {
             ctx.upstream_start = Some(Instant::now());
             let peer = &pool.servers[i].peer;
             let key = pool.servers[i].reuse_key;
-            let (stream, reused) = match self.connect(peer, key, fresh, replayable).await {
+            let (stream, reused) = match self.connect(peer, key, fresh).await {
                 Ok(connected) => connected,
                 Err(e) => {
                     ctx.connect_failures = ctx.connect_failures.saturating_add(1);
@@ -444,8 +467,13 @@ impl Lean {
                 handles.connect(reused);
             }
             let mut up = Upstream::new_with_options(stream, peer);
+            let head = match header.take() {
+                Some(head) => head,
+                // Sent once more: built again (the first went with the attempt).
+                None => Self::upstream_header(session, ctx, has_body)?,
+            };
             let sent = async {
-                Self::send_head(&mut up, session, ctx, buffered.as_ref()).await?;
+                Self::send_head(&mut up, head, buffered.as_ref()).await?;
                 if replayable {
                     up.finish_body().await.map_err(|e| e.into_up())?;
                     Self::read_response_head(&mut up, session, ctx).await?;
@@ -474,7 +502,9 @@ impl Lean {
         let header = up
             .resp_header()
             .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
-        let upgraded = header.status.as_u16() == 101 && session.is_upgrade_req();
+        // Only a WebSocket upgrade is forwarded (see `forward_parts`): the origin
+        // agreeing to it is the only way to a tunnel.
+        let upgraded = header.status.as_u16() == 101 && up.is_upgrade_req();
         session
             .write_response_header(Box::new(header.clone()))
             .await
@@ -524,11 +554,9 @@ impl Lean {
     /// Writes the request header, and the body when a body rule read it whole.
     async fn send_head(
         up: &mut Upstream,
-        session: &ServerSession,
-        ctx: &RequestCtx,
+        header: Box<RequestHeader>,
         buffered: Option<&Bytes>,
     ) -> Result<()> {
-        let header = Self::upstream_header(session, ctx)?;
         up.write_request_header(header)
             .await
             .map_err(|e| e.into_up())?;
@@ -685,10 +713,10 @@ mod tests {
         pool.put(1, None, a);
         pool.put(2, None, b);
         pool.put(1, None, c);
-        assert_eq!(pool.take(1, false).as_ref().map(id), Some(ic));
-        assert_eq!(pool.take(1, false).as_ref().map(id), Some(ia));
-        assert!(pool.take(1, false).is_none());
-        assert_eq!(pool.take(2, false).as_ref().map(id), Some(ib));
+        assert_eq!(pool.take(1).as_ref().map(id), Some(ic));
+        assert_eq!(pool.take(1).as_ref().map(id), Some(ia));
+        assert!(pool.take(1).is_none());
+        assert_eq!(pool.take(2).as_ref().map(id), Some(ib));
     }
 
     #[tokio::test]
@@ -699,13 +727,13 @@ mod tests {
         pool.put(1, None, a);
         pool.put(1, None, b);
         pool.put(1, None, c);
-        assert_eq!(pool.take(1, false).as_ref().map(id), Some(ic));
-        assert_eq!(pool.take(1, false).as_ref().map(id), Some(ib));
-        assert!(pool.take(1, false).is_none());
+        assert_eq!(pool.take(1).as_ref().map(id), Some(ic));
+        assert_eq!(pool.take(1).as_ref().map(id), Some(ib));
+        assert!(pool.take(1).is_none());
 
         pool.put(1, Some(Duration::from_millis(1)), stream().await);
         std::thread::sleep(Duration::from_millis(5));
-        assert!(pool.take(1, false).is_none());
+        assert!(pool.take(1).is_none());
         assert!(pool.idle.lock().expect("lock").is_empty());
 
         // A connection whose far end closed is not given when checked.
@@ -724,11 +752,11 @@ mod tests {
             Box::new(pingora::protocols::l4::stream::Stream::from(tcp)),
         );
         pool.put(1, None, stream().await);
-        assert!(pool.take(1, true).is_some(), "the open one");
-        assert!(pool.take(1, true).is_none(), "the closed one");
+        assert!(pool.take(1).is_some(), "the open one");
+        assert!(pool.take(1).is_none(), "the closed one");
 
         let off = OriginPool::new(0);
         off.put(1, None, stream().await);
-        assert!(off.take(1, false).is_none());
+        assert!(off.take(1).is_none());
     }
 }

@@ -618,9 +618,18 @@ pub(crate) fn forward_headers(
     tls: bool,
 ) -> Result<()> {
     let mut parts = upstream_request.as_owned_parts();
-    forward_parts(&mut parts, ctx, tls)?;
+    let has_body = !ctx.body_done || has_body_framing(&parts.headers);
+    forward_parts(&mut parts, ctx, tls, has_body)?;
     *upstream_request = RequestHeader::from(parts);
     Ok(())
+}
+
+/// Whether the fields declare a body (a length above 0 or chunked framing).
+fn has_body_framing(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// [`forward_headers`] on the request's parts, typed header names and all: no
@@ -630,7 +639,9 @@ pub(crate) fn forward_parts(
     parts: &mut http::request::Parts,
     ctx: &RequestCtx,
     tls: bool,
+    has_body: bool,
 ) -> Result<()> {
+    drop_hop_by_hop(parts, has_body)?;
     let headers = &mut parts.headers;
     headers.reserve(4);
     strip_client_headers(headers, &ctx.snapshot.config.request.strip_headers);
@@ -658,6 +669,92 @@ pub(crate) fn forward_parts(
     }
     Ok(())
 }
+
+/// Fields that describe this hop, not the request, and the fields a client names
+/// in `Connection` never reach the origin, so that no hop behind Rampart drops
+/// what Rampart resolved and no client-chosen upgrade goes through. A
+/// `Connection` that names a forwarding field or `Host`, or more than 32 fields,
+/// or an invalid name is refused (400), as pingora-proxy does. Only a WebSocket
+/// upgrade of an HTTP/1.1 request is passed on (`Connection: Upgrade`,
+/// `Upgrade: websocket`); `h2c` and any other upgrade are dropped. The body's
+/// framing is set again from what was read: `Content-Length` when the client sent
+/// one, else `Transfer-Encoding: chunked` for a body.
+fn drop_hop_by_hop(parts: &mut http::request::Parts, has_body: bool) -> Result<()> {
+    use http::header::{
+        CONNECTION, CONTENT_LENGTH, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+        TRANSFER_ENCODING, UPGRADE,
+    };
+    const MAX_NOMINATED: usize = 32;
+    const PROTECTED: [&str; 6] = [
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "forwarded",
+    ];
+    let refused = |why: &'static str| Error::explain(ErrorType::InvalidHTTPHeader, why);
+    let headers = &mut parts.headers;
+    let mut nominated: Vec<HeaderName> = Vec::new();
+    let mut names_upgrade = false;
+    for token in headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+    {
+        if nominated.len() >= MAX_NOMINATED {
+            return Err(refused("too many fields named in Connection"));
+        }
+        let name = HeaderName::from_bytes(token)
+            .map_err(|_| refused("an invalid field name in Connection"))?;
+        if PROTECTED.contains(&name.as_str()) {
+            return Err(refused("a forwarding field named in Connection"));
+        }
+        names_upgrade |= name == UPGRADE;
+        nominated.push(name);
+    }
+    let websocket = parts.version == http::Version::HTTP_11
+        && names_upgrade
+        && headers
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && headers.get_all(UPGRADE).iter().count() == 1;
+    for name in &nominated {
+        headers.remove(name);
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        HTTP2_SETTINGS,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        TE,
+        TRAILER,
+        CONNECTION,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if headers.contains_key(TRANSFER_ENCODING)
+        || (has_body && !headers.contains_key(CONTENT_LENGTH))
+    {
+        // Pingora accepted a chunked body (and dropped a Content-Length sent
+        // beside it): that is what goes on.
+        headers.remove(CONTENT_LENGTH);
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+    if websocket {
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    Ok(())
+}
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Errors after the request was let through: problem bodies, never HTML, on API routes.
 pub(crate) async fn fail(session: &mut ServerSession, e: &Error, ctx: &mut RequestCtx) -> u16 {
@@ -855,7 +952,9 @@ impl ProxyHttp for RampartProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        forward_headers(upstream_request, ctx, tls)
+        forward_headers(upstream_request, ctx, tls).inspect_err(|_| {
+            ctx.rejection = Some(Rejection::ClientError { status: 400 });
+        })
     }
 
     /// See [`fail`].

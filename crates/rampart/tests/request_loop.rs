@@ -240,7 +240,7 @@ async fn an_upgraded_connection_carries_bytes_both_ways() {
                     }
                 }
                 let _ = s
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: shout\r\nConnection: Upgrade\r\n\r\n")
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
                     .await;
                 // Echo in capitals until the client closes.
                 loop {
@@ -258,9 +258,11 @@ async fn an_upgraded_connection_carries_bytes_both_ways() {
     });
     let r = Rampart::start(bin(), &config(origin, "")).await;
     let mut s = TcpStream::connect(r.addr).await.unwrap();
-    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: shout\r\nConnection: Upgrade\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).into_owned();

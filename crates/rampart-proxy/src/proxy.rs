@@ -724,7 +724,7 @@ fn drop_hop_by_hop(parts: &mut http::request::Parts, has_body: bool) -> Result<(
     for name in &nominated {
         headers.remove(name);
     }
-    for name in [
+    let hop_by_hop = [
         KEEP_ALIVE,
         PROXY_CONNECTION,
         HTTP2_SETTINGS,
@@ -734,8 +734,13 @@ fn drop_hop_by_hop(parts: &mut http::request::Parts, has_body: bool) -> Result<(
         TRAILER,
         CONNECTION,
         UPGRADE,
-    ] {
-        headers.remove(name);
+    ];
+    // One pass over the fields the client sent (usually none of these) rather
+    // than a lookup per name.
+    if headers.keys().any(|k| hop_by_hop.contains(k)) {
+        for name in hop_by_hop {
+            headers.remove(name);
+        }
     }
     if headers.contains_key(TRANSFER_ENCODING)
         || (has_body && !headers.contains_key(CONTENT_LENGTH))

@@ -15,12 +15,13 @@ use pingora::connectors::TransportConnector;
 use pingora::protocols::http::v1::client::HttpSession as Upstream;
 use pingora::protocols::http::v1::server::HttpSession as Downstream;
 use pingora::protocols::Stream;
-use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
-use std::time::Duration;
+
+#[path = "../floor.rs"]
+mod floor;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -89,27 +90,10 @@ impl ServerApp for Lean {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(origin)) = (args.next(), args.next()) else {
-        eprintln!("usage: rampart-lean-floor LISTEN ORIGIN");
-        std::process::exit(64);
-    };
-    let mut peer = HttpPeer::new(origin.as_str(), false, String::new());
-    peer.options.connection_timeout = Some(Duration::from_secs(2));
-    peer.options.read_timeout = Some(Duration::from_secs(30));
-    peer.options.write_timeout = Some(Duration::from_secs(30));
-    peer.options.idle_timeout = Some(Duration::from_secs(60));
-    let conf = ServerConf {
-        threads: 1,
-        work_stealing: false,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let (listen, origin) = floor::args("rampart-lean-floor");
+    let mut server = floor::server();
     let app = Lean {
-        peer,
+        peer: floor::peer(&origin),
         connector: TransportConnector::new(None),
     };
     let mut service = Service::new("lean floor".to_string(), app);

@@ -9,9 +9,10 @@
 
 use async_trait::async_trait;
 use pingora::prelude::*;
-use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
-use std::time::Duration;
+
+#[path = "../floor.rs"]
+mod floor;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -36,27 +37,9 @@ impl ProxyHttp for Floor {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(origin)) = (args.next(), args.next()) else {
-        eprintln!("usage: rampart-pingora-floor LISTEN ORIGIN");
-        std::process::exit(64);
-    };
-    let mut peer = HttpPeer::new(origin.as_str(), false, String::new());
-    peer.options.connection_timeout = Some(Duration::from_secs(2));
-    peer.options.read_timeout = Some(Duration::from_secs(30));
-    peer.options.write_timeout = Some(Duration::from_secs(30));
-    peer.options.idle_timeout = Some(Duration::from_secs(60));
-    let conf = ServerConf {
-        threads: 1,
-        work_stealing: false,
-        upstream_keepalive_pool_size: 256,
-        // SIGTERM exits at once (Pingora's default grace is minutes).
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let (listen, origin) = floor::args("rampart-pingora-floor");
+    let mut server = floor::server();
+    let peer = floor::peer(&origin);
     let mut service = http_proxy_service(&server.configuration, Floor { peer });
     service.add_tcp(&listen);
     server.add_service(service);

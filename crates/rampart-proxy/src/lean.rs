@@ -440,7 +440,10 @@ impl Lean {
             } else {
                 None
             };
-            let Some(i) = pool.pick(exclude) else {
+            let Some((i, server)) = pool
+                .pick(exclude)
+                .and_then(|i| Some((i, pool.servers.get(i)?)))
+            else {
                 ctx.rejection = Some(Rejection::NoHealthyUpstream {
                     pool: pool.name().to_string(),
                 });
@@ -451,8 +454,7 @@ impl Lean {
             };
             ctx.server = Some(i);
             ctx.upstream_start = Some(Instant::now());
-            let peer = &pool.servers[i].peer;
-            let key = pool.servers[i].reuse_key;
+            let (peer, key) = (&server.peer, server.reuse_key);
             let (stream, reused) = match self.connect(peer, key, fresh).await {
                 Ok(connected) => connected,
                 Err(e) => {

@@ -1027,8 +1027,118 @@ impl ProxyHttp for RampartProxy {
 
 #[cfg(test)]
 mod tests {
-    use super::ip_header_value;
+    use super::{drop_hop_by_hop, ip_header_value};
     use std::net::IpAddr;
+
+    /// Random `Connection`, `Upgrade` and hop-by-hop fields (fixed seed): never a
+    /// panic; what goes on carries no hop-by-hop field and nothing `Connection`
+    /// named, except the two fields of a WebSocket upgrade; a refusal only for a
+    /// `Connection` naming a protected field, an invalid name or too many.
+    #[test]
+    fn random_hop_by_hop_fields_never_reach_the_origin() {
+        let mut seed: u64 = 0x0c0ffee;
+        let mut next = move || {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let tokens = [
+            "keep-alive",
+            "close",
+            "upgrade",
+            "Upgrade",
+            "x-forwarded-for",
+            "host",
+            "te",
+            "x-secret",
+            "X-Secret",
+            ":authority",
+            "bad token",
+            "",
+            " ",
+            "x_forwarded_for",
+            "http2-settings",
+            "proxy-authorization",
+            "x-real-ip",
+        ];
+        let upgrades = ["websocket", "WebSocket", "h2c", "websocket, h2c", ""];
+        for _ in 0..20_000 {
+            let mut request = http::Request::builder().uri("/");
+            if next() % 4 == 0 {
+                request = request.version(http::Version::HTTP_10);
+            }
+            let (mut parts, ()) = request.body(()).expect("request").into_parts();
+            let h = &mut parts.headers;
+            for _ in 0..(next() % 3) {
+                let n = (next() % 5) as usize;
+                let value: Vec<&str> = (0..n)
+                    .map(|_| tokens[(next() as usize) % tokens.len()])
+                    .collect();
+                if let Ok(v) = http::HeaderValue::from_str(&value.join(",")) {
+                    h.append(http::header::CONNECTION, v);
+                }
+            }
+            if next() % 2 == 0 {
+                let u = upgrades[(next() as usize) % upgrades.len()];
+                h.append(http::header::UPGRADE, http::HeaderValue::from_static(u));
+            }
+            for name in [
+                "x-secret",
+                "te",
+                "keep-alive",
+                "proxy-authorization",
+                "http2-settings",
+            ] {
+                if next() % 3 == 0 {
+                    h.append(
+                        http::HeaderName::from_static(name),
+                        http::HeaderValue::from_static("1"),
+                    );
+                }
+            }
+            let before = parts.headers.clone();
+            let named: Vec<String> = before
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.to_str().unwrap_or("").split(','))
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect();
+            let protected = named.iter().any(|t| {
+                [
+                    "host",
+                    "x-forwarded-for",
+                    "x-real-ip",
+                    "forwarded",
+                    "x-forwarded-proto",
+                ]
+                .contains(&t.as_str())
+                    || http::HeaderName::from_bytes(t.as_bytes()).is_err()
+            });
+            match drop_hop_by_hop(&mut parts, false) {
+                Err(_) => assert!(protected || named.len() >= 32, "{before:?}"),
+                Ok(()) => {
+                    assert!(!protected, "{before:?}");
+                    let out = &parts.headers;
+                    let websocket = out.get(http::header::UPGRADE).is_some();
+                    if websocket {
+                        assert_eq!(parts.version, http::Version::HTTP_11);
+                        assert_eq!(out[http::header::UPGRADE], "websocket");
+                        assert_eq!(out[http::header::CONNECTION], "Upgrade");
+                    } else {
+                        assert!(out.get(http::header::CONNECTION).is_none(), "{out:?}");
+                    }
+                    for gone in ["te", "keep-alive", "proxy-authorization", "http2-settings"] {
+                        assert!(out.get(gone).is_none(), "{gone} in {out:?}");
+                    }
+                    if named.iter().any(|t| t == "x-secret") {
+                        assert!(out.get("x-secret").is_none(), "{out:?}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn ip_header_value_matches_display() {

@@ -25,7 +25,10 @@
 //!   with a last chunk.
 
 use crate::edge::ConnState;
-use crate::proxy::{decide, fail, forward_parts, log_request, write_refusal, RequestCtx};
+use crate::proxy::{
+    decide, expects_continue, fail, forward_parts, log_request, write_refusal, written_status,
+    RequestCtx,
+};
 use crate::state::Shared;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
@@ -267,15 +270,17 @@ impl Lean {
             return None;
         }
         let mut ctx = RequestCtx::new(&self.shared, Some(conn.clone()));
-        let ended = self.handle(&mut session, &mut ctx).await;
+        let mut ended = self.handle(&mut session, &mut ctx).await;
         if matches!(ended, Ended::Refused) {
-            return Self::refuse(session, ctx, &self.shared).await;
+            if Self::answers_fast(&mut session, &ctx) {
+                return Self::refuse_fast(session, ctx, &self.shared).await;
+            }
+            ended = match write_refusal(&mut session, &ctx).await {
+                Ok(()) => Ended::Reusable,
+                Err(_) => Ended::Close,
+            };
         }
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        log_request(&self.shared, &session, &ctx, status);
+        log_request(&self.shared, &session, &ctx, written_status(&session));
         drop(ctx);
         if matches!(ended, Ended::Close) {
             // Not `finish`: a response cut short must stay visibly cut (no last
@@ -291,15 +296,9 @@ impl Lean {
             .map(ReusableHttpStream::into_parts)
     }
 
-    /// Answers a refused request that left the connection reusable (HTTP/1.1,
-    /// keep-alive, no request body) with bytes rendered into a buffer kept across
-    /// requests, written straight onto the connection: no response header map,
-    /// no allocation. Anything else is answered through the session.
-    async fn refuse(
-        mut session: ServerSession,
-        mut ctx: RequestCtx,
-        shared: &Shared,
-    ) -> Option<Reusable> {
+    /// Whether a refusal can be answered with pre-rendered bytes: HTTP/1.1,
+    /// keep-alive on both sides, no request body, a client still there.
+    fn answers_fast(session: &mut ServerSession, ctx: &RequestCtx) -> bool {
         let plain = {
             let req = session.req_header();
             req.version == http::Version::HTTP_11
@@ -308,31 +307,23 @@ impl Lean {
                     .get(http::header::CONNECTION)
                     .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
         };
-        let fast = plain
+        plain
             && session.get_keepalive().is_some()
             && session.is_body_empty()
             && !matches!(
                 ctx.rejection,
                 Some(Rejection::ClientError { status: 499 }) | None
-            );
-        if !fast {
-            let written = write_refusal(&mut session, &ctx).await;
-            let status = session
-                .response_written()
-                .map(|r| r.status.as_u16())
-                .unwrap_or(0);
-            log_request(shared, &session, &ctx, status);
-            if written.is_err() {
-                return None;
-            }
-            drop(ctx);
-            return session
-                .finish()
-                .await
-                .ok()
-                .flatten()
-                .map(ReusableHttpStream::into_parts);
-        }
+            )
+    }
+
+    /// Answers a refusal that [`Self::answers_fast`] allows with bytes rendered
+    /// into a buffer kept across requests, written straight onto the connection:
+    /// no response header map, no allocation.
+    async fn refuse_fast(
+        session: ServerSession,
+        mut ctx: RequestCtx,
+        shared: &Shared,
+    ) -> Option<Reusable> {
         let status = ctx.rejection.as_ref()?.status();
         log_request(shared, &session, &ctx, status);
         let kind = ctx.kind();
@@ -626,15 +617,6 @@ impl Lean {
         let _ = session.finish_body().await;
         Ok(())
     }
-}
-
-/// The client asked to be told to go on before sending its body.
-fn expects_continue(session: &ServerSession) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// An origin connection that was closed before any byte of a response came back.

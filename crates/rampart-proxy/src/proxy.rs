@@ -98,12 +98,7 @@ pub(crate) async fn read_body(
         body.resize(limit + 1, 0);
         return Ok(BodyRead::Complete(body));
     }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
+    if expects_continue(session) {
         if let ServerSession::H1(h1) = session {
             h1.write_continue_response().await?;
         }
@@ -175,6 +170,23 @@ fn strip_client_headers(headers: &mut http::HeaderMap, strip: &[String]) {
     for name in found {
         headers.remove(&name);
     }
+}
+
+/// The client asked to be told to go on before sending its body.
+pub(crate) fn expects_continue(session: &ServerSession) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The status of the response written to the client, 0 when none was.
+pub(crate) fn written_status(session: &ServerSession) -> u16 {
+    session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .unwrap_or(0)
 }
 
 /// The body length the request declares (`Content-Length`), when it does.
@@ -986,11 +998,7 @@ impl ProxyHttp for RampartProxy {
 
     /// See [`log_request`].
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        log_request(&self.shared, session, ctx, status);
+        log_request(&self.shared, session, ctx, written_status(session));
     }
 
     async fn connected_to_upstream(

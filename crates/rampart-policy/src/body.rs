@@ -596,12 +596,28 @@ fn accepted(rule: &BodyRuleConfig) -> String {
 
 /// Checks one request body against `rule`.
 pub fn check_body(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<(), BodyRefusal> {
-    if input.body.len() > rule.max_body_bytes {
+    check_read(rule, input.body.len(), || {
+        field_value(&rule.field, &rule.pointer, input)
+    })
+}
+
+/// Checks a recorded body against `rule` (replay): as [`check_body`], with the
+/// field read as the recording remembers it.
+pub fn check_recorded(rule: &BodyRuleConfig, body: &RecordedBody) -> Result<(), BodyRefusal> {
+    check_read(rule, body.len, || body.field(&rule.field, &rule.pointer))
+}
+
+fn check_read(
+    rule: &BodyRuleConfig,
+    len: usize,
+    read: impl FnOnce() -> Result<String, BodyRefusal>,
+) -> Result<(), BodyRefusal> {
+    if len > rule.max_body_bytes {
         return Err(BodyRefusal::TooLarge {
             limit: rule.max_body_bytes,
         });
     }
-    let raw = field_value(&rule.field, &rule.pointer, input)?;
+    let raw = read()?;
     if phone_allowed(rule, &raw) {
         Ok(())
     } else {
@@ -625,12 +641,27 @@ pub fn read_field(rule: &BodyRuleConfig, input: &BodyInput<'_>) -> Result<String
 /// cut to their first `number_prefix` digits when set. The caller hashes it:
 /// the value itself is never stored.
 pub fn body_key_value(spec: &BodyKeyConfig, input: &BodyInput<'_>) -> Result<String, BodyRefusal> {
-    if input.body.len() > spec.max_body_bytes {
+    key_read(spec, input.body.len(), || {
+        field_value(&spec.field, &spec.pointer, input)
+    })
+}
+
+/// [`body_key_value`] of a recorded body (replay).
+pub fn body_key_recorded(spec: &BodyKeyConfig, body: &RecordedBody) -> Result<String, BodyRefusal> {
+    key_read(spec, body.len, || body.field(&spec.field, &spec.pointer))
+}
+
+fn key_read(
+    spec: &BodyKeyConfig,
+    len: usize,
+    read: impl FnOnce() -> Result<String, BodyRefusal>,
+) -> Result<String, BodyRefusal> {
+    if len > spec.max_body_bytes {
         return Err(BodyRefusal::TooLarge {
             limit: spec.max_body_bytes,
         });
     }
-    let raw = field_value(&spec.field, &spec.pointer, input)?;
+    let raw = read()?;
     match spec.normalize {
         BodyKeyNormalize::Account => {
             // What a permissive origin would treat as the same account: NFKC
@@ -660,6 +691,78 @@ pub fn body_key_value(spec: &BodyKeyConfig, input: &BodyInput<'_>) -> Result<Str
                 .number_prefix
                 .map_or(digits.len(), |n| usize::from(n).min(digits.len()));
             Ok(format!("+{}", &digits[..keep]))
+        }
+    }
+}
+
+/// A request body as a recording keeps it (`rampart replay`): its length and,
+/// for every field the recording config's rules read, the value as the origin
+/// would read it or the status and reason it could not be read. Nothing else of
+/// the body is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedBody {
+    /// Bytes read (one more than the largest limit when the body was longer).
+    pub len: usize,
+    /// Field values, by JSON Pointer (`/phone`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, String>,
+    /// Fields that could not be read: status (400 or 415) and reason.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub refused: std::collections::BTreeMap<String, (u16, String)>,
+}
+
+/// A field's path written as a JSON Pointer (`/user/phone`), the key of a
+/// [`RecordedBody`].
+pub fn pointer_text(pointer: &[String]) -> String {
+    let mut out = String::new();
+    for segment in pointer {
+        out.push('/');
+        out.push_str(&segment.replace('~', "~0").replace('/', "~1"));
+    }
+    out
+}
+
+impl RecordedBody {
+    /// Reads every field in `pointers` (field as written, path) from `input`.
+    pub fn read<'p>(
+        pointers: impl IntoIterator<Item = (&'p str, &'p [String])>,
+        input: &BodyInput<'_>,
+    ) -> Self {
+        let mut out = RecordedBody {
+            len: input.body.len(),
+            ..RecordedBody::default()
+        };
+        for (field, pointer) in pointers {
+            let key = pointer_text(pointer);
+            if out.fields.contains_key(&key) || out.refused.contains_key(&key) {
+                continue;
+            }
+            match field_value(field, pointer, input) {
+                Ok(value) => {
+                    out.fields.insert(key, value);
+                }
+                Err(refusal) => {
+                    out.refused
+                        .insert(key, (refusal.status(), refusal.detail()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The field as recorded; a field the recording did not read counts as
+    /// unreadable (400), since its value is unknown.
+    pub fn field(&self, field: &str, pointer: &[String]) -> Result<String, BodyRefusal> {
+        let key = pointer_text(pointer);
+        if let Some(value) = self.fields.get(&key) {
+            return Ok(value.clone());
+        }
+        match self.refused.get(&key) {
+            Some((415, why)) => Err(BodyRefusal::UnsupportedMediaType(why.clone())),
+            Some((_, why)) => Err(BodyRefusal::Malformed(why.clone())),
+            None => Err(BodyRefusal::Malformed(format!(
+                "\"{field}\" is not in the recording."
+            ))),
         }
     }
 }

@@ -198,6 +198,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     access_log_dropped: IntCounter,
     access_log_sampled_out: IntCounter,
+    record_skipped: IntCounterVec,
     names: Vec<String>,
     fleet_degraded: IntGauge,
     fleet_redis_duration: HistogramVec,
@@ -461,6 +462,18 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let record_skipped = registered(
+            &registry,
+            &names,
+            IntCounterVec::new(
+                Opts::new(
+                    "rampart_record_skipped_total",
+                    "Requests left out of the request record: sampled out under a flood (their sampled neighbours carry the weight) or dropped because the writer fell behind.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        );
         let fleet_degraded = registered(
             &registry,
             &names,
@@ -533,6 +546,7 @@ impl Metrics {
             in_flight,
             access_log_dropped,
             access_log_sampled_out,
+            record_skipped,
             names: names.into_inner(),
             flag_active,
             flag_changes,
@@ -796,6 +810,11 @@ impl Metrics {
     /// Counts one dropped access log line.
     pub fn access_log_dropped(&self) {
         self.access_log_dropped.inc();
+    }
+
+    /// Counts one request left out of the request record (`sampled`, `dropped`).
+    pub fn record_skipped(&self, reason: &'static str) {
+        self.record_skipped.with_label_values(&[reason]).inc();
     }
 
     /// Counts one rejected request left out of the access log by sampling.

@@ -711,6 +711,9 @@ pub struct RecordedBody {
     pub refused: std::collections::BTreeMap<String, (u16, String)>,
 }
 
+/// How the refusal of a field a recording did not read ends.
+pub const NOT_RECORDED: &str = "is not in the recording.";
+
 /// A field's path written as a JSON Pointer (`/user/phone`), the key of a
 /// [`RecordedBody`].
 pub fn pointer_text(pointer: &[String]) -> String {
@@ -761,7 +764,7 @@ impl RecordedBody {
             Some((415, why)) => Err(BodyRefusal::UnsupportedMediaType(why.clone())),
             Some((_, why)) => Err(BodyRefusal::Malformed(why.clone())),
             None => Err(BodyRefusal::Malformed(format!(
-                "\"{field}\" is not in the recording."
+                "\"{field}\" {NOT_RECORDED}"
             ))),
         }
     }

@@ -1,0 +1,519 @@
+//! `rampart replay`: runs a request record (`rampart_policy::record`) through
+//! a candidate config, and optionally a baseline one, with a virtual clock.
+//!
+//! Each config gets its own [`Policy`] on a [`FakeRelativeClock`] that is
+//! moved to every record's arrival time before the record is decided, so
+//! buckets refill, bans expire and in-flight slots are released exactly as
+//! the recorded timestamps say: a replay is deterministic. Requests are
+//! decided by the same engine the proxy runs, with the recorded facts:
+//! address, country, ASN, host, method, canonical path, the kept headers, the
+//! body fields the recording's rules read, and the flags that were on.
+//!
+//! What a replay cannot know, it says so rather than guessing:
+//! - a body the candidate reads but the recording did not keep (or a field it
+//!   did not read) makes the request `unrecorded`, counted apart;
+//! - fleet-scoped limits are one shared bucket: replay the records of every
+//!   node together to see the fleet's buckets;
+//! - under a flood the recording is sampled; counts are scaled back by each
+//!   record's weight, and buckets see only the recorded requests.
+
+mod report;
+
+pub use report::{Report, RuleRow, SideReport};
+
+use governor::clock::FakeRelativeClock;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use rampart_config::{Config, LimitScope};
+use rampart_policy::body::NOT_RECORDED;
+use rampart_policy::engine::PROXIED;
+use rampart_policy::limits::{LimitKey, RateRule, RuleOutcome};
+use rampart_policy::record::Record;
+use rampart_policy::{
+    Charging, CountryCode, FlagMode, FleetAnswer, GeoInfo, Policy, Rejection, RequestFacts, Step,
+    Verdict,
+};
+use std::collections::{BinaryHeap, HashMap};
+use std::io::BufRead;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a replay runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Flags forced to a mode for the whole replay, by name (others follow the
+    /// recording).
+    pub flags: Vec<(String, FlagMode)>,
+    /// Top keys per rule in the report.
+    pub top: usize,
+}
+
+/// Why a replay could not run.
+#[derive(Debug)]
+pub enum ReplayError {
+    /// A record file could not be read.
+    Io(String),
+    /// A `--flag` names no flag of the config.
+    UnknownFlag(String),
+}
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplayError::Io(e) => write!(f, "{e}"),
+            ReplayError::UnknownFlag(name) => {
+                write!(f, "--flag {name}: the candidate config has no such flag")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReplayError {}
+
+/// What one config decided of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `proxied`, a refusal label, or `unrecorded`.
+    pub label: &'static str,
+    /// The refusing rule or flag.
+    pub rule: Option<Arc<str>>,
+    /// The key whose bucket, ban or cap refused; the address for other refusals.
+    pub key: Option<LimitKey>,
+}
+
+/// The label of a request whose decision needs what the recording did not keep.
+pub const UNRECORDED: &str = "unrecorded";
+
+/// In-flight slots a replayed request holds until its recorded end.
+struct Held {
+    end_ms: u64,
+    _permits: Vec<rampart_policy::limits::ConcurrencyPermit>,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.end_ms == other.end_ms
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // A min-heap on the end time.
+        other.end_ms.cmp(&self.end_ms)
+    }
+}
+
+/// One config's engine and its virtual clock.
+pub struct Side {
+    config: Config,
+    policy: Policy<FakeRelativeClock>,
+    clock: FakeRelativeClock,
+    /// The virtual time the clock stands at, in record milliseconds.
+    now_ms: Option<u64>,
+    /// Fleet-scoped limits, as one bucket each.
+    fleet: Vec<Option<RateRule<FakeRelativeClock>>>,
+    flag_index: HashMap<String, usize>,
+    forced: Vec<Option<FlagMode>>,
+    modes: Vec<FlagMode>,
+    held: BinaryHeap<Held>,
+    /// Session cookie and header names of the config (a request carrying one
+    /// looks legitimate).
+    session_cookies: Vec<String>,
+    session_headers: Vec<String>,
+}
+
+impl std::fmt::Debug for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Side")
+            .field("now_ms", &self.now_ms)
+            .finish()
+    }
+}
+
+impl Side {
+    /// The engine of `config`, flags forced as `options` says.
+    pub fn new(config: Config, options: &Options) -> Result<Self, ReplayError> {
+        let clock = FakeRelativeClock::default();
+        let policy = Policy::new(&config, clock.clone(), None);
+        let fleet = config
+            .limits
+            .iter()
+            .map(|l| {
+                matches!(l.scope, LimitScope::Fleet { .. })
+                    .then(|| RateRule::new(l.clone(), clock.clone()))
+            })
+            .collect();
+        let flag_index: HashMap<String, usize> = config
+            .lockdown
+            .flags
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), i))
+            .collect();
+        let mut forced = vec![None; config.lockdown.flags.len()];
+        for (name, mode) in &options.flags {
+            let i = *flag_index
+                .get(name)
+                .ok_or_else(|| ReplayError::UnknownFlag(name.clone()))?;
+            forced[i] = Some(*mode);
+        }
+        let sessions = config
+            .lockdown
+            .flags
+            .iter()
+            .filter_map(|f| f.require_session.as_ref());
+        let session_cookies = sessions.clone().filter_map(|s| s.cookie.clone()).collect();
+        let session_headers = sessions.filter_map(|s| s.header.clone()).collect();
+        Ok(Self {
+            modes: vec![FlagMode::Off; config.lockdown.flags.len()],
+            config,
+            policy,
+            clock,
+            now_ms: None,
+            fleet,
+            flag_index,
+            forced,
+            held: BinaryHeap::new(),
+            session_cookies,
+            session_headers,
+        })
+    }
+
+    /// The config this side replays.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Moves the virtual clock to `t` (never back) and releases the in-flight
+    /// slots of requests that had ended by then.
+    fn advance(&mut self, t: u64) {
+        match self.now_ms {
+            None => self.now_ms = Some(t),
+            Some(now) if t > now => {
+                self.clock.advance(Duration::from_millis(t - now));
+                self.now_ms = Some(t);
+            }
+            Some(_) => {}
+        }
+        let now = self.now_ms.unwrap_or(t);
+        while self.held.peek().is_some_and(|h| h.end_ms <= now) {
+            self.held.pop();
+        }
+    }
+
+    /// Decides one record.
+    pub fn decide(&mut self, record: &Record<'_>, headers: &HeaderMap) -> Outcome {
+        self.advance(record.t);
+        for mode in &mut self.modes {
+            *mode = FlagMode::Off;
+        }
+        for (name, mode) in &record.fl {
+            if let Some(&i) = self.flag_index.get(name.as_ref()) {
+                self.modes[i] = match mode.as_ref() {
+                    "enforce" => FlagMode::Enforce,
+                    "preview" => FlagMode::Preview,
+                    _ => FlagMode::Off,
+                };
+            }
+        }
+        for (mode, forced) in self.modes.iter_mut().zip(&self.forced) {
+            if let Some(f) = forced {
+                *mode = *f;
+            }
+        }
+        let geo = GeoInfo {
+            country: record.cc.as_deref().and_then(CountryCode::parse),
+            asn: record.asn,
+        };
+        let facts = RequestFacts {
+            ip: record.ip,
+            geo,
+            host: record.host.as_deref(),
+            path: &record.p,
+            query: None,
+            method: &record.m,
+            headers,
+            flags: &self.modes,
+        };
+        let mut unrecorded = false;
+        let mut evaluation = self.policy.evaluate(Charging::Charge);
+        let verdict: Verdict = loop {
+            match evaluation.next(&facts) {
+                Step::Done(verdict) => break verdict,
+                Step::NeedBody { .. } => match &record.b {
+                    Some(read) => evaluation.give_body(read.to_body_read()),
+                    None => {
+                        unrecorded = true;
+                        evaluation.give_body(rampart_policy::BodyRead::Recorded(
+                            rampart_policy::body::RecordedBody::default(),
+                        ));
+                    }
+                },
+                Step::NeedFleet(checks) => {
+                    let answers = checks
+                        .iter()
+                        .map(|c| {
+                            let Some(Some(rule)) = self.fleet.get(c.rule) else {
+                                return FleetAnswer::Unavailable;
+                            };
+                            let cost = NonZeroU32::new(c.cost.max(1)).unwrap_or(NonZeroU32::MIN);
+                            match rule.check_cost(c.key, cost) {
+                                RuleOutcome::Allowed => FleetAnswer::Allowed,
+                                RuleOutcome::Limited { retry_after } => {
+                                    FleetAnswer::Limited { retry_after }
+                                }
+                            }
+                        })
+                        .collect();
+                    evaluation.give_fleet(answers);
+                }
+            }
+        };
+        drop(evaluation);
+        if !verdict.permits.is_empty() {
+            let start = self.now_ms.unwrap_or(record.t);
+            self.held.push(Held {
+                end_ms: start + u64::from(record.ms),
+                _permits: verdict.permits,
+            });
+        }
+        match verdict.refusal {
+            None => Outcome {
+                label: PROXIED,
+                rule: None,
+                key: None,
+            },
+            Some(Rejection::BodyRefused { ref detail, .. })
+                if unrecorded || detail.ends_with(NOT_RECORDED) =>
+            {
+                Outcome {
+                    label: UNRECORDED,
+                    rule: None,
+                    key: None,
+                }
+            }
+            Some(refusal) => Outcome {
+                label: refusal.label(),
+                rule: refusal.rule().map(Arc::from),
+                key: Some(verdict.key.unwrap_or(LimitKey::Ip(record.ip))),
+            },
+        }
+    }
+
+    /// Whether a request looks legitimate: it carries `Authorization` or a
+    /// session the config names, or an allow rule matched it live.
+    fn looks_legitimate(&self, record: &Record<'_>, headers: &HeaderMap) -> bool {
+        record.allow.is_some()
+            || headers.contains_key(http::header::AUTHORIZATION)
+            || self
+                .session_headers
+                .iter()
+                .any(|h| headers.contains_key(h.as_str()))
+            || (!self.session_cookies.is_empty()
+                && headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|pair| pair.split_once('='))
+                    .any(|(name, _)| self.session_cookies.iter().any(|c| c == name.trim())))
+    }
+}
+
+/// Rebuilds the kept headers of `record` into `headers` (cleared first);
+/// a header that is not valid HTTP is left out.
+fn fill_headers(record: &Record<'_>, headers: &mut HeaderMap) {
+    headers.clear();
+    for (name, value) in &record.h {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+}
+
+/// A replay in progress: candidate, optional baseline, and the report.
+#[derive(Debug)]
+pub struct Replay {
+    candidate: Side,
+    baseline: Option<Side>,
+    report: Report,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// A replay of `candidate` against `baseline` (the recorded verdicts when
+    /// `None`).
+    pub fn new(
+        candidate: Config,
+        baseline: Option<Config>,
+        options: &Options,
+    ) -> Result<Self, ReplayError> {
+        let candidate = Side::new(candidate, options)?;
+        let baseline = match baseline {
+            Some(b) => Some(Side::new(
+                b,
+                &Options {
+                    flags: Vec::new(),
+                    ..options.clone()
+                },
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            report: Report::new(options.top.max(1), baseline.is_some()),
+            candidate,
+            baseline,
+            headers: HeaderMap::new(),
+        })
+    }
+
+    /// Replays one record.
+    pub fn record(&mut self, record: &Record<'_>) {
+        fill_headers(record, &mut self.headers);
+        let weight = u64::from(record.w.max(1));
+        let candidate = self.candidate.decide(record, &self.headers);
+        let legit = self.candidate.looks_legitimate(record, &self.headers);
+        let baseline = match &mut self.baseline {
+            Some(side) => side.decide(record, &self.headers),
+            None => Outcome {
+                label: recorded_label(&record.v),
+                rule: record.rule.as_deref().map(Arc::from),
+                key: None,
+            },
+        };
+        let recorded_same =
+            record.v == candidate.label && record.rule.as_deref() == candidate.rule.as_deref();
+        self.report
+            .add(record, weight, legit, &candidate, &baseline, recorded_same);
+    }
+
+    /// Replays every line of `reader`; a line that is not a record is counted
+    /// and skipped. Calls `progress` with the bytes read every 64 Ki records.
+    pub fn read(
+        &mut self,
+        reader: impl BufRead,
+        mut progress: impl FnMut(u64),
+    ) -> std::io::Result<()> {
+        let mut bytes = 0u64;
+        let mut n = 0u64;
+        for line in reader.lines() {
+            let line = line?;
+            bytes += line.len() as u64 + 1;
+            self.line(&line);
+            n += 1;
+            if n % 65_536 == 0 {
+                progress(bytes);
+            }
+        }
+        progress(bytes);
+        Ok(())
+    }
+
+    /// Replays one line of a record file.
+    pub fn line(&mut self, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        match serde_json::from_str::<Record<'_>>(line) {
+            Ok(record) => self.record(&record),
+            Err(_) => self.report.bad_line(),
+        }
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// The finished report.
+    pub fn finish(self) -> Report {
+        self.report
+    }
+}
+
+/// The static label matching a recorded verdict text (`other` when unknown).
+fn recorded_label(v: &str) -> &'static str {
+    rampart_policy::rejection::LABELS
+        .iter()
+        .copied()
+        .chain([PROXIED])
+        .find(|l| *l == v)
+        .unwrap_or("other")
+}
+
+/// Arrival time of a record line without parsing all of it: records are
+/// written with `t` first.
+pub fn line_time(line: &str) -> Option<u64> {
+    let rest = line.trim_start().strip_prefix("{\"t\":")?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+/// Replays several record files merged in time order (the records of several
+/// nodes, or rotated files). `progress` gets the bytes read so far.
+pub fn replay_files(
+    replay: &mut Replay,
+    paths: &[std::path::PathBuf],
+    mut progress: impl FnMut(u64),
+) -> Result<(), ReplayError> {
+    let io =
+        |p: &std::path::Path, e: std::io::Error| ReplayError::Io(format!("{}: {e}", p.display()));
+    if let [path] = paths {
+        let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+        return replay
+            .read(std::io::BufReader::with_capacity(1 << 20, file), progress)
+            .map_err(|e| io(path, e));
+    }
+    let mut readers = Vec::new();
+    for path in paths {
+        let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+        readers.push(std::io::BufReader::with_capacity(1 << 20, file).lines());
+    }
+    // A min-heap of (time, file, line).
+    let mut heads = BinaryHeap::new();
+    let mut bytes = 0u64;
+    let next = |i: usize,
+                readers: &mut Vec<std::io::Lines<std::io::BufReader<std::fs::File>>>|
+     -> Result<Option<(std::cmp::Reverse<(u64, usize)>, String)>, ReplayError> {
+        match readers[i].next() {
+            None => Ok(None),
+            Some(Err(e)) => Err(io(&paths[i], e)),
+            Some(Ok(line)) => Ok(Some((
+                std::cmp::Reverse((line_time(&line).unwrap_or(0), i)),
+                line,
+            ))),
+        }
+    };
+    let mut lines: Vec<Option<String>> = vec![None; paths.len()];
+    for i in 0..paths.len() {
+        if let Some((key, line)) = next(i, &mut readers)? {
+            heads.push(key);
+            lines[i] = Some(line);
+        }
+    }
+    let mut n = 0u64;
+    while let Some(std::cmp::Reverse((_, i))) = heads.pop() {
+        if let Some(line) = lines[i].take() {
+            bytes += line.len() as u64 + 1;
+            replay.line(&line);
+        }
+        if let Some((key, line)) = next(i, &mut readers)? {
+            heads.push(key);
+            lines[i] = Some(line);
+        }
+        n += 1;
+        if n % 65_536 == 0 {
+            progress(bytes);
+        }
+    }
+    progress(bytes);
+    Ok(())
+}

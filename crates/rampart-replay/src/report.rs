@@ -1,0 +1,345 @@
+//! What a replay found: verdict counts, per-rule refusals with their keys and
+//! how many look legitimate, and the difference against the baseline.
+
+use crate::Outcome;
+use rampart_policy::engine::PROXIED;
+use rampart_policy::limits::LimitKey;
+use rampart_policy::record::Record;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+/// Refusals by one rule with one verdict.
+#[derive(Debug, Default, Clone)]
+struct RuleStats {
+    refused: u64,
+    legit: u64,
+    keys: HashMap<LimitKey, u64>,
+}
+
+/// One config's (or the recording's) verdicts.
+#[derive(Debug, Default, Clone)]
+pub struct SideReport {
+    /// Requests per verdict label (scaled by record weights).
+    pub verdicts: BTreeMap<&'static str, u64>,
+    rules: BTreeMap<(String, &'static str), RuleStats>,
+}
+
+impl SideReport {
+    fn add(&mut self, outcome: &Outcome, weight: u64, legit: bool) {
+        *self.verdicts.entry(outcome.label).or_default() += weight;
+        if outcome.label == PROXIED || outcome.label == crate::UNRECORDED {
+            return;
+        }
+        let rule = outcome.rule.as_deref().unwrap_or("-").to_string();
+        let stats = self.rules.entry((rule, outcome.label)).or_default();
+        stats.refused += weight;
+        if legit {
+            stats.legit += weight;
+        }
+        if let Some(key) = outcome.key {
+            *stats.keys.entry(key).or_default() += weight;
+        }
+    }
+
+    /// Requests refused, by `(rule, verdict)`.
+    pub fn refused_by_rule(&self) -> BTreeMap<(String, &'static str), u64> {
+        self.rules
+            .iter()
+            .map(|(k, s)| (k.clone(), s.refused))
+            .collect()
+    }
+}
+
+/// One row of the per-rule table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleRow {
+    /// Rule or flag name.
+    pub rule: String,
+    /// Verdict label.
+    pub verdict: &'static str,
+    /// Requests the candidate refuses.
+    pub refused: u64,
+    /// Distinct keys among them.
+    pub keys: usize,
+    /// Share of them that look legitimate, 0 to 1.
+    pub legit_share: f64,
+    /// Requests the baseline refuses by this rule.
+    pub baseline: u64,
+    /// The most refused keys, with counts.
+    pub top_keys: Vec<(String, u64)>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone)]
+pub struct Report {
+    top: usize,
+    /// Whether the baseline is a config (else: the recorded verdicts).
+    pub baseline_is_config: bool,
+    /// Records read.
+    pub records: u64,
+    /// Requests they stand for (weights summed).
+    pub requests: u64,
+    /// Lines that were not records.
+    pub bad_lines: u64,
+    /// First and last arrival, ms since the Unix epoch.
+    pub span_ms: Option<(u64, u64)>,
+    /// The candidate's verdicts.
+    pub candidate: SideReport,
+    /// The baseline's (or the recording's) verdicts.
+    pub baseline: SideReport,
+    /// Requests the candidate refuses and the baseline let through.
+    pub newly_refused: u64,
+    /// Of them, how many look legitimate.
+    pub newly_refused_legit: u64,
+    /// Requests the baseline refused and the candidate lets through.
+    pub no_longer_refused: u64,
+    /// Requests refused by both, by another rule or verdict.
+    pub refused_otherwise: u64,
+    /// Records whose candidate verdict (label and rule) differs from the
+    /// recorded one.
+    pub differs_from_recorded: u64,
+}
+
+impl Report {
+    pub(crate) fn new(top: usize, baseline_is_config: bool) -> Self {
+        Self {
+            top,
+            baseline_is_config,
+            records: 0,
+            requests: 0,
+            bad_lines: 0,
+            span_ms: None,
+            candidate: SideReport::default(),
+            baseline: SideReport::default(),
+            newly_refused: 0,
+            newly_refused_legit: 0,
+            no_longer_refused: 0,
+            refused_otherwise: 0,
+            differs_from_recorded: 0,
+        }
+    }
+
+    pub(crate) fn bad_line(&mut self) {
+        self.bad_lines += 1;
+    }
+
+    pub(crate) fn add(
+        &mut self,
+        record: &Record<'_>,
+        weight: u64,
+        legit: bool,
+        candidate: &Outcome,
+        baseline: &Outcome,
+        recorded_same: bool,
+    ) {
+        self.records += 1;
+        self.requests += weight;
+        self.span_ms = Some(match self.span_ms {
+            None => (record.t, record.t),
+            Some((a, b)) => (a.min(record.t), b.max(record.t)),
+        });
+        self.candidate.add(candidate, weight, legit);
+        self.baseline.add(baseline, weight, legit);
+        if !recorded_same {
+            self.differs_from_recorded += weight;
+        }
+        let refused = |o: &Outcome| o.label != PROXIED && o.label != crate::UNRECORDED;
+        match (refused(candidate), refused(baseline)) {
+            (true, false) => {
+                self.newly_refused += weight;
+                if legit {
+                    self.newly_refused_legit += weight;
+                }
+            }
+            (false, true) => self.no_longer_refused += weight,
+            (true, true)
+                if candidate.label != baseline.label || candidate.rule != baseline.rule =>
+            {
+                self.refused_otherwise += weight;
+            }
+            _ => {}
+        }
+    }
+
+    /// The per-rule table: every rule either side refused by, most refusals first.
+    pub fn rows(&self) -> Vec<RuleRow> {
+        let mut names: Vec<&(String, &'static str)> = self
+            .candidate
+            .rules
+            .keys()
+            .chain(self.baseline.rules.keys())
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut rows: Vec<RuleRow> = names
+            .into_iter()
+            .map(|name| {
+                let stats = self.candidate.rules.get(name).cloned().unwrap_or_default();
+                let mut top: Vec<(String, u64)> =
+                    stats.keys.iter().map(|(k, n)| (k.text(), *n)).collect();
+                top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                top.truncate(self.top);
+                RuleRow {
+                    rule: name.0.clone(),
+                    verdict: name.1,
+                    refused: stats.refused,
+                    keys: stats.keys.len(),
+                    legit_share: if stats.refused == 0 {
+                        0.0
+                    } else {
+                        stats.legit as f64 / stats.refused as f64
+                    },
+                    baseline: self.baseline.rules.get(name).map_or(0, |s| s.refused),
+                    top_keys: top,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.refused
+                .cmp(&a.refused)
+                .then_with(|| b.baseline.cmp(&a.baseline))
+                .then_with(|| a.rule.cmp(&b.rule))
+                .then_with(|| a.verdict.cmp(b.verdict))
+        });
+        rows
+    }
+
+    fn baseline_name(&self) -> &'static str {
+        if self.baseline_is_config {
+            "baseline"
+        } else {
+            "recorded"
+        }
+    }
+
+    /// The report for people.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let span = self
+            .span_ms
+            .map_or(0.0, |(a, b)| (b.saturating_sub(a)) as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "replayed {} records standing for {} requests over {span:.1} s{}",
+            self.records,
+            self.requests,
+            if self.bad_lines > 0 {
+                format!(
+                    " ({} lines were not records and were skipped)",
+                    self.bad_lines
+                )
+            } else {
+                String::new()
+            }
+        );
+        let base = self.baseline_name();
+        let _ = writeln!(
+            out,
+            "\nverdict                    candidate  {base:>9}     change"
+        );
+        let mut labels: Vec<&'static str> = self
+            .candidate
+            .verdicts
+            .keys()
+            .chain(self.baseline.verdicts.keys())
+            .copied()
+            .collect();
+        labels.sort();
+        labels.dedup();
+        for label in labels {
+            let c = self.candidate.verdicts.get(label).copied().unwrap_or(0);
+            let b = self.baseline.verdicts.get(label).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{label:<26} {c:>9}  {b:>9}  {:>+9}",
+                c as i64 - b as i64
+            );
+        }
+        let rows = self.rows();
+        if !rows.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nrule                       verdict               refused   keys  legit  {base:>9}     change  top keys"
+            );
+            for r in &rows {
+                let top: Vec<String> = r
+                    .top_keys
+                    .iter()
+                    .map(|(k, n)| format!("{k} ({n})"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{:<26} {:<20} {:>8} {:>6} {:>5.1}%  {:>9}  {:>+9}  {}",
+                    r.rule,
+                    r.verdict,
+                    r.refused,
+                    r.keys,
+                    r.legit_share * 100.0,
+                    r.baseline,
+                    r.refused as i64 - r.baseline as i64,
+                    if top.is_empty() {
+                        "-".to_string()
+                    } else {
+                        top.join(", ")
+                    }
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nagainst {base}: {} newly refused ({} look legitimate), {} no longer refused, {} refused by another rule",
+            self.newly_refused, self.newly_refused_legit, self.no_longer_refused, self.refused_otherwise
+        );
+        let _ = writeln!(
+            out,
+            "{} requests decided otherwise than recorded",
+            self.differs_from_recorded
+        );
+        if let Some(n) = self.candidate.verdicts.get(crate::UNRECORDED) {
+            let _ = writeln!(
+                out,
+                "{n} requests need body fields the recording did not keep (counted as unrecorded)"
+            );
+        }
+        out
+    }
+
+    /// The report for machines.
+    pub fn json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .rows()
+            .into_iter()
+            .map(|r| {
+                json!({
+                    "rule": r.rule,
+                    "verdict": r.verdict,
+                    "refused": r.refused,
+                    "keys": r.keys,
+                    "legit_share": (r.legit_share * 10_000.0).round() / 10_000.0,
+                    "baseline": r.baseline,
+                    "change": r.refused as i64 - r.baseline as i64,
+                    "top_keys": r.top_keys.iter().map(|(k, n)| json!({"key": k, "requests": n})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "records": self.records,
+            "requests": self.requests,
+            "bad_lines": self.bad_lines,
+            "first_ms": self.span_ms.map(|s| s.0),
+            "last_ms": self.span_ms.map(|s| s.1),
+            "baseline": self.baseline_name(),
+            "verdicts": {
+                "candidate": self.candidate.verdicts,
+                "baseline": self.baseline.verdicts,
+            },
+            "rules": rows,
+            "newly_refused": self.newly_refused,
+            "newly_refused_legit": self.newly_refused_legit,
+            "no_longer_refused": self.no_longer_refused,
+            "refused_otherwise": self.refused_otherwise,
+            "differs_from_recorded": self.differs_from_recorded,
+        })
+    }
+}

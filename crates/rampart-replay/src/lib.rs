@@ -46,6 +46,10 @@ pub struct Options {
     pub flags: Vec<(String, FlagMode)>,
     /// Top keys per rule in the report.
     pub top: usize,
+    /// How far back in time a record may arrive and still be put in order.
+    /// Records are written when their request ends: a long request's record
+    /// comes after those of requests that arrived later.
+    pub reorder: Duration,
 }
 
 /// Why a replay could not run.
@@ -339,6 +343,27 @@ fn fill_headers(record: &Record<'_>, headers: &mut HeaderMap) {
     }
 }
 
+/// A record line waiting in the reorder window.
+#[derive(Debug, PartialEq, Eq)]
+struct Pending {
+    t: u64,
+    seq: u64,
+    line: String,
+}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // A min-heap on (time, arrival order).
+        (other.t, other.seq).cmp(&(self.t, self.seq))
+    }
+}
+
 /// A replay in progress: candidate, optional baseline, and the report.
 #[derive(Debug)]
 pub struct Replay {
@@ -346,6 +371,10 @@ pub struct Replay {
     baseline: Option<Side>,
     report: Report,
     headers: HeaderMap,
+    pending: BinaryHeap<Pending>,
+    window_ms: u64,
+    newest_ms: u64,
+    seq: u64,
 }
 
 impl Replay {
@@ -372,11 +401,18 @@ impl Replay {
             candidate,
             baseline,
             headers: HeaderMap::new(),
+            pending: BinaryHeap::new(),
+            window_ms: u64::try_from(options.reorder.as_millis()).unwrap_or(u64::MAX),
+            newest_ms: 0,
+            seq: 0,
         })
     }
 
-    /// Replays one record.
+    /// Replays one record now (callers keep time order; see [`Replay::line`]).
     pub fn record(&mut self, record: &Record<'_>) {
+        if self.candidate.now_ms.is_some_and(|now| record.t < now) {
+            self.report.late(u64::from(record.w.max(1)));
+        }
         fill_headers(record, &mut self.headers);
         let weight = u64::from(record.w.max(1));
         let candidate = self.candidate.decide(record, &self.headers);
@@ -417,11 +453,42 @@ impl Replay {
         Ok(())
     }
 
-    /// Replays one line of a record file.
+    /// Takes one line of a record file. Lines wait in the reorder window and
+    /// are replayed in arrival-time order once the newest line is `reorder`
+    /// past them.
     pub fn line(&mut self, line: &str) {
         if line.trim().is_empty() {
             return;
         }
+        let t = match line_time(line) {
+            Some(t) => t,
+            None => match serde_json::from_str::<Record<'_>>(line) {
+                Ok(record) => record.t,
+                Err(_) => {
+                    self.report.bad_line();
+                    return;
+                }
+            },
+        };
+        self.seq += 1;
+        self.newest_ms = self.newest_ms.max(t);
+        self.pending.push(Pending {
+            t,
+            seq: self.seq,
+            line: line.to_string(),
+        });
+        while self
+            .pending
+            .peek()
+            .is_some_and(|p| p.t.saturating_add(self.window_ms) <= self.newest_ms)
+        {
+            if let Some(p) = self.pending.pop() {
+                self.replay_line(&p.line);
+            }
+        }
+    }
+
+    fn replay_line(&mut self, line: &str) {
         match serde_json::from_str::<Record<'_>>(line) {
             Ok(record) => self.record(&record),
             Err(_) => self.report.bad_line(),
@@ -433,8 +500,11 @@ impl Replay {
         &self.report
     }
 
-    /// The finished report.
-    pub fn finish(self) -> Report {
+    /// Replays what waits in the reorder window and returns the report.
+    pub fn finish(mut self) -> Report {
+        while let Some(p) = self.pending.pop() {
+            self.replay_line(&p.line);
+        }
         self.report
     }
 }

@@ -82,6 +82,9 @@ pub struct Report {
     pub requests: u64,
     /// Lines that were not records.
     pub bad_lines: u64,
+    /// Requests whose record came later than the reorder window allowed:
+    /// replayed at the clock's time, not their own.
+    pub late: u64,
     /// First and last arrival, ms since the Unix epoch.
     pub span_ms: Option<(u64, u64)>,
     /// The candidate's verdicts.
@@ -109,6 +112,7 @@ impl Report {
             records: 0,
             requests: 0,
             bad_lines: 0,
+            late: 0,
             span_ms: None,
             candidate: SideReport::default(),
             baseline: SideReport::default(),
@@ -118,6 +122,10 @@ impl Report {
             refused_otherwise: 0,
             differs_from_recorded: 0,
         }
+    }
+
+    pub(crate) fn late(&mut self, weight: u64) {
+        self.late += weight;
     }
 
     pub(crate) fn bad_line(&mut self) {
@@ -260,7 +268,7 @@ impl Report {
         if !rows.is_empty() {
             let _ = writeln!(
                 out,
-                "\nrule                       verdict               refused   keys  legit  {base:>9}     change  top keys"
+                "\nrule                           verdict               refused   keys  legit  {base:>9}     change  top keys"
             );
             for r in &rows {
                 let top: Vec<String> = r
@@ -270,7 +278,7 @@ impl Report {
                     .collect();
                 let _ = writeln!(
                     out,
-                    "{:<26} {:<20} {:>8} {:>6} {:>5.1}%  {:>9}  {:>+9}  {}",
+                    "{:<30} {:<20} {:>8} {:>6} {:>5.1}%  {:>9}  {:>+9}  {}",
                     r.rule,
                     r.verdict,
                     r.refused,
@@ -296,6 +304,13 @@ impl Report {
             "{} requests decided otherwise than recorded",
             self.differs_from_recorded
         );
+        if self.late > 0 {
+            let _ = writeln!(
+                out,
+                "{} requests came later than the reorder window and were replayed at the clock's time (raise --reorder)",
+                self.late
+            );
+        }
         if let Some(n) = self.candidate.verdicts.get(crate::UNRECORDED) {
             let _ = writeln!(
                 out,
@@ -327,6 +342,7 @@ impl Report {
             "records": self.records,
             "requests": self.requests,
             "bad_lines": self.bad_lines,
+            "late": self.late,
             "first_ms": self.span_ms.map(|s| s.0),
             "last_ms": self.span_ms.map(|s| s.1),
             "baseline": self.baseline_name(),

@@ -19,6 +19,10 @@ pub struct ReplayArgs {
     /// NAME=preview or NAME=off (repeatable). Other flags follow the record.
     #[arg(long = "flag", value_name = "NAME=MODE")]
     flags: Vec<String>,
+    /// How late a record may come and still be replayed in arrival order
+    /// (records are written when their request ends), e.g. 30s or 5m.
+    #[arg(long, default_value = "30s")]
+    reorder: String,
     /// Top keys per rule.
     #[arg(long, default_value_t = 5)]
     top: usize,
@@ -82,9 +86,17 @@ pub fn run(args: &ReplayArgs) -> u8 {
         },
         None => None,
     };
+    let reorder = match rampart_config::parse_duration(&args.reorder) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("rampart replay: --reorder: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let options = Options {
         flags,
         top: args.top,
+        reorder,
     };
     let mut replay = match Replay::new(candidate, baseline, &options) {
         Ok(r) => r,

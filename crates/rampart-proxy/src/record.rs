@@ -169,7 +169,7 @@ impl Recorder {
         };
         if seen < self.full_rate {
             Some(1)
-        } else if (seen - self.full_rate) % self.sample == 0 {
+        } else if (seen - self.full_rate).is_multiple_of(self.sample) {
             u32::try_from(self.sample).ok()
         } else {
             None

@@ -32,7 +32,7 @@ use rampart_policy::{
     Charging, CountryCode, FlagMode, FleetAnswer, GeoInfo, Policy, Rejection, RequestFacts, Step,
     Verdict,
 };
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::io::BufRead;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -88,6 +88,23 @@ pub struct Outcome {
 /// The label of a request whose decision needs what the recording did not keep.
 pub const UNRECORDED: &str = "unrecorded";
 
+/// Rule names, each allocated once (a replay refuses millions of requests by
+/// a handful of rules).
+#[derive(Debug, Default)]
+pub struct Names(Vec<Arc<str>>);
+
+impl Names {
+    /// The shared copy of `name`.
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.iter().find(|n| n.as_ref() == name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.0.push(n.clone());
+        n
+    }
+}
+
 /// In-flight slots a replayed request holds until its recorded end.
 struct Held {
     end_ms: u64,
@@ -121,7 +138,7 @@ pub struct Side {
     now_ms: Option<u64>,
     /// Fleet-scoped limits, as one bucket each.
     fleet: Vec<Option<RateRule<FakeRelativeClock>>>,
-    flag_index: HashMap<String, usize>,
+    flag_names: Vec<String>,
     forced: Vec<Option<FlagMode>>,
     modes: Vec<FlagMode>,
     held: BinaryHeap<Held>,
@@ -152,17 +169,17 @@ impl Side {
                     .then(|| RateRule::new(l.clone(), clock.clone()))
             })
             .collect();
-        let flag_index: HashMap<String, usize> = config
+        let flag_names: Vec<String> = config
             .lockdown
             .flags
             .iter()
-            .enumerate()
-            .map(|(i, f)| (f.name.clone(), i))
+            .map(|f| f.name.clone())
             .collect();
         let mut forced = vec![None; config.lockdown.flags.len()];
         for (name, mode) in &options.flags {
-            let i = *flag_index
-                .get(name)
+            let i = flag_names
+                .iter()
+                .position(|f| f == name)
                 .ok_or_else(|| ReplayError::UnknownFlag(name.clone()))?;
             forced[i] = Some(*mode);
         }
@@ -180,7 +197,7 @@ impl Side {
             clock,
             now_ms: None,
             fleet,
-            flag_index,
+            flag_names,
             forced,
             held: BinaryHeap::new(),
             session_cookies,
@@ -211,13 +228,18 @@ impl Side {
     }
 
     /// Decides one record.
-    pub fn decide(&mut self, record: &Record<'_>, headers: &HeaderMap) -> Outcome {
+    pub fn decide(
+        &mut self,
+        record: &Record<'_>,
+        headers: &HeaderMap,
+        names: &mut Names,
+    ) -> Outcome {
         self.advance(record.t);
         for mode in &mut self.modes {
             *mode = FlagMode::Off;
         }
         for (name, mode) in &record.fl {
-            if let Some(&i) = self.flag_index.get(name.as_ref()) {
+            if let Some(i) = self.flag_names.iter().position(|f| f == name) {
                 self.modes[i] = match mode.as_ref() {
                     "enforce" => FlagMode::Enforce,
                     "preview" => FlagMode::Preview,
@@ -280,9 +302,10 @@ impl Side {
         };
         drop(evaluation);
         if !verdict.permits.is_empty() {
-            let start = self.now_ms.unwrap_or(record.t);
+            // Held until the request's recorded end (a late record's slots are
+            // held from the clock's time, not from its own arrival).
             self.held.push(Held {
-                end_ms: start + u64::from(record.ms),
+                end_ms: record.t + u64::from(record.ms),
                 _permits: verdict.permits,
             });
         }
@@ -303,7 +326,7 @@ impl Side {
             }
             Some(refusal) => Outcome {
                 label: refusal.label(),
-                rule: refusal.rule().map(Arc::from),
+                rule: refusal.rule().map(|r| names.get(r)),
                 key: Some(verdict.key.unwrap_or(LimitKey::Ip(record.ip))),
             },
         }
@@ -372,6 +395,7 @@ pub struct Replay {
     report: Report,
     headers: HeaderMap,
     pending: BinaryHeap<Pending>,
+    names: Names,
     window_ms: u64,
     newest_ms: u64,
     seq: u64,
@@ -402,6 +426,7 @@ impl Replay {
             baseline,
             headers: HeaderMap::new(),
             pending: BinaryHeap::new(),
+            names: Names::default(),
             window_ms: u64::try_from(options.reorder.as_millis()).unwrap_or(u64::MAX),
             newest_ms: 0,
             seq: 0,
@@ -415,13 +440,15 @@ impl Replay {
         }
         fill_headers(record, &mut self.headers);
         let weight = u64::from(record.w.max(1));
-        let candidate = self.candidate.decide(record, &self.headers);
+        let candidate = self
+            .candidate
+            .decide(record, &self.headers, &mut self.names);
         let legit = self.candidate.looks_legitimate(record, &self.headers);
         let baseline = match &mut self.baseline {
-            Some(side) => side.decide(record, &self.headers),
+            Some(side) => side.decide(record, &self.headers, &mut self.names),
             None => Outcome {
                 label: recorded_label(&record.v),
-                rule: record.rule.as_deref().map(Arc::from),
+                rule: record.rule.as_deref().map(|r| self.names.get(r)),
                 key: None,
             },
         };
@@ -443,9 +470,9 @@ impl Replay {
         for line in reader.lines() {
             let line = line?;
             bytes += line.len() as u64 + 1;
-            self.line(&line);
+            self.take_line(line);
             n += 1;
-            if n % 65_536 == 0 {
+            if n.is_multiple_of(65_536) {
                 progress(bytes);
             }
         }
@@ -457,12 +484,17 @@ impl Replay {
     /// are replayed in arrival-time order once the newest line is `reorder`
     /// past them.
     pub fn line(&mut self, line: &str) {
+        self.take_line(line.to_string());
+    }
+
+    /// [`Replay::line`] of an owned line (no copy).
+    pub fn take_line(&mut self, line: String) {
         if line.trim().is_empty() {
             return;
         }
-        let t = match line_time(line) {
+        let t = match line_time(&line) {
             Some(t) => t,
-            None => match serde_json::from_str::<Record<'_>>(line) {
+            None => match serde_json::from_str::<Record<'_>>(&line) {
                 Ok(record) => record.t,
                 Err(_) => {
                     self.report.bad_line();
@@ -475,7 +507,7 @@ impl Replay {
         self.pending.push(Pending {
             t,
             seq: self.seq,
-            line: line.to_string(),
+            line,
         });
         while self
             .pending
@@ -534,53 +566,46 @@ pub fn replay_files(
     paths: &[std::path::PathBuf],
     mut progress: impl FnMut(u64),
 ) -> Result<(), ReplayError> {
+    type Lines = std::io::Lines<std::io::BufReader<std::fs::File>>;
     let io =
         |p: &std::path::Path, e: std::io::Error| ReplayError::Io(format!("{}: {e}", p.display()));
-    if let [path] = paths {
-        let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
-        return replay
-            .read(std::io::BufReader::with_capacity(1 << 20, file), progress)
-            .map_err(|e| io(path, e));
-    }
-    let mut readers = Vec::new();
+    let mut sources: Vec<(Lines, Option<String>)> = Vec::new();
     for path in paths {
         let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
-        readers.push(std::io::BufReader::with_capacity(1 << 20, file).lines());
+        sources.push((
+            std::io::BufReader::with_capacity(1 << 20, file).lines(),
+            None,
+        ));
     }
-    // A min-heap of (time, file, line).
+    // Each file's next line, in a min-heap on (time, file).
     let mut heads = BinaryHeap::new();
-    let mut bytes = 0u64;
-    let next = |i: usize,
-                readers: &mut Vec<std::io::Lines<std::io::BufReader<std::fs::File>>>|
-     -> Result<Option<(std::cmp::Reverse<(u64, usize)>, String)>, ReplayError> {
-        match readers[i].next() {
-            None => Ok(None),
-            Some(Err(e)) => Err(io(&paths[i], e)),
-            Some(Ok(line)) => Ok(Some((
-                std::cmp::Reverse((line_time(&line).unwrap_or(0), i)),
-                line,
-            ))),
+    let refill = |i: usize,
+                  sources: &mut Vec<(Lines, Option<String>)>,
+                  heads: &mut BinaryHeap<std::cmp::Reverse<(u64, usize)>>|
+     -> Result<(), ReplayError> {
+        let Some((lines, slot)) = sources.get_mut(i) else {
+            return Ok(());
+        };
+        if let Some(line) = lines.next() {
+            let line = line.map_err(|e| io(&paths[i], e))?;
+            heads.push(std::cmp::Reverse((line_time(&line).unwrap_or(0), i)));
+            *slot = Some(line);
         }
+        Ok(())
     };
-    let mut lines: Vec<Option<String>> = vec![None; paths.len()];
-    for i in 0..paths.len() {
-        if let Some((key, line)) = next(i, &mut readers)? {
-            heads.push(key);
-            lines[i] = Some(line);
-        }
+    for i in 0..sources.len() {
+        refill(i, &mut sources, &mut heads)?;
     }
+    let mut bytes = 0u64;
     let mut n = 0u64;
     while let Some(std::cmp::Reverse((_, i))) = heads.pop() {
-        if let Some(line) = lines[i].take() {
+        if let Some(line) = sources.get_mut(i).and_then(|(_, slot)| slot.take()) {
             bytes += line.len() as u64 + 1;
-            replay.line(&line);
+            replay.take_line(line);
         }
-        if let Some((key, line)) = next(i, &mut readers)? {
-            heads.push(key);
-            lines[i] = Some(line);
-        }
+        refill(i, &mut sources, &mut heads)?;
         n += 1;
-        if n % 65_536 == 0 {
+        if n.is_multiple_of(65_536) {
             progress(bytes);
         }
     }

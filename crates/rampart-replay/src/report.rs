@@ -6,8 +6,11 @@ use rampart_policy::engine::PROXIED;
 use rampart_policy::limits::LimitKey;
 use rampart_policy::record::Record;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// Refusals by one rule with one verdict.
 #[derive(Debug, Default, Clone)]
@@ -22,7 +25,7 @@ struct RuleStats {
 pub struct SideReport {
     /// Requests per verdict label (scaled by record weights).
     pub verdicts: BTreeMap<&'static str, u64>,
-    rules: BTreeMap<(String, &'static str), RuleStats>,
+    rules: HashMap<(Option<Arc<str>>, &'static str), RuleStats>,
 }
 
 impl SideReport {
@@ -31,8 +34,10 @@ impl SideReport {
         if outcome.label == PROXIED || outcome.label == crate::UNRECORDED {
             return;
         }
-        let rule = outcome.rule.as_deref().unwrap_or("-").to_string();
-        let stats = self.rules.entry((rule, outcome.label)).or_default();
+        let stats = self
+            .rules
+            .entry((outcome.rule.clone(), outcome.label))
+            .or_default();
         stats.refused += weight;
         if legit {
             stats.legit += weight;
@@ -46,9 +51,13 @@ impl SideReport {
     pub fn refused_by_rule(&self) -> BTreeMap<(String, &'static str), u64> {
         self.rules
             .iter()
-            .map(|(k, s)| (k.clone(), s.refused))
+            .map(|((rule, label), s)| ((rule_text(rule), *label), s.refused))
             .collect()
     }
+}
+
+fn rule_text(rule: &Option<Arc<str>>) -> String {
+    rule.as_deref().unwrap_or("-").to_string()
 }
 
 /// One row of the per-rule table.
@@ -172,7 +181,7 @@ impl Report {
 
     /// The per-rule table: every rule either side refused by, most refusals first.
     pub fn rows(&self) -> Vec<RuleRow> {
-        let mut names: Vec<&(String, &'static str)> = self
+        let mut names: Vec<&(Option<Arc<str>>, &'static str)> = self
             .candidate
             .rules
             .keys()
@@ -189,7 +198,7 @@ impl Report {
                 top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                 top.truncate(self.top);
                 RuleRow {
-                    rule: name.0.clone(),
+                    rule: rule_text(&name.0),
                     verdict: name.1,
                     refused: stats.refused,
                     keys: stats.keys.len(),

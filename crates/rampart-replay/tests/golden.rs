@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn config(name: &str) -> rampart_config::Config {
@@ -37,7 +39,8 @@ fn golden(name: &str, actual: &str) {
     }
     let expected = std::fs::read_to_string(&path).unwrap();
     assert_eq!(
-        actual, expected,
+        actual,
+        expected,
         "the report differs from {} (UPDATE_GOLDEN=1 rewrites it after a deliberate change)",
         path.display()
     );
@@ -53,10 +56,7 @@ fn the_recording_config_reproduces_every_recorded_verdict() {
     assert_eq!(report.requests, 32);
     assert_eq!(report.bad_lines, 1);
     golden("golden-current.txt", &report.text());
-    golden(
-        "golden-current.json",
-        &format!("{:#}\n", report.json()),
-    );
+    golden("golden-current.json", &format!("{:#}\n", report.json()));
 }
 
 #[test]
@@ -65,10 +65,7 @@ fn a_tighter_candidate_refuses_a_superset_of_the_baseline() {
     assert_eq!(report.no_longer_refused, 0, "{}", report.text());
     assert!(report.newly_refused > 0, "{}", report.text());
     golden("golden-candidate.txt", &report.text());
-    golden(
-        "golden-candidate.json",
-        &format!("{:#}\n", report.json()),
-    );
+    golden("golden-candidate.json", &format!("{:#}\n", report.json()));
 }
 
 #[test]

@@ -62,7 +62,10 @@ fn config(origin: &MockOrigin, tighter: bool) -> String {
     let rules = if tighter {
         RULES
             .replace("rate = \"2/h\"\nburst = 2", "rate = \"1/h\"\nburst = 1")
-            .replace("cidrs = [\"10.66.0.0/16\"]", "cidrs = [\"10.66.0.0/16\", \"10.7.0.0/16\"]")
+            .replace(
+                "cidrs = [\"10.66.0.0/16\"]",
+                "cidrs = [\"10.66.0.0/16\", \"10.7.0.0/16\"]",
+            )
     } else {
         RULES.to_string()
     };
@@ -70,7 +73,12 @@ fn config(origin: &MockOrigin, tighter: bool) -> String {
         .pool("auth", &[origin.addr])
         .pool("chat", &[origin.addr])
         .route_with("login", "/api/auth/login", "auth", r#"methods = ["POST"]"#)
-        .route_with("register", "/api/auth/register", "auth", r#"methods = ["POST"]"#)
+        .route_with(
+            "register",
+            "/api/auth/register",
+            "auth",
+            r#"methods = ["POST"]"#,
+        )
         .route("chat", "/api/chat", "chat")
         .raw(&rules)
         .build()
@@ -83,7 +91,12 @@ async fn traffic(r: &Rampart) -> Vec<u16> {
     let mut push = |s: reqwest::Response| statuses.push(s.status().as_u16());
     // Sign-ins: a flood from one address (limited, then banned), a few others,
     // the office (allow-listed), a denied network.
-    for (from, n) in [("10.7.0.1", 9), ("10.7.0.2", 2), ("10.99.0.5", 4), ("10.66.1.1", 2)] {
+    for (from, n) in [
+        ("10.7.0.1", 9),
+        ("10.7.0.2", 2),
+        ("10.99.0.5", 4),
+        ("10.66.1.1", 2),
+    ] {
         for i in 0..n {
             push(
                 c.post(r.url("/api/auth/login"))
@@ -97,8 +110,20 @@ async fn traffic(r: &Rampart) -> Vec<u16> {
         }
     }
     // A wrong method and an unmatched path.
-    push(c.get(r.url("/api/auth/login")).header("x-forwarded-for", "10.7.0.3").send().await.unwrap());
-    push(c.get(r.url("/nowhere")).header("x-forwarded-for", "10.7.0.3").send().await.unwrap());
+    push(
+        c.get(r.url("/api/auth/login"))
+            .header("x-forwarded-for", "10.7.0.3")
+            .send()
+            .await
+            .unwrap(),
+    );
+    push(
+        c.get(r.url("/nowhere"))
+            .header("x-forwarded-for", "10.7.0.3")
+            .send()
+            .await
+            .unwrap(),
+    );
     // Chat keyed by an API key: one key over its budget.
     for i in 0..6 {
         push(
@@ -124,7 +149,11 @@ async fn traffic(r: &Rampart) -> Vec<u16> {
             .body(body)
             .send()
     };
-    push(register("+14155550100", "application/json", "10.9.0.1").await.unwrap());
+    push(
+        register("+14155550100", "application/json", "10.9.0.1")
+            .await
+            .unwrap(),
+    );
     let on = r
         .admin_request(Method::PUT, "/lockdown/registration_cn_mobile_only")
         .json(&json!({"reason": "replay test", "actor": "test", "ttl": "1h"}))
@@ -134,7 +163,11 @@ async fn traffic(r: &Rampart) -> Vec<u16> {
     assert_eq!(on.status(), 200);
     for (phone, ct, from) in [
         ("+8613800138000", "application/json", "10.9.0.2"),
-        ("+8613800138001", "application/x-www-form-urlencoded", "10.9.0.3"),
+        (
+            "+8613800138001",
+            "application/x-www-form-urlencoded",
+            "10.9.0.3",
+        ),
         ("+8613800138002", "application/json", "10.9.0.4"),
         ("+8613800138003", "application/json", "10.9.0.5"),
         ("+14155550101", "application/json", "10.9.0.6"),
@@ -166,18 +199,31 @@ fn record_files(r: &Rampart) -> Vec<PathBuf> {
 fn record_lines(r: &Rampart) -> usize {
     record_files(r)
         .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().count())
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        })
         .sum()
 }
 
 fn replay(config: &Path, baseline: Option<&Path>, files: &[PathBuf]) -> Value {
     let mut cmd = std::process::Command::new(bin());
-    cmd.arg("replay").arg("--config").arg(config).arg("--json").arg("--quiet");
+    cmd.arg("replay")
+        .arg("--config")
+        .arg(config)
+        .arg("--json")
+        .arg("--quiet");
     if let Some(b) = baseline {
         cmd.arg("--baseline").arg(b);
     }
     let out = cmd.args(files).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -188,12 +234,18 @@ async fn a_recorded_run_replayed_under_its_config_reproduces_every_verdict() {
     let statuses = traffic(&r).await;
     let sent = statuses.len();
     assert!(
-        wait_until(Duration::from_secs(10), || async { record_lines(&r) >= sent }).await,
+        wait_until(Duration::from_secs(10), || async {
+            record_lines(&r) >= sent
+        })
+        .await,
         "{} of {sent} records written",
         record_lines(&r)
     );
     let files = record_files(&r);
-    let text: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    let text: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
     assert_eq!(text.lines().count(), sent);
     for secret in ["secret-token", "cookie-secret", "key-one-secret", "hunter2"] {
         assert!(!text.contains(secret), "{secret} in the record:\n{text}");
@@ -221,8 +273,15 @@ async fn a_recorded_run_replayed_under_its_config_reproduces_every_verdict() {
         .iter()
         .map(|row| {
             (
-                format!("{} {}", row["rule"].as_str().unwrap(), row["verdict"].as_str().unwrap()),
-                (row["refused"].as_u64().unwrap(), row["baseline"].as_u64().unwrap()),
+                format!(
+                    "{} {}",
+                    row["rule"].as_str().unwrap(),
+                    row["verdict"].as_str().unwrap()
+                ),
+                (
+                    row["refused"].as_u64().unwrap(),
+                    row["baseline"].as_u64().unwrap(),
+                ),
             )
         })
         .collect();
@@ -230,13 +289,21 @@ async fn a_recorded_run_replayed_under_its_config_reproduces_every_verdict() {
         assert_eq!(replayed, recorded, "{rule}: {report:#}");
     }
     assert!(rules.contains_key("chat-key rate_limited"), "{report:#}");
-    assert!(rules.contains_key("register-range rate_limited"), "{report:#}");
+    assert!(
+        rules.contains_key("register-range rate_limited"),
+        "{report:#}"
+    );
 
     // A tighter candidate: every request the recorded config refused, it
     // refuses too, and more.
     let tighter = r.dir().join("tighter.toml");
     let text = config(&origin, true).replace("{dir}", &r.dir().display().to_string());
-    std::fs::write(&tighter, text.replace("{listen}", "127.0.0.1:1").replace("{admin}", "127.0.0.1:2")).unwrap();
+    std::fs::write(
+        &tighter,
+        text.replace("{listen}", "127.0.0.1:1")
+            .replace("{admin}", "127.0.0.1:2"),
+    )
+    .unwrap();
     let report = replay(&tighter, Some(&r.config_path()), &files);
     assert_eq!(report["no_longer_refused"], 0, "{report:#}");
     assert!(report["newly_refused"].as_u64().unwrap() > 0, "{report:#}");

@@ -16,6 +16,7 @@
 //! | `host`, `m`, `p` | host, method and canonical path (the query is never kept) |
 //! | `h` | the request headers the config reads (header keys, session checks, body media types) and any listed in `[record] headers`; every value but `Content-Type` and `Content-Encoding` as a keyed hash (`#` and 16 hex digits), cookies as `name=#hash` |
 //! | `fl` | flags on when the request came (`enforce` or `preview`) |
+//! | `auto` | those of them an escalation turned on |
 //! | `b` | the body as the rules read it: its length and each field the config reads, or why it could not be read; or `"timeout"`, `"gone"`, `"malformed"` when reading it failed |
 //! | `ms`, `s` | time to answer and the status sent |
 //! | `v`, `rule`, `route`, `allow` | the policy's verdict (`proxied` or the refusal label), the refusing rule, the route, the allow rule that matched |
@@ -58,6 +59,10 @@ pub struct Record<'a> {
     /// Flags on, with their mode (`enforce`, `preview`).
     #[serde(default, skip_serializing_if = "Vec::is_empty", borrow)]
     pub fl: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Flags among `fl` that an escalation turned on (a replay derives those
+    /// from its own escalations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", borrow)]
+    pub auto: Vec<Cow<'a, str>>,
     /// The body as the rules read it, when they read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub b: Option<RecordedRead>,
@@ -143,6 +148,7 @@ mod tests {
             p: "/api/auth/register".into(),
             h: vec![("content-type".into(), "application/json".into())],
             fl: vec![("registration_cn_mobile_only".into(), "enforce".into())],
+            auto: vec![],
             b: Some(RecordedRead::Read(RecordedBody {
                 len: 31,
                 fields: BTreeMap::from([("/phone".into(), "+8613800138000".into())]),

@@ -10,7 +10,7 @@ use prometheus::{
 use rampart_policy::{GeoDb, GeoInfo};
 
 /// Route label for requests that matched no route.
-pub const UNMATCHED_ROUTE: &str = "_unmatched";
+pub use rampart_policy::escalation::UNMATCHED_ROUTE;
 
 /// Verdict label of a request that went to the origin.
 pub const PROXIED_VERDICT: &str = rampart_policy::engine::PROXIED;
@@ -884,18 +884,7 @@ impl Metrics {
     }
 }
 
-/// Cumulative counts the escalation signals are computed from (deltas of two
-/// samples give a window's values).
-#[derive(Debug, Clone, Default)]
-pub struct SignalCounters {
-    /// Per route label: (requests, refused at the edge, proxied, proxied 5xx).
-    pub routes: std::collections::HashMap<String, [u64; 4]>,
-    /// Per pool: cumulative counts of the response-time buckets (upper bounds
-    /// in seconds) and the total.
-    pub pools: std::collections::HashMap<String, (Vec<(f64, u64)>, u64)>,
-    /// Refusals per (route label, rule or flag name).
-    pub refused_by: std::collections::HashMap<(String, String), u64>,
-}
+pub use rampart_policy::escalation::SignalCounters;
 
 impl Metrics {
     /// The counters of the escalation signals, read from the registry.

@@ -911,6 +911,14 @@ fn record_request(
         path: req.uri.path(),
         headers: &req.headers,
         flags: &ctx.snapshot.flags.modes,
+        auto: ctx
+            .snapshot
+            .flags
+            .active
+            .iter()
+            .filter(|(_, a)| a.actor.starts_with("auto:"))
+            .map(|(name, _)| name.as_str())
+            .collect(),
         body: decided.body.as_ref(),
         verdict: decided
             .refusal

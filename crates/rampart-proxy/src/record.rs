@@ -127,6 +127,8 @@ pub struct Outcome<'a> {
     pub headers: &'a HeaderMap,
     /// Flag modes, in config order.
     pub flags: &'a [FlagMode],
+    /// Names of the flags an escalation turned on.
+    pub auto: Vec<&'a str>,
     /// The body as the rules read it.
     pub body: Option<&'a RecordedRead>,
     /// The policy's verdict label and refusing rule.
@@ -254,6 +256,7 @@ impl Recorder {
                     Some((Cow::Borrowed(f.name.as_str()), Cow::Borrowed(mode)))
                 })
                 .collect(),
+            auto: o.auto.iter().map(|f| Cow::Borrowed(*f)).collect(),
             b: o.body.cloned(),
             ms: u32::try_from(o.elapsed.as_millis()).unwrap_or(u32::MAX),
             s: o.status,

@@ -26,13 +26,16 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use rampart_config::{Config, LimitScope};
 use rampart_policy::body::NOT_RECORDED;
 use rampart_policy::engine::PROXIED;
+use rampart_policy::escalation::{
+    signal_value, Escalation, SignalCounters, Transition, UNMATCHED_ROUTE,
+};
 use rampart_policy::limits::{LimitKey, RateRule, RuleOutcome};
 use rampart_policy::record::Record;
 use rampart_policy::{
     Charging, CountryCode, FlagMode, FleetAnswer, GeoInfo, Policy, Rejection, RequestFacts, Step,
     Verdict,
 };
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::BufRead;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -146,7 +149,151 @@ pub struct Side {
     /// looks legitimate).
     session_cookies: Vec<String>,
     session_headers: Vec<String>,
+    /// The config's escalations, driven by the replayed verdicts.
+    escalations: Escalations,
 }
+
+/// A config's escalations in a replay: the signals are counted from the
+/// replayed verdicts (and the recorded status of proxied requests), sampled
+/// once a virtual second over the proxy's window, and each transition turns
+/// the escalation's flag on or off for the requests after it.
+#[derive(Debug, Default)]
+struct Escalations {
+    machines: Vec<Escalation>,
+    /// The mode each flag has from an escalation, by flag index.
+    modes: Vec<Option<FlagMode>>,
+    counters: SignalCounters,
+    samples: VecDeque<(u64, SignalCounters)>,
+    start_ms: u64,
+    next_tick_ms: Option<u64>,
+    transitions: Vec<EscalationChange>,
+}
+
+/// One escalation transition in a replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EscalationChange {
+    /// Virtual time, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The escalation's name.
+    pub escalation: String,
+    /// Its flag.
+    pub flag: String,
+    /// `enter` or `leave`.
+    pub change: &'static str,
+    /// The signal's value then.
+    pub value: f64,
+}
+
+impl Escalations {
+    fn new(config: &Config) -> Self {
+        Self {
+            machines: config
+                .escalations
+                .iter()
+                .map(|e| Escalation::new(e.clone()))
+                .collect(),
+            modes: vec![None; config.lockdown.flags.len()],
+            ..Self::default()
+        }
+    }
+
+    /// Runs every tick up to `t`.
+    fn advance(&mut self, config: &Config, t: u64) {
+        if self.machines.is_empty() {
+            return;
+        }
+        let next = *self.next_tick_ms.get_or_insert_with(|| {
+            self.start_ms = t;
+            t + TICK_MS
+        });
+        let mut tick = next;
+        while tick <= t {
+            self.tick(config, tick);
+            tick += TICK_MS;
+        }
+        self.next_tick_ms = Some(tick);
+    }
+
+    fn tick(&mut self, config: &Config, now: u64) {
+        self.samples.push_back((now, self.counters.clone()));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|(t, _)| now.saturating_sub(*t) >= WINDOW_MS)
+        {
+            self.samples.pop_front();
+        }
+        let (Some((t0, oldest)), Some((_, newest))) = (self.samples.front(), self.samples.back())
+        else {
+            return;
+        };
+        let secs = now.saturating_sub(*t0) as f64 / 1000.0;
+        let clock = Duration::from_millis(now.saturating_sub(self.start_ms));
+        for e in &mut self.machines {
+            let value = (secs > 0.0)
+                .then(|| signal_value(&e.config, config, oldest, newest, secs))
+                .flatten();
+            let Some(transition) = e.observe(value, clock) else {
+                continue;
+            };
+            let flag = e.config.flag;
+            let mode = match transition {
+                Transition::Enter if e.config.preview => Some(FlagMode::Preview),
+                Transition::Enter => Some(FlagMode::Enforce),
+                Transition::Leave => None,
+            };
+            if let Some(slot) = self.modes.get_mut(flag) {
+                *slot = mode;
+            }
+            self.transitions.push(EscalationChange {
+                at_ms: now,
+                escalation: e.config.name.clone(),
+                flag: config
+                    .lockdown
+                    .flags
+                    .get(flag)
+                    .map(|f| f.name.clone())
+                    .unwrap_or_default(),
+                change: match transition {
+                    Transition::Enter => "enter",
+                    Transition::Leave => "leave",
+                },
+                value: value.unwrap_or_default(),
+            });
+        }
+    }
+
+    /// Counts one replayed request into the signals.
+    fn count(&mut self, route: &str, outcome: &Outcome, record: &Record<'_>, weight: u64) {
+        if self.machines.is_empty() {
+            return;
+        }
+        let refused = outcome.label != PROXIED && outcome.label != UNRECORDED;
+        let proxied = outcome.label == PROXIED;
+        let five = proxied && record.v == PROXIED && record.s >= 500;
+        if !self.counters.routes.contains_key(route) {
+            self.counters.routes.insert(route.to_string(), [0; 4]);
+        }
+        if let Some(c) = self.counters.routes.get_mut(route) {
+            c[0] += weight;
+            c[1] += if refused { weight } else { 0 };
+            c[2] += if proxied { weight } else { 0 };
+            c[3] += if five { weight } else { 0 };
+        }
+        if let (true, Some(rule)) = (refused, &outcome.rule) {
+            *self
+                .counters
+                .refused_by
+                .entry((route.to_string(), rule.to_string()))
+                .or_default() += weight;
+        }
+    }
+}
+
+/// The escalator's tick and signal window (`rampart_proxy::escalator`).
+const TICK_MS: u64 = 1_000;
+const WINDOW_MS: u64 = 5_000;
 
 impl std::fmt::Debug for Side {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,7 +339,6 @@ impl Side {
         let session_headers = sessions.filter_map(|s| s.header.clone()).collect();
         Ok(Self {
             modes: vec![FlagMode::Off; config.lockdown.flags.len()],
-            config,
             policy,
             clock,
             now_ms: None,
@@ -202,6 +348,8 @@ impl Side {
             held: BinaryHeap::new(),
             session_cookies,
             session_headers,
+            escalations: Escalations::new(&config),
+            config,
         })
     }
 
@@ -213,6 +361,7 @@ impl Side {
     /// Moves the virtual clock to `t` (never back) and releases the in-flight
     /// slots of requests that had ended by then.
     fn advance(&mut self, t: u64) {
+        self.escalations.advance(&self.config, t);
         match self.now_ms {
             None => self.now_ms = Some(t),
             Some(now) if t > now => {
@@ -239,12 +388,21 @@ impl Side {
             *mode = FlagMode::Off;
         }
         for (name, mode) in &record.fl {
+            if record.auto.contains(name) {
+                // An escalation's doing: this replay's escalations decide.
+                continue;
+            }
             if let Some(i) = self.flag_names.iter().position(|f| f == name) {
                 self.modes[i] = match mode.as_ref() {
                     "enforce" => FlagMode::Enforce,
                     "preview" => FlagMode::Preview,
                     _ => FlagMode::Off,
                 };
+            }
+        }
+        for (mode, auto) in self.modes.iter_mut().zip(&self.escalations.modes) {
+            if let (FlagMode::Off, Some(a)) = (*mode, auto) {
+                *mode = *a;
             }
         }
         for (mode, forced) in self.modes.iter_mut().zip(&self.forced) {
@@ -309,7 +467,11 @@ impl Side {
                 _permits: verdict.permits,
             });
         }
-        match verdict.refusal {
+        let route = verdict
+            .route
+            .and_then(|r| self.config.routes.get(r))
+            .map_or(UNMATCHED_ROUTE, |r| r.name.as_str());
+        let outcome = match verdict.refusal {
             None => Outcome {
                 label: PROXIED,
                 rule: None,
@@ -329,7 +491,16 @@ impl Side {
                 rule: refusal.rule().map(|r| names.get(r)),
                 key: Some(verdict.key.unwrap_or(LimitKey::Ip(record.ip))),
             },
-        }
+        };
+        let route = route.to_string();
+        self.escalations
+            .count(&route, &outcome, record, u64::from(record.w.max(1)));
+        outcome
+    }
+
+    /// The escalation transitions so far.
+    pub fn transitions(&self) -> &[EscalationChange] {
+        &self.escalations.transitions
     }
 
     /// Whether a request looks legitimate: it carries `Authorization` or a
@@ -536,6 +707,10 @@ impl Replay {
     pub fn finish(mut self) -> Report {
         while let Some(p) = self.pending.pop() {
             self.replay_line(&p.line);
+        }
+        self.report.escalations = self.candidate.transitions().to_vec();
+        if let Some(b) = &self.baseline {
+            self.report.baseline_escalations = b.transitions().to_vec();
         }
         self.report
     }

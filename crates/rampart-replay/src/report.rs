@@ -111,6 +111,10 @@ pub struct Report {
     /// Records whose candidate verdict (label and rule) differs from the
     /// recorded one.
     pub differs_from_recorded: u64,
+    /// The candidate's escalation transitions.
+    pub escalations: Vec<crate::EscalationChange>,
+    /// The baseline config's.
+    pub baseline_escalations: Vec<crate::EscalationChange>,
 }
 
 impl Report {
@@ -130,6 +134,8 @@ impl Report {
             no_longer_refused: 0,
             refused_otherwise: 0,
             differs_from_recorded: 0,
+            escalations: Vec::new(),
+            baseline_escalations: Vec::new(),
         }
     }
 
@@ -313,6 +319,23 @@ impl Report {
             "{} requests decided otherwise than recorded",
             self.differs_from_recorded
         );
+        let start = self.span_ms.map_or(0, |s| s.0);
+        for (side, changes) in [
+            ("candidate", &self.escalations),
+            (base, &self.baseline_escalations),
+        ] {
+            for c in changes {
+                let _ = writeln!(
+                    out,
+                    "{side}: escalation {} would {} {} at +{:.0} s (signal {:.3})",
+                    c.escalation,
+                    c.change,
+                    c.flag,
+                    c.at_ms.saturating_sub(start) as f64 / 1000.0,
+                    c.value
+                );
+            }
+        }
         if self.late > 0 {
             let _ = writeln!(
                 out,
@@ -365,6 +388,25 @@ impl Report {
             "no_longer_refused": self.no_longer_refused,
             "refused_otherwise": self.refused_otherwise,
             "differs_from_recorded": self.differs_from_recorded,
+            "escalations": {
+                "candidate": escalation_json(&self.escalations),
+                "baseline": escalation_json(&self.baseline_escalations),
+            },
         })
     }
+}
+
+fn escalation_json(changes: &[crate::EscalationChange]) -> Value {
+    changes
+        .iter()
+        .map(|c| {
+            json!({
+                "at_ms": c.at_ms,
+                "escalation": c.escalation,
+                "flag": c.flag,
+                "change": c.change,
+                "value": (c.value * 10_000.0).round() / 10_000.0,
+            })
+        })
+        .collect()
 }

@@ -114,3 +114,78 @@ fn a_forced_flag_changes_the_verdicts_and_an_unknown_one_is_an_error() {
     let err = Replay::new(config("current.toml"), None, &unknown).unwrap_err();
     assert!(err.to_string().contains("no_such_flag"));
 }
+
+/// A login flood of `rps` requests a second for `secs` seconds, each from its
+/// own address; the recording had `login_closed` on from `auto_from` seconds
+/// on, turned on by an escalation.
+fn flood(rps: u64, secs: u64, auto_from: u64) -> String {
+    let mut out = String::new();
+    let t0 = 1_764_496_800_000u64;
+    for i in 0..rps * secs {
+        let t = t0 + i * 1000 / rps;
+        let auto = if (t - t0) / 1000 >= auto_from {
+            r#","fl":[["login_closed","enforce"]],"auto":["login_closed"]"#
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            r#"{{"t":{t},"ip":"10.1.{}.{}","m":"POST","p":"/api/auth/login"{auto},"v":"proxied","route":"login"}}"#,
+            i / 250,
+            i % 250 + 1
+        ));
+        out.push('\n');
+    }
+    out
+}
+
+fn escalating(with_escalation: bool) -> rampart_config::Config {
+    let text = std::fs::read_to_string(data("current.toml")).unwrap();
+    let mut text = text.replace(
+        "[[flags]]\nname = \"registration_cn_mobile_only\"",
+        "[[flags]]\nname = \"login_closed\"\nblock = [{ routes = [\"login\"], status = 503, message = \"closed\" }]\n\n[[flags]]\nname = \"registration_cn_mobile_only\"",
+    );
+    text = text.replace("rate = \"3/m\"\nburst = 3", "rate = \"100000/s\"\nburst = 100000");
+    if with_escalation {
+        text.push_str(
+            "\n[[escalations]]\nname = \"login-flood\"\nflag = \"login_closed\"\nsignal = \"request_rate\"\nroute = \"login\"\nenter_above = 50\nenter_for = \"3s\"\nleave_below = 5\nleave_for = \"1m\"\n",
+        );
+    }
+    rampart_config::parse(&text, &data("current.toml")).unwrap()
+}
+
+#[test]
+fn escalations_advance_on_the_recorded_timestamps() {
+    let record = flood(100, 20, 1_000);
+    let run = |config| {
+        let mut replay = Replay::new(config, None, &options()).unwrap();
+        for line in record.lines() {
+            replay.line(line);
+        }
+        replay.finish()
+    };
+    let report = run(escalating(true));
+    let [enter] = report.escalations.as_slice() else {
+        panic!("one transition expected: {}", report.text());
+    };
+    assert_eq!((enter.change, enter.flag.as_str()), ("enter", "login_closed"));
+    // 100 requests a second: above 50 from the first full window, held for
+    // 3 s, on ticks of one virtual second.
+    let after = (enter.at_ms - 1_764_496_800_000) / 1000;
+    assert!((3..=6).contains(&after), "entered at +{after} s: {}", report.text());
+    let closed = report.candidate.verdicts.get("locked_down").copied().unwrap_or(0);
+    assert_eq!(closed, 100 * (20 - after), "{}", report.text());
+    assert!(report.text().contains("escalation login-flood would enter login_closed"));
+    // The same twice: the virtual clock, not the wall clock, drives it.
+    assert_eq!(run(escalating(true)).escalations, report.escalations);
+
+    // A flag an escalation turned on in the recording is not carried into a
+    // candidate without that escalation.
+    let record = flood(100, 5, 2);
+    let mut replay = Replay::new(escalating(false), None, &options()).unwrap();
+    for line in record.lines() {
+        replay.line(line);
+    }
+    let report = replay.finish();
+    assert!(report.escalations.is_empty());
+    assert_eq!(report.candidate.verdicts.get("locked_down"), None, "{}", report.text());
+}

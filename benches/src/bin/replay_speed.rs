@@ -109,13 +109,35 @@ fn main() {
         eprintln!("{}: {e}", dir.display());
         std::process::exit(1);
     }
-    let path = dir.join("record.jsonl");
-    let bytes = match write_record(&path, n) {
+    let plain = dir.join("record.jsonl");
+    let bytes = match write_record(&plain, n) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
+            eprintln!("{}: {e}", plain.display());
             std::process::exit(1);
         }
+    };
+    // GZ=1 replays the gzip file the recorder writes by default.
+    let gz = std::env::var_os("GZ").is_some();
+    let path = if gz {
+        let path = dir.join("record.jsonl.gz");
+        let compressed = std::fs::File::open(&plain).and_then(|mut input| {
+            let out = std::fs::File::create(&path)?;
+            let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+            std::io::copy(&mut input, &mut encoder)?;
+            encoder.finish()?;
+            std::fs::metadata(&path).map(|m| m.len())
+        });
+        match compressed {
+            Ok(size) => println!("gzip: {:.1} MiB", size as f64 / f64::from(1 << 20)),
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                std::process::exit(1);
+            }
+        }
+        path
+    } else {
+        plain
     };
     println!(
         "record: {n} requests, {:.1} MiB ({:.0} bytes each), replayed under conf/rampart.toml",

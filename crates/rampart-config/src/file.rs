@@ -149,6 +149,8 @@ pub struct FileRecord {
     pub flood_sample: Option<i64>,
     /// Request headers kept besides the ones rules read (as keyed hashes).
     pub headers: Option<Vec<String>>,
+    /// gzip the files.
+    pub compress: Option<bool>,
 }
 
 /// `[lockdown]`

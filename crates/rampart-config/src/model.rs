@@ -227,6 +227,8 @@ pub struct RecordConfig {
     pub flood_sample: u32,
     /// Request headers kept besides the ones rules read, lower case.
     pub headers: Vec<String>,
+    /// Files are gzip streams (`.jsonl.gz`), flushed after every batch.
+    pub compress: bool,
 }
 
 impl Default for RecordConfig {
@@ -238,6 +240,7 @@ impl Default for RecordConfig {
             full_rate_per_second: 2_000,
             flood_sample: 10,
             headers: Vec::new(),
+            compress: true,
         }
     }
 }

@@ -4,7 +4,10 @@
 //! deletes the oldest beyond `max_total_mb`. Up to `full_rate_per_second`
 //! requests a second are all recorded; beyond that, one in `flood_sample`,
 //! whose record carries that weight so a replay can scale counts back. A
-//! writer that falls behind drops lines and counts them.
+//! writer that falls behind drops lines and counts them. With `compress`
+//! (the default) files are gzip streams flushed after every batch, so the
+//! file being written reads up to its last batch; records shrink about 13x
+//! (`benches/README.md` "Replay").
 
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -28,6 +31,7 @@ const QUEUE: usize = 32_768;
 /// File name prefix and suffix of record files.
 const PREFIX: &str = "rampart-";
 const SUFFIX: &str = ".jsonl";
+const GZ_SUFFIX: &str = ".jsonl.gz";
 
 /// The request-path side of the record.
 #[derive(Debug)]
@@ -48,6 +52,7 @@ pub struct RecordWriter {
     dir: PathBuf,
     max_file_bytes: u64,
     max_total_bytes: u64,
+    compress: bool,
 }
 
 /// Builds both sides, or `None` when recording is off.
@@ -67,6 +72,7 @@ pub fn recorder(config: &RecordConfig) -> Option<(Recorder, RecordWriter)> {
             dir,
             max_file_bytes: config.max_file_bytes,
             max_total_bytes: config.max_total_bytes,
+            compress: config.compress,
         },
     ))
 }
@@ -285,7 +291,7 @@ fn record_files(dir: &Path) -> Vec<(PathBuf, u64)> {
         .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name.starts_with(PREFIX) && name.ends_with(SUFFIX)
+            name.starts_with(PREFIX) && (name.ends_with(SUFFIX) || name.ends_with(GZ_SUFFIX))
         })
         .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
         .collect();
@@ -313,8 +319,54 @@ fn enforce_cap(dir: &Path, max: u64, current: &Path) {
     }
 }
 
+/// An open record file: plain or a gzip stream.
+enum Output {
+    Plain(std::fs::File),
+    Gzip(flate2::write::GzEncoder<std::fs::File>),
+}
+
+impl Output {
+    /// Writes one batch and makes it readable (a sync flush for gzip);
+    /// returns the file's size after it.
+    fn write_batch(&mut self, batch: &[u8]) -> std::io::Result<u64> {
+        match self {
+            Output::Plain(f) => {
+                f.write_all(batch)?;
+                Ok(f.metadata()?.len())
+            }
+            Output::Gzip(g) => {
+                g.write_all(batch)?;
+                g.flush()?;
+                Ok(g.get_ref().metadata()?.len())
+            }
+        }
+    }
+
+    /// Ends the file (the gzip trailer).
+    fn finish(self) {
+        if let Output::Gzip(g) = self {
+            if let Err(e) = g.finish() {
+                log::warn!("record file not finished: {e}");
+            }
+        }
+    }
+}
+
 /// Opens a new record file named after the current time.
-fn open_new(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+fn open_new(dir: &Path, compress: bool) -> std::io::Result<(PathBuf, Output)> {
+    let (path, file) = create_new(dir, if compress { GZ_SUFFIX } else { SUFFIX })?;
+    let out = if compress {
+        Output::Gzip(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        ))
+    } else {
+        Output::Plain(file)
+    };
+    Ok((path, out))
+}
+
+fn create_new(dir: &Path, suffix: &str) -> std::io::Result<(PathBuf, std::fs::File)> {
     std::fs::create_dir_all(dir)?;
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -322,7 +374,7 @@ fn open_new(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
         .as_millis();
     let mut n = 0;
     loop {
-        let path = dir.join(format!("{PREFIX}{ms:015}-{n:03}{SUFFIX}"));
+        let path = dir.join(format!("{PREFIX}{ms:015}-{n:03}{suffix}"));
         match std::fs::OpenOptions::new()
             .create_new(true)
             .write(true)
@@ -341,7 +393,7 @@ impl BackgroundService for RecordWriter {
         let Some(mut receiver) = self.receiver.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
-        let mut file: Option<(PathBuf, std::fs::File, u64)> = None;
+        let mut file: Option<(PathBuf, Output, u64)> = None;
         let mut buf = Vec::with_capacity(64 * 1024);
         loop {
             let line = tokio::select! {
@@ -364,10 +416,12 @@ impl BackgroundService for RecordWriter {
                 .as_ref()
                 .is_some_and(|(_, _, n)| *n >= self.max_file_bytes)
             {
-                file = None;
+                if let Some((_, out, _)) = file.take() {
+                    out.finish();
+                }
             }
             if file.is_none() {
-                match open_new(&self.dir) {
+                match open_new(&self.dir, self.compress) {
                     Ok((path, f)) => {
                         enforce_cap(&self.dir, self.max_total_bytes, &path);
                         file = Some((path, f, 0));
@@ -379,9 +433,9 @@ impl BackgroundService for RecordWriter {
                     }
                 }
             }
-            if let Some((_, f, written)) = &mut file {
-                match f.write_all(&buf) {
-                    Ok(()) => *written += buf.len() as u64,
+            if let Some((_, out, size)) = &mut file {
+                match out.write_batch(&buf) {
+                    Ok(n) => *size = n,
                     Err(e) => {
                         log::error!("record write failed: {e}");
                         file = None;
@@ -389,6 +443,9 @@ impl BackgroundService for RecordWriter {
                 }
             }
             buf.clear();
+        }
+        if let Some((_, out, _)) = file {
+            out.finish();
         }
     }
 }
@@ -463,5 +520,28 @@ mod tests {
         );
         let again = r.headers(&config, &headers);
         assert_eq!(kept, again, "the same value hashes the same");
+    }
+
+    #[test]
+    fn a_gzip_file_reads_up_to_its_last_batch_while_it_is_written() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().expect("dir");
+        let (path, mut out) = open_new(dir.path(), true).expect("open");
+        assert!(path.to_string_lossy().ends_with(GZ_SUFFIX));
+        let first = out.write_batch(b"{\"t\":1}\n").expect("write");
+        out.write_batch(b"{\"t\":2}\n").expect("write");
+        assert!(first > 0);
+        // Not finished: no trailer yet, but both batches are readable.
+        let bytes = std::fs::read(&path).expect("read");
+        let mut text = String::new();
+        let read = flate2::read::MultiGzDecoder::new(bytes.as_slice()).read_to_string(&mut text);
+        assert!(read.is_err(), "an unfinished stream ends early");
+        assert_eq!(text, "{\"t\":1}\n{\"t\":2}\n");
+        out.finish();
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(std::fs::read(&path).expect("read").as_slice())
+            .read_to_string(&mut text)
+            .expect("a finished stream reads whole");
+        assert_eq!(text.lines().count(), 2);
     }
 }

@@ -734,6 +734,19 @@ pub fn line_time(line: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
+/// Opens a record file, plain or gzip (`.gz`).
+fn open_record(path: &std::path::Path) -> std::io::Result<Box<dyn BufRead>> {
+    let file = std::fs::File::open(path)?;
+    Ok(if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file)),
+        ))
+    } else {
+        Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+    })
+}
+
 /// Replays several record files merged in time order (the records of several
 /// nodes, or rotated files). `progress` gets the bytes read so far.
 pub fn replay_files(
@@ -741,16 +754,12 @@ pub fn replay_files(
     paths: &[std::path::PathBuf],
     mut progress: impl FnMut(u64),
 ) -> Result<(), ReplayError> {
-    type Lines = std::io::Lines<std::io::BufReader<std::fs::File>>;
+    type Lines = std::io::Lines<Box<dyn BufRead>>;
     let io =
         |p: &std::path::Path, e: std::io::Error| ReplayError::Io(format!("{}: {e}", p.display()));
     let mut sources: Vec<(Lines, Option<String>)> = Vec::new();
     for path in paths {
-        let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
-        sources.push((
-            std::io::BufReader::with_capacity(1 << 20, file).lines(),
-            None,
-        ));
+        sources.push((open_record(path).map_err(|e| io(path, e))?.lines(), None));
     }
     // Each file's next line, in a min-heap on (time, file).
     let mut heads = BinaryHeap::new();
@@ -762,7 +771,13 @@ pub fn replay_files(
             return Ok(());
         };
         if let Some(line) = lines.next() {
-            let line = line.map_err(|e| io(&paths[i], e))?;
+            let line = match line {
+                Ok(line) => line,
+                // A gzip file still being written ends without its trailer:
+                // everything flushed so far has been read.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(io(&paths[i], e)),
+            };
             heads.push(std::cmp::Reverse((line_time(&line).unwrap_or(0), i)));
             *slot = Some(line);
         }

@@ -144,7 +144,10 @@ fn escalating(with_escalation: bool) -> rampart_config::Config {
         "[[flags]]\nname = \"registration_cn_mobile_only\"",
         "[[flags]]\nname = \"login_closed\"\nblock = [{ routes = [\"login\"], status = 503, message = \"closed\" }]\n\n[[flags]]\nname = \"registration_cn_mobile_only\"",
     );
-    text = text.replace("rate = \"3/m\"\nburst = 3", "rate = \"100000/s\"\nburst = 100000");
+    text = text.replace(
+        "rate = \"3/m\"\nburst = 3",
+        "rate = \"100000/s\"\nburst = 100000",
+    );
     if with_escalation {
         text.push_str(
             "\n[[escalations]]\nname = \"login-flood\"\nflag = \"login_closed\"\nsignal = \"request_rate\"\nroute = \"login\"\nenter_above = 50\nenter_for = \"3s\"\nleave_below = 5\nleave_for = \"1m\"\n",
@@ -167,14 +170,28 @@ fn escalations_advance_on_the_recorded_timestamps() {
     let [enter] = report.escalations.as_slice() else {
         panic!("one transition expected: {}", report.text());
     };
-    assert_eq!((enter.change, enter.flag.as_str()), ("enter", "login_closed"));
+    assert_eq!(
+        (enter.change, enter.flag.as_str()),
+        ("enter", "login_closed")
+    );
     // 100 requests a second: above 50 from the first full window, held for
     // 3 s, on ticks of one virtual second.
     let after = (enter.at_ms - 1_764_496_800_000) / 1000;
-    assert!((3..=6).contains(&after), "entered at +{after} s: {}", report.text());
-    let closed = report.candidate.verdicts.get("locked_down").copied().unwrap_or(0);
+    assert!(
+        (3..=6).contains(&after),
+        "entered at +{after} s: {}",
+        report.text()
+    );
+    let closed = report
+        .candidate
+        .verdicts
+        .get("locked_down")
+        .copied()
+        .unwrap_or(0);
     assert_eq!(closed, 100 * (20 - after), "{}", report.text());
-    assert!(report.text().contains("escalation login-flood would enter login_closed"));
+    assert!(report
+        .text()
+        .contains("escalation login-flood would enter login_closed"));
     // The same twice: the virtual clock, not the wall clock, drives it.
     assert_eq!(run(escalating(true)).escalations, report.escalations);
 
@@ -187,5 +204,10 @@ fn escalations_advance_on_the_recorded_timestamps() {
     }
     let report = replay.finish();
     assert!(report.escalations.is_empty());
-    assert_eq!(report.candidate.verdicts.get("locked_down"), None, "{}", report.text());
+    assert_eq!(
+        report.candidate.verdicts.get("locked_down"),
+        None,
+        "{}",
+        report.text()
+    );
 }

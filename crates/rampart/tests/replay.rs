@@ -196,15 +196,31 @@ fn record_files(r: &Rampart) -> Vec<PathBuf> {
     files
 }
 
+/// A record file's text: gzip (the default) read up to its last flushed
+/// batch, even while it is still being written.
+fn read_record(path: &Path) -> String {
+    use std::io::Read;
+    let bytes = std::fs::read(path).unwrap_or_default();
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut text = Vec::new();
+        let mut decoder = flate2::read::MultiGzDecoder::new(bytes.as_slice());
+        let mut chunk = [0u8; 4096];
+        loop {
+            match decoder.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.extend_from_slice(&chunk[..n]),
+            }
+        }
+        String::from_utf8(text).unwrap()
+    } else {
+        String::from_utf8(bytes).unwrap()
+    }
+}
+
 fn record_lines(r: &Rampart) -> usize {
     record_files(r)
         .iter()
-        .map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .lines()
-                .count()
-        })
+        .map(|f| read_record(f).lines().count())
         .sum()
 }
 
@@ -242,10 +258,13 @@ async fn a_recorded_run_replayed_under_its_config_reproduces_every_verdict() {
         record_lines(&r)
     );
     let files = record_files(&r);
-    let text: String = files
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect();
+    assert!(
+        files
+            .iter()
+            .all(|f| f.to_string_lossy().ends_with(".jsonl.gz")),
+        "{files:?}"
+    );
+    let text: String = files.iter().map(|f| read_record(f)).collect();
     assert_eq!(text.lines().count(), sent);
     for secret in ["secret-token", "cookie-secret", "key-one-secret", "hunter2"] {
         assert!(!text.contains(secret), "{secret} in the record:\n{text}");

@@ -286,6 +286,7 @@ impl Validator {
             full_rate_per_second,
             flood_sample,
             headers,
+            compress: raw.compress.unwrap_or(defaults.compress),
         }
     }
 }

@@ -129,6 +129,8 @@ impl BackgroundService for FleetSync {
 /// [`crate::fleet::HEARTBEAT_INTERVAL`] (fleet mode only): its config
 /// generation and the flags it applies, with their modes and expiries, so that
 /// any node can show which nodes enforce what (`GET /fleet`, the console).
+/// A change of its flags is reported within [`HEARTBEAT_CHECK`] rather than at
+/// the next interval.
 #[derive(Debug)]
 pub struct FleetHeartbeat {
     shared: Arc<Shared>,
@@ -168,13 +170,25 @@ impl BackgroundService for FleetHeartbeat {
         let Some(fleet) = self.shared.fleet.clone() else {
             return;
         };
-        let mut ticker = tokio::time::interval(crate::fleet::HEARTBEAT_INTERVAL);
+        let mut ticker = tokio::time::interval(HEARTBEAT_CHECK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported: Option<(std::time::Instant, Arc<crate::lockdown::FlagState>)> = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = shutdown.changed() => return,
             }
+            let flags = self.shared.snapshot().flags.clone();
+            let due = match &reported {
+                None => true,
+                Some((at, last)) => {
+                    at.elapsed() >= crate::fleet::HEARTBEAT_INTERVAL || !Arc::ptr_eq(last, &flags)
+                }
+            };
+            if !due {
+                continue;
+            }
+            reported = Some((std::time::Instant::now(), flags));
             let report = Self::report(&self.shared).to_string();
             // Failures mark the node degraded (like any Redis operation) and
             // are retried on the next tick.
@@ -184,6 +198,9 @@ impl BackgroundService for FleetHeartbeat {
         }
     }
 }
+
+/// How often the heartbeat looks for a change of this node's flags.
+pub const HEARTBEAT_CHECK: Duration = Duration::from_millis(250);
 
 /// How often flag expiries are checked.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(250);

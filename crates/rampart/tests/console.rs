@@ -138,7 +138,7 @@ fn load(rampart: &Rampart, stop: Arc<AtomicBool>) -> (tokio::task::JoinHandle<()
                 .json(&json!({"name": "bot", "phone": "+1 415 555 0100"}))
                 .send()
                 .await;
-            if i % 4 == 0 {
+            if i.is_multiple_of(4) {
                 let _ = client
                     .post(format!("{base}/api/auth/login"))
                     .header("x-forwarded-for", format!("198.51.100.{}", i % 20 + 1))

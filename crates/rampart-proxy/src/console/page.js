@@ -14,6 +14,8 @@
   const $ = (id) => document.getElementById(id);
 
   let timer = null;
+  let refreshing = false; // one refresh at a time
+  let again = false; // asked for while one was running
   let generation = 0; // bumps on sign-out, so late answers of a session are dropped
   let skewMs = 0; // server clock minus ours
   let lastRates = null;
@@ -129,11 +131,12 @@
 
   // ---- sign in and out -----------------------------------------------------
 
-  function showLogin(message) {
+  function showLogin(message, note) {
     $('dashboard').hidden = true;
     $('sign-out').hidden = true;
     $('login').hidden = false;
     $('login-error').textContent = message || '';
+    $('login-error').className = note ? 'muted' : 'error';
     $('token').value = '';
     $('token').focus();
   }
@@ -153,14 +156,15 @@
     lastFlags = null;
   }
 
-  function signOut(message) {
+  function signOut(message, note) {
     generation += 1;
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(ACTOR_KEY);
     if (timer) clearTimeout(timer);
     timer = null;
+    again = false;
     clearData();
-    showLogin(message);
+    showLogin(message, note);
   }
 
   async function signIn(token) {
@@ -185,10 +189,28 @@
 
   // ---- polling -------------------------------------------------------------
 
+  // Fetches everything and redraws, then schedules the next refresh. A call
+  // while one runs is folded into one more right after it.
   async function refresh() {
+    if (refreshing) {
+      again = true;
+      return;
+    }
+    refreshing = true;
+    again = false;
     if (timer) clearTimeout(timer);
     timer = null;
     const mine = generation;
+    try {
+      await load(mine);
+    } finally {
+      refreshing = false;
+    }
+    if (again) refresh();
+    else if (mine === generation && sessionStorage.getItem(TOKEN_KEY)) timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  async function load(mine) {
     const calls = {
       rates: api('GET', '/console/api/rates'),
       status: api('GET', '/status'),
@@ -218,9 +240,8 @@
       if (!(name in got)) continue;
       try { render(got[name]); } catch (e) { console.error(name, e); }
     }
-    renderSummary(got);
-    $('updated').textContent = 'updated ' + fmtTime(Date.now());
-    timer = setTimeout(refresh, REFRESH_MS);
+    if (Object.keys(got).length) renderSummary(got);
+    $('updated').textContent = (problems.length === names.length ? 'update failed ' : 'updated ') + fmtTime(Date.now());
   }
 
   // ---- charts --------------------------------------------------------------
@@ -228,7 +249,7 @@
   function niceMax(v) {
     if (!(v > 0)) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
     return 10 * p;
   }
 
@@ -247,8 +268,8 @@
     for (const s of series) for (const v of s.values) if (v > max) max = v;
     const top = niceMax(max);
     const y = (v) => m.t + h - (v / top) * h;
-    for (let i = 0; i <= 4; i++) {
-      const v = (top * i) / 4;
+    for (let i = 0; i <= 5; i++) {
+      const v = (top * i) / 5;
       root.append(svg('line', { class: 'grid', x1: m.l, x2: m.l + w, y1: y(v), y2: y(v) }));
       root.append(svg('text', { class: 'axis', x: m.l - 6, y: y(v) + 4, 'text-anchor': 'end', text: fmtRate(v) }));
     }
@@ -655,7 +676,7 @@
     $('token').value = '';
     if (token) signIn(token);
   });
-  $('sign-out').addEventListener('click', () => signOut('Signed out.'));
+  $('sign-out').addEventListener('click', () => signOut('Signed out.', true));
   $('explain-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     explain(ev.target);

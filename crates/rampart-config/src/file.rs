@@ -53,6 +53,9 @@ pub struct FileConfig {
     /// `[access_log]`
     #[serde(default)]
     pub access_log: FileAccessLog,
+    /// `[record]`
+    #[serde(default)]
+    pub record: FileRecord,
     /// `[fleet]`
     pub fleet: Option<FileFleet>,
     /// `[request]`
@@ -127,6 +130,25 @@ pub struct FileAccessLog {
     pub path: Option<String>,
     /// Most lines per second for rejected requests; the rest are counted.
     pub rejected_lines_per_second: Option<i64>,
+}
+
+/// `[record]`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileRecord {
+    /// Write a record of every request for `rampart replay`.
+    pub enabled: Option<bool>,
+    /// Directory of the record files.
+    pub dir: Option<String>,
+    /// A file is closed and a new one started at this size (MiB).
+    pub max_file_mb: Option<i64>,
+    /// Oldest files are deleted beyond this total (MiB).
+    pub max_total_mb: Option<i64>,
+    /// Every request is recorded up to this many per second.
+    pub full_rate_per_second: Option<i64>,
+    /// Beyond it, one request in this many.
+    pub flood_sample: Option<i64>,
+    /// Request headers kept besides the ones rules read (as keyed hashes).
+    pub headers: Option<Vec<String>>,
 }
 
 /// `[lockdown]`

@@ -98,6 +98,8 @@ pub struct Config {
     pub lockdown: LockdownConfig,
     /// The access log.
     pub access_log: AccessLogConfig,
+    /// The request record for `rampart replay`.
+    pub record: RecordConfig,
     /// Fleet mode; `None` runs standalone.
     pub fleet: Option<FleetConfig>,
     /// How request targets are canonicalised.
@@ -208,6 +210,36 @@ pub struct AccessLogConfig {
     pub target: Option<AccessLogTarget>,
     /// Most lines per second for rejected requests (sampling under attack).
     pub rejected_lines_per_second: u32,
+}
+
+/// `[record]`: the request record `rampart replay` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordConfig {
+    /// Directory of the record files; `None` when recording is off.
+    pub dir: Option<PathBuf>,
+    /// A file is closed and a new one started at this size.
+    pub max_file_bytes: u64,
+    /// Oldest files are deleted while the directory holds more.
+    pub max_total_bytes: u64,
+    /// Every request is recorded up to this many per second.
+    pub full_rate_per_second: u32,
+    /// Beyond it, one request in this many (its record says so).
+    pub flood_sample: u32,
+    /// Request headers kept besides the ones rules read, lower case.
+    pub headers: Vec<String>,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_file_bytes: 64 << 20,
+            max_total_bytes: 1 << 30,
+            full_rate_per_second: 2_000,
+            flood_sample: 10,
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// `[lockdown]` and `[[flags]]`.

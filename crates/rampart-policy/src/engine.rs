@@ -37,7 +37,7 @@
 mod accept;
 
 use crate::bans::BanTable;
-use crate::body::BodyInput;
+use crate::body::{BodyInput, BodyRefusal};
 use crate::clients::{ClientMatch, MatchedBy};
 use crate::geo::GeoInfo;
 use crate::limits::{
@@ -162,6 +162,9 @@ pub enum BodyRead {
     ClientGone,
     /// The body framing was malformed (bad chunk) (400).
     Malformed,
+    /// The body as a recording keeps it (`rampart replay`): the fields the
+    /// recording's rules read, not the bytes.
+    Recorded(crate::body::RecordedBody),
     /// No body is available (explain without one): body rules and body keys
     /// are traced as not evaluated. A real request never gives this; if it
     /// does, the body counts as unreadable (400).
@@ -173,7 +176,7 @@ impl BodyRead {
     /// it timed out, 499 when the client went away, 400 when malformed.
     pub fn refusal(&self) -> Option<Rejection> {
         match self {
-            BodyRead::Complete(_) => None,
+            BodyRead::Complete(_) | BodyRead::Recorded(_) => None,
             BodyRead::TimedOut => Some(Rejection::ClientTimeout),
             BodyRead::ClientGone => Some(Rejection::ClientError { status: 499 }),
             BodyRead::Malformed | BodyRead::NotGiven => {
@@ -217,6 +220,8 @@ pub struct Verdict {
     /// The ban this request's refusal started, if it did (the proxy announces
     /// bans of fleet rules to the other nodes).
     pub new_ban: Option<NewBan>,
+    /// The key whose bucket, ban or in-flight cap refused the request.
+    pub key: Option<LimitKey>,
 }
 
 /// A ban a refusal has just started.
@@ -577,6 +582,7 @@ impl<C: Clock + Clone> Policy<C> {
             body: None,
             body_keys: Vec::new(),
             new_ban: None,
+            key: None,
             trace: (charging == Charging::DryRun).then(Vec::new),
         }
     }
@@ -743,6 +749,8 @@ pub struct Evaluation<'p, C: Clock + Clone = DefaultClock> {
     /// Normalised body key values, indexed like the config's limits.
     body_keys: Vec<Option<String>>,
     new_ban: Option<NewBan>,
+    /// The key whose bucket, ban or cap refused.
+    key: Option<LimitKey>,
     trace: Option<Vec<TraceEntry>>,
 }
 
@@ -878,6 +886,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             match &check.enforcement {
                 Enforcement::Enforce => {
                     self.refusal = self.policy.rate_limited(check.rule, check.cost, wait);
+                    self.key = Some(check.key);
                     // Only a refusal by the fleet bucket itself counts toward a
                     // ban: never one Redis being unreachable caused (closed
                     // mode, or the smaller fallback bucket).
@@ -925,6 +934,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 std::mem::take(&mut self.permits)
             },
             new_ban: self.new_ban.take(),
+            key: if refused { self.key } else { None },
         })
     }
 
@@ -1133,24 +1143,22 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
         if rules.body_key_limit.is_none() {
             return;
         }
-        let bytes = match &self.body {
-            Some(BodyRead::Complete(bytes)) => bytes,
-            Some(BodyRead::NotGiven) if self.charging == Charging::DryRun => {
+        let source = match BodySource::of(self.body.as_ref(), facts) {
+            Some(source) => source,
+            None if matches!(self.body, Some(BodyRead::NotGiven))
+                && self.charging == Charging::DryRun =>
+            {
                 // Explain without a body: those limits are traced as skipped.
                 return;
             }
-            other => {
-                self.refusal = other
+            None => {
+                self.refusal = self
+                    .body
                     .as_ref()
                     .and_then(BodyRead::refusal)
                     .or(Some(Rejection::ClientError { status: 400 }));
                 return;
             }
-        };
-        let input = BodyInput {
-            headers: facts.headers,
-            query: facts.query,
-            body: bytes,
         };
         let mut values = vec![None; policy.limits.len()];
         let mut refused = None;
@@ -1158,7 +1166,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             let KeyKind::Body(spec) = &policy.limits[i].config.key else {
                 continue;
             };
-            match crate::body::body_key_value(spec, &input) {
+            match source.key_value(spec) {
                 Ok(v) => values[i] = Some(v),
                 Err(refusal) => {
                     refused = Some(Rejection::BodyRefused {
@@ -1284,6 +1292,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 }),
                 Enforcement::Enforce => {
                     self.refusal = policy.rate_limited(i, cost.get(), retry_after);
+                    self.key = Some(key);
                     // A refusal by a shared coarser or overflow bucket (the
                     // store was full) is not this client's doing: no strike.
                     if own_key {
@@ -1340,6 +1349,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 self.refusal = Some(Rejection::TooManyInFlight {
                     rule: policy.concurrency_names[i].clone(),
                 });
+                self.key = Some(key);
                 return;
             }
         }
@@ -1430,6 +1440,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             });
             if let Some(remaining) = remaining {
                 self.refusal = Some(policy.banned_refusal(i, remaining));
+                self.key = Some(key);
                 return true;
             }
         }
@@ -1477,9 +1488,11 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             return;
         }
         let policy = self.policy;
-        let bytes = match &self.body {
-            Some(BodyRead::Complete(bytes)) => bytes,
-            Some(BodyRead::NotGiven) if self.charging == Charging::DryRun => {
+        let source = match BodySource::of(self.body.as_ref(), facts) {
+            Some(source) => source,
+            None if matches!(self.body, Some(BodyRead::NotGiven))
+                && self.charging == Charging::DryRun =>
+            {
                 for check in &checks {
                     if let Some(flag) = policy.flags.flags.get(check.flag) {
                         self.note(|| TraceEntry {
@@ -1494,19 +1507,15 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 }
                 return;
             }
-            other => {
-                self.refusal = other
+            None => {
+                self.refusal = self
+                    .body
                     .as_ref()
                     .and_then(BodyRead::refusal)
                     .or(Some(Rejection::ClientError { status: 400 }));
                 self.permits.clear();
                 return;
             }
-        };
-        let input = BodyInput {
-            headers: facts.headers,
-            query: facts.query,
-            body: bytes,
         };
         let mut refusal = None;
         let mut traced = Vec::new();
@@ -1518,7 +1527,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             let Some(rule) = flag.config.body_rules.get(check.rule) else {
                 continue;
             };
-            let refused = crate::body::check_body(rule, &input).err();
+            let refused = source.check(rule).err();
             traced.push((flag.name.clone(), refused.clone(), check.preview));
             let Some(refused) = refused else { continue };
             if check.preview {
@@ -1555,6 +1564,41 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
         if refusal.is_some() {
             self.permits.clear();
             self.refusal = refusal;
+        }
+    }
+}
+
+/// A body the rules can read: bytes as received, or a recording's fields.
+enum BodySource<'a> {
+    Bytes(BodyInput<'a>),
+    Recorded(&'a crate::body::RecordedBody),
+}
+
+impl<'a> BodySource<'a> {
+    /// The readable body in `read`, if there is one.
+    fn of(read: Option<&'a BodyRead>, facts: &RequestFacts<'a>) -> Option<Self> {
+        match read? {
+            BodyRead::Complete(bytes) => Some(BodySource::Bytes(BodyInput {
+                headers: facts.headers,
+                query: facts.query,
+                body: bytes,
+            })),
+            BodyRead::Recorded(body) => Some(BodySource::Recorded(body)),
+            _ => None,
+        }
+    }
+
+    fn key_value(&self, spec: &rampart_config::BodyKeyConfig) -> Result<String, BodyRefusal> {
+        match self {
+            BodySource::Bytes(input) => crate::body::body_key_value(spec, input),
+            BodySource::Recorded(body) => crate::body::body_key_recorded(spec, body),
+        }
+    }
+
+    fn check(&self, rule: &rampart_config::BodyRuleConfig) -> Result<(), BodyRefusal> {
+        match self {
+            BodySource::Bytes(input) => crate::body::check_body(rule, input),
+            BodySource::Recorded(body) => crate::body::check_recorded(rule, body),
         }
     }
 }

@@ -14,8 +14,142 @@
 //! enters nor leaves the flag until its signal has been below `leave_below`
 //! for `leave_for` (the attack it was watching is over), then it is idle again.
 
-use rampart_config::EscalationConfig;
+use rampart_config::{Config, EscalationConfig, Signal};
 use std::time::Duration;
+
+/// The route label of requests no route matched (metrics, logs).
+pub const UNMATCHED_ROUTE: &str = "_unmatched";
+
+/// Cumulative counts the escalation signals are computed from (deltas of two
+/// samples give a window's values).
+#[derive(Debug, Clone, Default)]
+pub struct SignalCounters {
+    /// Per route label: (requests, refused at the edge, proxied, proxied 5xx).
+    pub routes: std::collections::HashMap<String, [u64; 4]>,
+    /// Per pool: cumulative counts of the response-time buckets (upper bounds
+    /// in seconds) and the total.
+    pub pools: std::collections::HashMap<String, (Vec<(f64, u64)>, u64)>,
+    /// Refusals per (route label, rule or flag name).
+    pub refused_by: std::collections::HashMap<(String, String), u64>,
+}
+
+/// The value of escalation `e`'s signal between two samples, `secs` apart.
+/// Share and latency signals read 0 (calm) below `min_requests` in the window,
+/// and `rejected_share` leaves out the refusals of the escalation's own flag
+/// (else a flag that refuses the route's traffic would keep itself on).
+pub fn signal_value(
+    e: &EscalationConfig,
+    config: &Config,
+    old: &SignalCounters,
+    new: &SignalCounters,
+    secs: f64,
+) -> Option<f64> {
+    let own_flag = config
+        .lockdown
+        .flags
+        .get(e.flag)
+        .map(|f| f.name.as_str())
+        .unwrap_or_default();
+    let signal = &e.signal;
+    let min = e.min_requests;
+    let route_delta = |route: Option<usize>| -> [u64; 4] {
+        let mut sum = [0u64; 4];
+        for (label, now) in &new.routes {
+            let wanted = match route {
+                None => true,
+                Some(r) => config.routes.get(r).is_some_and(|c| c.name == *label),
+            };
+            if !wanted {
+                continue;
+            }
+            let before = old.routes.get(label).copied().unwrap_or_default();
+            for i in 0..4 {
+                sum[i] += now[i].saturating_sub(before[i]);
+            }
+        }
+        sum
+    };
+    let pool_routes = |pool: usize| -> [u64; 4] {
+        let mut sum = [0u64; 4];
+        for (label, now) in &new.routes {
+            let of_pool = match config.routes.iter().find(|r| r.name == *label) {
+                Some(r) => r.pool == pool,
+                None => {
+                    label == UNMATCHED_ROUTE
+                        && matches!(config.unmatched, rampart_config::UnmatchedConfig::Proxy { pool: p } if p == pool)
+                }
+            };
+            if !of_pool {
+                continue;
+            }
+            let before = old.routes.get(label).copied().unwrap_or_default();
+            for i in 0..4 {
+                sum[i] += now[i].saturating_sub(before[i]);
+            }
+        }
+        sum
+    };
+    let own_refusals = |route: Option<usize>| -> u64 {
+        new.refused_by
+            .iter()
+            .filter(|((label, rule), _)| {
+                rule == own_flag
+                    && match route {
+                        None => true,
+                        Some(r) => config.routes.get(r).is_some_and(|c| c.name == *label),
+                    }
+            })
+            .map(|(k, now)| now.saturating_sub(old.refused_by.get(k).copied().unwrap_or(0)))
+            .sum()
+    };
+    match *signal {
+        Signal::RequestRate { route } => (secs > 0.0).then(|| route_delta(route)[0] as f64 / secs),
+        Signal::RejectedShare { route } => {
+            let d = route_delta(route);
+            let own = own_refusals(route);
+            let (total, refused) = (d[0].saturating_sub(own), d[1].saturating_sub(own));
+            Some(if total < min.max(1) {
+                0.0
+            } else {
+                refused as f64 / total as f64
+            })
+        }
+        Signal::Origin5xxShare { pool } => {
+            let d = pool_routes(pool);
+            Some(if d[2] < min.max(1) {
+                0.0
+            } else {
+                d[3] as f64 / d[2] as f64
+            })
+        }
+        Signal::OriginP99 { pool } => {
+            let name = config.pools.get(pool)?.name.as_str();
+            let (now_buckets, now_count) = new.pools.get(name)?;
+            let (old_buckets, old_count) = old.pools.get(name).cloned().unwrap_or_default();
+            let count = now_count.saturating_sub(old_count);
+            if count < min.max(1) {
+                return Some(0.0);
+            }
+            let target = (count as f64 * 0.99).ceil() as u64;
+            let mut lower = 0.0;
+            let mut below = 0u64;
+            for (i, (bound, cumulative)) in now_buckets.iter().enumerate() {
+                let before = old_buckets.get(i).map_or(0, |b| b.1);
+                let here = cumulative.saturating_sub(before);
+                if here >= target {
+                    // Linear within the bucket, as Prometheus' histogram_quantile.
+                    let in_bucket = (here - below).max(1) as f64;
+                    let fraction = (target - below) as f64 / in_bucket;
+                    return Some(lower + (bound - lower) * fraction);
+                }
+                lower = *bound;
+                below = here;
+            }
+            // Above the last bucket: report its bound.
+            Some(lower)
+        }
+    }
+}
 
 /// What the escalation wants done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

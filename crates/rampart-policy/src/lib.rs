@@ -13,6 +13,7 @@ pub mod escalation;
 pub mod geo;
 pub mod limits;
 pub mod lockdown;
+pub mod record;
 pub mod rejection;
 pub mod route;
 pub mod top;

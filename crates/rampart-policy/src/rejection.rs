@@ -137,6 +137,31 @@ pub enum Rejection {
     },
 }
 
+/// Every refusal label ([`Rejection::label`]).
+pub const LABELS: &[&str] = &[
+    "no_route",
+    "no_healthy_upstream",
+    "upstream_failed",
+    "denied_network",
+    "denied_asn",
+    "denied_country",
+    "unknown_country",
+    "unknown_asn",
+    "rate_limited",
+    "too_many_in_flight",
+    "banned",
+    "maintenance",
+    "locked_down",
+    "session_required",
+    "restricted_by_flag",
+    "body_refused",
+    "non_canonical",
+    "method_not_allowed",
+    "client_timeout",
+    "header_too_large",
+    "client_error",
+];
+
 impl Rejection {
     /// HTTP status of the answer.
     pub fn status(&self) -> u16 {
@@ -208,6 +233,7 @@ impl Rejection {
 
     /// Closed-set label for metrics and the access log's `verdict` field.
     pub fn label(&self) -> &'static str {
+        // Keep LABELS in step.
         match self {
             Rejection::NoRoute { .. } => "no_route",
             Rejection::NoHealthyUpstream { .. } => "no_healthy_upstream",

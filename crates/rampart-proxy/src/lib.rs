@@ -20,6 +20,7 @@ pub mod offenders;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod record;
 pub mod respond;
 pub mod state;
 
@@ -150,6 +151,10 @@ pub fn build_server_with(
     let mut shared = Shared::new(config_path, config.clone(), &servers, access_log)
         .map_err(|e| StartError::Geo(e.to_string()))?;
     shared.overlay = overlay;
+    if let Some((recorder, writer)) = record::recorder(&config.record) {
+        shared.recorder = Some(recorder);
+        server.add_service(background_service("request record", writer));
+    }
     let shared = Arc::new(shared);
     if let Some(writer) = access_log_writer {
         server.add_service(background_service("access log", writer));

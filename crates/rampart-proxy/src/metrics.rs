@@ -10,7 +10,7 @@ use prometheus::{
 use rampart_policy::{GeoDb, GeoInfo};
 
 /// Route label for requests that matched no route.
-pub const UNMATCHED_ROUTE: &str = "_unmatched";
+pub use rampart_policy::escalation::UNMATCHED_ROUTE;
 
 /// Verdict label of a request that went to the origin.
 pub const PROXIED_VERDICT: &str = rampart_policy::engine::PROXIED;
@@ -201,6 +201,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     access_log_dropped: IntCounter,
     access_log_sampled_out: IntCounter,
+    record_skipped: IntCounterVec,
     names: Vec<String>,
     fleet_degraded: IntGauge,
     fleet_redis_duration: HistogramVec,
@@ -464,6 +465,18 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let record_skipped = registered(
+            &registry,
+            &names,
+            IntCounterVec::new(
+                Opts::new(
+                    "rampart_record_skipped_total",
+                    "Requests left out of the request record: sampled out under a flood (their sampled neighbours carry the weight) or dropped because the writer fell behind.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        );
         let fleet_degraded = registered(
             &registry,
             &names,
@@ -536,6 +549,7 @@ impl Metrics {
             in_flight,
             access_log_dropped,
             access_log_sampled_out,
+            record_skipped,
             names: names.into_inner(),
             flag_active,
             flag_changes,
@@ -801,6 +815,11 @@ impl Metrics {
         self.access_log_dropped.inc();
     }
 
+    /// Counts one request left out of the request record (`sampled`, `dropped`).
+    pub fn record_skipped(&self, reason: &'static str) {
+        self.record_skipped.with_label_values(&[reason]).inc();
+    }
+
     /// Counts one rejected request left out of the access log by sampling.
     pub fn access_log_sampled_out(&self) {
         self.access_log_sampled_out.inc();
@@ -873,18 +892,7 @@ impl Metrics {
     }
 }
 
-/// Cumulative counts the escalation signals are computed from (deltas of two
-/// samples give a window's values).
-#[derive(Debug, Clone, Default)]
-pub struct SignalCounters {
-    /// Per route label: (requests, refused at the edge, proxied, proxied 5xx).
-    pub routes: std::collections::HashMap<String, [u64; 4]>,
-    /// Per pool: cumulative counts of the response-time buckets (upper bounds
-    /// in seconds) and the total.
-    pub pools: std::collections::HashMap<String, (Vec<(f64, u64)>, u64)>,
-    /// Refusals per (route label, rule or flag name).
-    pub refused_by: std::collections::HashMap<(String, String), u64>,
-}
+pub use rampart_policy::escalation::SignalCounters;
 
 /// One cumulative counter the console's rate history samples
 /// (`crate::console`): a series of a closed label set.

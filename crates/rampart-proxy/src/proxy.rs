@@ -345,7 +345,20 @@ pub struct RequestCtx {
     pub(crate) conn: Option<Arc<crate::edge::ConnState>>,
     /// The whole request body has been read (or there is none).
     pub(crate) body_done: bool,
+    /// What the request record keeps of the decision (only while recording).
+    pub(crate) recorded: Option<Box<Decided>>,
     _in_flight: InFlight,
+}
+
+/// The policy's decision as the request record keeps it.
+#[derive(Debug, Default)]
+pub(crate) struct Decided {
+    /// The policy's refusal (not a later failure's).
+    refusal: Option<Rejection>,
+    /// The allow rule that matched.
+    allow: Option<Arc<str>>,
+    /// The body as the rules read it.
+    body: Option<rampart_policy::record::RecordedRead>,
 }
 
 /// Counts a request in `rampart_http_requests_in_flight` for as long as it lives.
@@ -412,6 +425,7 @@ impl RequestCtx {
             continue_sent: false,
             conn,
             body_done: false,
+            recorded: None,
             _in_flight: InFlight::new(&shared.metrics.in_flight),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             route: None,
@@ -556,6 +570,20 @@ pub(crate) async fn decide(
             Step::Done(verdict) => break verdict,
             Step::NeedBody { limit } => {
                 let read = read_body(session, ctx, limit).await?;
+                if shared.recorder.is_some() {
+                    let req = session.req_header();
+                    let empty = [];
+                    let input = rampart_policy::body::BodyInput {
+                        headers: &req.headers,
+                        query: req.uri.query(),
+                        body: match &read {
+                            BodyRead::Complete(bytes) => bytes,
+                            _ => &empty,
+                        },
+                    };
+                    let body = crate::record::body_record(&snapshot.config, &read, &input);
+                    ctx.recorded.get_or_insert_with(Box::default).body = Some(body);
+                }
                 evaluation.give_body(read);
             }
             Step::NeedFleet(checks) => {
@@ -573,6 +601,11 @@ pub(crate) async fn decide(
     };
     if let (Some(ban), Some(fleet)) = (&verdict.new_ban, &shared.fleet) {
         announce_ban(shared, fleet, &snapshot, ban);
+    }
+    if shared.recorder.is_some() {
+        let decided = ctx.recorded.get_or_insert_with(Box::default);
+        decided.refusal = verdict.refusal.clone();
+        decided.allow = verdict.allowed_by.clone();
     }
     ctx.route = verdict.route;
     ctx.pool = verdict.pool;
@@ -836,10 +869,13 @@ pub(crate) fn log_request(shared: &Shared, session: &ServerSession, ctx: &Reques
             }
         }
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    if let (Some(recorder), Some(decided)) = (&shared.recorder, &ctx.recorded) {
+        record_request(shared, recorder, session, ctx, decided, status, now);
+    }
     if let Some(log) = &shared.access_log {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         if ctx.rejection.is_some() && !log.admit_rejected(now.as_secs()) {
             shared.metrics.access_log_sampled_out();
         } else {
@@ -847,6 +883,58 @@ pub(crate) fn log_request(shared: &Shared, session: &ServerSession, ctx: &Reques
             log.write(line, &shared.metrics);
         }
     }
+}
+
+/// Writes the request record of a request the policy decided.
+fn record_request(
+    shared: &Shared,
+    recorder: &crate::record::Recorder,
+    session: &ServerSession,
+    ctx: &RequestCtx,
+    decided: &Decided,
+    status: u16,
+    now: std::time::Duration,
+) {
+    let elapsed = ctx.started.elapsed();
+    let arrival = now.saturating_sub(elapsed);
+    let Some(weight) = recorder.admit(arrival.as_secs()) else {
+        shared.metrics.record_skipped("sampled");
+        return;
+    };
+    let req = session.req_header();
+    let config = &ctx.snapshot.config;
+    let outcome = crate::record::Outcome {
+        ip: ctx.client_ip,
+        geo: ctx.geo,
+        host: request_host(req),
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        headers: &req.headers,
+        flags: &ctx.snapshot.flags.modes,
+        auto: ctx
+            .snapshot
+            .flags
+            .active
+            .iter()
+            .filter(|(_, a)| a.actor.starts_with("auto:"))
+            .map(|(name, _)| name.as_str())
+            .collect(),
+        body: decided.body.as_ref(),
+        verdict: decided
+            .refusal
+            .as_ref()
+            .map_or(PROXIED_VERDICT, Rejection::label),
+        rule: decided.refusal.as_ref().and_then(Rejection::rule),
+        route: ctx
+            .route
+            .and_then(|r| config.routes.get(r))
+            .map(|r| r.name.as_str()),
+        allow: decided.allow.as_deref(),
+        status,
+        elapsed,
+    };
+    let ms = u64::try_from(arrival.as_millis()).unwrap_or(u64::MAX);
+    recorder.write(config, &outcome, ms, weight, &shared.metrics);
 }
 
 #[async_trait]

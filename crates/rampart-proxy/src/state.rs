@@ -356,6 +356,8 @@ pub struct Shared {
     pub listeners: crate::listening::ListenerProbe,
     /// Applied to every config this process loads (start-up and reloads).
     pub overlay: Option<ConfigOverlay>,
+    /// The request record, when on.
+    pub recorder: Option<crate::record::Recorder>,
 }
 
 /// A change applied to every loaded config: `rampart demo` trusts loopback as a
@@ -451,6 +453,7 @@ impl Shared {
             health,
             metrics,
             overlay: None,
+            recorder: None,
         };
         if rewrite {
             shared.persist(&shared.snapshot());

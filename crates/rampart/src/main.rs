@@ -1,6 +1,7 @@
-//! The `rampart` command line: `run`, `check` and `demo`.
+//! The `rampart` command line: `run`, `check`, `demo`, `replay` and the admin clients.
 
 mod cli_lockdown;
+mod cli_replay;
 mod demo;
 mod geoip_build;
 
@@ -71,6 +72,10 @@ enum Command {
         #[command(subcommand)]
         command: GeoipCommand,
     },
+    /// Replay a request record ([record]) against a candidate config, with a
+    /// virtual clock: what would it have refused, whom, and how does that
+    /// differ from the baseline config (or from what was recorded)?
+    Replay(cli_replay::ReplayArgs),
     /// Run the proxy with the shipped config in front of built-in demo origins.
     Demo {
         /// Config file; the shipped one by default.
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Replay(args) => ExitCode::from(cli_replay::run(&args)),
         Command::Run { config } => run(config, None),
         Command::Top { target, n } => ExitCode::from(cli_lockdown::top(&target, n)),
         Command::Bans { target, command } => ExitCode::from(cli_lockdown::bans(&target, &command)),

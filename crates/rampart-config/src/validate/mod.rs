@@ -189,6 +189,7 @@ impl Validator {
             })
             .collect();
         let access_log = self.access_log(raw.access_log);
+        let record = self.record(raw.record);
         let fleet = raw.fleet.map(|f| self.fleet(f));
         let request = self.request(raw.request);
         if fleet.is_none() {
@@ -206,6 +207,7 @@ impl Validator {
             request,
             fleet,
             access_log,
+            record,
             server,
             client_ip,
             listeners,

@@ -204,4 +204,88 @@ impl Validator {
             rejected_lines_per_second,
         }
     }
+
+    pub(super) fn record(&mut self, raw: file::FileRecord) -> RecordConfig {
+        let defaults = RecordConfig::default();
+        let mut number = |key: &str,
+                          value: Option<i64>,
+                          range: std::ops::RangeInclusive<i64>,
+                          default: u64| match value {
+            None => default,
+            Some(n) if range.contains(&n) => n as u64,
+            Some(n) => {
+                self.issue(
+                    format!("record.{key}"),
+                    format!("must be from {} to {}, got {n}", range.start(), range.end()),
+                );
+                default
+            }
+        };
+        let max_file_mb = number(
+            "max_file_mb",
+            raw.max_file_mb,
+            1..=65_536,
+            defaults.max_file_bytes >> 20,
+        );
+        let max_total_mb = number(
+            "max_total_mb",
+            raw.max_total_mb,
+            1..=16_777_216,
+            defaults.max_total_bytes >> 20,
+        );
+        let full_rate_per_second = number(
+            "full_rate_per_second",
+            raw.full_rate_per_second,
+            0..=10_000_000,
+            u64::from(defaults.full_rate_per_second),
+        ) as u32;
+        let flood_sample = number(
+            "flood_sample",
+            raw.flood_sample,
+            1..=1_000_000,
+            u64::from(defaults.flood_sample),
+        ) as u32;
+        if max_total_mb < max_file_mb {
+            self.issue(
+                "record.max_total_mb",
+                format!("must be at least max_file_mb ({max_file_mb}), got {max_total_mb}"),
+            );
+        }
+        let mut headers = Vec::new();
+        for (i, name) in raw.headers.unwrap_or_default().into_iter().enumerate() {
+            if !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                headers.push(name.to_ascii_lowercase());
+            } else {
+                self.issue(
+                    format!("record.headers[{i}]"),
+                    format!("{name:?} is not a header name"),
+                );
+            }
+        }
+        headers.sort();
+        headers.dedup();
+        let dir = match (raw.enabled.unwrap_or(false), raw.dir.as_deref()) {
+            (false, _) => None,
+            (true, None) => {
+                self.issue(
+                    "record.dir",
+                    "recording is enabled: name the directory of the record files",
+                );
+                None
+            }
+            (true, Some(d)) => Some(self.relative_path(d)),
+        };
+        RecordConfig {
+            dir,
+            max_file_bytes: max_file_mb << 20,
+            max_total_bytes: max_total_mb << 20,
+            full_rate_per_second,
+            flood_sample,
+            headers,
+        }
+    }
 }

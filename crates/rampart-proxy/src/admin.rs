@@ -4,6 +4,9 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
+//! | GET | `/console` | the operator console, one HTML page (no token: it holds no data; every call it makes sends the token) |
+//! | GET | `/console/api/rates` | the console's rate history: requests by route and verdict, refusals by rule, preview matches by flag, per second, every 2 s over the last 5 minutes |
+//! | GET | `/fleet` | fleet status: this node, Redis (password hidden), degraded or not, and every node with the flags it applies |
 //! | GET | `/healthz` | 200 while the process runs (no token) |
 //! | GET | `/readyz` | 200 once every public listener is bound and every pool had its first health check, else 503 (no token) |
 //! | GET | `/metrics` | Prometheus text format |
@@ -11,7 +14,7 @@
 //! | POST | `/reload` | re-read the config file; 200 or 400 with every error |
 //! | GET | `/debug/explain?ip=&path=&method=&host=&header=name:value` | what the policy sees and would decide for such a request: the real decision with charging off, and the trace of every rule |
 //! | POST | `/debug/explain?…` | the same, for a request with this body (and this request's `Content-Type`) |
-//! | GET | `/debug/top?n=10` | top sources of rejected requests (addresses, /24 or /48 networks, ASNs) over the last 1–2 minutes |
+//! | GET | `/debug/top?n=10` | top sources of rejected requests (addresses, /24 or /48 networks, ASNs, with country, AS and organisation where the GeoIP databases know them) over the last 1–2 minutes |
 //! | GET | `/lockdown` | every flag with its state, actor, reason, since and expiry |
 //! | PUT | `/lockdown/{flag}` | turn a flag on: `{"reason": "...", "actor": "...", "ttl": "2h", "mode": "enforce"}` |
 //! | DELETE | `/lockdown/{flag}` | turn a flag off (optional body `{"actor": "...", "reason": "..."}`) |
@@ -108,6 +111,12 @@ impl ServeHttp for AdminService {
                     waiting.to_vec(),
                 );
             }
+            "/console" => {
+                return match method {
+                    Method::GET | Method::HEAD => console_page(),
+                    _ => problem(StatusCode::METHOD_NOT_ALLOWED, "use GET on /console"),
+                };
+            }
             _ => {}
         }
         if !self.authorized(session) {
@@ -156,6 +165,10 @@ impl ServeHttp for AdminService {
                 Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
             (Method::GET, "/lockdown") => json_reply(StatusCode::OK, self.lockdown_list()),
+            (Method::GET, "/console/api/rates") => {
+                json_reply(StatusCode::OK, self.shared.rates.to_json())
+            }
+            (Method::GET, "/fleet") => json_reply(StatusCode::OK, self.fleet_status().await),
             (Method::GET, "/debug/top") => {
                 let query = session.req_header().uri.query().unwrap_or("").to_string();
                 match top_n(&query) {
@@ -180,16 +193,42 @@ impl ServeHttp for AdminService {
                     ),
                 }
             }
-            (_, "/metrics" | "/status" | "/reload" | "/debug/explain" | "/debug/top" | "/lockdown" | "/bans") => problem(
+            (_, "/metrics" | "/status" | "/reload" | "/debug/explain" | "/debug/top" | "/lockdown" | "/bans" | "/fleet" | "/console/api/rates") => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed on this path",
             ),
             _ => problem(
                 StatusCode::NOT_FOUND,
-                "unknown admin path (known: /healthz, /readyz, /metrics, /status, /reload, /debug/explain, /debug/top, /lockdown, /bans)",
+                "unknown admin path (known: /healthz, /readyz, /console, /console/api/rates, /metrics, /status, /reload, /debug/explain, /debug/top, /lockdown, /bans, /fleet)",
             ),
         }
     }
+}
+
+/// The console page, with the headers that keep it from being framed,
+/// sniffed, cached or leaking its address, and the policy that lets only its
+/// own inline script and style run.
+fn console_page() -> Response<Vec<u8>> {
+    let page = &*crate::console::PAGE;
+    let mut r = reply(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        page.html.clone().into_bytes(),
+    );
+    let headers = r.headers_mut();
+    if let Ok(v) = http::HeaderValue::from_str(&page.csp) {
+        headers.insert("content-security-policy", v);
+    }
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("x-content-type-options", "nosniff"),
+        ("cross-origin-opener-policy", "same-origin"),
+        ("cross-origin-resource-policy", "same-origin"),
+    ] {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    r
 }
 
 /// Decodes `%XX` escapes and `+` in a query value.
@@ -215,6 +254,16 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `url` without its user name and password.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Largest admin request body read.
@@ -301,30 +350,102 @@ fn top_n(query: &str) -> Result<usize, String> {
 
 impl AdminService {
     fn top(&self, n: usize) -> serde_json::Value {
-        let top = self.shared.offenders.top(n, crate::lockdown::now_unix());
-        let rows = |list: Vec<(String, u64)>| {
-            list.into_iter()
-                .map(|(key, rejected)| json!({"key": key, "rejected": rejected}))
-                .collect::<Vec<_>>()
+        // All kept keys, so that an AS can be named from any address or
+        // network of it in the window, then `n` of each kind.
+        let top = self.shared.offenders.top(
+            crate::offenders::OFFENDER_CAPACITY,
+            crate::lockdown::now_unix(),
+        );
+        let snapshot = self.shared.snapshot();
+        let geo = &snapshot.geo;
+        let mut organizations: std::collections::HashMap<u32, String> =
+            std::collections::HashMap::new();
+        let mut place = |ip: std::net::IpAddr| {
+            let info = geo.lookup(ip);
+            let org = geo.as_organization(ip);
+            if let (Some(asn), Some(org)) = (info.asn, &org) {
+                organizations.entry(asn).or_insert_with(|| org.clone());
+            }
+            json!({
+                "country": info.country.map(|c| c.to_string()),
+                "asn": info.asn,
+                "as_organization": org,
+            })
         };
-        let ips = top.ips.iter().map(|(k, c)| (k.to_string(), *c)).collect();
-        let prefixes = top
+        let mut row = |key: String, rejected: u64, ip: std::net::IpAddr| {
+            let mut v = place(ip);
+            v["key"] = json!(key);
+            v["rejected"] = json!(rejected);
+            v
+        };
+        let ips: Vec<_> = top
+            .ips
+            .iter()
+            .map(|(ip, c)| row(ip.to_string(), *c, *ip))
+            .collect();
+        let prefixes: Vec<_> = top
             .prefixes
             .iter()
-            .map(|(k, c)| (k.to_string(), *c))
+            .map(|(net, c)| row(net.to_string(), *c, net.network()))
             .collect();
-        let asns = top
+        let asns: Vec<_> = top
             .asns
             .iter()
-            .map(|(k, c)| (format!("AS{k}"), *c))
+            .take(n)
+            .map(|(asn, c)| {
+                json!({
+                    "key": format!("AS{asn}"),
+                    "rejected": c,
+                    "asn": asn,
+                    "as_organization": organizations.get(asn),
+                })
+            })
             .collect();
         json!({
             "window_seconds": top.window_secs,
-            "ips": rows(ips),
-            "prefixes": rows(prefixes),
-            "asns": rows(asns),
+            "ips": ips.into_iter().take(n).collect::<Vec<_>>(),
+            "prefixes": prefixes.into_iter().take(n).collect::<Vec<_>>(),
+            "asns": asns,
             "bans": self.bans(n)["bans"],
         })
+    }
+
+    /// Fleet status: this node, its Redis (without credentials), whether it is
+    /// degraded, the lag of the last flag change it learned, and every node
+    /// of the fleet with the flags it reported applying.
+    async fn fleet_status(&self) -> serde_json::Value {
+        let Some(fleet) = &self.shared.fleet else {
+            return json!({"mode": "local", "node": self.shared.node});
+        };
+        let mut status = json!({
+            "mode": "fleet",
+            "node": self.shared.node,
+            "redis": redact_url(&fleet.config.redis_url),
+            "key_prefix": fleet.config.key_prefix,
+            "degraded": fleet.is_degraded(),
+            "sync_lag_seconds": self.shared.metrics.fleet_sync_lag_seconds(),
+            "report_interval_seconds": crate::fleet::HEARTBEAT_INTERVAL.as_secs(),
+        });
+        match fleet.read_nodes(&self.shared.metrics).await {
+            Ok(view) => {
+                status["leader"] = json!(view.leader);
+                status["nodes"] = view
+                    .nodes
+                    .into_iter()
+                    .map(|n| {
+                        json!({
+                            "node": n.node,
+                            "seconds_since_report": (n.age_ms as f64 / 1000.0),
+                            "stale": n.age_ms > 3 * crate::fleet::HEARTBEAT_INTERVAL.as_millis() as u64,
+                            "generation": n.report["generation"],
+                            "flags": n.report["flags"],
+                        })
+                    })
+                    .collect();
+            }
+            Err(e) => status["error"] = json!(format!("cannot read the node list: {e}")),
+        }
+        status
     }
 
     /// Every active ban, longest remaining first, at most `n` per rule.
@@ -687,5 +808,26 @@ impl AdminService {
             "config_path": self.shared.config_path.display().to_string(),
             "pools": pools,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("redis://:s3cret@10.0.0.5:6379/0"),
+            "redis://***@10.0.0.5:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://user:p@ss@redis.internal:6380/1"),
+            "rediss://***@redis.internal:6380/1"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
     }
 }

@@ -125,6 +125,83 @@ impl BackgroundService for FleetSync {
     }
 }
 
+/// Reports this node in the fleet's node list every
+/// [`crate::fleet::HEARTBEAT_INTERVAL`] (fleet mode only): its config
+/// generation and the flags it applies, with their modes and expiries, so that
+/// any node can show which nodes enforce what (`GET /fleet`, the console).
+/// A change of its flags is reported within [`HEARTBEAT_CHECK`] rather than at
+/// the next interval.
+#[derive(Debug)]
+pub struct FleetHeartbeat {
+    shared: Arc<Shared>,
+}
+
+impl FleetHeartbeat {
+    /// A heartbeat for `shared` (does nothing without `[fleet]`).
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// What this node reports: its generation and the flags it applies now.
+    pub fn report(shared: &Shared) -> serde_json::Value {
+        let snapshot = shared.snapshot();
+        let flags: serde_json::Map<String, serde_json::Value> = snapshot
+            .flags
+            .active
+            .iter()
+            .map(|(name, a)| {
+                (
+                    name.clone(),
+                    serde_json::json!({
+                        "mode": a.mode.as_str(),
+                        "since_ms": a.since_ms,
+                        "expires_ms": a.expires_ms,
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({"generation": snapshot.generation, "flags": flags})
+    }
+}
+
+#[async_trait]
+impl BackgroundService for FleetHeartbeat {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(fleet) = self.shared.fleet.clone() else {
+            return;
+        };
+        let mut ticker = tokio::time::interval(HEARTBEAT_CHECK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported: Option<(std::time::Instant, Arc<crate::lockdown::FlagState>)> = None;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let flags = self.shared.snapshot().flags.clone();
+            let due = match &reported {
+                None => true,
+                Some((at, last)) => {
+                    at.elapsed() >= crate::fleet::HEARTBEAT_INTERVAL || !Arc::ptr_eq(last, &flags)
+                }
+            };
+            if !due {
+                continue;
+            }
+            reported = Some((std::time::Instant::now(), flags));
+            let report = Self::report(&self.shared).to_string();
+            // Failures mark the node degraded (like any Redis operation) and
+            // are retried on the next tick.
+            let _ = fleet
+                .heartbeat(&self.shared.node, &report, &self.shared.metrics)
+                .await;
+        }
+    }
+}
+
+/// How often the heartbeat looks for a change of this node's flags.
+pub const HEARTBEAT_CHECK: Duration = Duration::from_millis(250);
+
 /// How often flag expiries are checked.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(250);
 

@@ -115,6 +115,48 @@ redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 "#;
 
+/// How often each node reports itself in the fleet's node list.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// A node that has not reported for this long is dropped from the node list.
+pub const NODE_FORGET_AFTER: Duration = Duration::from_secs(300);
+
+/// Records a node's report and when Redis got it; forgets nodes silent for
+/// longer than ARGV[3] ms.
+const HEARTBEAT_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], now)
+local seen = redis.call('HGETALL', KEYS[2])
+for i = 1, #seen, 2 do
+  if now - tonumber(seen[i + 1]) > tonumber(ARGV[3]) then
+    redis.call('HDEL', KEYS[1], seen[i])
+    redis.call('HDEL', KEYS[2], seen[i])
+  end
+end
+return now
+"#;
+
+/// One node of the fleet as its last report says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetNode {
+    /// Its name.
+    pub node: String,
+    /// Time since Redis got its last report, ms.
+    pub age_ms: u64,
+    /// What it reported (see `background::FleetHeartbeat`).
+    pub report: serde_json::Value,
+}
+
+/// The nodes of the fleet and the escalation leader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetNodes {
+    /// Every node heard from in the last [`NODE_FORGET_AFTER`], by name.
+    pub nodes: Vec<FleetNode>,
+    /// The node holding the escalation lease, if any.
+    pub leader: Option<String>,
+}
+
 /// How long the escalation leader's lease lasts without renewal.
 const LEADER_LEASE_MS: u64 = 3_000;
 
@@ -218,6 +260,7 @@ pub struct Fleet {
     republish: redis::Script,
     restore: redis::Script,
     lead: redis::Script,
+    heartbeat: redis::Script,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -250,6 +293,7 @@ impl Fleet {
             republish: redis::Script::new(REPUBLISH_SCRIPT),
             restore: redis::Script::new(RESTORE_SCRIPT),
             lead: redis::Script::new(LEAD_SCRIPT),
+            heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
         })
     }
 
@@ -762,6 +806,83 @@ impl Fleet {
         )
         .await
         .is_ok_and(|n| n == 1)
+    }
+
+    /// The hash of node reports (field: node name, value: its report as JSON)
+    /// and the hash of when Redis last heard from each node (Redis' clock, ms).
+    pub fn nodes_keys(&self) -> (String, String) {
+        (
+            format!("{}nodes", self.config.key_prefix),
+            format!("{}nodes-seen", self.config.key_prefix),
+        )
+    }
+
+    /// Reports this node (`report`: what it enforces, as JSON) in the fleet's
+    /// node list, timed by Redis' clock; nodes silent for [`NODE_FORGET_AFTER`]
+    /// are dropped from it in the same script.
+    pub async fn heartbeat(
+        &self,
+        node: &str,
+        report: &str,
+        metrics: &Metrics,
+    ) -> Result<(), FleetError> {
+        let mut conn = self.connection()?;
+        let (nodes, seen) = self.nodes_keys();
+        let mut invocation = self.heartbeat.key(nodes);
+        invocation
+            .key(seen)
+            .arg(node)
+            .arg(report)
+            .arg(NODE_FORGET_AFTER.as_millis() as u64);
+        self.timed(
+            metrics,
+            FleetOp::Node,
+            ADMIN_TIMEOUT,
+            invocation.invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Every node that reported in the last [`NODE_FORGET_AFTER`], with the
+    /// time since its last report (by Redis' clock), and the node that holds
+    /// the escalation lease.
+    pub async fn read_nodes(&self, metrics: &Metrics) -> Result<FleetNodes, FleetError> {
+        let mut conn = self.connection()?;
+        let (nodes, seen) = self.nodes_keys();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("TIME")
+            .hgetall(nodes)
+            .hgetall(seen)
+            .get(format!("{}escalation-leader", self.config.key_prefix));
+        #[allow(clippy::type_complexity)]
+        let ((secs, micros), reports, seen, leader): (
+            (u64, u64),
+            BTreeMap<String, String>,
+            HashMap<String, u64>,
+            Option<String>,
+        ) = self
+            .timed(
+                metrics,
+                FleetOp::Node,
+                ADMIN_TIMEOUT,
+                pipe.query_async(&mut conn),
+            )
+            .await?;
+        let now_ms = secs * 1000 + micros / 1000;
+        let nodes = reports
+            .into_iter()
+            .map(|(node, report)| FleetNode {
+                age_ms: seen
+                    .get(&node)
+                    .map(|at| now_ms.saturating_sub(*at))
+                    .unwrap_or(u64::MAX),
+                report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null),
+                node,
+            })
+            .collect();
+        Ok(FleetNodes { nodes, leader })
     }
 
     /// The channel bans are announced on, and the prefix of their keys.

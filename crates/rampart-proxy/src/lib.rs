@@ -6,6 +6,7 @@ pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod background;
+pub mod console;
 pub mod edge;
 pub mod escalator;
 pub mod fleet;
@@ -267,6 +268,14 @@ pub fn build_server_with(
     server.add_service(background_service(
         "escalations",
         escalator::Escalator::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "console rates",
+        console::RateSampler::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "fleet heartbeat",
+        background::FleetHeartbeat::new(shared.clone()),
     ));
     server.add_service(background_service(
         "limiter sweep",

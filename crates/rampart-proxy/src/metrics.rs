@@ -74,6 +74,8 @@ pub enum FleetOp {
     FlagExpire,
     /// Announcing, lifting or reading bans.
     Ban,
+    /// Reporting this node in the fleet's node list, or reading the list.
+    Node,
 }
 
 impl FleetOp {
@@ -86,6 +88,7 @@ impl FleetOp {
             FleetOp::FlagWrite => "flag_write",
             FleetOp::FlagExpire => "flag_expire",
             FleetOp::Ban => "ban",
+            FleetOp::Node => "node",
         }
     }
 }
@@ -489,7 +492,7 @@ impl Metrics {
             HistogramVec::new(
                 HistogramOpts::new(
                     "rampart_fleet_redis_duration_seconds",
-                    "Redis round-trip time by operation (quota, resync, flag_write, flag_expire).",
+                    "Redis round-trip time by operation (quota, peek, resync, flag_write, flag_expire, ban, node).",
                 )
                 .buckets(vec![
                     0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -848,6 +851,11 @@ impl Metrics {
         self.fleet_sync_lag.set(seconds);
     }
 
+    /// The lag of the last flag change applied from the fleet, seconds.
+    pub fn fleet_sync_lag_seconds(&self) -> f64 {
+        self.fleet_sync_lag.get()
+    }
+
     /// Counts one reload attempt.
     pub fn reloads(&self, result: Attempt) {
         self.reloads.with_label_values(&[result.as_label()]).inc();
@@ -886,7 +894,75 @@ impl Metrics {
 
 pub use rampart_policy::escalation::SignalCounters;
 
+/// One cumulative counter the console's rate history samples
+/// (`crate::console`): a series of a closed label set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConsoleSeries {
+    /// `rampart_http_requests_total` of one route and verdict (status classes
+    /// summed).
+    Requests {
+        /// Route label.
+        route: String,
+        /// Verdict label.
+        verdict: String,
+    },
+    /// `rampart_policy_rejections_total` of one rule or flag and reason
+    /// (routes summed).
+    Refusals {
+        /// Rule or flag name.
+        rule: String,
+        /// The verdict label of the refusal.
+        reason: String,
+    },
+    /// `rampart_lockdown_preview_matches_total` of one flag (routes summed).
+    Previews {
+        /// Flag name.
+        flag: String,
+    },
+}
+
 impl Metrics {
+    /// The current values of the counters the console samples: requests by
+    /// route and verdict, refusals by rule, preview matches by flag. Reads
+    /// three counter families, not the whole registry; nothing on the request
+    /// path changes.
+    pub fn console_counts(&self) -> Vec<(ConsoleSeries, u64)> {
+        use prometheus::core::Collector;
+        fn label(m: &prometheus::proto::Metric, name: &str) -> String {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_string())
+                .unwrap_or_default()
+        }
+        let mut sums: std::collections::HashMap<ConsoleSeries, u64> =
+            std::collections::HashMap::new();
+        let families = [
+            (0, self.requests.collect()),
+            (1, self.rejections.collect()),
+            (2, self.flag_preview.collect()),
+        ];
+        for (kind, list) in families {
+            for m in list.iter().flat_map(|f| f.get_metric()) {
+                let series = match kind {
+                    0 => ConsoleSeries::Requests {
+                        route: label(m, "route"),
+                        verdict: label(m, "verdict"),
+                    },
+                    1 => ConsoleSeries::Refusals {
+                        rule: label(m, "rule"),
+                        reason: label(m, "reason"),
+                    },
+                    _ => ConsoleSeries::Previews {
+                        flag: label(m, "flag"),
+                    },
+                };
+                *sums.entry(series).or_default() += m.get_counter().get_value() as u64;
+            }
+        }
+        sums.into_iter().collect()
+    }
+
     /// The counters of the escalation signals, read from the registry.
     pub fn signal_counters(&self) -> SignalCounters {
         let mut out = SignalCounters::default();

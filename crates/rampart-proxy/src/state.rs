@@ -348,6 +348,8 @@ pub struct Shared {
     pub access_log: Option<crate::access_log::AccessLog>,
     /// Top sources of refused requests.
     pub offenders: Offenders,
+    /// The console's rate history (sampled by `console::RateSampler`).
+    pub rates: crate::console::RateHistory,
     /// Fleet mode (Redis), when configured.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// The public listeners this process started with, for `/readyz`.
@@ -446,6 +448,7 @@ impl Shared {
             node,
             access_log,
             offenders: Offenders::default(),
+            rates: crate::console::RateHistory::default(),
             fleet,
             health,
             metrics,

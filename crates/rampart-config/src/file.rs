@@ -107,8 +107,12 @@ pub struct FileRequest {
 /// `[fleet]`: shared state through Redis.
 #[derive(Debug, Default, Deserialize)]
 pub struct FileFleet {
-    /// `redis://host:port/db`
+    /// `redis://host:port/db`: one server.
     pub redis_url: Option<String>,
+    /// A master found through Redis Sentinel.
+    pub sentinel: Option<FileSentinel>,
+    /// Seed nodes of a Redis Cluster (or Valkey cluster).
+    pub cluster_urls: Option<Vec<String>>,
     /// Prefix of every Redis key and channel.
     pub key_prefix: Option<String>,
     /// This node's name (audit records); the host name by default.
@@ -119,6 +123,21 @@ pub struct FileFleet {
     pub resync_interval: Option<String>,
     /// Tokens leased from a fleet bucket per Redis round trip.
     pub quota_batch: Option<i64>,
+}
+
+/// `[fleet] sentinel = { ... }`
+#[derive(Debug, Default, Deserialize)]
+pub struct FileSentinel {
+    /// The name the sentinels monitor.
+    pub master: Option<String>,
+    /// The sentinels' URLs.
+    pub urls: Option<Vec<String>>,
+    /// Database on the master.
+    pub db: Option<i64>,
+    /// User name on the master and replicas.
+    pub username: Option<String>,
+    /// Password on the master and replicas.
+    pub password: Option<String>,
 }
 
 /// `[access_log]`

@@ -154,8 +154,9 @@ impl Default for RequestConfig {
 /// `[fleet]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetConfig {
-    /// Redis URL.
-    pub redis_url: String,
+    /// Where the fleet's Redis (or Valkey) is: one server, a master found
+    /// through Sentinel, or a cluster.
+    pub redis: FleetRedis,
     /// Prefix of every key and channel.
     pub key_prefix: String,
     /// This node's name, when set.
@@ -166,6 +167,91 @@ pub struct FleetConfig {
     pub resync_interval: Duration,
     /// Tokens leased per round trip.
     pub quota_batch: u32,
+}
+
+/// Where the fleet's Redis is (`redis_url`, `sentinel` or `cluster_urls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetRedis {
+    /// One server: `redis_url`.
+    Single {
+        /// `redis://host:port/db` (credentials may be in it).
+        url: String,
+    },
+    /// The master that Redis Sentinel names: `sentinel = { master, urls }`.
+    Sentinel(SentinelConfig),
+    /// A Redis Cluster or Valkey cluster, discovered from any of these nodes:
+    /// `cluster_urls`.
+    Cluster {
+        /// Seed nodes, `redis://host:port` (credentials may be in them).
+        urls: Vec<String>,
+    },
+}
+
+impl FleetRedis {
+    /// `single`, `sentinel` or `cluster`.
+    pub fn topology(&self) -> &'static str {
+        match self {
+            Self::Single { .. } => "single",
+            Self::Sentinel(_) => "sentinel",
+            Self::Cluster { .. } => "cluster",
+        }
+    }
+
+    /// Where Redis is, without credentials, for logs and `/fleet`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Single { url } => redact_url(url),
+            Self::Sentinel(s) => format!(
+                "sentinel master \"{}\" via {}",
+                s.master,
+                s.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ")
+            ),
+            Self::Cluster { urls } => format!(
+                "cluster via {}",
+                urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+/// `url` with any user name and password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `[fleet] sentinel`: the master Redis Sentinel monitors under `master`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor (`sentinel monitor <master> ...`).
+    pub master: String,
+    /// The sentinels, `redis://host:port` (their own credentials in the URL).
+    pub urls: Vec<String>,
+    /// Database of the master and its replicas.
+    pub db: i64,
+    /// User name on the master and its replicas (ACL), if any.
+    pub username: Option<String>,
+    /// Password on the master and its replicas, if any.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field("master", &self.master)
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// Where a limit's bucket lives.

@@ -256,15 +256,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `url` without its user name and password.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
 
 /// Largest admin request body read.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -420,7 +411,8 @@ impl AdminService {
         let mut status = json!({
             "mode": "fleet",
             "node": self.shared.node,
-            "redis": redact_url(&fleet.config.redis_url),
+            "redis": fleet.describe(),
+            "topology": fleet.config.redis.topology(),
             "key_prefix": fleet.config.key_prefix,
             "degraded": fleet.is_degraded(),
             "sync_lag_seconds": self.shared.metrics.fleet_sync_lag_seconds(),
@@ -814,6 +806,8 @@ impl AdminService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use rampart_config::redact_url;
 
     #[test]
     fn redis_urls_lose_their_credentials() {

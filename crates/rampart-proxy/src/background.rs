@@ -44,7 +44,9 @@ impl BackgroundService for GeoRefresh {
 
 /// Keeps this node's flags in line with the fleet: subscribes to flag changes
 /// and re-reads all flags on each announcement and every `resync_interval`;
-/// reconnects by itself.
+/// reconnects by itself. With Sentinel it also asks the sentinels every
+/// `resync_interval` (and at once after an error that looks like a failover)
+/// whether the master moved, and reconnects to the new one.
 #[derive(Debug)]
 pub struct FleetSync {
     shared: Arc<Shared>,
@@ -103,6 +105,16 @@ impl BackgroundService for FleetSync {
                         if messages.is_none() {
                             break;
                         }
+                        if fleet.master_moved().await {
+                            // Sentinel names another master (a failover, or
+                            // ours came back as a replica): switch to it.
+                            break;
+                        }
+                    }
+                    _ = fleet.rediscovery() => {
+                        // An operation failed as if the Sentinel master had
+                        // moved: ask the sentinels now, not at the next tick.
+                        break;
                     }
                     m = message => {
                         let Some(m) = m else { break };

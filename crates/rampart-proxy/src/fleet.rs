@@ -29,7 +29,7 @@ use crate::metrics::{FleetOp, Metrics};
 use rampart_config::{FleetConfig, LimitConfig};
 use rampart_policy::limits::LimitKey;
 use rampart_policy::{FleetAnswer, FleetCheck};
-use redis::aio::ConnectionManager;
+use crate::redis_link::{Conn, Lua, RedisLink};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -87,6 +87,13 @@ end
 redis.call('PUBLISH', KEYS[1], ARGV[2])
 return 'ok'
 "#;
+
+/// Redis' clock (ms) on the node that holds KEYS[1]: in a cluster, `TIME`
+/// alone would run on any node, whose clock the write script does not read.
+const TIME_SCRIPT: &str = "return redis.call('TIME')";
+
+/// How long a flag write waits for a replica to hold it (Sentinel, cluster).
+const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 /// Puts a node's flags back into a Redis that lost its data (no epoch), and
 /// starts a new epoch; does nothing when another node did it first.
@@ -240,12 +247,67 @@ struct FailedWrite {
     previous: String,
 }
 
+/// The names of the fleet's Redis keys and channels. On one server and with
+/// Sentinel they are `<prefix><name>`; in a cluster the keys that scripts and
+/// transactions use together (flags, their origins, the epoch, node reports,
+/// the escalation lease, bans) share the hash tag `{<prefix>}`, so that they
+/// live on one slot. A bucket is one key (`<prefix>q:<rule>:<key>`), so its
+/// script touches one slot wherever it lands: buckets spread over the cluster.
+#[derive(Debug, Clone)]
+pub struct FleetKeys {
+    /// Hash and channel of the flags.
+    pub flags: String,
+    /// Hash naming the node that last changed each flag.
+    pub origins: String,
+    /// The fleet epoch.
+    pub epoch: String,
+    /// Hash of node reports.
+    pub nodes: String,
+    /// Hash of when Redis last heard from each node.
+    pub nodes_seen: String,
+    /// The escalation leader's lease.
+    pub leader: String,
+    /// Channel of ban announcements.
+    pub bans: String,
+    /// Start of each ban's key (`<ban>:<rule>:<key>`).
+    pub ban: String,
+    /// Start of each bucket's key.
+    pub quota: String,
+}
+
+impl FleetKeys {
+    /// The names for `prefix`, tagged for a cluster when `cluster`.
+    pub fn new(prefix: &str, cluster: bool) -> Self {
+        let control = |name: &str| {
+            if cluster {
+                format!("{{{prefix}}}{name}")
+            } else {
+                format!("{prefix}{name}")
+            }
+        };
+        Self {
+            flags: control("flags"),
+            origins: control("flag-origins"),
+            epoch: control("epoch"),
+            nodes: control("nodes"),
+            nodes_seen: control("nodes-seen"),
+            leader: control("escalation-leader"),
+            bans: control("bans"),
+            ban: control("ban"),
+            quota: format!("{prefix}q:"),
+        }
+    }
+}
+
 /// The fleet client of one node.
 pub struct Fleet {
     /// Its config.
     pub config: FleetConfig,
-    client: redis::Client,
-    manager: arc_swap::ArcSwapOption<ConnectionManager>,
+    /// Its keys.
+    pub keys: FleetKeys,
+    link: RedisLink,
+    /// Where Redis is, without credentials.
+    described: String,
     degraded: AtomicBool,
     leases: LeaseTable,
     /// While degraded: when the next probe may try Redis (ms since `epoch_start`).
@@ -254,19 +316,20 @@ pub struct Fleet {
     failed_writes: std::sync::Mutex<Vec<FailedWrite>>,
     /// [`WRITE_WINDOW_MS`] (tests set a deadline already past).
     write_window_ms: i64,
-    take: redis::Script,
-    expire: redis::Script,
-    write: redis::Script,
-    republish: redis::Script,
-    restore: redis::Script,
-    lead: redis::Script,
-    heartbeat: redis::Script,
+    take: Lua,
+    expire: Lua,
+    write: Lua,
+    republish: Lua,
+    restore: Lua,
+    lead: Lua,
+    heartbeat: Lua,
+    time: Lua,
 }
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet")
-            .field("redis", &self.config.redis_url)
+            .field("redis", &self.described)
             .field("degraded", &self.is_degraded())
             .finish()
     }
@@ -275,42 +338,40 @@ impl std::fmt::Debug for Fleet {
 impl Fleet {
     /// A client for `config`; connects later, in the background.
     pub fn new(config: FleetConfig) -> Result<Self, String> {
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| format!("fleet.redis_url: {e}"))?;
+        let link = RedisLink::new(&config.redis, ADMIN_TIMEOUT)?;
+        let keys = FleetKeys::new(
+            &config.key_prefix,
+            matches!(config.redis, rampart_config::FleetRedis::Cluster { .. }),
+        );
         Ok(Self {
+            described: config.redis.describe(),
+            keys,
             config,
-            client,
-            manager: arc_swap::ArcSwapOption::empty(),
+            link,
             degraded: AtomicBool::new(true),
             leases: LeaseTable::default(),
             next_probe_ms: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
             failed_writes: std::sync::Mutex::new(Vec::new()),
             write_window_ms: WRITE_WINDOW_MS as i64,
-            take: redis::Script::new(TAKE_SCRIPT),
-            expire: redis::Script::new(EXPIRE_SCRIPT),
-            write: redis::Script::new(WRITE_SCRIPT),
-            republish: redis::Script::new(REPUBLISH_SCRIPT),
-            restore: redis::Script::new(RESTORE_SCRIPT),
-            lead: redis::Script::new(LEAD_SCRIPT),
-            heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
+            take: Lua::new(TAKE_SCRIPT),
+            expire: Lua::new(EXPIRE_SCRIPT),
+            write: Lua::new(WRITE_SCRIPT),
+            republish: Lua::new(REPUBLISH_SCRIPT),
+            restore: Lua::new(RESTORE_SCRIPT),
+            lead: Lua::new(LEAD_SCRIPT),
+            heartbeat: Lua::new(HEARTBEAT_SCRIPT),
+            time: Lua::new(TIME_SCRIPT),
         })
     }
 
-    /// The hash and channel of the flags.
-    pub fn flags_key(&self) -> String {
-        format!("{}flags", self.config.key_prefix)
-    }
-
-    /// The hash naming the node that last changed each flag.
-    pub fn origins_key(&self) -> String {
-        format!("{}flag-origins", self.config.key_prefix)
-    }
-
-    /// The key holding the fleet epoch: present while Redis holds the fleet's
-    /// flags; missing after Redis lost its data.
-    pub fn epoch_key(&self) -> String {
-        format!("{}epoch", self.config.key_prefix)
+    /// Where Redis is (topology and addresses, without credentials); with
+    /// Sentinel, the master in use.
+    pub fn describe(&self) -> String {
+        match self.link.master_address() {
+            Some(master) => format!("{} (master {master})", self.described),
+            None => self.described.clone(),
+        }
     }
 
     /// The circuit breaker: whether a request may ask Redis now. Always while
@@ -339,12 +400,15 @@ impl Fleet {
     }
 
     fn mark(&self, ok: bool, metrics: &Metrics, what: FleetOp, error: Option<&FleetError>) {
+        if let Some(FleetError::Redis(e)) = error {
+            self.link.failed(e);
+        }
         let was = self.degraded.swap(!ok, Ordering::Relaxed);
         metrics.fleet_degraded(!ok);
         if was && ok {
             log::warn!(
                 "fleet: Redis reachable again ({}); no longer degraded",
-                self.config.redis_url
+                self.describe()
             );
         } else if !was && !ok {
             log::error!(
@@ -355,27 +419,26 @@ impl Fleet {
         }
     }
 
-    /// Connects (or reconnects) the shared connection. Called by the sync service.
+    /// Connects (or reconnects) the shared connection; with Sentinel, asks
+    /// the sentinels for the master first. Called by the sync service.
     pub async fn connect(&self) -> Result<(), FleetError> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(ADMIN_TIMEOUT)
-            .set_response_timeout(ADMIN_TIMEOUT)
-            .set_number_of_retries(1);
-        let manager = tokio::time::timeout(
-            ADMIN_TIMEOUT,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| FleetError::Timeout(ADMIN_TIMEOUT))??;
-        self.manager.store(Some(std::sync::Arc::new(manager)));
-        Ok(())
+        Ok(self.link.connect().await?)
     }
 
-    fn connection(&self) -> Result<ConnectionManager, FleetError> {
-        self.manager
-            .load_full()
-            .map(|m| (*m).clone())
-            .ok_or(FleetError::NotConnected)
+    /// With Sentinel: whether the sentinels name another master than the one
+    /// in use (then the sync service reconnects). `false` otherwise.
+    pub async fn master_moved(&self) -> bool {
+        self.link.master_moved().await
+    }
+
+    /// Completes when an operation failed in a way that says the Sentinel
+    /// master may have moved (never for the other topologies).
+    pub async fn rediscovery(&self) {
+        self.link.rediscovery().await
+    }
+
+    fn connection(&self) -> Result<Conn, FleetError> {
+        self.link.connection().ok_or(FleetError::NotConnected)
     }
 
     async fn timed<T>(
@@ -481,20 +544,15 @@ impl Fleet {
             .inspect_err(|e| self.mark(false, metrics, op, Some(e)))?;
         let rate_per_ms =
             f64::from(rule.rate.count.get()) / rule.rate.per.as_millis().max(1) as f64;
-        let bucket = format!(
-            "{}q:{}:{}",
-            self.config.key_prefix,
-            rule.name,
-            describe(key)
-        );
-        let mut invocation = self.take.key(bucket);
+        let bucket = format!("{}{}:{}", self.keys.quota, rule.name, describe(key));
+        let mut invocation = self.take.call(&[&bucket]);
         invocation
             .arg(format!("{rate_per_ms:.12}"))
             .arg(rule.burst.get())
             .arg(want)
             .arg(cost.max(1));
         let (granted, wait_ms): (u32, u64) = self
-            .timed_until(metrics, op, deadline, invocation.invoke_async(&mut conn))
+            .timed_until(metrics, op, deadline, invocation.invoke(&mut conn))
             .await?;
         Ok((granted, Duration::from_millis(wait_ms)))
     }
@@ -583,9 +641,9 @@ impl Fleet {
         let mut conn = self.connection()?;
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .get(self.epoch_key())
-            .hgetall(self.flags_key())
-            .hgetall(self.origins_key());
+            .get(&self.keys.epoch)
+            .hgetall(&self.keys.flags)
+            .hgetall(&self.keys.origins);
         let (epoch, raw, origins): (
             Option<String>,
             HashMap<String, String>,
@@ -631,12 +689,14 @@ impl Fleet {
         metrics: &Metrics,
     ) -> Result<bool, FleetError> {
         let mut conn = self.connection()?;
+        // Redis' clock where the flags live (in a cluster, the node of their
+        // slot, whose clock the script reads too).
         let (secs, micros): (u64, u64) = self
             .timed(
                 metrics,
                 FleetOp::FlagWrite,
                 ADMIN_TIMEOUT,
-                redis::cmd("TIME").query_async(&mut conn),
+                self.time.call(&[&self.keys.flags]).invoke(&mut conn),
             )
             .await?;
         let deadline_ms = (secs * 1000 + micros / 1000).saturating_add_signed(self.write_window_ms);
@@ -645,10 +705,10 @@ impl Fleet {
                 .unwrap_or_default()
         };
         let landed = json(value);
-        let mut invocation = self.write.key(self.flags_key());
+        let mut invocation =
+            self.write
+                .call(&[&self.keys.flags, &self.keys.epoch, &self.keys.origins]);
         invocation
-            .key(self.epoch_key())
-            .key(self.origins_key())
             .arg(deadline_ms)
             .arg(flag)
             .arg(&landed)
@@ -658,11 +718,14 @@ impl Fleet {
                 metrics,
                 FleetOp::FlagWrite,
                 ADMIN_TIMEOUT,
-                invocation.invoke_async(&mut conn),
+                invocation.invoke(&mut conn),
             )
             .await;
         match answer.as_deref() {
-            Ok("ok") => Ok(true),
+            Ok("ok") => {
+                self.await_replica(&mut conn, flag).await;
+                Ok(true)
+            }
             Ok("empty") => Ok(false),
             Ok(_) => Err(FleetError::Late),
             Err(_) => {
@@ -678,6 +741,32 @@ impl Fleet {
         }
     }
 
+    /// With Sentinel or a cluster, after a flag write: waits (at most
+    /// [`REPLICA_WAIT`]) until a replica of the node holding the flags has
+    /// it, so that a failover right after does not lose a change already
+    /// answered as made. When none has it by then the change stands (every
+    /// node may already apply it) and the log says a failover now could lose
+    /// it.
+    async fn await_replica(&self, conn: &mut Conn, what: &str) {
+        if !self.link.replicated() {
+            return;
+        }
+        let wait = redis::cmd("WAIT")
+            .arg(1)
+            .arg(REPLICA_WAIT.as_millis() as u64)
+            .clone();
+        let acked = tokio::time::timeout(
+            REPLICA_WAIT + Duration::from_millis(500),
+            conn.query_at::<i64>(&self.keys.flags, &wait),
+        )
+        .await;
+        if !matches!(acked, Ok(Ok(n)) if n >= 1) {
+            log::warn!(
+                "fleet: {what} is on the Redis master but no replica confirmed it within {REPLICA_WAIT:?}; a failover now could lose it"
+            );
+        }
+    }
+
     /// Puts `active` back into a Redis that has no epoch (it lost its data),
     /// with a new epoch named after this node; `false` when another node
     /// re-published first (then its flags are the fleet's).
@@ -689,12 +778,10 @@ impl Fleet {
     ) -> Result<bool, FleetError> {
         let mut conn = self.connection()?;
         let epoch = format!("{node}@{}", crate::lockdown::now_unix_ms());
-        let mut invocation = self.republish.key(self.flags_key());
-        invocation
-            .key(self.epoch_key())
-            .key(self.origins_key())
-            .arg(epoch)
-            .arg(node);
+        let mut invocation =
+            self.republish
+                .call(&[&self.keys.flags, &self.keys.epoch, &self.keys.origins]);
+        invocation.arg(epoch).arg(node);
         for (flag, a) in active {
             invocation
                 .arg(flag)
@@ -705,9 +792,12 @@ impl Fleet {
                 metrics,
                 FleetOp::FlagWrite,
                 ADMIN_TIMEOUT,
-                invocation.invoke_async(&mut conn),
+                invocation.invoke(&mut conn),
             )
             .await?;
+        if done == 1 {
+            self.await_replica(&mut conn, "the re-published flags").await;
+        }
         Ok(done == 1)
     }
 
@@ -733,14 +823,14 @@ impl Fleet {
             let Ok(mut conn) = self.connection() else {
                 continue;
             };
-            let mut invocation = self.restore.key(self.flags_key());
+            let mut invocation = self.restore.call(&[&self.keys.flags]);
             invocation.arg(&w.flag).arg(&w.landed).arg(&w.previous);
             let restored: Result<i64, _> = self
                 .timed(
                     metrics,
                     FleetOp::FlagWrite,
                     ADMIN_TIMEOUT,
-                    invocation.invoke_async(&mut conn),
+                    invocation.invoke(&mut conn),
                 )
                 .await;
             if restored.is_ok_and(|n| n == 1) {
@@ -764,26 +854,27 @@ impl Fleet {
     ) -> Result<bool, FleetError> {
         let mut conn = self.connection()?;
         let json = serde_json::to_string(activation).unwrap_or_default();
-        let mut invocation = self.expire.key(self.flags_key());
+        let mut invocation = self.expire.call(&[&self.keys.flags]);
         invocation.arg(flag).arg(json);
         let removed: i64 = self
             .timed(
                 metrics,
                 FleetOp::FlagExpire,
                 ADMIN_TIMEOUT,
-                invocation.invoke_async(&mut conn),
+                invocation.invoke(&mut conn),
             )
             .await?;
         Ok(removed == 1)
     }
 
-    /// A fresh subscription to the flags and bans channels.
+    /// A fresh subscription to the flags and bans channels (see
+    /// [`RedisLink::pubsub`] for the node it is made on).
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub, FleetError> {
-        let mut pubsub = tokio::time::timeout(ADMIN_TIMEOUT, self.client.get_async_pubsub())
+        let mut pubsub = self.link.pubsub().await?;
+        let channels = [self.keys.flags.as_str(), self.keys.bans.as_str()];
+        tokio::time::timeout(ADMIN_TIMEOUT, pubsub.subscribe(&channels[..]))
             .await
             .map_err(|_| FleetError::Timeout(ADMIN_TIMEOUT))??;
-        pubsub.subscribe(self.flags_key()).await?;
-        pubsub.subscribe(self.bans_key()).await?;
         Ok(pubsub)
     }
 
@@ -794,27 +885,16 @@ impl Fleet {
         let Ok(mut conn) = self.connection() else {
             return false;
         };
-        let mut invocation = self
-            .lead
-            .key(format!("{}escalation-leader", self.config.key_prefix));
+        let mut invocation = self.lead.call(&[&self.keys.leader]);
         invocation.arg(node).arg(LEADER_LEASE_MS);
         self.timed(
             metrics,
             FleetOp::Resync,
             self.config.timeout.max(Duration::from_millis(200)),
-            invocation.invoke_async::<i64>(&mut conn),
+            invocation.invoke::<i64>(&mut conn),
         )
         .await
         .is_ok_and(|n| n == 1)
-    }
-
-    /// The hash of node reports (field: node name, value: its report as JSON)
-    /// and the hash of when Redis last heard from each node (Redis' clock, ms).
-    pub fn nodes_keys(&self) -> (String, String) {
-        (
-            format!("{}nodes", self.config.key_prefix),
-            format!("{}nodes-seen", self.config.key_prefix),
-        )
     }
 
     /// Reports this node (`report`: what it enforces, as JSON) in the fleet's
@@ -827,10 +907,10 @@ impl Fleet {
         metrics: &Metrics,
     ) -> Result<(), FleetError> {
         let mut conn = self.connection()?;
-        let (nodes, seen) = self.nodes_keys();
-        let mut invocation = self.heartbeat.key(nodes);
+        let mut invocation = self
+            .heartbeat
+            .call(&[&self.keys.nodes, &self.keys.nodes_seen]);
         invocation
-            .key(seen)
             .arg(node)
             .arg(report)
             .arg(NODE_FORGET_AFTER.as_millis() as u64);
@@ -838,7 +918,7 @@ impl Fleet {
             metrics,
             FleetOp::Node,
             ADMIN_TIMEOUT,
-            invocation.invoke_async::<i64>(&mut conn),
+            invocation.invoke::<i64>(&mut conn),
         )
         .await
         .map(|_| ())
@@ -849,13 +929,14 @@ impl Fleet {
     /// the escalation lease.
     pub async fn read_nodes(&self, metrics: &Metrics) -> Result<FleetNodes, FleetError> {
         let mut conn = self.connection()?;
-        let (nodes, seen) = self.nodes_keys();
         let mut pipe = redis::pipe();
+        // TIME has no key: in a cluster it runs on the node the keys after it
+        // choose, in the same transaction.
         pipe.atomic()
             .cmd("TIME")
-            .hgetall(nodes)
-            .hgetall(seen)
-            .get(format!("{}escalation-leader", self.config.key_prefix));
+            .hgetall(&self.keys.nodes)
+            .hgetall(&self.keys.nodes_seen)
+            .get(&self.keys.leader);
         #[allow(clippy::type_complexity)]
         let ((secs, micros), reports, seen, leader): (
             (u64, u64),
@@ -885,13 +966,15 @@ impl Fleet {
         Ok(FleetNodes { nodes, leader })
     }
 
-    /// The channel bans are announced on, and the prefix of their keys.
+    /// The channel bans are announced on.
     pub fn bans_key(&self) -> String {
-        format!("{}bans", self.config.key_prefix)
+        self.keys.bans.clone()
     }
 
+    /// The key of a ban: `<prefix>ban:<rule>:<key>` (in a cluster, on the
+    /// slot of the fleet's other keys, so that one `SCAN` finds them all).
     fn ban_key(&self, ban: &FleetBan) -> String {
-        format!("{}ban:{}:{}", self.config.key_prefix, ban.rule, ban.key)
+        format!("{}:{}:{}", self.keys.ban, ban.rule, ban.key)
     }
 
     /// Records a ban in Redis (expiring with it) and announces it to every node.
@@ -952,7 +1035,7 @@ impl Fleet {
     /// Every ban in Redis, with its time left (at most [`MAX_FLEET_BANS`]).
     pub async fn read_bans(&self, metrics: &Metrics) -> Result<Vec<FleetBan>, FleetError> {
         let mut conn = self.connection()?;
-        let pattern = format!("{}ban:*", self.config.key_prefix);
+        let pattern = format!("{}:*", self.keys.ban);
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
@@ -961,13 +1044,15 @@ impl Fleet {
                     metrics,
                     FleetOp::Ban,
                     ADMIN_TIMEOUT,
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn),
+                    conn.query_at(
+                        &self.keys.bans,
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(1000),
+                    ),
                 )
                 .await?;
             keys.extend(batch);
@@ -1037,7 +1122,7 @@ mod tests {
 
     fn fleet(redis: &RedisServer) -> Fleet {
         Fleet::new(FleetConfig {
-            redis_url: redis.url(),
+            redis: rampart_config::FleetRedis::Single { url: redis.url() },
             key_prefix: "t:".into(),
             node: None,
             timeout: Duration::from_millis(200),

@@ -21,6 +21,7 @@ pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod record;
+pub mod redis_link;
 pub mod respond;
 pub mod state;
 

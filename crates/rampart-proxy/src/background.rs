@@ -46,7 +46,8 @@ impl BackgroundService for GeoRefresh {
 /// and re-reads all flags on each announcement and every `resync_interval`;
 /// reconnects by itself. With Sentinel it also asks the sentinels every
 /// `resync_interval` (and at once after an error that looks like a failover)
-/// whether the master moved, and reconnects to the new one.
+/// whether the master moved, and reconnects to the new one; in a cluster it
+/// reads which master serves which slot as often (one circuit per master).
 #[derive(Debug)]
 pub struct FleetSync {
     shared: Arc<Shared>,
@@ -71,7 +72,18 @@ impl BackgroundService for FleetSync {
             if let Err(e) = fleet.connect().await {
                 self.shared.metrics.fleet_degraded(true);
                 log::warn!("fleet: cannot connect to Redis: {e}; retrying");
+                // Nothing to sync through while the connection in use fails
+                // too; with Sentinel down but the master answering, the
+                // connection in use serves on.
+                if fleet.is_degraded() || !fleet.is_connected() {
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                    }
+                    continue;
+                }
             }
+            fleet.refresh_topology(&self.shared.metrics).await;
             let pubsub = fleet.subscribe().await;
             let _ = self.shared.fleet_resync().await;
             match fleet.read_bans(&self.shared.metrics).await {
@@ -105,6 +117,9 @@ impl BackgroundService for FleetSync {
                         if messages.is_none() {
                             break;
                         }
+                        // In a cluster: which master serves which slot, so
+                        // that a failing master opens only its own circuit.
+                        fleet.refresh_topology(&self.shared.metrics).await;
                         if fleet.master_moved().await {
                             // Sentinel names another master (a failover, or
                             // ours came back as a replica): switch to it.
@@ -113,8 +128,12 @@ impl BackgroundService for FleetSync {
                     }
                     _ = fleet.rediscovery() => {
                         // An operation failed as if the Sentinel master had
-                        // moved: ask the sentinels now, not at the next tick.
-                        break;
+                        // moved: ask the sentinels now, not at the next tick
+                        // (unless an operation succeeded since: the call
+                        // came from before the last reconnect).
+                        if fleet.is_degraded() {
+                            break;
+                        }
                     }
                     m = message => {
                         let Some(m) = m else { break };

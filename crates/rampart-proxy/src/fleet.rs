@@ -23,6 +23,7 @@
 //! back: a flood of refused requests costs one Redis call per key per refill
 //! time, not one per request (the lease table, `lease`).
 
+use crate::circuit::{Breaker, Circuits, Transition};
 use crate::lease::{Begin, LeaseTable};
 use crate::lockdown::Activation;
 use crate::metrics::{FleetOp, Metrics};
@@ -31,7 +32,6 @@ use rampart_policy::limits::LimitKey;
 use rampart_policy::{FleetAnswer, FleetCheck};
 use crate::redis_link::{Conn, Lua, RedisLink};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Timeout for admin-path Redis operations (flag changes, resyncs).
@@ -40,9 +40,7 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// applied; shorter than [`ADMIN_TIMEOUT`], so a write the writer gave up on
 /// can no longer be applied by the time it reports the failure.
 const WRITE_WINDOW_MS: u64 = 1_000;
-/// While degraded, one request per this interval tries Redis (the probe); the
-/// others take their rule's failure mode at once.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+pub use crate::circuit::PROBE_INTERVAL;
 
 const TAKE_SCRIPT: &str = r#"
 local t = redis.call('TIME')
@@ -308,11 +306,9 @@ pub struct Fleet {
     link: RedisLink,
     /// Where Redis is, without credentials.
     described: String,
-    degraded: AtomicBool,
+    /// One circuit breaker per master (see [`crate::circuit`]).
+    circuits: Circuits,
     leases: LeaseTable,
-    /// While degraded: when the next probe may try Redis (ms since `epoch_start`).
-    next_probe_ms: std::sync::atomic::AtomicU64,
-    started: Instant,
     failed_writes: std::sync::Mutex<Vec<FailedWrite>>,
     /// [`WRITE_WINDOW_MS`] (tests set a deadline already past).
     write_window_ms: i64,
@@ -348,10 +344,8 @@ impl Fleet {
             keys,
             config,
             link,
-            degraded: AtomicBool::new(true),
+            circuits: Circuits::new(),
             leases: LeaseTable::default(),
-            next_probe_ms: std::sync::atomic::AtomicU64::new(0),
-            started: Instant::now(),
             failed_writes: std::sync::Mutex::new(Vec::new()),
             write_window_ms: WRITE_WINDOW_MS as i64,
             take: Lua::new(TAKE_SCRIPT),
@@ -374,48 +368,87 @@ impl Fleet {
         }
     }
 
-    /// The circuit breaker: whether a request may ask Redis now. Always while
-    /// Redis answers; while degraded, one request per [`PROBE_INTERVAL`].
-    fn may_ask(&self) -> bool {
-        if !self.is_degraded() {
-            return true;
-        }
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let next = self.next_probe_ms.load(Ordering::Relaxed);
-        now >= next
-            && self
-                .next_probe_ms
-                .compare_exchange(
-                    next,
-                    now + PROBE_INTERVAL.as_millis() as u64,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
+    /// Whether this node has a connection to Redis (it may not answer).
+    pub fn is_connected(&self) -> bool {
+        self.link.connection().is_some()
     }
 
-    /// Whether the last Redis operation failed.
+    /// Whether the last Redis operation on some master failed (in a
+    /// cluster: on any of its masters).
     pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
+        self.circuits.any_open()
     }
 
-    fn mark(&self, ok: bool, metrics: &Metrics, what: FleetOp, error: Option<&FleetError>) {
+    /// Records an operation's outcome on the circuit of the master it went
+    /// to, and logs the change it makes.
+    fn mark(
+        &self,
+        ok: bool,
+        metrics: &Metrics,
+        what: FleetOp,
+        error: Option<&FleetError>,
+        breaker: &Breaker,
+    ) {
         if let Some(FleetError::Redis(e)) = error {
             self.link.failed(e);
         }
-        let was = self.degraded.swap(!ok, Ordering::Relaxed);
-        metrics.fleet_degraded(!ok);
-        if was && ok {
-            log::warn!(
-                "fleet: Redis reachable again ({}); no longer degraded",
+        let change = breaker.record(ok);
+        metrics.fleet_degraded(self.is_degraded());
+        let master = match breaker.name() {
+            "" => String::new(),
+            name => format!(", master {name}"),
+        };
+        match change {
+            Some(Transition::Closed) => log::warn!(
+                "fleet: Redis reachable again ({}{master}); no longer degraded",
                 self.describe()
-            );
-        } else if !was && !ok {
-            log::error!(
-                "fleet: DEGRADED, Redis unreachable during {}: {}; keeping the last known flags and applying each fleet rule's failure mode",
+            ),
+            Some(Transition::Opened) => log::error!(
+                "fleet: DEGRADED, Redis unreachable during {}{master}: {}; keeping the last known flags and applying each fleet rule's failure mode",
                 what.as_label(),
                 error.map(|e| e.to_string()).unwrap_or_default()
-            );
+            ),
+            None => {}
+        }
+    }
+
+    /// In a cluster: reads which master serves which slot (`CLUSTER SLOTS`),
+    /// so that each master has its own circuit. Nothing to do otherwise.
+    pub async fn refresh_topology(&self, metrics: &Metrics) {
+        if !matches!(self.config.redis, rampart_config::FleetRedis::Cluster { .. }) {
+            return;
+        }
+        let Ok(mut conn) = self.connection() else {
+            return;
+        };
+        // Any node answers; its failure says nothing of a master's, so it
+        // opens no circuit (the next read tries another node).
+        let start = Instant::now();
+        let slots = tokio::time::timeout(
+            ADMIN_TIMEOUT,
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<redis::Value>(&mut conn),
+        )
+        .await;
+        metrics.fleet_redis(
+            FleetOp::Resync,
+            start.elapsed().as_secs_f64(),
+            matches!(slots, Ok(Ok(_))),
+        );
+        if let Ok(Ok(value)) = slots {
+            let ranges = slot_ranges(&value);
+            if self.circuits.set_topology(&ranges) {
+                log::info!(
+                    "fleet: cluster topology: {} slot ranges on {} masters",
+                    ranges.len(),
+                    ranges
+                        .iter()
+                        .map(|r| r.2.as_str())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len()
+                );
+            }
         }
     }
 
@@ -441,25 +474,30 @@ impl Fleet {
         self.link.connection().ok_or(FleetError::NotConnected)
     }
 
+    /// Runs `op` (on the master holding `key`) within `limit`; records its
+    /// time and outcome.
     async fn timed<T>(
         &self,
         metrics: &Metrics,
         what: FleetOp,
+        key: &str,
         limit: Duration,
         op: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, FleetError> {
         let deadline = tokio::time::Instant::now() + limit;
-        self.timed_until(metrics, what, deadline, op).await
+        self.timed_until(metrics, what, key, deadline, op).await
     }
 
     async fn timed_until<T>(
         &self,
         metrics: &Metrics,
         what: FleetOp,
+        key: &str,
         deadline: tokio::time::Instant,
         op: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, FleetError> {
         let start = Instant::now();
+        let generation = self.link.generation();
         let result = match tokio::time::timeout_at(deadline, op).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(FleetError::Redis(e)),
@@ -468,7 +506,12 @@ impl Fleet {
             )),
         };
         metrics.fleet_redis(what, start.elapsed().as_secs_f64(), result.is_ok());
-        self.mark(result.is_ok(), metrics, what, result.as_ref().err());
+        // A failure on a connection replaced meanwhile (the old Sentinel
+        // master, a cluster connection made anew) says nothing of the new one.
+        if result.is_ok() || self.link.generation() == generation {
+            let breaker = self.circuits.for_key(key);
+            self.mark(result.is_ok(), metrics, what, result.as_ref().err(), &breaker);
+        }
         result
     }
 
@@ -493,9 +536,12 @@ impl Fleet {
             match self.leases.begin(index, *key, batch, waited) {
                 Begin::Answered(answer) => return Ok(answer),
                 Begin::Refill { want, owner } => break (want, owner),
-                // While degraded the refill under way is a probe: the others
-                // take the failure mode at once instead of waiting for it.
-                Begin::Wait(_) if self.is_degraded() => return Err(FleetError::CircuitOpen),
+                // While the circuit is open the refill under way is a probe:
+                // the others take the failure mode at once instead of
+                // waiting for it.
+                Begin::Wait(_) if self.circuits.for_key(&self.bucket(rule, key)).is_open() => {
+                    return Err(FleetError::CircuitOpen)
+                }
                 Begin::Wait(notified) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return Err(FleetError::Timeout(self.config.timeout));
@@ -504,7 +550,7 @@ impl Fleet {
                 }
             }
         };
-        if !self.may_ask() {
+        if !self.circuits.for_key(&self.bucket(rule, key)).may_ask() {
             self.leases.finish(index, *key, None, owner);
             return Err(FleetError::CircuitOpen);
         }
@@ -520,6 +566,11 @@ impl Fleet {
         } else {
             FleetAnswer::Allowed
         })
+    }
+
+    /// The key of `rule`'s bucket for `key`: `<prefix>q:<rule>:<key>`.
+    fn bucket(&self, rule: &LimitConfig, key: &LimitKey) -> String {
+        format!("{}{}:{}", self.keys.quota, rule.name, describe(key))
     }
 
     /// One round trip of the bucket script: takes up to `want` requests' worth
@@ -539,12 +590,12 @@ impl Fleet {
         } else {
             FleetOp::Quota
         };
-        let mut conn = self
-            .connection()
-            .inspect_err(|e| self.mark(false, metrics, op, Some(e)))?;
+        let bucket = self.bucket(rule, key);
+        let mut conn = self.connection().inspect_err(|e| {
+            self.mark(false, metrics, op, Some(e), &self.circuits.for_key(&bucket))
+        })?;
         let rate_per_ms =
             f64::from(rule.rate.count.get()) / rule.rate.per.as_millis().max(1) as f64;
-        let bucket = format!("{}{}:{}", self.keys.quota, rule.name, describe(key));
         let mut invocation = self.take.call(&[&bucket]);
         invocation
             .arg(format!("{rate_per_ms:.12}"))
@@ -552,7 +603,7 @@ impl Fleet {
             .arg(want)
             .arg(cost.max(1));
         let (granted, wait_ms): (u32, u64) = self
-            .timed_until(metrics, op, deadline, invocation.invoke(&mut conn))
+            .timed_until(metrics, op, &bucket, deadline, invocation.invoke(&mut conn))
             .await?;
         Ok((granted, Duration::from_millis(wait_ms)))
     }
@@ -652,6 +703,7 @@ impl Fleet {
             .timed(
                 metrics,
                 FleetOp::Resync,
+                &self.keys.flags,
                 ADMIN_TIMEOUT,
                 pipe.query_async(&mut conn),
             )
@@ -695,6 +747,7 @@ impl Fleet {
             .timed(
                 metrics,
                 FleetOp::FlagWrite,
+                &self.keys.flags,
                 ADMIN_TIMEOUT,
                 self.time.call(&[&self.keys.flags]).invoke(&mut conn),
             )
@@ -717,6 +770,7 @@ impl Fleet {
             .timed(
                 metrics,
                 FleetOp::FlagWrite,
+                &self.keys.flags,
                 ADMIN_TIMEOUT,
                 invocation.invoke(&mut conn),
             )
@@ -791,6 +845,7 @@ impl Fleet {
             .timed(
                 metrics,
                 FleetOp::FlagWrite,
+                &self.keys.flags,
                 ADMIN_TIMEOUT,
                 invocation.invoke(&mut conn),
             )
@@ -829,6 +884,7 @@ impl Fleet {
                 .timed(
                     metrics,
                     FleetOp::FlagWrite,
+                    &self.keys.flags,
                     ADMIN_TIMEOUT,
                     invocation.invoke(&mut conn),
                 )
@@ -860,6 +916,7 @@ impl Fleet {
             .timed(
                 metrics,
                 FleetOp::FlagExpire,
+                &self.keys.flags,
                 ADMIN_TIMEOUT,
                 invocation.invoke(&mut conn),
             )
@@ -890,6 +947,7 @@ impl Fleet {
         self.timed(
             metrics,
             FleetOp::Resync,
+            &self.keys.flags,
             self.config.timeout.max(Duration::from_millis(200)),
             invocation.invoke::<i64>(&mut conn),
         )
@@ -917,6 +975,7 @@ impl Fleet {
         self.timed(
             metrics,
             FleetOp::Node,
+            &self.keys.flags,
             ADMIN_TIMEOUT,
             invocation.invoke::<i64>(&mut conn),
         )
@@ -947,6 +1006,7 @@ impl Fleet {
             .timed(
                 metrics,
                 FleetOp::Node,
+                &self.keys.flags,
                 ADMIN_TIMEOUT,
                 pipe.query_async(&mut conn),
             )
@@ -994,6 +1054,7 @@ impl Fleet {
         self.timed(
             metrics,
             FleetOp::Ban,
+            &self.keys.bans,
             ADMIN_TIMEOUT,
             pipe.query_async::<()>(&mut conn),
         )
@@ -1026,6 +1087,7 @@ impl Fleet {
         self.timed(
             metrics,
             FleetOp::Ban,
+            &self.keys.bans,
             ADMIN_TIMEOUT,
             pipe.query_async::<()>(&mut conn),
         )
@@ -1043,6 +1105,7 @@ impl Fleet {
                 .timed(
                     metrics,
                     FleetOp::Ban,
+                    &self.keys.bans,
                     ADMIN_TIMEOUT,
                     conn.query_at(
                         &self.keys.bans,
@@ -1073,6 +1136,7 @@ impl Fleet {
                 .timed(
                     metrics,
                     FleetOp::Ban,
+                    &self.keys.bans,
                     ADMIN_TIMEOUT,
                     pipe.query_async(&mut conn),
                 )
@@ -1229,4 +1293,38 @@ mod tests {
             .map(|w| w.is_empty())
             .unwrap_or(false));
     }
+}
+
+/// The `(first slot, last slot, master address)` ranges of a `CLUSTER SLOTS`
+/// reply; entries it cannot read are skipped.
+fn slot_ranges(reply: &redis::Value) -> Vec<(u16, u16, String)> {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    ranges
+        .iter()
+        .filter_map(|range| {
+            let Value::Array(fields) = range else {
+                return None;
+            };
+            let first = int(fields.first()?)?;
+            let last = int(fields.get(1)?)?;
+            let Value::Array(master) = fields.get(2)? else {
+                return None;
+            };
+            let host = text(master.first()?)?;
+            let port = int(master.get(1)?)?;
+            Some((first, last, format!("{host}:{port}")))
+        })
+        .collect()
 }

@@ -6,6 +6,7 @@ pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod background;
+pub mod circuit;
 pub mod console;
 pub mod edge;
 pub mod escalator;

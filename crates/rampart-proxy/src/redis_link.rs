@@ -198,6 +198,9 @@ enum Target {
 pub struct RedisLink {
     target: Target,
     conn: arc_swap::ArcSwapOption<Conn>,
+    /// Connections made so far: tells an operation whether the connection it
+    /// used is still the one in use.
+    generation: std::sync::atomic::AtomicU64,
     /// Sentinel: the master in use (its client, and its address for logs).
     master: arc_swap::ArcSwapOption<(redis::Client, String)>,
     /// Sentinel: raised when an error says the master may have moved (it
@@ -254,6 +257,7 @@ impl RedisLink {
         Ok(Self {
             target,
             conn: arc_swap::ArcSwapOption::empty(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             master: arc_swap::ArcSwapOption::empty(),
             rediscover: tokio::sync::Notify::new(),
             connect_timeout,
@@ -301,7 +305,14 @@ impl RedisLink {
             ),
         };
         self.conn.store(Some(Arc::new(conn)));
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How many connections were made so far; changes when
+    /// [`RedisLink::connect`] replaces the connection in use.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     async fn manager(&self, client: &redis::Client) -> RedisResult<ConnectionManager> {

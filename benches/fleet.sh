@@ -32,7 +32,7 @@ export RAMPART_ADMIN_TOKEN=bench-token-0123456789abcdef
 . benches/origin.sh
 start_origin "$tmp"
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; kill $(cat "$tmp"/*.pid 2>/dev/null) 2>/dev/null; sleep 0.2; rm -rf "$tmp"' EXIT
+trap 'set +e; kill "${pids[@]}" 2>/dev/null; kill $(cat "$tmp"/*.pid 2>/dev/null) 2>/dev/null; sleep 0.2; rm -rf "$tmp"' EXIT
 if [ "$part" = all ] || [ "$part" = paths ]; then
 redis-server --bind 127.0.0.1 --port 16379 --save "" --appendonly no --daemonize yes --pidfile "$tmp/redis.pid" --dir "$tmp" >/dev/null
 RUST_LOG=warn "$bin" run --config benches/configs/fleet-vs-local.toml >"$tmp/rampart.log" 2>&1 &
@@ -94,6 +94,7 @@ fi
 # --- Topologies: one server, Sentinel, cluster --------------------------------
 admin3() { curl -s -H "Authorization: Bearer $RAMPART_ADMIN_TOKEN" "http://127.0.0.1:19903$1"; }
 degraded() { admin3 /metrics | awk '$1 == "rampart_fleet_degraded" {print $2}'; }
+quota_errors() { admin3 /metrics | awk '$1 == "rampart_fleet_redis_errors_total{op=\"quota\"}" {n=$2} END {print n + 0}'; }
 now() { date +%s.%N; }
 data() { # PORT [ARGS...]: a data node, pid file $tmp/data-PORT.pid
   local port=$1; shift
@@ -108,6 +109,7 @@ start_single() {
 }
 start_sentinel() {
   data 16391; data 16392 --replicaof 127.0.0.1 16391
+  until redis-cli -p 16392 INFO replication | grep -q master_link_status:up; do sleep 0.1; done
   for s in 26391 26392 26393; do
     printf 'sentinel monitor bench 127.0.0.1 16391 2\nsentinel down-after-milliseconds bench 1000\nsentinel failover-timeout bench 5000\n' >"$tmp/s$s.conf"
     redis-server "$tmp/s$s.conf" --sentinel --bind 127.0.0.1 --port "$s" --daemonize yes --pidfile "$tmp/sentinel-$s.pid" --dir "$tmp" >/dev/null
@@ -129,6 +131,8 @@ start_cluster() {
   until (for p in 17001 17002 17003 17004 17005 17006; do
            redis-cli -p $p CLUSTER INFO | grep -q cluster_state:ok || exit 1
            [ "$(redis-cli -p $p CLUSTER NODES | grep -c ' connected')" = 6 ] || exit 1
+           redis-cli -p $p ROLE | head -1 | grep -q master \
+             || redis-cli -p $p INFO replication | grep -q master_link_status:up || exit 1
          done); do sleep 0.2; done
   store='cluster_urls = ["redis://127.0.0.1:17001", "redis://127.0.0.1:17002", "redis://127.0.0.1:17003"]'
 }
@@ -154,13 +158,15 @@ for topo in single sentinel cluster; do
   until [ "$(degraded)" = 0 ]; do sleep 0.1; done
   for i in $(seq 1 "$rounds"); do
     for path in local fleet; do
+      e0=$(quota_errors)
       wrk -t1 -c32 -d"${secs}s" --latency -s benches/xff64.lua "http://127.0.0.1:18082/$path" \
-        | awk -v p="$topo/$path" '/Requests\/sec/ {r=$2} / 50%/ {p50=$2} / 99%/ {p99=$2} /Non-2xx/ {bad=$NF} END {print p, r, p50, p99, (bad==""?0:bad)}'
+        | awk -v p="$topo/$path" -v e="$(quota_errors)" '/Requests\/sec/ {r=$2} / 50%/ {p50=$2} / 99%/ {p99=$2} /Non-2xx/ {bad=$NF} END {print p, r, p50, p99, (bad==""?0:bad)}' \
+        | { read -r line; echo "$line $(( $(quota_errors) - e0 ))"; }
     done
   done >>"$tmp/topologies.txt"
   if [ "$topo" != single ]; then
     old=$(master_port "$topo")
-    wrk -t1 -c32 -d16s --latency -s benches/xff64.lua http://127.0.0.1:18082/fleet >"$tmp/$topo-failover.txt" &
+    wrk -t1 -c32 -d16s --latency -s benches/xff64.lua http://127.0.0.1:18082/closed >"$tmp/$topo-failover.txt" &
     wp=$!
     sleep 4
     t0=$(now); kill -9 "$(cat "$tmp/data-$old.pid")"
@@ -183,7 +189,11 @@ for topo in single sentinel cluster; do
       }' "$tmp/$topo-failover.txt" >>"$tmp/failovers.txt"
   fi
   kill "$rp"; wait "$rp" 2>/dev/null || true
-  for f in "$tmp"/data-*.pid "$tmp"/sentinel-*.pid; do [ -e "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; rm -f "$f"; done
+  for f in "$tmp"/data-*.pid "$tmp"/sentinel-*.pid; do
+    [ -e "$f" ] || continue
+    kill -9 "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
   sleep 0.5
 done
 python3 -c "
@@ -193,10 +203,10 @@ def us(v):
         if v.endswith(suf): return float(v[:-len(suf)])*m
 rows={}
 for line in open('$tmp/topologies.txt'):
-    p, r, p50, p99, bad = line.split()
-    rows.setdefault(p, []).append((float(r), us(p50), us(p99), int(bad)))
-print(f\"{'topology/path':18} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'non-2xx':>8}\")
+    p, r, p50, p99, bad, errors = line.split()
+    rows.setdefault(p, []).append((float(r), us(p50), us(p99), int(bad), int(float(errors))))
+print(f\"{'topology/path':18} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} {'non-2xx':>8} {'redis timeouts/errors':>22}\")
 for p, v in rows.items():
-    print(f'{p:18} {s.median(x[0] for x in v):9.0f} {s.median(x[1] for x in v):8.0f} {s.median(x[2] for x in v):8.0f} {sum(x[3] for x in v):8d}')
+    print(f'{p:18} {s.median(x[0] for x in v):9.0f} {s.median(x[1] for x in v):8.0f} {s.median(x[2] for x in v):8.0f} {sum(x[3] for x in v):8d} {sum(x[4] for x in v):22d}')
 "
 cat "$tmp/failovers.txt"

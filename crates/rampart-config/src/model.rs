@@ -204,11 +204,18 @@ impl FleetRedis {
             Self::Sentinel(s) => format!(
                 "sentinel master \"{}\" via {}",
                 s.master,
-                s.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ")
+                s.urls
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Self::Cluster { urls } => format!(
                 "cluster via {}",
-                urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ")
+                urls.iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -1164,4 +1171,49 @@ pub enum UnmatchedConfig {
         /// Pool index.
         pool: usize,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("redis://:s3cret@10.0.0.5:6379/0"),
+            "redis://***@10.0.0.5:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://user:p@ss@redis.internal:6380/1"),
+            "rediss://***@redis.internal:6380/1"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+    }
+
+    #[test]
+    fn topologies_are_described_without_credentials() {
+        let sentinel = FleetRedis::Sentinel(SentinelConfig {
+            master: "mymaster".into(),
+            urls: vec![
+                "redis://:pw@10.0.0.1:26379".into(),
+                "redis://10.0.0.2:26379".into(),
+            ],
+            db: 0,
+            username: None,
+            password: Some("secret".into()),
+        });
+        assert_eq!(
+            sentinel.describe(),
+            "sentinel master \"mymaster\" via redis://***@10.0.0.1:26379, redis://10.0.0.2:26379"
+        );
+        assert!(!format!("{sentinel:?}").contains("secret"));
+        let cluster = FleetRedis::Cluster {
+            urls: vec!["redis://u:p@10.0.0.1:6379".into()],
+        };
+        assert_eq!(cluster.describe(), "cluster via redis://***@10.0.0.1:6379");
+        assert_eq!(cluster.topology(), "cluster");
+    }
 }

@@ -132,8 +132,9 @@ impl Circuits {
                     names.len() - 1
                 }
             };
-            for slot in usize::from(*first)..=usize::from(*last).min(SLOTS - 1) {
-                slots[slot] = index as u16;
+            let (first, last) = (usize::from(*first), usize::from(*last).min(SLOTS - 1));
+            if let Some(range) = slots.get_mut(first..=last) {
+                range.fill(index as u16);
             }
         }
         if names.is_empty() {
@@ -179,10 +180,7 @@ impl Breaker {
 
     /// The master's address (empty with one master).
     pub fn name(&self) -> &str {
-        self.shards
-            .names
-            .get(self.index)
-            .map_or("", String::as_str)
+        self.shards.names.get(self.index).map_or("", String::as_str)
     }
 
     /// Whether this circuit is open.

@@ -22,15 +22,27 @@
 //! node refuses that key locally until the time the script said a token is
 //! back: a flood of refused requests costs one Redis call per key per refill
 //! time, not one per request (the lease table, `lease`).
+//!
+//! **Topologies.** Redis is one server, the master Redis Sentinel names, or a
+//! Redis Cluster (Valkey alike): [`crate::redis_link`] hides which. In a
+//! cluster the keys used together (flags, their origins, the epoch, node
+//! reports, the escalation lease, bans) share the hash tag `{<prefix>}` and so
+//! one slot ([`FleetKeys`]); each bucket is one key, on whichever master its
+//! slot lands. Each master has its own circuit breaker ([`crate::circuit`]).
+//! With Sentinel or a cluster, a flag write waits for one replica to hold it
+//! (`WAIT`), so that a failover right after does not lose a change already
+//! answered as made. A failover may lose a bucket's last writes (replication is
+//! asynchronous); the bucket at worst restarts full, so each failover admits
+//! at most one burst more per key than the budget.
 
 use crate::circuit::{Breaker, Circuits, Transition};
 use crate::lease::{Begin, LeaseTable};
 use crate::lockdown::Activation;
 use crate::metrics::{FleetOp, Metrics};
+use crate::redis_link::{Conn, Lua, RedisLink};
 use rampart_config::{FleetConfig, LimitConfig};
 use rampart_policy::limits::LimitKey;
 use rampart_policy::{FleetAnswer, FleetCheck};
-use crate::redis_link::{Conn, Lua, RedisLink};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -415,7 +427,10 @@ impl Fleet {
     /// In a cluster: reads which master serves which slot (`CLUSTER SLOTS`),
     /// so that each master has its own circuit. Nothing to do otherwise.
     pub async fn refresh_topology(&self, metrics: &Metrics) {
-        if !matches!(self.config.redis, rampart_config::FleetRedis::Cluster { .. }) {
+        if !matches!(
+            self.config.redis,
+            rampart_config::FleetRedis::Cluster { .. }
+        ) {
             return;
         }
         let Ok(mut conn) = self.connection() else {
@@ -510,7 +525,13 @@ impl Fleet {
         // master, a cluster connection made anew) says nothing of the new one.
         if result.is_ok() || self.link.generation() == generation {
             let breaker = self.circuits.for_key(key);
-            self.mark(result.is_ok(), metrics, what, result.as_ref().err(), &breaker);
+            self.mark(
+                result.is_ok(),
+                metrics,
+                what,
+                result.as_ref().err(),
+                &breaker,
+            );
         }
         result
     }
@@ -761,11 +782,7 @@ impl Fleet {
         let mut invocation =
             self.write
                 .call(&[&self.keys.flags, &self.keys.epoch, &self.keys.origins]);
-        invocation
-            .arg(deadline_ms)
-            .arg(flag)
-            .arg(&landed)
-            .arg(node);
+        invocation.arg(deadline_ms).arg(flag).arg(&landed).arg(node);
         let answer: Result<String, FleetError> = self
             .timed(
                 metrics,
@@ -777,7 +794,8 @@ impl Fleet {
             .await;
         match answer.as_deref() {
             Ok("ok") => {
-                self.await_replica(&mut conn, flag).await;
+                self.await_replica(&mut conn, &format!("the change of {flag}"))
+                    .await;
                 Ok(true)
             }
             Ok("empty") => Ok(false),
@@ -816,7 +834,7 @@ impl Fleet {
         .await;
         if !matches!(acked, Ok(Ok(n)) if n >= 1) {
             log::warn!(
-                "fleet: {what} is on the Redis master but no replica confirmed it within {REPLICA_WAIT:?}; a failover now could lose it"
+                "fleet: no replica confirmed {what} within {REPLICA_WAIT:?} (it is on the Redis master); a failover now could lose it"
             );
         }
     }
@@ -851,7 +869,8 @@ impl Fleet {
             )
             .await?;
         if done == 1 {
-            self.await_replica(&mut conn, "the re-published flags").await;
+            self.await_replica(&mut conn, "the re-published flags")
+                .await;
         }
         Ok(done == 1)
     }
@@ -1179,6 +1198,40 @@ fn describe(key: &LimitKey) -> String {
     }
 }
 
+/// The `(first slot, last slot, master address)` ranges of a `CLUSTER SLOTS`
+/// reply; entries it cannot read are skipped.
+fn slot_ranges(reply: &redis::Value) -> Vec<(u16, u16, String)> {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    ranges
+        .iter()
+        .filter_map(|range| {
+            let Value::Array(fields) = range else {
+                return None;
+            };
+            let first = int(fields.first()?)?;
+            let last = int(fields.get(1)?)?;
+            let Value::Array(master) = fields.get(2)? else {
+                return None;
+            };
+            let host = text(master.first()?)?;
+            let port = int(master.get(1)?)?;
+            Some((first, last, format!("{host}:{port}")))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1293,38 +1346,4 @@ mod tests {
             .map(|w| w.is_empty())
             .unwrap_or(false));
     }
-}
-
-/// The `(first slot, last slot, master address)` ranges of a `CLUSTER SLOTS`
-/// reply; entries it cannot read are skipped.
-fn slot_ranges(reply: &redis::Value) -> Vec<(u16, u16, String)> {
-    use redis::Value;
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    };
-    let int = |v: &Value| match v {
-        Value::Int(n) => u16::try_from(*n).ok(),
-        _ => None,
-    };
-    let Value::Array(ranges) = reply else {
-        return Vec::new();
-    };
-    ranges
-        .iter()
-        .filter_map(|range| {
-            let Value::Array(fields) = range else {
-                return None;
-            };
-            let first = int(fields.first()?)?;
-            let last = int(fields.get(1)?)?;
-            let Value::Array(master) = fields.get(2)? else {
-                return None;
-            };
-            let host = text(master.first()?)?;
-            let port = int(master.get(1)?)?;
-            Some((first, last, format!("{host}:{port}")))
-        })
-        .collect()
 }

@@ -432,9 +432,9 @@ impl RedisSentinel {
                 };
                 field("num-slaves") == Some(replicas)
                     && field("num-other-sentinels") == Some(sentinels - 1)
-            }) && setup.data[1..]
-                .iter()
-                .all(|r| cli_at(r.port, &["INFO", "replication"]).contains("master_link_status:up"));
+            }) && setup.data[1..].iter().all(|r| {
+                cli_at(r.port, &["INFO", "replication"]).contains("master_link_status:up")
+            });
             async move { ok }
         })
         .await;

@@ -151,9 +151,10 @@ fn audited(r: &Rampart, action: &str, flag: &str) -> usize {
 
 /// Every fleet feature, on whatever `store` names: a flag made on A is
 /// enforced on B, a TTL expires once fleet-wide, a shared bucket holds across
-/// nodes, a ban on A holds on B and a lift too, both nodes report themselves
-/// and one holds the escalation lease.
-async fn every_fleet_feature(a: &Rampart, b: &Rampart, origin: &MockOrigin, topology: &str) {
+/// nodes, a ban on A holds on B (announced, and read back from Redis by B
+/// restarted) and a lift too, both nodes report themselves and one holds the
+/// escalation lease.
+async fn every_fleet_feature(a: &Rampart, b: &mut Rampart, origin: &MockOrigin, topology: &str) {
     // Flags: changed on A, enforced on B, with the change's actor.
     assert_eq!(get(b, "/chat", "192.0.2.1").await, 200);
     let on = json!({"reason": "flood", "actor": "oncall"});
@@ -177,14 +178,19 @@ async fn every_fleet_feature(a: &Rampart, b: &Rampart, origin: &MockOrigin, topo
                 == 1
     })
     .await;
-    assert!(expired, "the TTL did not end once:\n{}\n{}", a.log(), b.log());
+    assert!(
+        expired,
+        "the TTL did not end once:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
     assert!(!b.flag_active("registration_closed").await);
 
     // A shared bucket of 10 across both nodes, leased 2 at a time.
     let before = origin.request_count();
     let mut allowed = 0;
     for i in 0..30 {
-        let node = if i % 2 == 0 { a } else { b };
+        let node: &Rampart = if i % 2 == 0 { a } else { b };
         let s = get(node, "/shared", "192.0.2.2").await;
         assert!(s == 200 || s == 429, "{s}");
         allowed += usize::from(s == 200);
@@ -208,6 +214,17 @@ async fn every_fleet_feature(a: &Rampart, b: &Rampart, origin: &MockOrigin, topo
     })
     .await;
     assert!(on_b, "B did not learn the ban:\n{}", b.log());
+    // Restarted, B holds no ban of its own: it reads them back from Redis.
+    b.restart(bin()).await;
+    let read_back = wait_until(Duration::from_secs(10), || async {
+        b.admin_json("/bans").await["bans"][0]["key"] == ip
+    })
+    .await;
+    assert!(
+        read_back,
+        "B restarted did not read the ban back:\n{}",
+        b.log()
+    );
     let lifted = b
         .admin_request(Method::DELETE, &format!("/bans/guarded-fleet?key={ip}"))
         .send()
@@ -314,7 +331,15 @@ impl Load {
 
     /// Stops the load: admitted requests per address, `/chat` answers that
     /// were not 403, the slowest answer, requests sent, seconds of load.
-    async fn stop(self) -> (HashMap<String, usize>, Vec<(String, u16)>, Duration, usize, f64) {
+    async fn stop(
+        self,
+    ) -> (
+        HashMap<String, usize>,
+        Vec<(String, u16)>,
+        Duration,
+        usize,
+        f64,
+    ) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             t.await.unwrap();
@@ -345,7 +370,12 @@ async fn sum(r: &Rampart, name: &str, labels: &[&str]) -> f64 {
 /// the request's, plus scheduling on a busy machine) and no request beyond
 /// 0.5 s (five timeouts: the fleet wait plus the origin's answer).
 async fn within_timeout(r: &Rampart) {
-    let total = sum(r, "rampart_fleet_redis_duration_seconds_count", &["op=\"quota\""]).await;
+    let total = sum(
+        r,
+        "rampart_fleet_redis_duration_seconds_count",
+        &["op=\"quota\""],
+    )
+    .await;
     let bounded = sum(
         r,
         "rampart_fleet_redis_duration_seconds_bucket",
@@ -354,7 +384,8 @@ async fn within_timeout(r: &Rampart) {
     .await;
     assert!(total > 0.0);
     assert_eq!(
-        bounded, total,
+        bounded,
+        total,
         "{} of {total} quota round trips took longer than 250 ms (timeout {TIMEOUT_MS} ms)",
         total - bounded
     );
@@ -420,7 +451,8 @@ async fn a_change_after_the_failover_reaches_every_node(a: &Rampart, b: &Rampart
     .await;
     assert!(made, "no flag change went through:\n{}", a.log());
     let everywhere = wait_until(Duration::from_secs(3), || async {
-        get(b, "/register", "192.0.2.3").await == 403 && get(a, "/register", "192.0.2.3").await == 403
+        get(b, "/register", "192.0.2.3").await == 403
+            && get(a, "/register", "192.0.2.3").await == 403
     })
     .await;
     assert!(everywhere, "B did not learn the change:\n{}", b.log());
@@ -440,8 +472,8 @@ async fn a_fleet_on_a_redis_cluster_works_and_rides_out_a_failover_under_load() 
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let (a, b) = nodes(&origin, &store).await;
-    every_fleet_feature(&a, &b, &origin, "cluster").await;
+    let (a, mut b) = nodes(&origin, &store).await;
+    every_fleet_feature(&a, &mut b, &origin, "cluster").await;
     // The fleet's keys share one slot; buckets spread over the masters.
     let flags_home = cluster.master_of("{test:}flags").unwrap();
     assert_eq!(cluster.master_of("{test:}epoch"), Some(flags_home));
@@ -514,8 +546,8 @@ async fn a_fleet_on_redis_sentinel_works_and_rides_out_a_failover_under_load() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let (a, b) = nodes(&origin, &store).await;
-    every_fleet_feature(&a, &b, &origin, "sentinel").await;
+    let (a, mut b) = nodes(&origin, &store).await;
+    every_fleet_feature(&a, &mut b, &origin, "sentinel").await;
     let master = setup.master_port().unwrap();
     assert_eq!(
         setup.cli(master, &["HEXISTS", "test:flags", "chat_closed"]),
@@ -553,7 +585,11 @@ async fn a_fleet_on_redis_sentinel_works_and_rides_out_a_failover_under_load() {
         "sentinel: failover {took:?} after the kill, nodes on the new master {:?} after it; {requests} requests, slowest answer {slowest:?}",
         killed.elapsed()
     );
-    assert!(followed, "a node did not follow the new master:\n{}", a.log());
+    assert!(
+        followed,
+        "a node did not follow the new master:\n{}",
+        a.log()
+    );
     assert!(
         chat_open.is_empty(),
         "a flag in force before the failover was not enforced: {chat_open:?}"

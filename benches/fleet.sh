@@ -147,6 +147,7 @@ master_port() { # the port of the master holding the fleet's keys
         [ -n "$out" ] && { echo "$out"; break; }
       done ;;
   esac
+  return 0  # nothing printed while no live master serves the slot
 }
 echo
 echo "== topologies: fleet bucket path, 64 client addresses, wrk -t1 -c32, $rounds x ${secs}s, medians"
@@ -170,13 +171,15 @@ for topo in single sentinel cluster; do
     wp=$!
     sleep 4
     t0=$(now); kill -9 "$(cat "$tmp/data-$old.pid")"
-    promoted=; down=; back=
+    promoted=; down=; back=; was=0
     while kill -0 "$wp" 2>/dev/null; do
       t=$(now)
       if [ -z "$promoted" ]; then p=$(master_port "$topo"); [ -n "$p" ] && [ "$p" != "$old" ] && promoted=$t; fi
       d=$(degraded)
-      [ -z "$down" ] && [ "$d" = 1 ] && down=$t
-      [ -n "$down" ] && [ -z "$back" ] && [ "$d" = 0 ] && back=$t
+      # Degraded: first seen; back: when it last went from 1 to 0 (it may
+      # flap while the store fails over).
+      if [ "$d" = 1 ]; then [ -n "$down" ] || down=$t; was=1; fi
+      if [ "$d" = 0 ] && [ "${was:-0}" = 1 ]; then back=$t; was=0; fi
       sleep 0.05
     done
     wait "$wp" || true

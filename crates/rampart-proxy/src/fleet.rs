@@ -412,8 +412,9 @@ impl Fleet {
         };
         match change {
             Some(Transition::Closed) => log::warn!(
-                "fleet: Redis reachable again ({}{master}); no longer degraded",
-                self.describe()
+                "fleet: Redis reachable again ({}{master}, {}); no longer degraded",
+                self.describe(),
+                what.as_label()
             ),
             Some(Transition::Opened) => log::error!(
                 "fleet: DEGRADED, Redis unreachable during {}{master}: {}; keeping the last known flags and applying each fleet rule's failure mode",
@@ -1256,6 +1257,49 @@ mod tests {
             reason: "r".into(),
             since_ms: 1,
             expires_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_bans_are_read_only_from_the_master_that_serves_them() {
+        let mut cluster = rampart_testkit::redis::RedisCluster::start(3, 0).await;
+        let metrics = Metrics::new();
+        let f = Fleet::new(FleetConfig {
+            redis: rampart_config::FleetRedis::Cluster {
+                urls: cluster.urls(),
+            },
+            key_prefix: "t:".into(),
+            node: None,
+            timeout: Duration::from_millis(200),
+            resync_interval: Duration::from_secs(1),
+            quota_batch: 3,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        f.connect().await.unwrap_or_else(|e| panic!("{e}"));
+        let ban = FleetBan {
+            rule: "r".into(),
+            key: "192.0.2.1".into(),
+            ms: 60_000,
+            offenses: 1,
+        };
+        f.publish_ban(&ban, &metrics)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let read = f
+            .read_bans(&metrics)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.len(), 1, "{read:?}");
+        // Its master gone (no replica here): reading fails every time. Never
+        // an empty list from another master, which would lift every ban.
+        let home = cluster.master_of("{t:}bans").expect("a master");
+        cluster.kill(home);
+        // A connection made now has none to the dead master (the sync service
+        // reconnects when a resync fails).
+        let _ = f.connect().await;
+        for _ in 0..10 {
+            let read = f.read_bans(&metrics).await;
+            assert!(read.is_err(), "{read:?}");
         }
     }
 

@@ -7,9 +7,9 @@
 //! Everything above this module sees one [`Conn`] that runs commands, Lua
 //! scripts ([`Lua`]: `EVALSHA`, then `EVAL` on the node that lacks the script,
 //! so a replica promoted by a failover needs no script upload to every node)
-//! and commands routed to the node holding a given key ([`Conn::query_at`]:
-//! `TIME`, `WAIT` and `SCAN` have no key of their own, and in a cluster must
-//! still run on the node that holds the fleet's flags).
+//! and commands run on the node holding a given key ([`Conn::query_at`]:
+//! `WAIT` and `SCAN` have no key of their own, and in a cluster must still run
+//! on the node that holds the fleet's flags and bans).
 //!
 //! **Pub/sub.** Flag changes and bans are announced with `PUBLISH` from the
 //! node that holds the fleet's keys. In a cluster a regular `PUBLISH` reaches
@@ -20,7 +20,6 @@
 use rampart_config::{FleetRedis, SentinelConfig};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, ToRedisArgs, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -99,19 +98,25 @@ impl ConnectionLike for Conn {
 impl Conn {
     /// Runs `cmd` on the node that holds `key` (the master of its slot in a
     /// cluster; the only node otherwise): for commands without a key of
-    /// their own that must run where `key` lives.
+    /// their own that must run where `key` lives (`SCAN`, `WAIT`).
+    ///
+    /// In a cluster `cmd` goes in one pipeline after `EXISTS key`: the
+    /// pipeline is routed by that key, and a node that does not serve its
+    /// slot answers `MOVED` instead of running `cmd`. (Routing `cmd` alone to
+    /// the slot's master is not enough: while that master is down the
+    /// cluster connection may hand the command to any node, which would
+    /// answer `SCAN` with its own keys.)
     pub async fn query_at<T: FromRedisValue>(&mut self, key: &str, cmd: &Cmd) -> RedisResult<T> {
         match self {
             Self::Node(c) => cmd.query_async(c).await,
             Self::Cluster(c) => {
-                let route = Route::new(key_slot(key.as_bytes()), SlotAddr::Master);
-                let value = c
-                    .route_command(
-                        cmd,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
-                    .await?;
-                T::from_redis_value(&value)
+                let mut pipe = redis::pipe();
+                pipe.cmd("EXISTS")
+                    .arg(key)
+                    .ignore()
+                    .add_command(cmd.clone());
+                let (value,): (T,) = pipe.query_async(c).await?;
+                Ok(value)
             }
         }
     }
@@ -460,7 +465,6 @@ mod tests {
         assert_eq!(key_slot(b"123456789"), 12_739);
         // A hash tag decides alone; an empty one does not count.
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
         assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
         assert_eq!(key_slot(b"{rampart:}flags"), key_slot(b"{rampart:}epoch"));
     }

@@ -262,6 +262,28 @@ async fn every_fleet_feature(a: &Rampart, b: &mut Rampart, origin: &MockOrigin, 
     );
 }
 
+/// The address banned before a failover (`guarded-fleet`).
+const BANNED: &str = "198.51.100.10";
+
+/// Bans [`BANNED`] through A (two refusals by a bucket of 2) and waits until
+/// B holds the ban too.
+async fn ban_before_the_failover(a: &Rampart, b: &Rampart) {
+    for _ in 0..2 {
+        assert_eq!(get(a, "/guarded", BANNED).await, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(get(a, "/guarded", BANNED).await, 429);
+    }
+    let on_b = wait_until(Duration::from_secs(2), || async { banned(b).await }).await;
+    assert!(on_b, "B did not learn the ban:\n{}", b.log());
+}
+
+async fn banned(r: &Rampart) -> bool {
+    r.admin_json("/bans").await["bans"]
+        .as_array()
+        .is_some_and(|bans| bans.iter().any(|ban| ban["key"] == BANNED))
+}
+
 /// Load on both nodes until stopped: `/quota` from [`CLIENTS`] addresses
 /// and `/chat` (a flag closed it before the load starts), counting admitted
 /// requests per address, answers on `/chat` that are not 403, and the
@@ -482,6 +504,7 @@ async fn a_fleet_on_a_redis_cluster_works_and_rides_out_a_failover_under_load() 
         "1"
     );
 
+    ban_before_the_failover(&a, &b).await;
     let load = Load::start(&[&a, &b]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed = Instant::now();
@@ -524,6 +547,13 @@ async fn a_fleet_on_a_redis_cluster_works_and_rides_out_a_failover_under_load() 
     for n in [&a, &b] {
         within_timeout(n).await;
         assert!(n.flag_active("chat_closed").await);
+        // Reconnecting through the failover, the node read the bans back from
+        // the master that serves them, not from whichever node answered.
+        assert!(
+            banned(n).await,
+            "a ban was lost in the failover:\n{}",
+            n.log()
+        );
     }
     let caught_up = a_change_after_the_failover_reaches_every_node(&a, &b).await;
     eprintln!("cluster: a change after the failover reached both nodes {caught_up:?} later");
@@ -561,6 +591,7 @@ async fn a_fleet_on_redis_sentinel_works_and_rides_out_a_failover_under_load() {
         "{view}"
     );
 
+    ban_before_the_failover(&a, &b).await;
     let load = Load::start(&[&a, &b]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed = Instant::now();
@@ -598,6 +629,13 @@ async fn a_fleet_on_redis_sentinel_works_and_rides_out_a_failover_under_load() {
     for n in [&a, &b] {
         within_timeout(n).await;
         assert!(n.flag_active("chat_closed").await);
+        // Reconnecting through the failover, the node read the bans back from
+        // the master that serves them, not from whichever node answered.
+        assert!(
+            banned(n).await,
+            "a ban was lost in the failover:\n{}",
+            n.log()
+        );
     }
     let caught_up = a_change_after_the_failover_reaches_every_node(&a, &b).await;
     eprintln!("sentinel: a change after the failover reached both nodes {caught_up:?} later");

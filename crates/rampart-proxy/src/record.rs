@@ -395,23 +395,7 @@ impl BackgroundService for RecordWriter {
         };
         let mut file: Option<(PathBuf, Output, u64)> = None;
         let mut buf = Vec::with_capacity(64 * 1024);
-        loop {
-            let line = tokio::select! {
-                line = receiver.recv() => line,
-                _ = shutdown.changed() => None,
-            };
-            let Some(line) = line else { break };
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-            while buf.len() < 60 * 1024 {
-                match receiver.try_recv() {
-                    Ok(more) => {
-                        buf.extend_from_slice(more.as_bytes());
-                        buf.push(b'\n');
-                    }
-                    Err(_) => break,
-                }
-            }
+        while crate::access_log::next_batch(&mut receiver, &mut shutdown, &mut buf).await {
             if file
                 .as_ref()
                 .is_some_and(|(_, _, n)| *n >= self.max_file_bytes)

@@ -228,7 +228,9 @@ fn damaged_lines_are_counted_never_a_panic() {
     let mut replay = Replay::new(config("current.toml"), None, &options()).unwrap();
     let mut fed = 0u64;
     for _ in 0..20_000 {
-        let mut bytes = lines[(next() % lines.len() as u64) as usize].as_bytes().to_vec();
+        let mut bytes = lines[(next() % lines.len() as u64) as usize]
+            .as_bytes()
+            .to_vec();
         for _ in 0..=(next() % 4) {
             if bytes.is_empty() {
                 break;
@@ -253,5 +255,9 @@ fn damaged_lines_are_counted_never_a_panic() {
     }
     let report = replay.finish();
     assert_eq!(report.records + report.bad_lines, fed);
-    assert!(report.bad_lines > 1_000 && report.records > 1_000, "{}", report.text());
+    assert!(
+        report.bad_lines > 1_000 && report.records > 1_000,
+        "{}",
+        report.text()
+    );
 }

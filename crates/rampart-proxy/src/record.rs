@@ -5,8 +5,8 @@
 //! requests a second are all recorded; beyond that, one in `flood_sample`,
 //! whose record carries that weight so a replay can scale counts back. A
 //! writer that falls behind drops lines and counts them. With `compress`
-//! (the default) files are gzip streams flushed after every batch, so the
-//! file being written reads up to its last batch; records shrink about 13x
+//! (the default) files are gzip streams flushed once a second, so the
+//! file being written reads up to its last second; records shrink about 13x
 //! (`benches/README.md` "Replay").
 
 use crate::metrics::Metrics;
@@ -394,42 +394,76 @@ impl BackgroundService for RecordWriter {
             return;
         };
         let mut file: Option<(PathBuf, Output, u64)> = None;
-        let mut buf = Vec::with_capacity(64 * 1024);
-        while crate::access_log::next_batch(&mut receiver, &mut shutdown, &mut buf).await {
-            if file
-                .as_ref()
-                .is_some_and(|(_, _, n)| *n >= self.max_file_bytes)
-            {
-                if let Some((_, out, _)) = file.take() {
-                    out.finish();
-                }
+        let mut buf = Vec::with_capacity(BATCH_BYTES + 4096);
+        let mut last_write = std::time::Instant::now();
+        loop {
+            // Lines gather for up to WRITE_EVERY or BATCH_BYTES: one write (and
+            // one gzip flush) a second rather than one per burst.
+            let more = if buf.is_empty() {
+                crate::access_log::next_batch(&mut receiver, &mut shutdown, &mut buf).await
+            } else {
+                let wait = WRITE_EVERY.saturating_sub(last_write.elapsed());
+                tokio::time::timeout(
+                    wait,
+                    crate::access_log::next_batch(&mut receiver, &mut shutdown, &mut buf),
+                )
+                .await
+                .unwrap_or(true)
+            };
+            if more && buf.len() < BATCH_BYTES && last_write.elapsed() < WRITE_EVERY {
+                continue;
             }
-            if file.is_none() {
-                match open_new(&self.dir, self.compress) {
-                    Ok((path, f)) => {
-                        enforce_cap(&self.dir, self.max_total_bytes, &path);
-                        file = Some((path, f, 0));
-                    }
-                    Err(e) => {
-                        log::error!("cannot open a record file in {}: {e}", self.dir.display());
-                        buf.clear();
-                        continue;
-                    }
-                }
+            if !buf.is_empty() {
+                self.write(&mut file, &buf);
+                buf.clear();
             }
-            if let Some((_, out, size)) = &mut file {
-                match out.write_batch(&buf) {
-                    Ok(n) => *size = n,
-                    Err(e) => {
-                        log::error!("record write failed: {e}");
-                        file = None;
-                    }
-                }
+            last_write = std::time::Instant::now();
+            if !more {
+                break;
             }
-            buf.clear();
         }
         if let Some((_, out, _)) = file {
             out.finish();
+        }
+    }
+}
+
+/// How often gathered lines are written at most, and how many bytes make a
+/// write sooner.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const BATCH_BYTES: usize = 256 * 1024;
+
+impl RecordWriter {
+    /// Writes one batch to the current file, rotating it first when full.
+    fn write(&self, file: &mut Option<(PathBuf, Output, u64)>, batch: &[u8]) {
+        if file
+            .as_ref()
+            .is_some_and(|(_, _, n)| *n >= self.max_file_bytes)
+        {
+            if let Some((_, out, _)) = file.take() {
+                out.finish();
+            }
+        }
+        if file.is_none() {
+            match open_new(&self.dir, self.compress) {
+                Ok((path, f)) => {
+                    enforce_cap(&self.dir, self.max_total_bytes, &path);
+                    *file = Some((path, f, 0));
+                }
+                Err(e) => {
+                    log::error!("cannot open a record file in {}: {e}", self.dir.display());
+                    return;
+                }
+            }
+        }
+        if let Some((_, out, size)) = file {
+            match out.write_batch(batch) {
+                Ok(n) => *size = n,
+                Err(e) => {
+                    log::error!("record write failed: {e}");
+                    *file = None;
+                }
+            }
         }
     }
 }

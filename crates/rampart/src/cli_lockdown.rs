@@ -404,12 +404,20 @@ pub fn top(target: &AdminTarget, n: usize) -> u8 {
     );
     for (title, key) in [("ADDRESS", "ips"), ("NETWORK", "prefixes"), ("AS", "asns")] {
         println!();
-        println!("{title:<42} REJECTED");
+        println!("{title:<42} {:>9}  COUNTRY  AS", "REJECTED");
         for row in reply.body[key].as_array().into_iter().flatten() {
+            let asn = row["asn"]
+                .as_u64()
+                .map_or_else(|| "-".to_string(), |n| format!("AS{n}"));
+            let org = row["as_organization"]
+                .as_str()
+                .map(|o| format!(" {}", printable(o)))
+                .unwrap_or_default();
             println!(
-                "{:<42} {}",
+                "{:<42} {:>9}  {:<7}  {asn}{org}",
                 printable(row["key"].as_str().unwrap_or("?")),
-                row["rejected"].as_u64().unwrap_or(0)
+                row["rejected"].as_u64().unwrap_or(0),
+                printable(row["country"].as_str().unwrap_or("-")),
             );
         }
     }

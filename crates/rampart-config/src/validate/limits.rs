@@ -13,7 +13,9 @@ impl Validator {
         kind: Option<&str>,
         prefix: (Option<i64>, Option<i64>),
         header: Option<String>,
+        claim: Option<String>,
         geoip: &GeoipConfig,
+        jwt: bool,
     ) -> KeyKind {
         let kind = match kind {
             Some("ip") => KeyKind::Ip,
@@ -67,17 +69,34 @@ impl Validator {
                 }
             },
             Some("route") => KeyKind::Route,
+            Some("jwt") => {
+                if !jwt {
+                    self.issue(
+                        format!("{key}.key"),
+                        "\"jwt\" needs a [jwt] section (jwks_file, hs256_secret_file or hs256_secret_env)",
+                    );
+                }
+                let claim = match &claim {
+                    None => DEFAULT_JWT_CLAIM.to_string(),
+                    Some(c) if c.is_empty() => {
+                        self.issue(format!("{key}.claim"), "must not be empty");
+                        DEFAULT_JWT_CLAIM.to_string()
+                    }
+                    Some(c) => c.clone(),
+                };
+                KeyKind::Jwt { claim }
+            }
             None => {
                 self.issue(
                     format!("{key}.key"),
-                    "is required (ip, prefix, asn, country, header or route)",
+                    "is required (ip, prefix, asn, country, header, jwt or route)",
                 );
                 KeyKind::Ip
             }
             Some(other) => {
                 self.issue(
                     format!("{key}.key"),
-                    format!("\"{other}\" is not a key kind (use ip, prefix, asn, country, header or route)"),
+                    format!("\"{other}\" is not a key kind (use ip, prefix, asn, country, header, jwt or route)"),
                 );
                 KeyKind::Ip
             }
@@ -99,6 +118,9 @@ impl Validator {
         if header.is_some() && !matches!(kind, KeyKind::Header(_)) {
             self.issue(format!("{key}.header"), "only used with key = \"header\"");
         }
+        if claim.is_some() && !matches!(kind, KeyKind::Jwt { .. }) {
+            self.issue(format!("{key}.claim"), "only used with key = \"jwt\"");
+        }
         kind
     }
 
@@ -110,6 +132,7 @@ impl Validator {
         geoip: &GeoipConfig,
         seen: &mut BTreeSet<String>,
         flags: &[String],
+        jwt: bool,
     ) -> LimitConfig {
         let key = format!("limits[{i}]");
         let name = self.rule_name(&key, raw.name, i, seen);
@@ -119,6 +142,9 @@ impl Validator {
                     format!("{key}.routes"),
                     "is required with key = \"body\" (the routes whose bodies carry the field)",
                 );
+            }
+            if raw.claim.is_some() {
+                self.issue(format!("{key}.claim"), "only used with key = \"jwt\"");
             }
             KeyKind::Body(self.body_key(
                 &key,
@@ -143,7 +169,9 @@ impl Validator {
                 raw.key.as_deref(),
                 (raw.prefix_v4, raw.prefix_v6),
                 raw.header,
+                raw.claim,
                 geoip,
+                jwt,
             )
         };
         let rate = match raw.rate.as_deref() {
@@ -340,6 +368,7 @@ impl Validator {
         routes: &[String],
         geoip: &GeoipConfig,
         seen: &mut BTreeSet<String>,
+        jwt: bool,
     ) -> ConcurrencyConfig {
         let key = format!("concurrency[{i}]");
         let name = self.rule_name(&key, raw.name, i, seen);
@@ -348,7 +377,9 @@ impl Validator {
             raw.key.as_deref(),
             (raw.prefix_v4, raw.prefix_v6),
             raw.header,
+            raw.claim,
             geoip,
+            jwt,
         );
         if raw.max_in_flight.is_none() {
             self.issue(format!("{key}.max_in_flight"), "is required");

@@ -11,6 +11,7 @@ pub mod edge;
 pub mod escalator;
 pub mod fleet;
 pub mod health;
+pub mod jwt;
 pub mod lean;
 pub mod lease;
 pub mod listening;
@@ -256,6 +257,10 @@ pub fn build_server_with(
     server.add_service(background_service(
         "geoip refresh",
         background::GeoRefresh::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "jwks refresh",
+        background::JwtRefresh::new(shared.clone()),
     ));
     server.add_service(background_service(
         "fleet sync",

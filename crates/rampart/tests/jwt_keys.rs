@@ -203,3 +203,79 @@ async fn a_rotated_jwks_file_takes_effect_without_a_restart() {
     assert_eq!(chat(&c, &r, Some(&new_token)).await, 429);
     assert_eq!(chat(&c, &r, Some(&bearer(&new, ALICE))).await, 200);
 }
+
+/// The text of every record file (`compress = false`).
+fn records(r: &Rampart) -> String {
+    let Ok(entries) = std::fs::read_dir(r.dir().join("record")) else {
+        return String::new();
+    };
+    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_run_replays_with_the_same_verdicts_and_no_subject_in_clear() {
+    let origin = MockOrigin::start("chat").await;
+    let issuer = TestIssuer::es256(Some("ec-1"));
+    let set = jwks(&[&issuer]);
+    let template = config(&origin).replace(
+        "[access_log]",
+        "[record]\nenabled = true\ndir = \"{dir}/record\"\ncompress = false\n[access_log]",
+    );
+    let r = Rampart::start_with(bin(), &template, |dir| {
+        std::fs::write(dir.join("jwks.json"), &set).unwrap();
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let forged = bearer(&TestIssuer::es256(Some("ec-1")), ALICE);
+    let mut sent = 0;
+    for auth in [
+        Some(bearer(&issuer, ALICE)),
+        Some(bearer(&issuer, BOB)),
+        Some(forged),
+        None,
+    ] {
+        for _ in 0..4 {
+            chat(&c, &r, auth.as_deref()).await;
+            sent += 1;
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            records(&r).lines().count() >= sent
+        })
+        .await,
+        "{}",
+        records(&r)
+    );
+    let text = records(&r);
+    assert!(!text.contains(ALICE) && !text.contains(BOB), "{text}");
+    assert!(text.contains("\"jwt\":{\"sub\":\"#"), "{text}");
+    assert!(text.contains("\"jwt\":\"bad_signature\""), "{text}");
+    assert!(text.contains("\"jwt\":\"absent\""), "{text}");
+
+    let out = std::process::Command::new(bin())
+        .arg("replay")
+        .arg("--config")
+        .arg(r.config_path())
+        .arg("--json")
+        .arg("--quiet")
+        .args(
+            std::fs::read_dir(r.dir().join("record"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path()),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["records"], sent, "{report:#}");
+    assert_eq!(report["differs_from_recorded"], 0, "{report:#}");
+    // Alice and Bob: 3 each; the forged token and no token share the address: 3.
+    assert_eq!(report["verdicts"]["candidate"]["proxied"], 9, "{report:#}");
+}

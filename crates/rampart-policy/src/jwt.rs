@@ -232,11 +232,7 @@ impl IdentityOutcome {
                         .as_deref()
                         .map(|k| format!(", kid {}", crate::rejection::json_string(k)))
                         .unwrap_or_default(),
-                    if *cached {
-                        ", from the cache"
-                    } else {
-                        ""
-                    }
+                    if *cached { ", from the cache" } else { "" }
                 ),
                 TraceOutcome::Passed,
             ),
@@ -781,8 +777,7 @@ impl TokenCache {
 
     fn sweep(&self, now: u64, leeway: u64) -> usize {
         let before = self.map.len();
-        self.map
-            .retain(|_, t| now <= t.exp.saturating_add(leeway));
+        self.map.retain(|_, t| now <= t.exp.saturating_add(leeway));
         let after = self.map.len();
         self.len.store(after, Ordering::Relaxed);
         before.saturating_sub(after)

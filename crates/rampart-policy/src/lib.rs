@@ -25,8 +25,8 @@ pub use engine::{
     BodyRead, Charging, Evaluation, FleetAnswer, FleetCheck, IdentitySource, Observation, Policy,
     RequestFacts, Step, TraceEntry, Verdict,
 };
-pub use jwt::{IdentityOutcome, JwtKeys, JwtVerifier, Unverified};
 pub use geo::{CountryCode, GeoDb, GeoInfo};
+pub use jwt::{IdentityOutcome, JwtKeys, JwtVerifier, Unverified};
 pub use lockdown::FlagMode;
 pub use rejection::Rejection;
 pub use route::{RouteMatch, RouteTable};

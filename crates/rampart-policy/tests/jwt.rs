@@ -95,7 +95,10 @@ fn tokens_without_kid_find_the_key_of_their_algorithm() {
     let issuers = [TestIssuer::rs256(None), TestIssuer::eddsa(None)];
     let (v, _) = verifier(&issuers.iter().collect::<Vec<_>>());
     for issuer in &issuers {
-        assert_eq!(verified_sub(&v.verify(&issuer.sign(&claims("a")))), Some("a"));
+        assert_eq!(
+            verified_sub(&v.verify(&issuer.sign(&claims("a")))),
+            Some("a")
+        );
     }
 }
 
@@ -104,10 +107,16 @@ fn the_hs256_secret_verifies_and_short_secrets_are_refused() {
     let keys = JwtKeys::new(None, Some(SECRET), &JwtAlgorithm::ALL).unwrap();
     let (v, _) = verifier_with(&config(), keys);
     let issuer = TestIssuer::hs256(None, SECRET);
-    assert_eq!(verified_sub(&v.verify(&issuer.sign(&claims("h")))), Some("h"));
+    assert_eq!(
+        verified_sub(&v.verify(&issuer.sign(&claims("h")))),
+        Some("h")
+    );
     // A kid on the token does not matter to a key without one.
     let named = TestIssuer::hs256(Some("whatever"), SECRET);
-    assert_eq!(verified_sub(&v.verify(&named.sign(&claims("h")))), Some("h"));
+    assert_eq!(
+        verified_sub(&v.verify(&named.sign(&claims("h")))),
+        Some("h")
+    );
     let other = TestIssuer::hs256(None, b"another-test-only-secret-of-32-bytes!!");
     assert_eq!(
         unverified(v.verify(&other.sign(&claims("h")))),
@@ -124,7 +133,11 @@ fn exp_and_nbf_are_checked_with_the_leeway() {
     let expired = issuer.sign(&json!({"sub": "a", "exp": NOW - 31}));
     assert_eq!(unverified(v.verify(&expired)), Unverified::Expired);
     let just = issuer.sign(&json!({"sub": "a", "exp": NOW - 30}));
-    assert_eq!(verified_sub(&v.verify(&just)), Some("a"), "within the 30 s leeway");
+    assert_eq!(
+        verified_sub(&v.verify(&just)),
+        Some("a"),
+        "within the 30 s leeway"
+    );
     let early = issuer.sign(&json!({"sub": "a", "exp": NOW + 600, "nbf": NOW + 31}));
     assert_eq!(unverified(v.verify(&early)), Unverified::NotYetValid);
     let soon = issuer.sign(&json!({"sub": "a", "exp": NOW + 600, "nbf": NOW + 30}));
@@ -143,9 +156,15 @@ fn exp_and_nbf_are_checked_with_the_leeway() {
 fn alg_none_and_unaccepted_algorithms_are_refused() {
     let issuer = TestIssuer::rs256(Some("rsa"));
     let (v, _) = verifier(&[&issuer]);
-    for alg in ["none", "None", "NONE", "RS512", "PS256", "HS384", "rs256", ""] {
+    for alg in [
+        "none", "None", "NONE", "RS512", "PS256", "HS384", "rs256", "",
+    ] {
         let token = issuer.sign_with_header(&json!({"alg": alg, "kid": "rsa"}), &claims("a"));
-        assert_eq!(unverified(v.verify(&token)), Unverified::AlgNotAllowed, "{alg}");
+        assert_eq!(
+            unverified(v.verify(&token)),
+            Unverified::AlgNotAllowed,
+            "{alg}"
+        );
     }
     // The classic unsigned token: an empty signature part.
     let header = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
@@ -195,7 +214,10 @@ fn unknown_kids_and_forged_signatures_are_refused() {
     let mut parts: Vec<&str> = token.split('.').collect();
     let forged_payload = base64_url(claims("admin").to_string().as_bytes());
     parts[1] = &forged_payload;
-    assert_eq!(unverified(v.verify(&parts.join("."))), Unverified::BadSignature);
+    assert_eq!(
+        unverified(v.verify(&parts.join("."))),
+        Unverified::BadSignature
+    );
     for junk in ["", "abc", "a.b", "a.b.c.d", "!!.!!.!!", "e30.e30.e30"] {
         assert!(
             matches!(
@@ -249,7 +271,10 @@ fn bad_key_sets_are_refused_with_a_reason() {
             r#"{"keys": [{"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"}]}"#,
             "no usable key",
         ),
-        (r#"{"keys": [{"kty": "oct", "k": "c2hvcnQ"}]}"#, "at least 32 bytes"),
+        (
+            r#"{"keys": [{"kty": "oct", "k": "c2hvcnQ"}]}"#,
+            "at least 32 bytes",
+        ),
     ] {
         let err = JwtKeys::new(Some(text.as_bytes()), None, &JwtAlgorithm::ALL).unwrap_err();
         assert!(err.0.contains(want), "{text}: {err}");
@@ -266,14 +291,25 @@ fn issuer_and_audience_are_checked_when_configured() {
     let keys = JwtKeys::new(Some(set.as_bytes()), None, &JwtAlgorithm::ALL).unwrap();
     let (v, _) = verifier_with(&config, keys);
     let token = |c: serde_json::Value| issuer.sign(&c);
-    let good = json!({"sub": "a", "exp": NOW + 60, "iss": "https://id.example", "aud": ["x", "chat"]});
+    let good =
+        json!({"sub": "a", "exp": NOW + 60, "iss": "https://id.example", "aud": ["x", "chat"]});
     assert_eq!(verified_sub(&v.verify(&token(good))), Some("a"));
     let wrong_iss = json!({"sub": "a", "exp": NOW + 60, "iss": "https://evil", "aud": "chat"});
-    assert_eq!(unverified(v.verify(&token(wrong_iss))), Unverified::WrongIssuer);
+    assert_eq!(
+        unverified(v.verify(&token(wrong_iss))),
+        Unverified::WrongIssuer
+    );
     let no_iss = json!({"sub": "a", "exp": NOW + 60, "aud": "chat"});
-    assert_eq!(unverified(v.verify(&token(no_iss))), Unverified::WrongIssuer);
-    let wrong_aud = json!({"sub": "a", "exp": NOW + 60, "iss": "https://id.example", "aud": "admin"});
-    assert_eq!(unverified(v.verify(&token(wrong_aud))), Unverified::WrongAudience);
+    assert_eq!(
+        unverified(v.verify(&token(no_iss))),
+        Unverified::WrongIssuer
+    );
+    let wrong_aud =
+        json!({"sub": "a", "exp": NOW + 60, "iss": "https://id.example", "aud": "admin"});
+    assert_eq!(
+        unverified(v.verify(&token(wrong_aud))),
+        Unverified::WrongAudience
+    );
 }
 
 #[test]
@@ -281,8 +317,14 @@ fn verified_tokens_are_cached_until_they_expire() {
     let issuer = TestIssuer::rs256(Some("rsa"));
     let (v, time) = verifier(&[&issuer]);
     let token = issuer.sign(&json!({"sub": "a", "exp": NOW + 100}));
-    assert!(matches!(v.verify(&token), IdentityOutcome::Verified { cached: false, .. }));
-    assert!(matches!(v.verify(&token), IdentityOutcome::Verified { cached: true, .. }));
+    assert!(matches!(
+        v.verify(&token),
+        IdentityOutcome::Verified { cached: false, .. }
+    ));
+    assert!(matches!(
+        v.verify(&token),
+        IdentityOutcome::Verified { cached: true, .. }
+    ));
     assert_eq!(v.signature_checks(), 1);
     assert_eq!(v.cached_tokens(), 1);
     // Forged tokens are never cached.
@@ -312,10 +354,22 @@ fn a_full_cache_verifies_without_remembering() {
     let keys = JwtKeys::new(None, Some(SECRET), &JwtAlgorithm::ALL).unwrap();
     let (v, _) = verifier_with(&config, keys);
     let (a, b) = (issuer.sign(&claims("a")), issuer.sign(&claims("b")));
-    assert!(matches!(v.verify(&a), IdentityOutcome::Verified { cached: false, .. }));
-    assert!(matches!(v.verify(&b), IdentityOutcome::Verified { cached: false, .. }));
-    assert!(matches!(v.verify(&b), IdentityOutcome::Verified { cached: false, .. }));
-    assert!(matches!(v.verify(&a), IdentityOutcome::Verified { cached: true, .. }));
+    assert!(matches!(
+        v.verify(&a),
+        IdentityOutcome::Verified { cached: false, .. }
+    ));
+    assert!(matches!(
+        v.verify(&b),
+        IdentityOutcome::Verified { cached: false, .. }
+    ));
+    assert!(matches!(
+        v.verify(&b),
+        IdentityOutcome::Verified { cached: false, .. }
+    ));
+    assert!(matches!(
+        v.verify(&a),
+        IdentityOutcome::Verified { cached: true, .. }
+    ));
     assert_eq!(v.cached_tokens(), 1);
 }
 
@@ -333,7 +387,10 @@ fn numeric_claims_are_read_and_others_are_missing() {
 fn headers(auth: &[&str]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for a in auth {
-        h.append(http::header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        h.append(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(a).unwrap(),
+        );
     }
     h
 }
@@ -449,13 +506,20 @@ fn the_engine_counts_verified_users_apart_and_the_rest_by_address() {
     // So does no token at all, from the same address.
     let (v, _) = run(&policy, &verifier, ip, None, Charging::Charge);
     assert!(v.refusal.is_some());
-    assert_eq!(v.identity, Some(IdentityOutcome::Unverified(Unverified::Absent)));
+    assert_eq!(
+        v.identity,
+        Some(IdentityOutcome::Unverified(Unverified::Absent))
+    );
     // Explain says which happened, and never shows a claim.
     let (_, trace) = run(&policy, &verifier, ip, Some(&forged), Charging::DryRun);
     let jwt = trace.iter().find(|t| t.kind == RuleKind::Identity).unwrap();
     assert!(jwt.detail.contains("bad_signature"), "{}", jwt.detail);
     let rule = trace.iter().find(|t| &*t.name == "per-user").unwrap();
-    assert!(rule.key.contains("203.0.113.7") && rule.key.contains("bad_signature"), "{}", rule.key);
+    assert!(
+        rule.key.contains("203.0.113.7") && rule.key.contains("bad_signature"),
+        "{}",
+        rule.key
+    );
     let (_, trace) = run(&policy, &verifier, ip, Some(&bob), Charging::DryRun);
     let rule = trace.iter().find(|t| &*t.name == "per-user").unwrap();
     assert_eq!(rule.key, "jwt claim sub (hashed)");
@@ -478,11 +542,23 @@ fn a_request_refused_before_a_jwt_rule_costs_no_verification() {
         "Bearer {}",
         issuer.sign(&json!({"sub": "x", "exp": rampart_testkit::jwt::now() + 60}))
     );
-    let (v, _) = run(&policy, &verifier, "198.51.100.1", Some(&forged), Charging::Charge);
+    let (v, _) = run(
+        &policy,
+        &verifier,
+        "198.51.100.1",
+        Some(&forged),
+        Charging::Charge,
+    );
     assert!(v.identity.is_some());
     assert_eq!(verifier.signature_checks(), 1);
     for _ in 0..5 {
-        let (v, _) = run(&policy, &verifier, "198.51.100.1", Some(&forged), Charging::Charge);
+        let (v, _) = run(
+            &policy,
+            &verifier,
+            "198.51.100.1",
+            Some(&forged),
+            Charging::Charge,
+        );
         assert!(v.refusal.is_some());
         assert!(v.identity.is_none(), "refused by the address limit first");
     }

@@ -75,7 +75,9 @@ impl BackgroundService for JwtRefresh {
                 _ = shutdown.changed() => return,
             }
             if let Err(e) = self.shared.refresh_jwt_keys().await {
-                log::error!("JWKS file changed but cannot be loaded, the old keys keep serving: {e}");
+                log::error!(
+                    "JWKS file changed but cannot be loaded, the old keys keep serving: {e}"
+                );
             }
         }
     }

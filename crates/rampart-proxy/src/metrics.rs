@@ -220,8 +220,9 @@ pub struct Metrics {
 pub struct JwtMetrics {
     /// [cache hit, cache miss].
     verified: [IntCounter; 2],
-    /// Indexed like [`rampart_policy::Unverified::ALL`].
-    unverified: Vec<IntCounter>,
+    /// Indexed like [`rampart_policy::Unverified::ALL`]; `None` for the
+    /// reasons only explain and replay meet (`no_verifier`, `not_recorded`).
+    unverified: Vec<Option<IntCounter>>,
     keys: IntGauge,
     cache_entries: IntGauge,
     reloads: IntCounterVec,
@@ -234,8 +235,12 @@ impl JwtMetrics {
     pub fn request(&self, identity: Option<&rampart_policy::IdentityOutcome>, claim_missing: bool) {
         use rampart_policy::{IdentityOutcome, Unverified};
         let unverified = |why: Unverified| {
-            if let Some(i) = Unverified::ALL.iter().position(|u| *u == why) {
-                self.unverified[i].inc();
+            if let Some(Some(counter)) = Unverified::ALL
+                .iter()
+                .position(|u| *u == why)
+                .and_then(|i| self.unverified.get(i))
+            {
+                counter.inc();
             }
         };
         match identity {
@@ -444,7 +449,11 @@ impl Metrics {
             ],
             unverified: rampart_policy::Unverified::ALL
                 .iter()
-                .map(|u| jwt_unverified.with_label_values(&[u.as_label()]))
+                .map(|u| {
+                    use rampart_policy::Unverified::{NoVerifier, NotRecorded};
+                    (!matches!(u, NoVerifier | NotRecorded))
+                        .then(|| jwt_unverified.with_label_values(&[u.as_label()]))
+                })
                 .collect(),
             keys: registered(
                 &registry,

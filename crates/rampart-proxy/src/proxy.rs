@@ -585,7 +585,12 @@ pub(crate) async fn decide(
     // The policy decides; this loop only does the I/O it asks for.
     let mut evaluation = snapshot.policy.evaluate(Charging::Charge);
     let verdict = loop {
-        match evaluation.next(&request_facts(ctx, session, modes, snapshot.identity_source())) {
+        match evaluation.next(&request_facts(
+            ctx,
+            session,
+            modes,
+            snapshot.identity_source(),
+        )) {
             Step::Done(verdict) => break verdict,
             Step::NeedBody { limit } => {
                 let read = read_body(session, ctx, limit).await?;

@@ -124,10 +124,22 @@ async fn two_users_behind_one_address_get_their_own_buckets() {
         metric("rampart_jwt_unverified_total{reason=\"bad_signature\"}").await,
         4.0
     );
-    assert_eq!(metric("rampart_jwt_unverified_total{reason=\"absent\"}").await, 1.0);
-    assert_eq!(metric("rampart_jwt_unverified_total{reason=\"expired\"}").await, 1.0);
-    assert_eq!(metric("rampart_jwt_verified_total{cache=\"miss\"}").await, 2.0);
-    assert_eq!(metric("rampart_jwt_verified_total{cache=\"hit\"}").await, 6.0);
+    assert_eq!(
+        metric("rampart_jwt_unverified_total{reason=\"absent\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric("rampart_jwt_unverified_total{reason=\"expired\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric("rampart_jwt_verified_total{cache=\"miss\"}").await,
+        2.0
+    );
+    assert_eq!(
+        metric("rampart_jwt_verified_total{cache=\"hit\"}").await,
+        6.0
+    );
     assert_eq!(metric("rampart_jwt_keys").await, 2.0);
 
     // Explain says which happened, for a good and a forged token.
@@ -143,7 +155,13 @@ async fn two_users_behind_one_address_get_their_own_buckets() {
     assert!(log.contains("\"jwt\":\"verified\""), "{log}");
     assert!(log.contains("\"jwt\":\"bad_signature\""), "{log}");
     let top = r.admin_json("/debug/top").await.to_string();
-    for text in [log, r.metrics().await, good.to_string(), bad.to_string(), top] {
+    for text in [
+        log,
+        r.metrics().await,
+        good.to_string(),
+        bad.to_string(),
+        top,
+    ] {
         assert!(!text.contains(ALICE) && !text.contains(BOB), "{text}");
     }
 }
@@ -272,7 +290,11 @@ async fn a_recorded_run_replays_with_the_same_verdicts_and_no_subject_in_clear()
         )
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["records"], sent, "{report:#}");
     assert_eq!(report["differs_from_recorded"], 0, "{report:#}");

@@ -21,10 +21,7 @@ impl Validator {
             .and_then(|f| self.existing_file("jwt.jwks_file", f));
         let hs256_secret = match (raw.hs256_secret_file, raw.hs256_secret_env) {
             (Some(_), Some(_)) => {
-                self.issue(
-                    "jwt",
-                    "set hs256_secret_file or hs256_secret_env, not both",
-                );
+                self.issue("jwt", "set hs256_secret_file or hs256_secret_env, not both");
                 None
             }
             (Some(file), None) => self
@@ -82,7 +79,10 @@ impl Validator {
         }
         let mut text = |key: &str, value: Option<String>| match value {
             Some(v) if v.is_empty() => {
-                self.issue(format!("jwt.{key}"), "must not be empty (leave it out to accept any)");
+                self.issue(
+                    format!("jwt.{key}"),
+                    "must not be empty (leave it out to accept any)",
+                );
                 None
             }
             v => v,
@@ -101,11 +101,7 @@ impl Validator {
                 raw.check_interval.as_deref(),
                 DEFAULT_JWT_CHECK_INTERVAL,
             ),
-            cache_size: self.count(
-                "jwt.cache_size",
-                raw.cache_size,
-                DEFAULT_JWT_CACHE_SIZE,
-            ),
+            cache_size: self.count("jwt.cache_size", raw.cache_size, DEFAULT_JWT_CACHE_SIZE),
         }
     }
 

@@ -272,6 +272,9 @@ impl Verdict {
 pub const PROXIED: &str = "proxied";
 
 /// What the pipeline needs next.
+// `Done` is the step every request ends with and is moved out at once:
+// boxing it to shrink the rarer variants would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Step {
     /// Decided.

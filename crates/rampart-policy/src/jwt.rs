@@ -786,9 +786,9 @@ impl TokenCache {
 
 /// The identity of a request as a record keeps it: each claim the config's
 /// rules read as a keyed hash, or the reason no token verified.
-pub fn recorded_claims<'a>(
-    outcome: &'a IdentityOutcome,
-) -> Result<impl Iterator<Item = (&'a str, &'a str)>, Unverified> {
+pub fn recorded_claims(
+    outcome: &IdentityOutcome,
+) -> Result<impl Iterator<Item = (&str, &str)>, Unverified> {
     match outcome {
         IdentityOutcome::Verified { token, .. } => Ok(token.claims()),
         IdentityOutcome::Unverified(why) => Err(*why),

@@ -1,5 +1,6 @@
 //! Verified identity keys: each algorithm, every reason a token does not
 //! verify, the cache, key sets, and the engine counting by a verified claim.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use governor::clock::FakeRelativeClock;
 use http::{HeaderMap, HeaderValue};

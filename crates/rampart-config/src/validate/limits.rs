@@ -6,6 +6,14 @@ use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+/// What the rest of the config provides to keys: GeoIP databases (`asn`,
+/// `country`) and a `[jwt]` section (`jwt`).
+#[derive(Clone, Copy)]
+pub(super) struct KeySources<'a> {
+    pub(super) geoip: &'a GeoipConfig,
+    pub(super) jwt: bool,
+}
+
 impl Validator {
     pub(super) fn key_kind(
         &mut self,
@@ -14,9 +22,9 @@ impl Validator {
         prefix: (Option<i64>, Option<i64>),
         header: Option<String>,
         claim: Option<String>,
-        geoip: &GeoipConfig,
-        jwt: bool,
+        sources: KeySources<'_>,
     ) -> KeyKind {
+        let KeySources { geoip, jwt } = sources;
         let kind = match kind {
             Some("ip") => KeyKind::Ip,
             Some("prefix") => {
@@ -129,11 +137,11 @@ impl Validator {
         i: usize,
         raw: file::FileLimit,
         routes: &[String],
-        geoip: &GeoipConfig,
         seen: &mut BTreeSet<String>,
         flags: &[String],
-        jwt: bool,
+        sources: KeySources<'_>,
     ) -> LimitConfig {
+        let geoip = sources.geoip;
         let key = format!("limits[{i}]");
         let name = self.rule_name(&key, raw.name, i, seen);
         let kind = if raw.key.as_deref() == Some("body") {
@@ -170,8 +178,7 @@ impl Validator {
                 (raw.prefix_v4, raw.prefix_v6),
                 raw.header,
                 raw.claim,
-                geoip,
-                jwt,
+                sources,
             )
         };
         let rate = match raw.rate.as_deref() {
@@ -366,9 +373,8 @@ impl Validator {
         i: usize,
         raw: file::FileConcurrency,
         routes: &[String],
-        geoip: &GeoipConfig,
         seen: &mut BTreeSet<String>,
-        jwt: bool,
+        sources: KeySources<'_>,
     ) -> ConcurrencyConfig {
         let key = format!("concurrency[{i}]");
         let name = self.rule_name(&key, raw.name, i, seen);
@@ -378,8 +384,7 @@ impl Validator {
             (raw.prefix_v4, raw.prefix_v6),
             raw.header,
             raw.claim,
-            geoip,
-            jwt,
+            sources,
         );
         if raw.max_in_flight.is_none() {
             self.issue(format!("{key}.max_in_flight"), "is required");

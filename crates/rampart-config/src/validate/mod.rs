@@ -162,15 +162,11 @@ impl Validator {
             .into_iter()
             .enumerate()
             .map(|(i, l)| {
-                self.limit(
-                    i,
-                    l,
-                    &route_names,
-                    &geoip,
-                    &mut rule_names,
-                    &flag_names,
-                    jwt.is_some(),
-                )
+                let sources = limits::KeySources {
+                    geoip: &geoip,
+                    jwt: jwt.is_some(),
+                };
+                self.limit(i, l, &route_names, &mut rule_names, &flag_names, sources)
             })
             .collect();
         let concurrency = raw
@@ -178,7 +174,11 @@ impl Validator {
             .into_iter()
             .enumerate()
             .map(|(i, c)| {
-                self.concurrency(i, c, &route_names, &geoip, &mut rule_names, jwt.is_some())
+                let sources = limits::KeySources {
+                    geoip: &geoip,
+                    jwt: jwt.is_some(),
+                };
+                self.concurrency(i, c, &route_names, &mut rule_names, sources)
             })
             .collect();
         let referenced: Vec<usize> = limits

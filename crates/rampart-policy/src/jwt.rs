@@ -457,6 +457,12 @@ impl JwtVerifier {
     /// A verifier of `keys` under `config`, keeping the values of `claims`
     /// (see [`claims_of`]).
     pub fn new(config: &JwtConfig, keys: JwtKeys, claims: Vec<String>) -> Self {
+        // `jsonwebtoken` picks its crypto backend from its crate features and
+        // panics on decode when it cannot (both backends enabled by some
+        // other crate, through feature unification): name ours once, here.
+        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+            &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+        );
         let validation = JwtAlgorithm::ALL.map(|alg| {
             let mut v = Validation::new(to_jsonwebtoken(alg));
             v.validate_exp = false;

@@ -565,3 +565,44 @@ fn a_request_refused_before_a_jwt_rule_costs_no_verification() {
     }
     assert_eq!(verifier.signature_checks(), 1);
 }
+
+#[test]
+fn in_flight_caps_count_verified_users_apart() {
+    let text = ENGINE.replace(
+        "[[limits]]\nname = \"per-user\"",
+        "[[concurrency]]\nname = \"user-streams\"\nkey = \"jwt\"\nmax_in_flight = 1\n[[limits]]\nname = \"per-user\"",
+    );
+    let config = rampart_config::parse(&text, Path::new("t.toml")).unwrap();
+    let policy = Policy::new(&config, FakeRelativeClock::default(), None);
+    let keys = JwtKeys::new(None, Some(SECRET), &JwtAlgorithm::ALL).unwrap();
+    let verifier = JwtVerifier::new(config.jwt.as_ref().unwrap(), keys, vec!["sub".into()]);
+    let issuer = TestIssuer::hs256(None, SECRET);
+    let exp = rampart_testkit::jwt::now() + 600;
+    let alice = format!(
+        "Bearer {}",
+        issuer.sign(&json!({"sub": "alice", "exp": exp}))
+    );
+    let bob = format!("Bearer {}", issuer.sign(&json!({"sub": "bob", "exp": exp})));
+    let ip = "192.0.2.1";
+    let (held, _) = run(&policy, &verifier, ip, Some(&alice), Charging::Charge);
+    assert!(held.refusal.is_none() && held.permits.len() == 1);
+    let (second, _) = run(&policy, &verifier, ip, Some(&alice), Charging::Charge);
+    assert!(matches!(
+        second.refusal,
+        Some(Rejection::TooManyInFlight { .. })
+    ));
+    let (other, _) = run(&policy, &verifier, ip, Some(&bob), Charging::Charge);
+    assert!(
+        other.refusal.is_none(),
+        "Bob has his own slot: {:?}",
+        other.refusal
+    );
+    drop(held);
+    // Her slot is free again (her rate bucket, burst 2, is spent by now).
+    let (again, _) = run(&policy, &verifier, ip, Some(&alice), Charging::Charge);
+    assert!(
+        !matches!(again.refusal, Some(Rejection::TooManyInFlight { .. })),
+        "{:?}",
+        again.refusal
+    );
+}

@@ -318,12 +318,14 @@ fn set_fleet_hash_key(config: &Config) {
                 matches!(l.scope, rampart_config::LimitScope::Fleet { .. })
                     && matches!(
                         l.key,
-                        rampart_config::KeyKind::Header(_) | rampart_config::KeyKind::Body(_)
+                        rampart_config::KeyKind::Header(_)
+                            | rampart_config::KeyKind::Body(_)
+                            | rampart_config::KeyKind::Jwt { .. }
                     )
             });
             if exposed {
                 log::warn!(
-                    "fleet rules keyed by header or body values hash them with a public key: set {FLEET_KEY_SECRET_ENV} (at least {MIN_ADMIN_TOKEN_LEN} characters, the same on every node)"
+                    "fleet rules keyed by header, body or jwt claim values hash them with a public key: set {FLEET_KEY_SECRET_ENV} (at least {MIN_ADMIN_TOKEN_LEN} characters, the same on every node)"
                 );
             }
         }

@@ -64,6 +64,31 @@ pub struct FileConfig {
     /// `[[escalations]]`
     #[serde(default)]
     pub escalations: Vec<FileEscalation>,
+    /// `[jwt]`
+    pub jwt: Option<FileJwt>,
+}
+
+/// `[jwt]`: how bearer tokens are verified for `key = "jwt"` rules.
+#[derive(Debug, Default, Deserialize)]
+pub struct FileJwt {
+    /// A JSON Web Key Set file, re-read when it changes.
+    pub jwks_file: Option<String>,
+    /// A file holding the HS256 shared secret.
+    pub hs256_secret_file: Option<String>,
+    /// An environment variable holding the HS256 shared secret.
+    pub hs256_secret_env: Option<String>,
+    /// Accepted algorithms: `HS256`, `RS256`, `ES256`, `EdDSA`.
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew allowed on `exp` and `nbf`, e.g. `"30s"`.
+    pub leeway: Option<String>,
+    /// The `iss` a token must carry, when set.
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry, when set.
+    pub audience: Option<String>,
+    /// How often the JWKS file is checked for a change.
+    pub check_interval: Option<String>,
+    /// Verified tokens remembered.
+    pub cache_size: Option<i64>,
 }
 
 /// `[[escalations]]`
@@ -297,7 +322,7 @@ pub struct FileAccess {
 pub struct FileLimit {
     /// Rule name.
     pub name: Option<String>,
-    /// `ip`, `prefix`, `asn`, `country`, `header` or `route`.
+    /// `ip`, `prefix`, `asn`, `country`, `header`, `jwt` or `route`.
     pub key: Option<String>,
     /// IPv4 prefix length for `key = "prefix"`.
     pub prefix_v4: Option<i64>,
@@ -305,6 +330,8 @@ pub struct FileLimit {
     pub prefix_v6: Option<i64>,
     /// Header name for `key = "header"`.
     pub header: Option<String>,
+    /// Claim of a verified token for `key = "jwt"` (default `sub`).
+    pub claim: Option<String>,
     /// Body field (name or JSON Pointer) for `key = "body"`.
     pub field: Option<String>,
     /// `account` or `phone`, for `key = "body"`.
@@ -374,7 +401,7 @@ pub struct FileBan {
 pub struct FileConcurrency {
     /// Rule name.
     pub name: Option<String>,
-    /// `ip`, `prefix`, `asn`, `country`, `header` or `route`.
+    /// `ip`, `prefix`, `asn`, `country`, `header`, `jwt` or `route`.
     pub key: Option<String>,
     /// IPv4 prefix length for `key = "prefix"`.
     pub prefix_v4: Option<i64>,
@@ -382,6 +409,8 @@ pub struct FileConcurrency {
     pub prefix_v6: Option<i64>,
     /// Header name for `key = "header"`.
     pub header: Option<String>,
+    /// Claim of a verified token for `key = "jwt"` (default `sub`).
+    pub claim: Option<String>,
     /// Most requests in flight per key.
     pub max_in_flight: Option<i64>,
     /// Routes the rule applies to; all when absent.

@@ -142,6 +142,8 @@ pub struct KeyFacts<'a> {
     pub header: Option<&'a [u8]>,
     /// The normalised body field, when the rule is keyed by one.
     pub body: Option<&'a [u8]>,
+    /// The claim of the verified bearer token, when the rule is keyed by one.
+    pub jwt: Option<&'a [u8]>,
 }
 
 /// The fleet's shared secret for hashing header and body values of fleet-scoped
@@ -204,6 +206,13 @@ pub fn key_for(kind: &KeyKind, facts: &KeyFacts<'_>, hasher: &impl BuildHasher) 
         // read (the proxy refuses bodies it cannot read first); the address is
         // the fallback all the same.
         KeyKind::Body(_) => match facts.body {
+            Some(value) => LimitKey::Hashed(hasher.hash_one(value)),
+            None => LimitKey::Ip(facts.ip),
+        },
+        // Hashed like a header value. A request whose token did not verify
+        // (or lacks the claim) is counted by address: sending a forged or no
+        // token is no way around the rule.
+        KeyKind::Jwt { .. } => match facts.jwt {
             Some(value) => LimitKey::Hashed(hasher.hash_one(value)),
             None => LimitKey::Ip(facts.ip),
         },
@@ -785,6 +794,7 @@ mod tests {
             geo: GeoInfo::default(),
             header: None,
             body: None,
+            jwt: None,
         };
         let kind = KeyKind::Prefix { v4: 24, v6: 64 };
         let h = std::hash::RandomState::new();

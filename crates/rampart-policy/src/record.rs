@@ -21,6 +21,7 @@
 //! | `ms`, `s` | time to answer and the status sent |
 //! | `v`, `rule`, `route`, `allow` | the policy's verdict (`proxied` or the refusal label), the refusing rule, the route, the allow rule that matched |
 //! | `w` | weight: under a flood one request in `w` is recorded (absent: 1) |
+//! | `jwt` | the verified identity, when the config has `key = "jwt"` rules: each claim they read as a keyed hash (`{"sub":"#…"}`), or why the bearer token did not verify (`"expired"`, `"absent"`, … as in `rampart_jwt_unverified_total`) |
 //!
 //! A recording holds addresses, paths and the body fields the rules read (phone
 //! numbers, account names): keep it like the access log. Keyed hashes use a key
@@ -87,6 +88,37 @@ pub struct Record<'a> {
     /// Requests this record stands for (sampling under a flood).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub w: u32,
+    /// The verified identity `key = "jwt"` rules read (absent: the config
+    /// had no such rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<RecordedIdentity>,
+}
+
+/// A request's verified identity as recorded. A replay cannot verify the
+/// token (the record keeps `Authorization` only as a hash), so it counts by
+/// these: the same subject hashes alike within one process's records, which
+/// keeps one bucket per subject; a rule of the candidate config reading a
+/// claim the record lacks counts by address, like an unverified token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RecordedIdentity {
+    /// The token verified: claim name and keyed hash of its value.
+    Verified(std::collections::BTreeMap<String, String>),
+    /// It did not: the reason label.
+    Unverified(String),
+}
+
+impl RecordedIdentity {
+    /// The outcome the engine takes in a replay.
+    pub fn outcome(&self) -> crate::jwt::IdentityOutcome {
+        use crate::jwt::{IdentityOutcome, Unverified};
+        match self {
+            RecordedIdentity::Verified(claims) => crate::jwt::outcome_from_record(claims),
+            RecordedIdentity::Unverified(label) => IdentityOutcome::Unverified(
+                Unverified::from_label(label).unwrap_or(Unverified::Malformed),
+            ),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -161,6 +193,10 @@ mod tests {
             route: Some("register".into()),
             allow: None,
             w: 1,
+            jwt: Some(RecordedIdentity::Verified(BTreeMap::from([(
+                "sub".into(),
+                "#0123456789abcdef".into(),
+            )]))),
         };
         let line = serde_json::to_string(&record).unwrap();
         assert!(!line.contains("\"w\""), "{line}");
@@ -174,5 +210,8 @@ mod tests {
             assert!(matches!(r.b, Some(RecordedRead::Failed(_))), "{line}");
             assert_eq!(r.w, 7);
         }
+        let line = r#"{"t":1,"ip":"::1","m":"GET","p":"/","v":"proxied","jwt":"expired"}"#;
+        let r: Record<'_> = serde_json::from_str(line).unwrap();
+        assert_eq!(r.jwt, Some(RecordedIdentity::Unverified("expired".into())));
     }
 }

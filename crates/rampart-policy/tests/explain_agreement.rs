@@ -319,6 +319,7 @@ fn run(
         method: request.method,
         headers: &headers,
         flags,
+        identity: Default::default(),
     };
     policy.run(
         &facts,

@@ -724,6 +724,7 @@ impl AdminService {
                     method: &method,
                     headers: &headers,
                     flags: modes,
+                    identity: snapshot.identity_source(),
                 };
                 let mut evaluation = snapshot.policy.evaluate(Charging::DryRun);
                 let mut verdict = loop {
@@ -770,6 +771,19 @@ impl AdminService {
             "rule": refusal.and_then(|r| r.rule()),
             "detail": refusal.map(|r| r.detail()),
             "allowed_by": verdict.allowed_by.as_deref(),
+            // What jwt rules made of the bearer token (`header=authorization:Bearer …`):
+            // `verified` or why not, never a claim. Null when no jwt rule asked.
+            "jwt": verdict.identity.as_ref().map(|i| match i {
+                rampart_policy::IdentityOutcome::Verified { cached, .. } => json!({
+                    "result": "verified",
+                    "cached": cached,
+                    "claim_missing": verdict.claim_missing,
+                }),
+                rampart_policy::IdentityOutcome::Unverified(why) => json!({
+                    "result": why.as_label(),
+                    "detail": why.describe(),
+                }),
+            }),
             "observations": verdict.observations.iter().map(|o| match o {
                 Observation::Shadow { rule } => json!({"kind": "shadow", "rule": rule.as_ref()}),
                 Observation::Preview { flag } => json!({"kind": "preview", "flag": flag.as_ref()}),

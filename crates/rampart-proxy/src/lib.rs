@@ -11,6 +11,7 @@ pub mod edge;
 pub mod escalator;
 pub mod fleet;
 pub mod health;
+pub mod jwt;
 pub mod lean;
 pub mod lease;
 pub mod listening;
@@ -258,6 +259,10 @@ pub fn build_server_with(
         background::GeoRefresh::new(shared.clone()),
     ));
     server.add_service(background_service(
+        "jwks refresh",
+        background::JwtRefresh::new(shared.clone()),
+    ));
+    server.add_service(background_service(
         "fleet sync",
         background::FleetSync::new(shared.clone()),
     ));
@@ -313,12 +318,14 @@ fn set_fleet_hash_key(config: &Config) {
                 matches!(l.scope, rampart_config::LimitScope::Fleet { .. })
                     && matches!(
                         l.key,
-                        rampart_config::KeyKind::Header(_) | rampart_config::KeyKind::Body(_)
+                        rampart_config::KeyKind::Header(_)
+                            | rampart_config::KeyKind::Body(_)
+                            | rampart_config::KeyKind::Jwt { .. }
                     )
             });
             if exposed {
                 log::warn!(
-                    "fleet rules keyed by header or body values hash them with a public key: set {FLEET_KEY_SECRET_ENV} (at least {MIN_ADMIN_TOKEN_LEN} characters, the same on every node)"
+                    "fleet rules keyed by header, body or jwt claim values hash them with a public key: set {FLEET_KEY_SECRET_ENV} (at least {MIN_ADMIN_TOKEN_LEN} characters, the same on every node)"
                 );
             }
         }

@@ -211,6 +211,61 @@ pub struct Metrics {
     /// Indexed like [`ACCEPT_DROP_REASONS`].
     client_dropped_at_accept: [IntCounter; 6],
     client_sources: IntGauge,
+    /// Bearer token verification for `key = "jwt"` rules.
+    pub jwt: JwtMetrics,
+}
+
+/// `rampart_jwt_*`: what `key = "jwt"` rules made of bearer tokens.
+#[derive(Debug)]
+pub struct JwtMetrics {
+    /// [cache hit, cache miss].
+    verified: [IntCounter; 2],
+    /// Indexed like [`rampart_policy::Unverified::ALL`]; `None` for the
+    /// reasons only explain and replay meet (`no_verifier`, `not_recorded`).
+    unverified: Vec<Option<IntCounter>>,
+    keys: IntGauge,
+    cache_entries: IntGauge,
+    reloads: IntCounterVec,
+}
+
+impl JwtMetrics {
+    /// Counts the identity one request's jwt rules read (nothing when none
+    /// asked for it); a verified token lacking a rule's claim also counts as
+    /// `claim_missing`.
+    pub fn request(&self, identity: Option<&rampart_policy::IdentityOutcome>, claim_missing: bool) {
+        use rampart_policy::{IdentityOutcome, Unverified};
+        let unverified = |why: Unverified| {
+            if let Some(Some(counter)) = Unverified::ALL
+                .iter()
+                .position(|u| *u == why)
+                .and_then(|i| self.unverified.get(i))
+            {
+                counter.inc();
+            }
+        };
+        match identity {
+            None => {}
+            Some(IdentityOutcome::Verified { cached, .. }) => {
+                self.verified[usize::from(!*cached)].inc();
+            }
+            Some(IdentityOutcome::Unverified(why)) => unverified(*why),
+        }
+        if claim_missing {
+            unverified(Unverified::ClaimMissing);
+        }
+    }
+
+    /// Records the keys loaded and the verified tokens cached now.
+    pub fn set_state(&self, keys: usize, cached: usize) {
+        self.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+        self.cache_entries
+            .set(i64::try_from(cached).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one JWKS reload attempt after a change on disk.
+    pub fn reload(&self, result: Attempt) {
+        self.reloads.with_label_values(&[result.as_label()]).inc();
+    }
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
@@ -377,6 +432,50 @@ impl Metrics {
             "Build time of the loaded GeoIP database (from its metadata).",
             &["database"],
         );
+        let jwt_verified = counter(
+            "rampart_jwt_verified_total",
+            "Bearer tokens that verified for key = \"jwt\" rules, by cache (hit: no signature check, miss).",
+            &["cache"],
+        );
+        let jwt_unverified = counter(
+            "rampart_jwt_unverified_total",
+            "Requests whose bearer token did not give a key = \"jwt\" rule its claim (counted by address instead), by reason.",
+            &["reason"],
+        );
+        let jwt = JwtMetrics {
+            verified: [
+                jwt_verified.with_label_values(&["hit"]),
+                jwt_verified.with_label_values(&["miss"]),
+            ],
+            unverified: rampart_policy::Unverified::ALL
+                .iter()
+                .map(|u| {
+                    use rampart_policy::Unverified::{NoVerifier, NotRecorded};
+                    (!matches!(u, NoVerifier | NotRecorded))
+                        .then(|| jwt_unverified.with_label_values(&[u.as_label()]))
+                })
+                .collect(),
+            keys: registered(
+                &registry,
+                &names,
+                IntGauge::new("rampart_jwt_keys", "JWT verification keys loaded.")
+                    .expect("valid metric"),
+            ),
+            cache_entries: registered(
+                &registry,
+                &names,
+                IntGauge::new(
+                    "rampart_jwt_cache_entries",
+                    "Verified bearer tokens cached now (at most [jwt] cache_size).",
+                )
+                .expect("valid metric"),
+            ),
+            reloads: counter(
+                "rampart_jwt_jwks_reloads_total",
+                "JWKS file reloads after a change on disk, by result (success, error: the old keys keep serving).",
+                &["result"],
+            ),
+        };
         let geo_reloads = counter(
             "rampart_geoip_reloads_total",
             "GeoIP database swaps after a change on disk, by result.",
@@ -575,6 +674,7 @@ impl Metrics {
             geo_build,
             geo_reloads,
             geo_lookups,
+            jwt,
         }
     }
 

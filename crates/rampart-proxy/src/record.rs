@@ -16,7 +16,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use rampart_config::{Config, KeyKind, RecordConfig};
 use rampart_policy::body::{BodyInput, RecordedBody};
-use rampart_policy::record::{ReadFailure, Record, RecordedRead};
+use rampart_policy::record::{ReadFailure, Record, RecordedIdentity, RecordedRead};
 use rampart_policy::{BodyRead, FlagMode};
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -149,6 +149,9 @@ pub struct Outcome<'a> {
     pub status: u16,
     /// Time to answer.
     pub elapsed: std::time::Duration,
+    /// The verified identity `key = "jwt"` rules read (`None`: the config has
+    /// no such rule).
+    pub identity: Option<&'a rampart_policy::IdentityOutcome>,
 }
 
 impl Recorder {
@@ -189,6 +192,19 @@ impl Recorder {
         let mut h = self.key.build_hasher();
         h.write(value);
         format!("#{:016x}", h.finish())
+    }
+
+    /// The identity as a record keeps it: each claim as a keyed hash, or
+    /// the reason the token did not verify.
+    fn identity(&self, identity: &rampart_policy::IdentityOutcome) -> RecordedIdentity {
+        match rampart_policy::jwt::recorded_claims(identity) {
+            Ok(claims) => RecordedIdentity::Verified(
+                claims
+                    .map(|(name, value)| (name.to_string(), self.hash(value.as_bytes())))
+                    .collect(),
+            ),
+            Err(why) => RecordedIdentity::Unverified(why.as_label().to_string()),
+        }
     }
 
     /// The headers kept for a record: media types as sent, `Authorization`
@@ -271,6 +287,7 @@ impl Recorder {
             route: o.route.map(Cow::Borrowed),
             allow: o.allow.map(Cow::Borrowed),
             w: weight,
+            jwt: o.identity.map(|identity| self.identity(identity)),
         };
         let Ok(line) = serde_json::to_string(&record) else {
             return;

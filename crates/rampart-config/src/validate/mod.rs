@@ -6,6 +6,7 @@ mod body;
 mod escalations;
 mod fleet;
 mod geoip;
+mod jwt;
 mod limits;
 mod listeners;
 mod lockdown;
@@ -147,6 +148,7 @@ impl Validator {
         let unmatched = self.unmatched(raw.unmatched, &pool_names);
         let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
         let geoip = self.geoip(raw.geoip);
+        let jwt = raw.jwt.map(|j| self.jwt(j));
         let mut rule_names = BTreeSet::new();
         let access = raw
             .access
@@ -159,13 +161,25 @@ impl Validator {
             .limits
             .into_iter()
             .enumerate()
-            .map(|(i, l)| self.limit(i, l, &route_names, &geoip, &mut rule_names, &flag_names))
+            .map(|(i, l)| {
+                let sources = limits::KeySources {
+                    geoip: &geoip,
+                    jwt: jwt.is_some(),
+                };
+                self.limit(i, l, &route_names, &mut rule_names, &flag_names, sources)
+            })
             .collect();
         let concurrency = raw
             .concurrency
             .into_iter()
             .enumerate()
-            .map(|(i, c)| self.concurrency(i, c, &route_names, &geoip, &mut rule_names))
+            .map(|(i, c)| {
+                let sources = limits::KeySources {
+                    geoip: &geoip,
+                    jwt: jwt.is_some(),
+                };
+                self.concurrency(i, c, &route_names, &mut rule_names, sources)
+            })
             .collect();
         let referenced: Vec<usize> = limits
             .iter()
@@ -220,6 +234,7 @@ impl Validator {
             limits,
             concurrency,
             lockdown,
+            jwt,
         })
     }
 

@@ -189,6 +189,7 @@ impl<C: Clock + Clone> Policy<C> {
             geo,
             header: None,
             body: None,
+            jwt: None,
         };
         for &i in &plan.bans {
             let (Some(rule), Some(Some(table))) = (self.limits.get(i), self.bans.get(i)) else {

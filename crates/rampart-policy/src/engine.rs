@@ -96,6 +96,9 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// Mode of each lockdown flag, in config order (shorter means off).
     pub flags: &'a [FlagMode],
+    /// The JA4 fingerprint of the client's TLS hello; `None` on plaintext
+    /// listeners and for hellos that could not be fingerprinted.
+    pub ja4: Option<crate::ja4::Ja4>,
 }
 
 /// Whether an evaluation charges buckets and takes slots.
@@ -988,7 +991,8 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             let matched = if self.allowed_by.is_some() {
                 None
             } else {
-                rule.clients.matches(facts.ip, &facts.geo)
+                rule.clients
+                    .matches(facts.ip, &facts.geo, facts.ja4.as_ref())
             };
             let decided = self.allowed_by.is_some();
             self.note(|| TraceEntry {
@@ -1133,6 +1137,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                     .map(str::as_bytes),
                 _ => None,
             },
+            ja4: facts.ja4,
         }
     }
 
@@ -1384,7 +1389,10 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             }
         }
         if let Some(Some(clients)) = policy.limit_clients.get(i) {
-            if clients.matches(facts.ip, &facts.geo).is_none() {
+            if clients
+                .matches(facts.ip, &facts.geo, facts.ja4.as_ref())
+                .is_none()
+            {
                 if trace {
                     self.note(|| TraceEntry {
                         kind: RuleKind::Limit,
@@ -1610,6 +1618,7 @@ fn denied(rule: &Arc<str>, matched: MatchedBy) -> Rejection {
         MatchedBy::Network => Rejection::DeniedByNetwork { rule },
         MatchedBy::Asn(asn) => Rejection::DeniedByAsn { rule, asn },
         MatchedBy::Country(country) => Rejection::DeniedByCountry { rule, country },
+        MatchedBy::Ja4 => Rejection::DeniedByJa4 { rule },
     }
 }
 
@@ -1621,6 +1630,7 @@ fn describe_key(key: &LimitKey) -> String {
         LimitKey::Asn(n) => format!("AS{n}"),
         LimitKey::Country(c) => c.to_string(),
         LimitKey::Hashed(_) => "hashed value".into(),
+        LimitKey::Ja4(j) => j.to_string(),
         LimitKey::Whole => "whole route".into(),
         LimitKey::Overflow => "overflow".into(),
     }
@@ -1705,6 +1715,7 @@ pool = "web"
             method: "POST",
             headers,
             flags,
+            ja4: None,
         };
         let (verdict, _) = p.run(&facts, Charging::Charge, None, |checks| {
             vec![FleetAnswer::Allowed; checks.len()]
@@ -2041,6 +2052,7 @@ routes = ["login"]
             method: "POST",
             headers,
             flags: &[],
+            ja4: None,
         }
     }
 
@@ -2229,6 +2241,7 @@ shadow = true
             method: "GET",
             headers: &headers,
             flags: &[],
+            ja4: None,
         };
         let mut asked = Vec::new();
         let (verdict, _) = p.run(&facts, Charging::Charge, None, |checks| {
@@ -2370,6 +2383,7 @@ shadow = true
             method: "GET",
             headers: &headers,
             flags: &[],
+            ja4: None,
         };
         let limited = FleetAnswer::Limited {
             retry_after: Duration::from_secs(5),
@@ -2434,6 +2448,7 @@ burst = 100
             method: "POST",
             headers,
             flags: &[],
+            ja4: None,
         }
     }
 
@@ -2586,6 +2601,7 @@ mod ban_fairness_tests {
             method: "GET",
             headers: &headers,
             flags: &[],
+            ja4: None,
         };
         p.run(&facts, Charging::Charge, None, |c| vec![fleet; c.len()])
             .0

@@ -11,6 +11,7 @@ pub mod clients;
 pub mod engine;
 pub mod escalation;
 pub mod geo;
+pub mod ja4;
 pub mod limits;
 pub mod lockdown;
 pub mod record;
@@ -25,6 +26,7 @@ pub use engine::{
     Step, TraceEntry, Verdict,
 };
 pub use geo::{CountryCode, GeoDb, GeoInfo};
+pub use ja4::Ja4;
 pub use lockdown::FlagMode;
 pub use rejection::Rejection;
 pub use route::{RouteMatch, RouteTable};

@@ -258,6 +258,7 @@ fn decide(
         method,
         headers: &headers,
         flags,
+        ja4: None,
     };
     let body = br#"{"phone":"+86 138 0013 8000"}"#;
     policy
@@ -365,6 +366,7 @@ fn access_rules_and_bans_refused_at_accept_are_refused_on_every_request() {
             method: "GET",
             headers: &headers,
             flags: &[],
+            ja4: None,
         };
         p.run(&facts, Charging::Charge, None, |c| {
             vec![FleetAnswer::Allowed; c.len()]

@@ -11,6 +11,7 @@ pub mod edge;
 pub mod escalator;
 pub mod fleet;
 pub mod health;
+pub mod ja4;
 pub mod lean;
 pub mod lease;
 pub mod listening;
@@ -221,11 +222,11 @@ pub fn build_server_with(
                 }
             }
         }
-        if listeners_with_tls_proxy_protocol(&config, h2c) {
-            endpoints.set_pre_tls_callback(Arc::new(proxy_protocol::PreTlsHeader {
-                shared: shared.clone(),
-            }));
-        }
+        // Pingora runs the hook on the TLS listeners of the group only: the
+        // PROXY header (where configured), then the ClientHello's JA4.
+        endpoints.set_pre_tls_callback(Arc::new(ja4::PreTls {
+            shared: shared.clone(),
+        }));
         let mut edge = edge::EdgeApp::new(app, shared.clone(), sources.clone(), h2c);
         if config.server.http1_loop == rampart_config::Http1Loop::Rampart {
             edge = edge.with_lean(lean.clone());
@@ -323,15 +324,6 @@ fn set_fleet_hash_key(config: &Config) {
             }
         }
     }
-}
-
-/// Whether a TLS listener of the `h2c` group takes PROXY headers (they are read
-/// in the pre-TLS hook, which Pingora runs on TLS listeners only).
-fn listeners_with_tls_proxy_protocol(config: &Config, h2c: bool) -> bool {
-    config
-        .listeners
-        .iter()
-        .any(|l| l.h2c == h2c && l.tls.is_some() && l.proxy_protocol.is_some())
 }
 
 /// Refuses PEM files that do not hold what they should, before Pingora panics on them.

@@ -423,6 +423,10 @@ impl Side {
             method: &record.m,
             headers,
             flags: &self.modes,
+            ja4: record
+                .ja4
+                .as_deref()
+                .and_then(|t| rampart_policy::Ja4::parse(t).ok()),
         };
         let mut unrecorded = false;
         let mut evaluation = self.policy.evaluate(Charging::Charge);

@@ -132,9 +132,12 @@ mod tests {
     use super::*;
 
     fn condition(text: &str) -> ClientCondition {
+        // A TLS listener, for JA4 lists; validation only checks that its files
+        // exist.
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
         let config = rampart_config::parse(
             &format!(
-                "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[geoip]\ncountry_db = \"/x.mmdb\"\nasn_db = \"/y.mmdb\"\n[pools.web]\nservers = [\"127.0.0.1:9000\"]\n[[routes]]\nname = \"all\"\npool = \"web\"\n[[limits]]\nname = \"l\"\nkey = \"ip\"\nrate = \"1/s\"\n{text}\n"
+                "[[listeners]]\naddress = \"127.0.0.1:8080\"\ntls = {{ cert = \"{file}\", key = \"{file}\" }}\n[geoip]\ncountry_db = \"/x.mmdb\"\nasn_db = \"/y.mmdb\"\n[pools.web]\nservers = [\"127.0.0.1:9000\"]\n[[routes]]\nname = \"all\"\npool = \"web\"\n[[limits]]\nname = \"l\"\nkey = \"ip\"\nrate = \"1/s\"\n{text}\n"
             ),
             std::path::Path::new("t.toml"),
         )

@@ -818,6 +818,7 @@ impl AdminService {
             "ready": snapshot.is_ready(),
             "config_path": self.shared.config_path.display().to_string(),
             "pools": pools,
+            "tls": self.shared.tls_certs.iter().map(|c| c.status()).collect::<Vec<_>>(),
         })
     }
 }

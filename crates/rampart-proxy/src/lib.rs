@@ -6,6 +6,7 @@ pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod background;
+pub mod certs;
 pub mod console;
 pub mod edge;
 pub mod escalator;
@@ -152,6 +153,18 @@ pub fn build_server_with(
     let mut shared = Shared::new(config_path, config.clone(), &servers, access_log)
         .map_err(|e| StartError::Geo(e.to_string()))?;
     shared.overlay = overlay;
+    // Every TLS listener's certificate, read and checked now (a bad pair stops
+    // the start), then served through a resolver that reloads swap in place.
+    let mut tls_certs = Vec::new();
+    for listener in config.listeners.iter() {
+        if let Some(tls) = &listener.tls {
+            let address = listener.address.to_string();
+            let cert = certs::TlsCert::load(&address, &tls.cert, &tls.key)
+                .map_err(|reason| StartError::Listener { address, reason })?;
+            tls_certs.push(Arc::new(cert));
+        }
+    }
+    shared.tls_certs = tls_certs.clone();
     if let Some((recorder, writer)) = record::recorder(&config.record) {
         shared.recorder = Some(recorder);
         server.add_service(background_service("request record", writer));
@@ -209,14 +222,15 @@ pub fn build_server_with(
                         tls.cert.display().to_string(),
                         tls.key.display().to_string(),
                     );
-                    check_pem(&cert, "CERTIFICATE", &address)?;
-                    check_pem(&key, "PRIVATE KEY", &address)?;
                     let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| {
                         StartError::Listener {
                             address: address.clone(),
                             reason: e.to_string(),
                         }
                     })?;
+                    if let Some(resolver) = tls_certs.iter().find(|c| c.address == address) {
+                        settings.set_cert_resolver(resolver.clone());
+                    }
                     settings.enable_h2();
                     endpoints.add_listener(endpoint.tls(settings));
                 }
@@ -283,6 +297,10 @@ pub fn build_server_with(
         background::LimiterSweep::new(shared.clone()),
     ));
     server.add_service(background_service(
+        "tls certificate watch",
+        certs::CertWatch::new(shared.clone()),
+    ));
+    server.add_service(background_service(
         "reload on SIGHUP",
         SighupReload { shared },
     ));
@@ -326,22 +344,7 @@ fn set_fleet_hash_key(config: &Config) {
     }
 }
 
-/// Refuses PEM files that do not hold what they should, before Pingora panics on them.
-fn check_pem(path: &str, what: &str, address: &str) -> Result<(), StartError> {
-    let text = std::fs::read_to_string(path).map_err(|e| StartError::Listener {
-        address: address.to_string(),
-        reason: format!("cannot read {path}: {e}"),
-    })?;
-    if !text.contains("-----BEGIN") || !text.contains(what) {
-        return Err(StartError::Listener {
-            address: address.to_string(),
-            reason: format!("{path} holds no PEM {what}"),
-        });
-    }
-    Ok(())
-}
-
-/// Reloads the config file on SIGHUP.
+/// Reloads the config file (and the TLS certificates) on SIGHUP.
 struct SighupReload {
     shared: Arc<Shared>,
 }

@@ -107,6 +107,7 @@ fn bench(c: &mut Criterion) {
         method: "POST",
         headers: &request,
         flags: &[],
+        ja4: None,
         identity: IdentitySource::Verify(&cached),
     };
     let (verdict, _) = policy.run(&facts, Charging::Charge, None, |_| Vec::new());

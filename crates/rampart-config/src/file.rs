@@ -313,6 +313,10 @@ pub struct FileAccess {
     pub not_asns: Option<Vec<i64>>,
     /// Matches clients outside these countries.
     pub not_countries: Option<Vec<String>>,
+    /// JA4 TLS fingerprints (or patterns with `*` parts).
+    pub ja4: Option<Vec<String>>,
+    /// Matches clients whose JA4 is none of these (or that have none).
+    pub not_ja4: Option<Vec<String>>,
     /// Routes the rule applies to; all when absent.
     pub routes: Option<Vec<String>>,
 }
@@ -322,7 +326,7 @@ pub struct FileAccess {
 pub struct FileLimit {
     /// Rule name.
     pub name: Option<String>,
-    /// `ip`, `prefix`, `asn`, `country`, `header`, `jwt` or `route`.
+    /// `ip`, `prefix`, `asn`, `country`, `header`, `jwt`, `ja4`, `route` or `body`.
     pub key: Option<String>,
     /// IPv4 prefix length for `key = "prefix"`.
     pub prefix_v4: Option<i64>,
@@ -372,6 +376,10 @@ pub struct FileLimit {
     pub not_asns: Option<Vec<i64>>,
     /// Applies only to clients outside these countries.
     pub not_countries: Option<Vec<String>>,
+    /// Applies only to clients with one of these JA4 fingerprints.
+    pub ja4: Option<Vec<String>>,
+    /// Applies only to clients with none of these JA4 fingerprints.
+    pub not_ja4: Option<Vec<String>>,
     /// The penalty box: ban keys that keep being refused.
     pub ban: Option<FileBan>,
 }

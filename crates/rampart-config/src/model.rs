@@ -558,6 +558,9 @@ pub enum KeyKind {
     Country,
     /// A request header's value (API key, session); the client address when absent.
     Header(String),
+    /// The JA4 fingerprint of the client's TLS hello; the client address when
+    /// there is none (plaintext listeners, hellos that cannot be fingerprinted).
+    Ja4,
     /// The route as a whole: one bucket for everybody.
     Route,
     /// A field of the request body (account name, phone number range).
@@ -605,6 +608,7 @@ impl KeyKind {
             KeyKind::Asn => "asn",
             KeyKind::Country => "country",
             KeyKind::Header(_) => "header",
+            KeyKind::Ja4 => "ja4",
             KeyKind::Route => "route",
             KeyKind::Jwt { .. } => "jwt",
         }
@@ -711,9 +715,10 @@ pub const DEFAULT_ESCALATION_MIN_REQUESTS: u64 = 20;
 /// Which clients a rule concerns, by network, autonomous system and country.
 ///
 /// A client matches when it is in one of the positive lists (any of `cidrs`,
-/// `asns`, `countries`; every client when all three are empty) and in none of
+/// `asns`, `countries`, `ja4`; every client when all are empty) and in none of
 /// the `not_*` lists. A client whose country (AS) is unknown is in no country
-/// (AS) list: `not_countries = ["CN"]` matches it.
+/// (AS) list: `not_countries = ["CN"]` matches it; a client without a JA4
+/// (plaintext, or a hello that could not be fingerprinted) is in no JA4 list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientCondition {
     /// Networks, host bits clear.
@@ -728,6 +733,10 @@ pub struct ClientCondition {
     pub not_asns: Vec<u32>,
     /// Countries excluded.
     pub not_countries: Vec<String>,
+    /// JA4 fingerprints or patterns.
+    pub ja4: Vec<crate::Ja4Pattern>,
+    /// JA4 fingerprints or patterns excluded.
+    pub not_ja4: Vec<crate::Ja4Pattern>,
 }
 
 impl ClientCondition {

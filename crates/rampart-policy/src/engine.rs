@@ -96,6 +96,9 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// Mode of each lockdown flag, in config order (shorter means off).
     pub flags: &'a [FlagMode],
+    /// The JA4 fingerprint of the client's TLS hello; `None` on plaintext
+    /// listeners and for hellos that could not be fingerprinted.
+    pub ja4: Option<crate::ja4::Ja4>,
     /// Where `key = "jwt"` rules get the request's verified identity.
     pub identity: IdentitySource<'a>,
 }
@@ -1024,7 +1027,8 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             let matched = if self.allowed_by.is_some() {
                 None
             } else {
-                rule.clients.matches(facts.ip, &facts.geo)
+                rule.clients
+                    .matches(facts.ip, &facts.geo, facts.ja4.as_ref())
             };
             let decided = self.allowed_by.is_some();
             self.note(|| TraceEntry {
@@ -1169,6 +1173,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                     .map(str::as_bytes),
                 _ => None,
             },
+            ja4: facts.ja4,
             jwt: match kind {
                 KeyKind::Jwt { claim } => self
                     .identity
@@ -1503,7 +1508,10 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             }
         }
         if let Some(Some(clients)) = policy.limit_clients.get(i) {
-            if clients.matches(facts.ip, &facts.geo).is_none() {
+            if clients
+                .matches(facts.ip, &facts.geo, facts.ja4.as_ref())
+                .is_none()
+            {
                 if trace {
                     self.note(|| TraceEntry {
                         kind: RuleKind::Limit,
@@ -1733,6 +1741,7 @@ fn denied(rule: &Arc<str>, matched: MatchedBy) -> Rejection {
         MatchedBy::Network => Rejection::DeniedByNetwork { rule },
         MatchedBy::Asn(asn) => Rejection::DeniedByAsn { rule, asn },
         MatchedBy::Country(country) => Rejection::DeniedByCountry { rule, country },
+        MatchedBy::Ja4 => Rejection::DeniedByJa4 { rule },
     }
 }
 
@@ -1744,6 +1753,7 @@ fn describe_key(key: &LimitKey) -> String {
         LimitKey::Asn(n) => format!("AS{n}"),
         LimitKey::Country(c) => c.to_string(),
         LimitKey::Hashed(_) => "hashed value".into(),
+        LimitKey::Ja4(j) => j.to_string(),
         LimitKey::Whole => "whole route".into(),
         LimitKey::Overflow => "overflow".into(),
     }
@@ -1828,6 +1838,7 @@ pool = "web"
             method: "POST",
             headers,
             flags,
+            ja4: None,
             identity: Default::default(),
         };
         let (verdict, _) = p.run(&facts, Charging::Charge, None, |checks| {
@@ -2165,6 +2176,7 @@ routes = ["login"]
             method: "POST",
             headers,
             flags: &[],
+            ja4: None,
             identity: Default::default(),
         }
     }
@@ -2354,6 +2366,7 @@ shadow = true
             method: "GET",
             headers: &headers,
             flags: &[],
+            ja4: None,
             identity: Default::default(),
         };
         let mut asked = Vec::new();
@@ -2496,6 +2509,7 @@ shadow = true
             method: "GET",
             headers: &headers,
             flags: &[],
+            ja4: None,
             identity: Default::default(),
         };
         let limited = FleetAnswer::Limited {
@@ -2561,6 +2575,7 @@ burst = 100
             method: "POST",
             headers,
             flags: &[],
+            ja4: None,
             identity: Default::default(),
         }
     }
@@ -2714,6 +2729,7 @@ mod ban_fairness_tests {
             method: "GET",
             headers: &headers,
             flags: &[],
+            ja4: None,
             identity: Default::default(),
         };
         p.run(&facts, Charging::Charge, None, |c| vec![fleet; c.len()])

@@ -11,6 +11,7 @@ pub mod clients;
 pub mod engine;
 pub mod escalation;
 pub mod geo;
+pub mod ja4;
 pub mod jwt;
 pub mod limits;
 pub mod lockdown;
@@ -26,6 +27,7 @@ pub use engine::{
     RequestFacts, Step, TraceEntry, Verdict,
 };
 pub use geo::{CountryCode, GeoDb, GeoInfo};
+pub use ja4::Ja4;
 pub use jwt::{IdentityOutcome, JwtKeys, JwtVerifier, Unverified};
 pub use lockdown::FlagMode;
 pub use rejection::Rejection;

@@ -13,6 +13,7 @@
 //! |---|---|
 //! | `t` | arrival, milliseconds since the Unix epoch |
 //! | `ip`, `cc`, `asn` | resolved client address, its country and ASN |
+//! | `ja4` | the JA4 fingerprint of the connection's TLS hello (TLS listeners) |
 //! | `host`, `m`, `p` | host, method and canonical path (the query is never kept) |
 //! | `h` | the request headers the config reads (header keys, session checks, body media types) and any listed in `[record] headers`; every value but `Content-Type` and `Content-Encoding` as a keyed hash (`#` and 16 hex digits), cookies as `name=#hash` |
 //! | `fl` | flags on when the request came (`enforce` or `preview`) |
@@ -45,6 +46,10 @@ pub struct Record<'a> {
     /// ASN, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asn: Option<u32>,
+    /// JA4 fingerprint of the TLS hello, when the request came over TLS and
+    /// the hello could be fingerprinted.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub ja4: Option<Cow<'a, str>>,
     /// The host the request named.
     #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
     pub host: Option<Cow<'a, str>>,
@@ -175,6 +180,7 @@ mod tests {
             ip: "203.0.113.7".parse().unwrap(),
             cc: Some("CN".into()),
             asn: Some(4134),
+            ja4: Some("t13d1516h2_8daaf6152771_e5627efa2ab1".into()),
             host: Some("api.example".into()),
             m: "POST".into(),
             p: "/api/auth/register".into(),

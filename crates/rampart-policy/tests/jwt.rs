@@ -451,6 +451,7 @@ fn run(
         method: "POST",
         headers: &headers,
         flags: &[],
+        ja4: None,
         identity: IdentitySource::Verify(verifier),
     };
     policy.run(&facts, charging, None, |_| Vec::new())

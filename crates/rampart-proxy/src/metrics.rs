@@ -211,6 +211,9 @@ pub struct Metrics {
     /// Indexed like [`ACCEPT_DROP_REASONS`].
     client_dropped_at_accept: [IntCounter; 6],
     client_sources: IntGauge,
+    /// Indexed like [`HELLO_RESULTS`].
+    tls_hellos: [IntCounter; 4],
+    tls_certificate_reloads: IntCounterVec,
     /// Bearer token verification for `key = "jwt"` rules.
     pub jwt: JwtMetrics,
 }
@@ -267,6 +270,10 @@ impl JwtMetrics {
         self.reloads.with_label_values(&[result.as_label()]).inc();
     }
 }
+
+/// The `result` labels of `rampart_tls_client_hellos_total`: a JA4 was
+/// computed, or why none was (see `rampart_policy::ja4::HelloError`).
+pub const HELLO_RESULTS: [&str; 4] = ["fingerprinted", "not_tls", "malformed", "too_large"];
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
@@ -616,7 +623,7 @@ impl Metrics {
         );
         let client_closed = counter(
             "rampart_client_connections_closed_total",
-            "Client connections the edge closed itself, by reason (keepalive_timeout, header_timeout, body_timeout, header_too_large, per_source_cap, proxy_protocol_missing, proxy_protocol_invalid, proxy_protocol_untrusted).",
+            "Client connections the edge closed itself, by reason (keepalive_timeout, header_timeout, body_timeout, header_too_large, per_source_cap, proxy_protocol_missing, proxy_protocol_invalid, proxy_protocol_untrusted, tls_hello_timeout).",
             &["reason"],
         );
         let dropped_at_accept = counter(
@@ -635,7 +642,23 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let hellos = counter(
+            "rampart_tls_client_hellos_total",
+            "First bytes of connections on TLS listeners, by result: fingerprinted (JA4 computed), not_tls, malformed, too_large (no JA4; the handshake goes on).",
+            &["result"],
+        );
+        let tls_hellos = HELLO_RESULTS.map(|result| hellos.with_label_values(&[result]));
+        let tls_certificate_reloads = counter(
+            "rampart_tls_certificate_reloads_total",
+            "Certificate and key reloads of TLS listeners, by result (success, error: the previous certificate keeps serving).",
+            &["result"],
+        );
+        for result in ["success", "error"] {
+            tls_certificate_reloads.with_label_values(&[result]);
+        }
         Self {
+            tls_hellos,
+            tls_certificate_reloads,
             client_closed,
             client_dropped_at_accept,
             client_sources,
@@ -692,6 +715,25 @@ impl Metrics {
         if let Some(i) = ACCEPT_DROP_REASONS.iter().position(|r| *r == label) {
             self.client_dropped_at_accept[i].inc();
         }
+    }
+
+    /// Counts the first bytes of a TLS connection: fingerprinted (`Ok`) or why
+    /// not. `Incomplete` is not a result (the caller reads on or times out).
+    pub fn client_hello(&self, result: Result<(), rampart_policy::ja4::HelloError>) {
+        let label = match result {
+            Ok(()) => "fingerprinted",
+            Err(e) => e.as_label(),
+        };
+        if let Some(i) = HELLO_RESULTS.iter().position(|r| *r == label) {
+            self.tls_hellos[i].inc();
+        }
+    }
+
+    /// Counts one certificate reload of a TLS listener.
+    pub fn tls_certificate_reload(&self, result: Attempt) {
+        self.tls_certificate_reloads
+            .with_label_values(&[result.as_label()])
+            .inc();
     }
 
     /// Sets the number of client addresses with open connections.

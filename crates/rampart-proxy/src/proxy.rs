@@ -77,7 +77,7 @@ fn record_offender(shared: &Shared, ctx: &RequestCtx) {
     let prefix = rampart_policy::limits::prefix_of(ctx.client_ip, 24, 48);
     shared
         .offenders
-        .record(ctx.client_ip, prefix, ctx.geo.asn, now);
+        .record(ctx.client_ip, prefix, ctx.geo.asn, ctx.ja4, now);
 }
 
 /// Reads the request body, up to `limit` bytes (one more when it is longer),
@@ -216,6 +216,7 @@ fn request_facts<'a>(
         method: req.method.as_str(),
         headers: &req.headers,
         flags,
+        ja4: ctx.ja4,
         identity,
     }
 }
@@ -336,6 +337,8 @@ pub struct RequestCtx {
     pub(crate) connect_failures: u8,
     pub(crate) rejection: Option<Rejection>,
     pub(crate) geo: GeoInfo,
+    /// The JA4 of the connection's TLS hello (TLS listeners; see `crate::ja4`).
+    pub(crate) ja4: Option<rampart_policy::Ja4>,
     /// In-flight slots, released when the context is dropped at the end of the request.
     pub(crate) permits: Vec<ConcurrencyPermit>,
     /// What shadow rules and previewed flags would have refused (recorded in `logging`).
@@ -406,12 +409,13 @@ fn access_line(
         .map(|s| format!("\"{}\"", s.addr))
         .unwrap_or_else(|| "null".into());
     format!(
-        "{{\"time\":{}.{:03},\"client\":\"{}\",\"country\":{},\"asn\":{},\"route\":{},\"method\":{},\"path\":{},\"status\":{},\"verdict\":\"{}\",\"rule\":{},\"upstream\":{},\"jwt\":{},\"duration_ms\":{:.3}}}",
+        "{{\"time\":{}.{:03},\"client\":\"{}\",\"country\":{},\"asn\":{},\"ja4\":{},\"route\":{},\"method\":{},\"path\":{},\"status\":{},\"verdict\":\"{}\",\"rule\":{},\"upstream\":{},\"jwt\":{},\"duration_ms\":{:.3}}}",
         now.as_secs(),
         now.subsec_millis(),
         ctx.client_ip,
         ctx.geo.country.map(|c| format!("\"{c}\"")).unwrap_or_else(|| "null".into()),
         ctx.geo.asn.map(|a| a.to_string()).unwrap_or_else(|| "null".into()),
+        ctx.ja4.map(|j| format!("\"{j}\"")).unwrap_or_else(|| "null".into()),
         json_string(ctx.route_label()),
         json_string(req.method.as_str()),
         json_string(req.uri.path()),
@@ -451,6 +455,7 @@ impl RequestCtx {
             connect_failures: 0,
             rejection: None,
             geo: GeoInfo::default(),
+            ja4: None,
             permits: Vec::new(),
             observations: Vec::new(),
             identity: None,
@@ -567,6 +572,7 @@ pub(crate) async fn decide(
         .iter()
         .map(|v| v.as_bytes());
     ctx.client_ip = resolve_client_ip(peer, forwarded, client_config);
+    ctx.ja4 = crate::ja4::of_session(session);
 
     let options = rampart_policy::CanonicalOptions {
         allow_semicolons: snapshot.config.request.allow_semicolons,
@@ -946,6 +952,7 @@ fn record_request(
     let outcome = crate::record::Outcome {
         ip: ctx.client_ip,
         geo: ctx.geo,
+        ja4: ctx.ja4,
         host: request_host(req),
         method: req.method.as_str(),
         path: req.uri.path(),

@@ -123,6 +123,8 @@ pub struct Outcome<'a> {
     pub ip: std::net::IpAddr,
     /// Country and ASN.
     pub geo: rampart_policy::GeoInfo,
+    /// JA4 of the connection's TLS hello.
+    pub ja4: Option<rampart_policy::Ja4>,
     /// Host, method and canonical path.
     pub host: Option<&'a str>,
     /// Method.
@@ -260,6 +262,7 @@ impl Recorder {
             ip: o.ip,
             cc: country.map(Cow::Owned),
             asn: o.geo.asn,
+            ja4: o.ja4.map(|j| Cow::Owned(j.to_string())),
             host: o.host.map(Cow::Borrowed),
             m: Cow::Borrowed(o.method),
             p: Cow::Borrowed(o.path),

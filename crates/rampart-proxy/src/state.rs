@@ -379,6 +379,9 @@ pub struct Shared {
     pub overlay: Option<ConfigOverlay>,
     /// The request record, when on.
     pub recorder: Option<crate::record::Recorder>,
+    /// The certificates of the TLS listeners, reloaded with the config and
+    /// when their files change (see `crate::certs`).
+    pub tls_certs: Vec<Arc<crate::certs::TlsCert>>,
 }
 
 /// A change applied to every loaded config: `rampart demo` trusts loopback as a
@@ -490,6 +493,7 @@ impl Shared {
             metrics,
             overlay: None,
             recorder: None,
+            tls_certs: Vec::new(),
         };
         if rewrite {
             shared.persist(&shared.snapshot());
@@ -1161,7 +1165,12 @@ impl Shared {
     /// old config keeps serving. Requests in flight finish on the snapshot they
     /// started with. Listener, admin and server settings only change on restart;
     /// a reload that changes them says so in the log.
-    pub async fn reload_config(&self) -> Result<u64, CommandError> {
+    ///
+    /// The TLS listeners' certificates and keys are read again first, each
+    /// swapped in or kept on its own (see `crate::certs`), whatever becomes
+    /// of the config.
+    pub async fn reload_config(self: &Arc<Self>) -> Result<u64, CommandError> {
+        crate::certs::reload_all(self).await;
         match self.apply(Command::Reload).await? {
             Outcome::Reloaded { generation } => Ok(generation),
             other => Err(unexpected(other)),

@@ -429,6 +429,10 @@ impl Side {
             method: &record.m,
             headers,
             flags: &self.modes,
+            ja4: record
+                .ja4
+                .as_deref()
+                .and_then(|t| rampart_policy::Ja4::parse(t).ok()),
             identity: rampart_policy::IdentitySource::Recorded(record.jwt.as_ref()),
         };
         let mut unrecorded = false;

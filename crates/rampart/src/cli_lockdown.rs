@@ -402,7 +402,12 @@ pub fn top(target: &AdminTarget, n: usize) -> u8 {
         "rejected requests over the last {} s (approximate counts, at most over-estimated)",
         reply.body["window_seconds"].as_u64().unwrap_or(0)
     );
-    for (title, key) in [("ADDRESS", "ips"), ("NETWORK", "prefixes"), ("AS", "asns")] {
+    for (title, key) in [
+        ("ADDRESS", "ips"),
+        ("NETWORK", "prefixes"),
+        ("AS", "asns"),
+        ("JA4", "ja4"),
+    ] {
         println!();
         println!("{title:<42} {:>9}  COUNTRY  AS", "REJECTED");
         for row in reply.body[key].as_array().into_iter().flatten() {
@@ -433,8 +438,8 @@ pub enum BansCommand {
     Lift {
         /// The `[[limits]]` rule holding the ban.
         rule: String,
-        /// The banned key: an address, a network, AS64500, a country code, or
-        /// h<16 hex digits> for a hashed value.
+        /// The banned key: an address, a network, AS64500, a country code, a
+        /// JA4 fingerprint, or h<16 hex digits> for a hashed value.
         key: String,
     },
 }

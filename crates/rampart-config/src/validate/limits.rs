@@ -94,17 +94,18 @@ impl Validator {
                 };
                 KeyKind::Jwt { claim }
             }
+            Some("ja4") => KeyKind::Ja4,
             None => {
                 self.issue(
                     format!("{key}.key"),
-                    "is required (ip, prefix, asn, country, header, jwt or route)",
+                    "is required (ip, prefix, asn, country, header, jwt, ja4 or route)",
                 );
                 KeyKind::Ip
             }
             Some(other) => {
                 self.issue(
                     format!("{key}.key"),
-                    format!("\"{other}\" is not a key kind (use ip, prefix, asn, country, header, jwt or route)"),
+                    format!("\"{other}\" is not a key kind (use ip, prefix, asn, country, header, jwt, ja4 or route)"),
                 );
                 KeyKind::Ip
             }
@@ -269,6 +270,8 @@ impl Validator {
                 not_cidrs: raw.not_cidrs,
                 not_asns: raw.not_asns,
                 not_countries: raw.not_countries,
+                ja4: raw.ja4,
+                not_ja4: raw.not_ja4,
             },
             geoip,
         );

@@ -130,6 +130,8 @@ fn full_decision(c: &mut Criterion) {
             method: "POST",
             headers: &headers,
             flags: &[],
+            ja4: None,
+            identity: Default::default(),
         };
         let mut evaluation = policy.evaluate(Charging::Charge);
         let verdict = match evaluation.next(&facts) {

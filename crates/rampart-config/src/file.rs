@@ -64,6 +64,31 @@ pub struct FileConfig {
     /// `[[escalations]]`
     #[serde(default)]
     pub escalations: Vec<FileEscalation>,
+    /// `[jwt]`
+    pub jwt: Option<FileJwt>,
+}
+
+/// `[jwt]`: how bearer tokens are verified for `key = "jwt"` rules.
+#[derive(Debug, Default, Deserialize)]
+pub struct FileJwt {
+    /// A JSON Web Key Set file, re-read when it changes.
+    pub jwks_file: Option<String>,
+    /// A file holding the HS256 shared secret.
+    pub hs256_secret_file: Option<String>,
+    /// An environment variable holding the HS256 shared secret.
+    pub hs256_secret_env: Option<String>,
+    /// Accepted algorithms: `HS256`, `RS256`, `ES256`, `EdDSA`.
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew allowed on `exp` and `nbf`, e.g. `"30s"`.
+    pub leeway: Option<String>,
+    /// The `iss` a token must carry, when set.
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry, when set.
+    pub audience: Option<String>,
+    /// How often the JWKS file is checked for a change.
+    pub check_interval: Option<String>,
+    /// Verified tokens remembered.
+    pub cache_size: Option<i64>,
 }
 
 /// `[[escalations]]`
@@ -307,6 +332,10 @@ pub struct FileAccess {
     pub not_asns: Option<Vec<i64>>,
     /// Matches clients outside these countries.
     pub not_countries: Option<Vec<String>>,
+    /// JA4 TLS fingerprints (or patterns with `*` parts).
+    pub ja4: Option<Vec<String>>,
+    /// Matches clients whose JA4 is none of these (or that have none).
+    pub not_ja4: Option<Vec<String>>,
     /// Routes the rule applies to; all when absent.
     pub routes: Option<Vec<String>>,
 }
@@ -316,7 +345,7 @@ pub struct FileAccess {
 pub struct FileLimit {
     /// Rule name.
     pub name: Option<String>,
-    /// `ip`, `prefix`, `asn`, `country`, `header` or `route`.
+    /// `ip`, `prefix`, `asn`, `country`, `header`, `jwt`, `ja4`, `route` or `body`.
     pub key: Option<String>,
     /// IPv4 prefix length for `key = "prefix"`.
     pub prefix_v4: Option<i64>,
@@ -324,6 +353,8 @@ pub struct FileLimit {
     pub prefix_v6: Option<i64>,
     /// Header name for `key = "header"`.
     pub header: Option<String>,
+    /// Claim of a verified token for `key = "jwt"` (default `sub`).
+    pub claim: Option<String>,
     /// Body field (name or JSON Pointer) for `key = "body"`.
     pub field: Option<String>,
     /// `account` or `phone`, for `key = "body"`.
@@ -364,6 +395,10 @@ pub struct FileLimit {
     pub not_asns: Option<Vec<i64>>,
     /// Applies only to clients outside these countries.
     pub not_countries: Option<Vec<String>>,
+    /// Applies only to clients with one of these JA4 fingerprints.
+    pub ja4: Option<Vec<String>>,
+    /// Applies only to clients with none of these JA4 fingerprints.
+    pub not_ja4: Option<Vec<String>>,
     /// The penalty box: ban keys that keep being refused.
     pub ban: Option<FileBan>,
 }
@@ -393,7 +428,7 @@ pub struct FileBan {
 pub struct FileConcurrency {
     /// Rule name.
     pub name: Option<String>,
-    /// `ip`, `prefix`, `asn`, `country`, `header` or `route`.
+    /// `ip`, `prefix`, `asn`, `country`, `header`, `jwt` or `route`.
     pub key: Option<String>,
     /// IPv4 prefix length for `key = "prefix"`.
     pub prefix_v4: Option<i64>,
@@ -401,6 +436,8 @@ pub struct FileConcurrency {
     pub prefix_v6: Option<i64>,
     /// Header name for `key = "header"`.
     pub header: Option<String>,
+    /// Claim of a verified token for `key = "jwt"` (default `sub`).
+    pub claim: Option<String>,
     /// Most requests in flight per key.
     pub max_in_flight: Option<i64>,
     /// Routes the rule applies to; all when absent.

@@ -8,10 +8,12 @@
 //! applies a config.
 
 pub mod file;
+pub mod ja4;
 pub mod model;
 pub mod units;
 mod validate;
 
+pub use ja4::{Ja4Pattern, JA4_TEXT_LEN};
 pub use model::*;
 pub use units::{parse_duration, parse_rate, Rate};
 

@@ -106,7 +106,84 @@ pub struct Config {
     pub request: RequestConfig,
     /// `[[escalations]]`, in config order.
     pub escalations: Vec<EscalationConfig>,
+    /// `[jwt]`: bearer token verification for `key = "jwt"` rules.
+    pub jwt: Option<JwtConfig>,
 }
+
+/// `[jwt]`: where the keys that verify bearer tokens come from, and what a
+/// token must satisfy. Parsing does no I/O beyond checking that the files
+/// exist; the proxy reads them when it applies the config.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JwtConfig {
+    /// A JSON Web Key Set (RS256, ES256, EdDSA and HS256 keys), re-read when
+    /// its modification time or size changes.
+    pub jwks_file: Option<PathBuf>,
+    /// The HS256 shared secret.
+    pub hs256_secret: Option<TokenSource>,
+    /// Algorithms accepted (never `none`); a token's key must be of the type
+    /// its algorithm names.
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// When set, `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, `aud` must be or contain it.
+    pub audience: Option<String>,
+    /// How often the JWKS file is checked for a change.
+    pub check_interval: Duration,
+    /// Verified tokens remembered (so a client sending the same token again
+    /// costs no signature check).
+    pub cache_size: NonZeroU32,
+}
+
+/// A JWS algorithm Rampart verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 (a shared secret).
+    Hs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    Rs256,
+    /// ECDSA on P-256 with SHA-256.
+    Es256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl JwtAlgorithm {
+    /// Every algorithm, the default of `algorithms`.
+    pub const ALL: [JwtAlgorithm; 4] = [
+        JwtAlgorithm::Hs256,
+        JwtAlgorithm::Rs256,
+        JwtAlgorithm::Es256,
+        JwtAlgorithm::EdDsa,
+    ];
+
+    /// The name in a token's header (`alg`) and in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtAlgorithm::Hs256 => "HS256",
+            JwtAlgorithm::Rs256 => "RS256",
+            JwtAlgorithm::Es256 => "ES256",
+            JwtAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+
+    /// Reads a header's `alg` (exact spelling, as RFC 7518 writes it).
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+}
+
+/// Default `[jwt] leeway`.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+/// Longest `[jwt] leeway`.
+pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(300);
+/// Default `[jwt] check_interval`.
+pub const DEFAULT_JWT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `[jwt] cache_size`.
+pub const DEFAULT_JWT_CACHE_SIZE: u32 = 10_000;
+/// Default `claim` of a `key = "jwt"` rule.
+pub const DEFAULT_JWT_CLAIM: &str = "sub";
 
 /// `[request]`: how requests are read and what of them is forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -574,10 +651,19 @@ pub enum KeyKind {
     Country,
     /// A request header's value (API key, session); the client address when absent.
     Header(String),
+    /// The JA4 fingerprint of the client's TLS hello; the client address when
+    /// there is none (plaintext listeners, hellos that cannot be fingerprinted).
+    Ja4,
     /// The route as a whole: one bucket for everybody.
     Route,
     /// A field of the request body (account name, phone number range).
     Body(BodyKeyConfig),
+    /// A claim of the request's verified bearer token (`[jwt]`); the client
+    /// address when no token verifies or it lacks the claim.
+    Jwt {
+        /// The claim, e.g. `sub`.
+        claim: String,
+    },
 }
 
 /// `key = "body"`: which body field keys the bucket and how it is normalised.
@@ -615,7 +701,9 @@ impl KeyKind {
             KeyKind::Asn => "asn",
             KeyKind::Country => "country",
             KeyKind::Header(_) => "header",
+            KeyKind::Ja4 => "ja4",
             KeyKind::Route => "route",
+            KeyKind::Jwt { .. } => "jwt",
         }
     }
 }
@@ -720,9 +808,10 @@ pub const DEFAULT_ESCALATION_MIN_REQUESTS: u64 = 20;
 /// Which clients a rule concerns, by network, autonomous system and country.
 ///
 /// A client matches when it is in one of the positive lists (any of `cidrs`,
-/// `asns`, `countries`; every client when all three are empty) and in none of
+/// `asns`, `countries`, `ja4`; every client when all are empty) and in none of
 /// the `not_*` lists. A client whose country (AS) is unknown is in no country
-/// (AS) list: `not_countries = ["CN"]` matches it.
+/// (AS) list: `not_countries = ["CN"]` matches it; a client without a JA4
+/// (plaintext, or a hello that could not be fingerprinted) is in no JA4 list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientCondition {
     /// Networks, host bits clear.
@@ -737,6 +826,10 @@ pub struct ClientCondition {
     pub not_asns: Vec<u32>,
     /// Countries excluded.
     pub not_countries: Vec<String>,
+    /// JA4 fingerprints or patterns.
+    pub ja4: Vec<crate::Ja4Pattern>,
+    /// JA4 fingerprints or patterns excluded.
+    pub not_ja4: Vec<crate::Ja4Pattern>,
 }
 
 impl ClientCondition {
@@ -967,7 +1060,7 @@ pub struct TlsConfig {
 }
 
 /// Where the admin bearer token comes from; read when the proxy starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TokenSource {
     /// An environment variable.
     Env(String),

@@ -96,6 +96,27 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// Mode of each lockdown flag, in config order (shorter means off).
     pub flags: &'a [FlagMode],
+    /// The JA4 fingerprint of the client's TLS hello; `None` on plaintext
+    /// listeners and for hellos that could not be fingerprinted.
+    pub ja4: Option<crate::ja4::Ja4>,
+    /// Where `key = "jwt"` rules get the request's verified identity.
+    pub identity: IdentitySource<'a>,
+}
+
+/// Where `key = "jwt"` rules get a request's verified identity. It is asked
+/// for only when such a rule is reached (a request refused earlier, e.g. by
+/// an address limit placed before it, costs no signature check), once per
+/// request.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum IdentitySource<'a> {
+    /// No key set: jwt rules count by address (`no_verifier`).
+    #[default]
+    None,
+    /// Verify the request's `Authorization: Bearer` token.
+    Verify(&'a crate::jwt::JwtVerifier),
+    /// `rampart replay`: the identity the record kept (`None`: the record
+    /// has none, `not_recorded`).
+    Recorded(Option<&'a crate::record::RecordedIdentity>),
 }
 
 /// Whether an evaluation charges buckets and takes slots.
@@ -222,6 +243,11 @@ pub struct Verdict {
     pub new_ban: Option<NewBan>,
     /// The key whose bucket, ban or in-flight cap refused the request.
     pub key: Option<LimitKey>,
+    /// The request's verified identity, when a `key = "jwt"` rule asked for it.
+    pub identity: Option<crate::jwt::IdentityOutcome>,
+    /// Whether a verified token lacked the claim of a rule that read it
+    /// (that rule counted the request by address).
+    pub claim_missing: bool,
 }
 
 /// A ban a refusal has just started.
@@ -249,6 +275,9 @@ impl Verdict {
 pub const PROXIED: &str = "proxied";
 
 /// What the pipeline needs next.
+// `Done` is the step every request ends with and is moved out at once:
+// boxing it to shrink the rarer variants would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Step {
     /// Decided.
@@ -286,6 +315,8 @@ pub enum RuleKind {
     BodyKey,
     /// A flag's body rule.
     BodyRule,
+    /// The request's bearer token, verified for `key = "jwt"` rules.
+    Identity,
 }
 
 impl RuleKind {
@@ -301,6 +332,7 @@ impl RuleKind {
             RuleKind::Ban => "ban",
             RuleKind::BodyKey => "body_key",
             RuleKind::BodyRule => "body_rule",
+            RuleKind::Identity => "jwt",
         }
     }
 }
@@ -583,6 +615,8 @@ impl<C: Clock + Clone> Policy<C> {
             body_keys: Vec::new(),
             new_ban: None,
             key: None,
+            identity: None,
+            claim_missing: false,
             trace: (charging == Charging::DryRun).then(Vec::new),
         }
     }
@@ -751,6 +785,9 @@ pub struct Evaluation<'p, C: Clock + Clone = DefaultClock> {
     new_ban: Option<NewBan>,
     /// The key whose bucket, ban or cap refused.
     key: Option<LimitKey>,
+    /// The verified identity, once a jwt rule asked for it.
+    identity: Option<crate::jwt::IdentityOutcome>,
+    claim_missing: bool,
     trace: Option<Vec<TraceEntry>>,
 }
 
@@ -935,6 +972,8 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             },
             new_ban: self.new_ban.take(),
             key: if refused { self.key } else { None },
+            identity: self.identity.take(),
+            claim_missing: self.claim_missing,
         })
     }
 
@@ -988,7 +1027,8 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             let matched = if self.allowed_by.is_some() {
                 None
             } else {
-                rule.clients.matches(facts.ip, &facts.geo)
+                rule.clients
+                    .matches(facts.ip, &facts.geo, facts.ja4.as_ref())
             };
             let decided = self.allowed_by.is_some();
             self.note(|| TraceEntry {
@@ -1133,6 +1173,82 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                     .map(str::as_bytes),
                 _ => None,
             },
+            ja4: facts.ja4,
+            jwt: match kind {
+                KeyKind::Jwt { claim } => self
+                    .identity
+                    .as_ref()
+                    .and_then(|o| o.claim(claim))
+                    .map(str::as_bytes),
+                _ => None,
+            },
+        }
+    }
+
+    /// The key of a rule of `kind` (rule `i`): asks for the verified identity
+    /// first when the rule is keyed by it, and notes a missing claim.
+    fn rule_key(
+        &mut self,
+        facts: &RequestFacts<'_>,
+        kind: &KeyKind,
+        i: usize,
+        key: impl FnOnce(&KeyFacts<'_>) -> LimitKey,
+    ) -> LimitKey {
+        if let KeyKind::Jwt { claim } = kind {
+            self.ensure_identity(facts);
+            if let Some(crate::jwt::IdentityOutcome::Verified { token, .. }) = &self.identity {
+                if token.claim(claim).is_none() {
+                    self.claim_missing = true;
+                }
+            }
+        }
+        key(&self.key_facts(facts, kind, i))
+    }
+
+    /// Verifies the request's bearer token, once (traced in a dry run).
+    fn ensure_identity(&mut self, facts: &RequestFacts<'_>) {
+        if self.identity.is_some() {
+            return;
+        }
+        use crate::jwt::{IdentityOutcome, Unverified};
+        let outcome = match facts.identity {
+            IdentitySource::None => IdentityOutcome::Unverified(Unverified::NoVerifier),
+            IdentitySource::Verify(verifier) => verifier.verify_request(facts.headers),
+            IdentitySource::Recorded(Some(recorded)) => recorded.outcome(),
+            IdentitySource::Recorded(None) => IdentityOutcome::Unverified(Unverified::NotRecorded),
+        };
+        self.note(|| {
+            let (detail, outcome_label) = outcome.describe();
+            TraceEntry {
+                kind: RuleKind::Identity,
+                name: "jwt".into(),
+                key: String::new(),
+                detail,
+                outcome: outcome_label,
+                shadow: false,
+            }
+        });
+        self.identity = Some(outcome);
+    }
+
+    /// The key as explain shows it: for jwt rules, whether it is the token's
+    /// claim or the address it fell back to, and why.
+    fn key_text(&self, kind: &KeyKind, key: &LimitKey) -> String {
+        let KeyKind::Jwt { claim } = kind else {
+            return describe_key(key);
+        };
+        match (key, &self.identity) {
+            (LimitKey::Hashed(_), _) => format!("jwt claim {claim} (hashed)"),
+            (_, Some(crate::jwt::IdentityOutcome::Verified { .. })) => format!(
+                "{} (the verified token has no {claim}: counted by address)",
+                describe_key(key)
+            ),
+            (_, Some(crate::jwt::IdentityOutcome::Unverified(why))) => format!(
+                "{} (no verified token, {}: counted by address)",
+                describe_key(key),
+                why.as_label()
+            ),
+            (_, None) => describe_key(key),
         }
     }
 
@@ -1223,7 +1339,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 });
                 continue;
             }
-            let key = rule.key(&self.key_facts(facts, &rule.config.key, i));
+            let key = self.rule_key(facts, &rule.config.key, i, |f| rule.key(f));
             let cost = scale.map_or(rule.config.cost, |s| rule.scaled_cost(s));
             if matches!(rule.config.scope, LimitScope::Fleet { .. }) {
                 self.fleet_checks.push(FleetCheck {
@@ -1242,12 +1358,16 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 let (outcome, charged) = rule.check_cost_charged(key, cost);
                 (outcome, charged == key)
             };
+            let key_text = self
+                .trace
+                .is_some()
+                .then(|| self.key_text(&rule.config.key, &key));
             self.note(|| {
                 let state = rule.peek(&key);
                 TraceEntry {
                     kind: RuleKind::Limit,
                     name: rule.config.name.as_str().into(),
-                    key: describe_key(&key),
+                    key: key_text.unwrap_or_default(),
                     detail: format!(
                         "{} requests left of {} (rate {}/{}s, cost {}){}",
                         state.cells / cost.get(),
@@ -1312,7 +1432,7 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
 
         for &i in &rules.concurrency {
             let rule = &policy.concurrency[i];
-            let key = rule.key(&self.key_facts(facts, &rule.config.key, i));
+            let key = self.rule_key(facts, &rule.config.key, i, |f| rule.key(f));
             let max = rule.config.max_in_flight.get();
             let taken = if dry {
                 rule.in_flight(&key) < max
@@ -1325,10 +1445,14 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                     None => false,
                 }
             };
+            let key_text = self
+                .trace
+                .is_some()
+                .then(|| self.key_text(&rule.config.key, &key));
             self.note(|| TraceEntry {
                 kind: RuleKind::Concurrency,
                 name: rule.config.name.as_str().into(),
-                key: describe_key(&key),
+                key: key_text.unwrap_or_default(),
                 detail: format!("{} of {max} in flight", rule.in_flight(&key)),
                 outcome: match (taken, rule.config.shadow) {
                     (true, _) => TraceOutcome::Passed,
@@ -1384,7 +1508,10 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             }
         }
         if let Some(Some(clients)) = policy.limit_clients.get(i) {
-            if clients.matches(facts.ip, &facts.geo).is_none() {
+            if clients
+                .matches(facts.ip, &facts.geo, facts.ja4.as_ref())
+                .is_none()
+            {
                 if trace {
                     self.note(|| TraceEntry {
                         kind: RuleKind::Limit,
@@ -1417,12 +1544,16 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             if matches!(rule.config.key, KeyKind::Body(_)) && self.body_keys.is_empty() {
                 continue;
             }
-            let key = rule.key(&self.key_facts(facts, &rule.config.key, i));
+            let key = self.rule_key(facts, &rule.config.key, i, |f| rule.key(f));
             let remaining = table.banned(&key);
+            let key_text = self
+                .trace
+                .is_some()
+                .then(|| self.key_text(&rule.config.key, &key));
             self.note(|| TraceEntry {
                 kind: RuleKind::Ban,
                 name: rule.config.name.as_str().into(),
-                key: describe_key(&key),
+                key: key_text.unwrap_or_default(),
                 detail: match remaining {
                     Some(r) => format!("banned for {} more s", retry_after_secs(r)),
                     None => format!(
@@ -1610,6 +1741,7 @@ fn denied(rule: &Arc<str>, matched: MatchedBy) -> Rejection {
         MatchedBy::Network => Rejection::DeniedByNetwork { rule },
         MatchedBy::Asn(asn) => Rejection::DeniedByAsn { rule, asn },
         MatchedBy::Country(country) => Rejection::DeniedByCountry { rule, country },
+        MatchedBy::Ja4 => Rejection::DeniedByJa4 { rule },
     }
 }
 
@@ -1621,6 +1753,7 @@ fn describe_key(key: &LimitKey) -> String {
         LimitKey::Asn(n) => format!("AS{n}"),
         LimitKey::Country(c) => c.to_string(),
         LimitKey::Hashed(_) => "hashed value".into(),
+        LimitKey::Ja4(j) => j.to_string(),
         LimitKey::Whole => "whole route".into(),
         LimitKey::Overflow => "overflow".into(),
     }
@@ -1705,6 +1838,8 @@ pool = "web"
             method: "POST",
             headers,
             flags,
+            ja4: None,
+            identity: Default::default(),
         };
         let (verdict, _) = p.run(&facts, Charging::Charge, None, |checks| {
             vec![FleetAnswer::Allowed; checks.len()]
@@ -2041,6 +2176,8 @@ routes = ["login"]
             method: "POST",
             headers,
             flags: &[],
+            ja4: None,
+            identity: Default::default(),
         }
     }
 
@@ -2229,6 +2366,8 @@ shadow = true
             method: "GET",
             headers: &headers,
             flags: &[],
+            ja4: None,
+            identity: Default::default(),
         };
         let mut asked = Vec::new();
         let (verdict, _) = p.run(&facts, Charging::Charge, None, |checks| {
@@ -2370,6 +2509,8 @@ shadow = true
             method: "GET",
             headers: &headers,
             flags: &[],
+            ja4: None,
+            identity: Default::default(),
         };
         let limited = FleetAnswer::Limited {
             retry_after: Duration::from_secs(5),
@@ -2434,6 +2575,8 @@ burst = 100
             method: "POST",
             headers,
             flags: &[],
+            ja4: None,
+            identity: Default::default(),
         }
     }
 
@@ -2586,6 +2729,8 @@ mod ban_fairness_tests {
             method: "GET",
             headers: &headers,
             flags: &[],
+            ja4: None,
+            identity: Default::default(),
         };
         p.run(&facts, Charging::Charge, None, |c| vec![fleet; c.len()])
             .0

@@ -11,6 +11,8 @@ pub mod clients;
 pub mod engine;
 pub mod escalation;
 pub mod geo;
+pub mod ja4;
+pub mod jwt;
 pub mod limits;
 pub mod lockdown;
 pub mod record;
@@ -21,10 +23,12 @@ pub mod top;
 pub use canonical::{canonicalize_path, check_method, CanonicalOptions, CanonicalRefusal};
 pub use client_ip::resolve_client_ip;
 pub use engine::{
-    BodyRead, Charging, Evaluation, FleetAnswer, FleetCheck, Observation, Policy, RequestFacts,
-    Step, TraceEntry, Verdict,
+    BodyRead, Charging, Evaluation, FleetAnswer, FleetCheck, IdentitySource, Observation, Policy,
+    RequestFacts, Step, TraceEntry, Verdict,
 };
 pub use geo::{CountryCode, GeoDb, GeoInfo};
+pub use ja4::Ja4;
+pub use jwt::{IdentityOutcome, JwtKeys, JwtVerifier, Unverified};
 pub use lockdown::FlagMode;
 pub use rejection::Rejection;
 pub use route::{RouteMatch, RouteTable};

@@ -17,6 +17,7 @@
 //! the cap by at most the number of worker threads.
 
 use crate::geo::{CountryCode, GeoInfo};
+use crate::ja4::Ja4;
 use dashmap::DashMap;
 
 /// The stores' hasher: aHash with per-process random keys. Keys are chosen by
@@ -52,6 +53,9 @@ pub enum LimitKey {
     Country(CountryCode),
     /// A header value, hashed with the rule's own random hasher.
     Hashed(u64),
+    /// A TLS client's JA4 fingerprint (public, kept in clear: 22 bytes, so
+    /// the key stays as small as an address's).
+    Ja4(Ja4),
     /// The whole route.
     Whole,
     /// The shared bucket of keys that found the store full.
@@ -61,7 +65,7 @@ pub enum LimitKey {
 impl LimitKey {
     /// A text form that [`LimitKey::parse_text`] reads back: the address, the
     /// network, `AS64500`, the country code, `h` and 16 hex digits for a
-    /// hashed value, `all` for a whole route, `overflow`.
+    /// hashed value, the JA4 fingerprint, `all` for a whole route, `overflow`.
     pub fn text(&self) -> String {
         match self {
             LimitKey::Ip(ip) => ip.to_string(),
@@ -69,6 +73,7 @@ impl LimitKey {
             LimitKey::Asn(n) => format!("AS{n}"),
             LimitKey::Country(c) => c.to_string(),
             LimitKey::Hashed(h) => format!("h{h:016x}"),
+            LimitKey::Ja4(j) => j.to_string(),
             LimitKey::Whole => "all".into(),
             LimitKey::Overflow => "overflow".into(),
         }
@@ -92,6 +97,11 @@ impl LimitKey {
         }
         if let Some(hex) = t.strip_prefix('h').filter(|h| h.len() == 16) {
             return u64::from_str_radix(hex, 16).ok().map(LimitKey::Hashed);
+        }
+        if t.len() == rampart_config::JA4_TEXT_LEN {
+            if let Ok(j) = Ja4::parse(t) {
+                return Some(LimitKey::Ja4(j));
+            }
         }
         match t {
             "all" => Some(LimitKey::Whole),
@@ -142,6 +152,10 @@ pub struct KeyFacts<'a> {
     pub header: Option<&'a [u8]>,
     /// The normalised body field, when the rule is keyed by one.
     pub body: Option<&'a [u8]>,
+    /// The claim of the verified bearer token, when the rule is keyed by one.
+    pub jwt: Option<&'a [u8]>,
+    /// The JA4 of the client's TLS hello, when it has one.
+    pub ja4: Option<Ja4>,
 }
 
 /// The fleet's shared secret for hashing header and body values of fleet-scoped
@@ -199,11 +213,24 @@ pub fn key_for(kind: &KeyKind, facts: &KeyFacts<'_>, hasher: &impl BuildHasher) 
             // header out is no way around the rule.
             None => LimitKey::Ip(facts.ip),
         },
+        KeyKind::Ja4 => match facts.ja4 {
+            Some(ja4) => LimitKey::Ja4(ja4),
+            // Plaintext, or a hello that could not be fingerprinted: counted by
+            // address, so no fingerprint is no way around the rule.
+            None => LimitKey::Ip(facts.ip),
+        },
         KeyKind::Route => LimitKey::Whole,
         // Hashed, never kept in clear. A request only gets here with its field
         // read (the proxy refuses bodies it cannot read first); the address is
         // the fallback all the same.
         KeyKind::Body(_) => match facts.body {
+            Some(value) => LimitKey::Hashed(hasher.hash_one(value)),
+            None => LimitKey::Ip(facts.ip),
+        },
+        // Hashed like a header value. A request whose token did not verify
+        // (or lacks the claim) is counted by address: sending a forged or no
+        // token is no way around the rule.
+        KeyKind::Jwt { .. } => match facts.jwt {
             Some(value) => LimitKey::Hashed(hasher.hash_one(value)),
             None => LimitKey::Ip(facts.ip),
         },
@@ -785,6 +812,8 @@ mod tests {
             geo: GeoInfo::default(),
             header: None,
             body: None,
+            jwt: None,
+            ja4: None,
         };
         let kind = KeyKind::Prefix { v4: 24, v6: 64 };
         let h = std::hash::RandomState::new();
@@ -845,5 +874,30 @@ mod fleet_hash_tests {
             keyed,
             FleetHasher::current().hash_one(b"victim@example.com")
         );
+    }
+
+    #[test]
+    fn ja4_keys_are_the_fingerprint_or_the_address_and_stay_small() {
+        let ja4 = Ja4::parse("t13d1516h2_8daaf6152771_e5627efa2ab1").unwrap();
+        let facts = |ja4: Option<Ja4>| KeyFacts {
+            ip: "192.0.2.7".parse().unwrap(),
+            geo: GeoInfo::default(),
+            header: None,
+            body: None,
+            jwt: None,
+            ja4,
+        };
+        let h = std::hash::RandomState::new();
+        let key = key_for(&KeyKind::Ja4, &facts(Some(ja4)), &h);
+        assert_eq!(key, LimitKey::Ja4(ja4));
+        assert_eq!(key.text(), "t13d1516h2_8daaf6152771_e5627efa2ab1");
+        assert_eq!(LimitKey::parse_text(&key.text()), Some(key));
+        // No fingerprint: counted by address.
+        assert_eq!(
+            key_for(&KeyKind::Ja4, &facts(None), &h),
+            LimitKey::Ip("192.0.2.7".parse().unwrap())
+        );
+        // A JA4 key costs no more memory per tracked key than an address.
+        assert_eq!(std::mem::size_of::<LimitKey>(), 24);
     }
 }

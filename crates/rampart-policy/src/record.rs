@@ -13,6 +13,7 @@
 //! |---|---|
 //! | `t` | arrival, milliseconds since the Unix epoch |
 //! | `ip`, `cc`, `asn` | resolved client address, its country and ASN |
+//! | `ja4` | the JA4 fingerprint of the connection's TLS hello (TLS listeners) |
 //! | `host`, `m`, `p` | host, method and canonical path (the query is never kept) |
 //! | `h` | the request headers the config reads (header keys, session checks, body media types) and any listed in `[record] headers`; every value but `Content-Type` and `Content-Encoding` as a keyed hash (`#` and 16 hex digits), cookies as `name=#hash` |
 //! | `fl` | flags on when the request came (`enforce` or `preview`) |
@@ -21,6 +22,7 @@
 //! | `ms`, `s` | time to answer and the status sent |
 //! | `v`, `rule`, `route`, `allow` | the policy's verdict (`proxied` or the refusal label), the refusing rule, the route, the allow rule that matched |
 //! | `w` | weight: under a flood one request in `w` is recorded (absent: 1) |
+//! | `jwt` | the verified identity, when the config has `key = "jwt"` rules: each claim they read as a keyed hash (`{"sub":"#…"}`), or why the bearer token did not verify (`"expired"`, `"absent"`, … as in `rampart_jwt_unverified_total`) |
 //!
 //! A recording holds addresses, paths and the body fields the rules read (phone
 //! numbers, account names): keep it like the access log. Keyed hashes use a key
@@ -44,6 +46,10 @@ pub struct Record<'a> {
     /// ASN, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asn: Option<u32>,
+    /// JA4 fingerprint of the TLS hello, when the request came over TLS and
+    /// the hello could be fingerprinted.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub ja4: Option<Cow<'a, str>>,
     /// The host the request named.
     #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
     pub host: Option<Cow<'a, str>>,
@@ -87,6 +93,37 @@ pub struct Record<'a> {
     /// Requests this record stands for (sampling under a flood).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub w: u32,
+    /// The verified identity `key = "jwt"` rules read (absent: the config
+    /// had no such rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<RecordedIdentity>,
+}
+
+/// A request's verified identity as recorded. A replay cannot verify the
+/// token (the record keeps `Authorization` only as a hash), so it counts by
+/// these: the same subject hashes alike within one process's records, which
+/// keeps one bucket per subject; a rule of the candidate config reading a
+/// claim the record lacks counts by address, like an unverified token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RecordedIdentity {
+    /// The token verified: claim name and keyed hash of its value.
+    Verified(std::collections::BTreeMap<String, String>),
+    /// It did not: the reason label.
+    Unverified(String),
+}
+
+impl RecordedIdentity {
+    /// The outcome the engine takes in a replay.
+    pub fn outcome(&self) -> crate::jwt::IdentityOutcome {
+        use crate::jwt::{IdentityOutcome, Unverified};
+        match self {
+            RecordedIdentity::Verified(claims) => crate::jwt::outcome_from_record(claims),
+            RecordedIdentity::Unverified(label) => IdentityOutcome::Unverified(
+                Unverified::from_label(label).unwrap_or(Unverified::Malformed),
+            ),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -143,6 +180,7 @@ mod tests {
             ip: "203.0.113.7".parse().unwrap(),
             cc: Some("CN".into()),
             asn: Some(4134),
+            ja4: Some("t13d1516h2_8daaf6152771_e5627efa2ab1".into()),
             host: Some("api.example".into()),
             m: "POST".into(),
             p: "/api/auth/register".into(),
@@ -161,6 +199,10 @@ mod tests {
             route: Some("register".into()),
             allow: None,
             w: 1,
+            jwt: Some(RecordedIdentity::Verified(BTreeMap::from([(
+                "sub".into(),
+                "#0123456789abcdef".into(),
+            )]))),
         };
         let line = serde_json::to_string(&record).unwrap();
         assert!(!line.contains("\"w\""), "{line}");
@@ -174,5 +216,8 @@ mod tests {
             assert!(matches!(r.b, Some(RecordedRead::Failed(_))), "{line}");
             assert_eq!(r.w, 7);
         }
+        let line = r#"{"t":1,"ip":"::1","m":"GET","p":"/","v":"proxied","jwt":"expired"}"#;
+        let r: Record<'_> = serde_json::from_str(line).unwrap();
+        assert_eq!(r.jwt, Some(RecordedIdentity::Unverified("expired".into())));
     }
 }

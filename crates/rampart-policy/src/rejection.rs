@@ -48,6 +48,12 @@ pub enum Rejection {
         /// The country.
         country: CountryCode,
     },
+    /// An `[[access]]` deny rule matched the JA4 fingerprint of the client's
+    /// TLS hello.
+    DeniedByJa4 {
+        /// Rule name.
+        rule: Arc<str>,
+    },
     /// The client's country is unknown and `geoip.unknown_country = "deny"`.
     UnknownCountry,
     /// The client's ASN is unknown and `geoip.unknown_asn = "deny"`.
@@ -145,6 +151,7 @@ pub const LABELS: &[&str] = &[
     "denied_network",
     "denied_asn",
     "denied_country",
+    "denied_ja4",
     "unknown_country",
     "unknown_asn",
     "rate_limited",
@@ -172,6 +179,7 @@ impl Rejection {
             Rejection::DeniedByNetwork { .. }
             | Rejection::DeniedByAsn { .. }
             | Rejection::DeniedByCountry { .. }
+            | Rejection::DeniedByJa4 { .. }
             | Rejection::UnknownCountry
             | Rejection::UnknownAsn => 403,
             Rejection::RateLimited { .. }
@@ -194,6 +202,7 @@ impl Rejection {
             Rejection::DeniedByNetwork { rule }
             | Rejection::DeniedByAsn { rule, .. }
             | Rejection::DeniedByCountry { rule, .. }
+            | Rejection::DeniedByJa4 { rule }
             | Rejection::RateLimited { rule, .. }
             | Rejection::Banned { rule, .. }
             | Rejection::TooManyInFlight { rule } => Some(rule),
@@ -241,6 +250,7 @@ impl Rejection {
             Rejection::DeniedByNetwork { .. } => "denied_network",
             Rejection::DeniedByAsn { .. } => "denied_asn",
             Rejection::DeniedByCountry { .. } => "denied_country",
+            Rejection::DeniedByJa4 { .. } => "denied_ja4",
             Rejection::UnknownCountry => "unknown_country",
             Rejection::UnknownAsn => "unknown_asn",
             Rejection::RateLimited { .. } => "rate_limited",
@@ -269,6 +279,7 @@ impl Rejection {
             Rejection::DeniedByNetwork { .. }
             | Rejection::DeniedByAsn { .. }
             | Rejection::DeniedByCountry { .. }
+            | Rejection::DeniedByJa4 { .. }
             | Rejection::UnknownCountry
             | Rejection::UnknownAsn => "Forbidden",
             Rejection::RateLimited { .. } => "Too many requests",
@@ -340,6 +351,11 @@ impl Rejection {
                 "Requests from country ",
                 Piece::Text(country.as_str()),
                 " are not accepted.",
+            ),
+            Rejection::DeniedByJa4 { .. } => (
+                "Requests from your TLS client are not accepted.",
+                Piece::None,
+                "",
             ),
             Rejection::UnknownCountry => (
                 "Requests from addresses with no known country are not accepted.",
@@ -690,6 +706,7 @@ mod tests {
                 rule: rule.clone(),
                 country: CountryCode::parse("KP").expect("code"),
             },
+            Rejection::DeniedByJa4 { rule: rule.clone() },
             Rejection::UnknownCountry,
             Rejection::UnknownAsn,
             Rejection::RateLimited {

@@ -12,6 +12,7 @@
 
 use governor::clock::FakeRelativeClock;
 use http::HeaderMap;
+use rampart_policy::ja4::Ja4;
 use rampart_policy::limits::LimitKey;
 use rampart_policy::{
     Charging, CountryCode, FlagMode, FleetAnswer, GeoInfo, Policy, Rejection, RequestFacts,
@@ -28,6 +29,9 @@ address = "127.0.0.1:8080"
 address = "127.0.0.1:8081"
 proxy_protocol = "any"
 proxy_protocol_from = ["10.9.0.0/16"]
+[[listeners]]
+address = "127.0.0.1:8443"
+tls = { cert = "Cargo.toml", key = "Cargo.toml" }
 [client_ip]
 trusted_proxies = ["10.8.0.0/16"]
 [pools.web]
@@ -106,6 +110,15 @@ countries = ["KP"]
 name = "late-allow"
 action = "allow"
 asns = [64666, 64777]
+[[access]]
+name = "ja4-deny"
+action = "deny"
+ja4 = ["t12d0308h1_*_*"]
+[[access]]
+name = "ja4-not-deny"
+action = "deny"
+cidrs = ["192.0.2.64/26"]
+not_ja4 = ["t13d1516h2_8daaf6152771_*"]
 [[limits]]
 name = "by-ip"
 key = "ip"
@@ -163,6 +176,46 @@ action = "allow"
 cidrs = ["192.0.2.0/24"]
 routes = ["register"]
 "#;
+
+/// A fingerprint before every deny by address; with [`JA4_X`], a client is
+/// let through by the JA4 rules that concern it, and with none or [`JA4_Y`]
+/// refused by them.
+const JA4_ALLOW: &str = r#"
+[geoip]
+country_db = "/nonexistent/country.mmdb"
+asn_db = "/nonexistent/asn.mmdb"
+unknown_country = "deny"
+[[access]]
+name = "tls-client-allow"
+action = "allow"
+ja4 = ["t13d1516h2_*_e5627efa2ab1"]
+not_countries = ["KP"]
+[[access]]
+name = "bad-net"
+action = "deny"
+cidrs = ["203.0.113.0/24"]
+[[access]]
+name = "bad-country"
+action = "deny"
+countries = ["KP"]
+[[limits]]
+name = "by-ip"
+key = "ip"
+rate = "100/min"
+ban = { after = 2, within = "1m", for = "5m" }
+"#;
+
+const JA4_X: &str = "t13d1516h2_8daaf6152771_e5627efa2ab1";
+const JA4_Y: &str = "t12d0308h1_fe5e151bca39_5d27fba9ef2f";
+
+/// What a request's connection may have fingerprinted.
+fn fingerprints() -> [Option<Ja4>; 3] {
+    [
+        None,
+        Some(Ja4::parse(JA4_X).unwrap()),
+        Some(Ja4::parse(JA4_Y).unwrap()),
+    ]
+}
 
 /// Client addresses: in and out of every list, trusted proxies and balancers,
 /// IPv6 and IPv4-mapped IPv6.
@@ -239,6 +292,7 @@ fn decide(
     origin: (Option<&str>, Option<u32>),
     (path, method, cookie, api_key): (&str, &str, bool, bool),
     flags: &[FlagMode],
+    ja4: Option<Ja4>,
 ) -> Option<Rejection> {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", "application/json".parse().unwrap());
@@ -258,6 +312,8 @@ fn decide(
         method,
         headers: &headers,
         flags,
+        ja4,
+        identity: Default::default(),
     };
     let body = br#"{"phone":"+86 138 0013 8000"}"#;
     policy
@@ -285,19 +341,30 @@ fn check(policy: &Policy<FakeRelativeClock>) -> BTreeMap<(String, usize), (Strin
             let Some(at_accept) = at_accept else { continue };
             for request in requests() {
                 for flags in flag_sets() {
-                    let verdict = decide(policy, peer, *origin, request, &flags);
-                    assert!(
-                        verdict.is_some(),
-                        "{peer} {origin:?} is closed at accept ({at_accept:?}) but {} {} with flags {flags:?} is let through",
-                        request.1,
-                        request.0
-                    );
+                    for ja4 in fingerprints() {
+                        let verdict = decide(policy, peer, *origin, request, &flags, ja4);
+                        assert!(
+                            verdict.is_some(),
+                            "{peer} {origin:?} is closed at accept ({at_accept:?}) but {} {} with flags {flags:?} and JA4 {ja4:?} is let through",
+                            request.1,
+                            request.0
+                        );
+                    }
                 }
             }
             // Where nothing answers first (a route the client may use, no
             // flag, an API key so that the header-keyed rule counts the key and
-            // not the address), the request path names the same refusal.
-            let chat = decide(policy, peer, *origin, ("/chat", "POST", true, true), &none);
+            // not the address, a fingerprint no JA4 rule refuses), the request
+            // path names the same refusal.
+            let x = Ja4::parse(JA4_X).ok();
+            let chat = decide(
+                policy,
+                peer,
+                *origin,
+                ("/chat", "POST", true, true),
+                &none,
+                x,
+            );
             assert_eq!(chat.as_ref(), Some(&at_accept), "{peer} {origin:?}");
             refused.insert(
                 (peer.to_string(), o),
@@ -312,7 +379,10 @@ fn check(policy: &Policy<FakeRelativeClock>) -> BTreeMap<(String, usize), (Strin
 }
 
 fn policy(rules: &str) -> Policy<FakeRelativeClock> {
-    let config = rampart_config::parse(&format!("{BASE}{rules}"), Path::new("t.toml")).unwrap();
+    // Relative TLS paths resolve against this crate's folder, where the
+    // validator finds Cargo.toml (it only checks that the files exist).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("t.toml");
+    let config = rampart_config::parse(&format!("{BASE}{rules}"), &path).unwrap();
     Policy::new(&config, FakeRelativeClock::default(), None)
 }
 
@@ -365,6 +435,9 @@ fn access_rules_and_bans_refused_at_accept_are_refused_on_every_request() {
             method: "GET",
             headers: &headers,
             flags: &[],
+            // A fingerprint the JA4 deny rules let through.
+            ja4: Ja4::parse(JA4_X).ok(),
+            identity: Default::default(),
         };
         p.run(&facts, Charging::Charge, None, |c| {
             vec![FleetAnswer::Allowed; c.len()]
@@ -439,4 +512,66 @@ fn without_rules_that_refuse_nothing_is_looked_up() {
         });
         assert!(at_accept.is_none());
     }
+}
+
+#[test]
+fn rules_on_the_tls_fingerprint_are_never_decided_at_accept() {
+    let policy = policy(JA4_ALLOW);
+    // The allow rule may match any client whose country is not KP (its
+    // fingerprint is only known after accept): only KP is refused at accept,
+    // and only by what comes after an allow rule that excludes it.
+    let refused = check(&policy);
+    assert!(
+        refused
+            .iter()
+            .all(|((_, o), (label, _))| ORIGINS[*o].0 == Some("KP") || label == "unknown_country"),
+        "{refused:?}"
+    );
+    assert!(refused.contains_key(&("203.0.113.9".to_string(), 4)));
+    assert!(!refused.contains_key(&("203.0.113.9".to_string(), 1)));
+    // On the request path the fingerprint decides.
+    let chat = ("/chat", "GET", false, false);
+    let none = vec![FlagMode::Off; FLAG_COUNT];
+    let [plain, x, y] = fingerprints();
+    let origin = (Some("DE"), Some(64501));
+    assert_eq!(decide(&policy, "203.0.113.9", origin, chat, &none, x), None);
+    for other in [plain, y] {
+        assert!(matches!(
+            decide(&policy, "203.0.113.9", origin, chat, &none, other),
+            Some(Rejection::DeniedByNetwork { .. })
+        ));
+    }
+    // In RULES: a deny by fingerprint and one by "no such fingerprint" refuse
+    // on the request path only.
+    let policy = policy_rules();
+    let origin = (Some("DE"), Some(64501));
+    for (peer, ja4, denied) in [
+        ("192.0.2.77", x, false),
+        ("192.0.2.77", plain, true),
+        ("192.0.2.77", y, true),
+        ("192.0.2.1", plain, false),
+        ("192.0.2.1", y, true),
+    ] {
+        let verdict = decide(&policy, peer, origin, chat, &none, ja4);
+        // Denied by fingerprint (ja4-deny: denied_ja4), or by network for a
+        // client of ja4-not-deny's networks its exclusion does not cover.
+        assert_eq!(
+            matches!(
+                verdict.as_ref().and_then(|r| r.rule()),
+                Some("ja4-deny" | "ja4-not-deny")
+            ),
+            denied,
+            "{peer} {ja4:?}: {verdict:?}"
+        );
+        if ja4 == y {
+            assert!(matches!(verdict, Some(Rejection::DeniedByJa4 { .. })));
+        }
+        assert!(policy
+            .refusal_at_accept(peer.parse().unwrap(), |_| geo(origin))
+            .is_none());
+    }
+}
+
+fn policy_rules() -> Policy<FakeRelativeClock> {
+    policy(RULES)
 }

@@ -319,6 +319,8 @@ fn run(
         method: request.method,
         headers: &headers,
         flags,
+        ja4: None,
+        identity: Default::default(),
     };
     policy.run(
         &facts,

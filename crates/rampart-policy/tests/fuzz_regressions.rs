@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Property)] = &[
     ("body", body),
     ("client_ip", client_ip),
     ("config", config),
+    ("ja4", ja4),
 ];
 
 // ---------------------------------------------------------------- canonical
@@ -335,6 +336,54 @@ pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Err(e) = rampart_config::parse(&text, Path::new("fuzz.toml")) {
         assert!(!e.issues.is_empty(), "an error without issues");
+    }
+}
+
+// ---------------------------------------------------------------- ja4
+
+/// Input layout: one selector byte. Bit 0 clear: the rest is the stream as
+/// sent. Bit 0 set: the rest is a ClientHello body, wrapped in a handshake
+/// message and cut into records of `1 + selector / 2 * 16` bytes (so the
+/// fuzzer reaches the hello parser without having to find the framing).
+///
+/// Properties: never a panic; a fingerprint reads back from its text; a
+/// definite answer on a prefix of the stream is the answer on the whole
+/// stream (no early refusal of what the whole would fingerprint), and bytes
+/// after the hello change nothing.
+pub fn ja4(data: &[u8]) {
+    use rampart_policy::ja4::{HelloError, Ja4};
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let stream = if sel & 1 == 0 {
+        rest.to_vec()
+    } else {
+        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let mut message = vec![0x01, len[1], len[2], len[3]];
+        message.extend_from_slice(rest);
+        let size = 1 + usize::from(sel / 2) * 16;
+        let mut out = Vec::new();
+        for chunk in message.chunks(size) {
+            out.extend_from_slice(&[0x16, 0x03, 0x01]);
+            out.extend_from_slice(&u16::try_from(chunk.len()).unwrap().to_be_bytes());
+            out.extend_from_slice(chunk);
+        }
+        out
+    };
+    let whole = Ja4::from_stream(&stream);
+    if let Ok(j) = whole {
+        assert_eq!(Ja4::parse(&j.to_string()), Ok(j), "text does not read back");
+        let mut more = stream.clone();
+        more.extend_from_slice(b"\x14\x03\x03\x00\x01\x01");
+        assert_eq!(Ja4::from_stream(&more), Ok(j), "trailing bytes changed it");
+    }
+    let step = (stream.len() / 64).max(1);
+    for cut in (0..stream.len()).step_by(step) {
+        match Ja4::from_stream(&stream[..cut]) {
+            Err(HelloError::Incomplete) => {}
+            Ok(j) => assert_eq!(whole, Ok(j), "prefix {cut} fingerprinted differently"),
+            Err(e) => assert!(whole.is_err(), "prefix {cut} refused ({e}), whole accepted"),
+        }
     }
 }
 

@@ -88,6 +88,33 @@ impl AccessLog {
     }
 }
 
+/// Waits for the next line (`false` at shutdown or when every sender is
+/// gone), then appends it and whatever else is already queued, up to about
+/// 60 KiB, to `buf`, one line each: one write for a burst of lines.
+pub(crate) async fn next_batch(
+    receiver: &mut mpsc::Receiver<String>,
+    shutdown: &mut ShutdownWatch,
+    buf: &mut Vec<u8>,
+) -> bool {
+    let line = tokio::select! {
+        line = receiver.recv() => line,
+        _ = shutdown.changed() => None,
+    };
+    let Some(line) = line else { return false };
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    while buf.len() < 60 * 1024 {
+        match receiver.try_recv() {
+            Ok(more) => {
+                buf.extend_from_slice(more.as_bytes());
+                buf.push(b'\n');
+            }
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 #[async_trait]
 impl BackgroundService for AccessLogWriter {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -114,24 +141,7 @@ impl BackgroundService for AccessLogWriter {
             }
         };
         let mut buf = Vec::with_capacity(64 * 1024);
-        loop {
-            let line = tokio::select! {
-                line = receiver.recv() => line,
-                _ = shutdown.changed() => None,
-            };
-            let Some(line) = line else { break };
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-            // Batch whatever else is already queued into one write.
-            while buf.len() < 60 * 1024 {
-                match receiver.try_recv() {
-                    Ok(more) => {
-                        buf.extend_from_slice(more.as_bytes());
-                        buf.push(b'\n');
-                    }
-                    Err(_) => break,
-                }
-            }
+        while next_batch(&mut receiver, &mut shutdown, &mut buf).await {
             if let Err(e) = out.write_all(&buf).and_then(|_| out.flush()) {
                 log::error!("access log write failed: {e}");
             }

@@ -12,9 +12,9 @@
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/status` | config generation, pools and server health as JSON |
 //! | POST | `/reload` | re-read the config file; 200 or 400 with every error |
-//! | GET | `/debug/explain?ip=&path=&method=&host=&header=name:value` | what the policy sees and would decide for such a request: the real decision with charging off, and the trace of every rule |
+//! | GET | `/debug/explain?ip=&path=&method=&host=&header=name:value&ja4=` | what the policy sees and would decide for such a request: the real decision with charging off, and the trace of every rule |
 //! | POST | `/debug/explain?…` | the same, for a request with this body (and this request's `Content-Type`) |
-//! | GET | `/debug/top?n=10` | top sources of rejected requests (addresses, /24 or /48 networks, ASNs, with country, AS and organisation where the GeoIP databases know them) over the last 1–2 minutes |
+//! | GET | `/debug/top?n=10` | top sources of rejected requests (addresses, /24 or /48 networks, ASNs, JA4 fingerprints; addresses and networks with country, AS and organisation where the GeoIP databases know them) over the last 1–2 minutes |
 //! | GET | `/lockdown` | every flag with its state, actor, reason, since and expiry |
 //! | PUT | `/lockdown/{flag}` | turn a flag on: `{"reason": "...", "actor": "...", "ttl": "2h", "mode": "enforce"}` |
 //! | DELETE | `/lockdown/{flag}` | turn a flag off (optional body `{"actor": "...", "reason": "..."}`) |
@@ -391,11 +391,18 @@ impl AdminService {
                 })
             })
             .collect();
+        let ja4s: Vec<_> = top
+            .ja4s
+            .iter()
+            .take(n)
+            .map(|(ja4, c)| json!({"key": ja4.to_string(), "rejected": c}))
+            .collect();
         json!({
             "window_seconds": top.window_secs,
             "ips": ips.into_iter().take(n).collect::<Vec<_>>(),
             "prefixes": prefixes.into_iter().take(n).collect::<Vec<_>>(),
             "asns": asns,
+            "ja4": ja4s,
             "bans": self.bans(n)["bans"],
         })
     }
@@ -641,6 +648,7 @@ impl AdminService {
         let mut path = "/".to_string();
         let mut method = "GET".to_string();
         let mut host = None;
+        let mut ja4 = None;
         let mut headers = http::HeaderMap::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -650,6 +658,7 @@ impl AdminService {
                 "path" => path = v,
                 "method" => method = v.to_ascii_uppercase(),
                 "host" => host = Some(v),
+                "ja4" => ja4 = Some(rampart_policy::Ja4::parse(&v)?),
                 "header" => {
                     let (name, value) = v
                         .split_once(':')
@@ -662,7 +671,7 @@ impl AdminService {
                 }
                 other => {
                     return Err(format!(
-                        "unknown parameter \"{other}\" (use ip, path, method, host, header)"
+                        "unknown parameter \"{other}\" (use ip, path, method, host, header, ja4)"
                     ))
                 }
             }
@@ -715,6 +724,8 @@ impl AdminService {
                     method: &method,
                     headers: &headers,
                     flags: modes,
+                    ja4,
+                    identity: snapshot.identity_source(),
                 };
                 let mut evaluation = snapshot.policy.evaluate(Charging::DryRun);
                 let mut verdict = loop {
@@ -754,6 +765,7 @@ impl AdminService {
             "country": info.country.map(|c| c.to_string()),
             "asn": info.asn,
             "as_organization": geo.as_organization(ip),
+            "ja4": ja4.map(|j| j.to_string()),
             "route": verdict.route.and_then(|r| snapshot.config.routes.get(r)).map(|r| r.name.clone()),
             "pool": verdict.pool.and_then(|p| snapshot.pools.get(p)).map(|p| p.name().to_string()),
             "verdict": verdict.label(),
@@ -761,6 +773,19 @@ impl AdminService {
             "rule": refusal.and_then(|r| r.rule()),
             "detail": refusal.map(|r| r.detail()),
             "allowed_by": verdict.allowed_by.as_deref(),
+            // What jwt rules made of the bearer token (`header=authorization:Bearer …`):
+            // `verified` or why not, never a claim. Null when no jwt rule asked.
+            "jwt": verdict.identity.as_ref().map(|i| match i {
+                rampart_policy::IdentityOutcome::Verified { cached, .. } => json!({
+                    "result": "verified",
+                    "cached": cached,
+                    "claim_missing": verdict.claim_missing,
+                }),
+                rampart_policy::IdentityOutcome::Unverified(why) => json!({
+                    "result": why.as_label(),
+                    "detail": why.describe(),
+                }),
+            }),
             "observations": verdict.observations.iter().map(|o| match o {
                 Observation::Shadow { rule } => json!({"kind": "shadow", "rule": rule.as_ref()}),
                 Observation::Preview { flag } => json!({"kind": "preview", "flag": flag.as_ref()}),
@@ -798,6 +823,7 @@ impl AdminService {
             "ready": snapshot.is_ready(),
             "config_path": self.shared.config_path.display().to_string(),
             "pools": pools,
+            "tls": self.shared.tls_certs.iter().map(|c| c.status()).collect::<Vec<_>>(),
         })
     }
 }

@@ -42,6 +42,47 @@ impl BackgroundService for GeoRefresh {
     }
 }
 
+/// Checks the JWKS file of `[jwt]` every `jwt.check_interval` (its
+/// modification time and size) and swaps a changed one in; a bad file is
+/// logged and counted, and the old keys keep serving.
+#[derive(Debug)]
+pub struct JwtRefresh {
+    shared: Arc<Shared>,
+}
+
+impl JwtRefresh {
+    /// A refresher for `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for JwtRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let every = self
+                .shared
+                .snapshot()
+                .config
+                .jwt
+                .as_ref()
+                .map_or(rampart_config::DEFAULT_JWT_CHECK_INTERVAL, |j| {
+                    j.check_interval
+                });
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.shared.refresh_jwt_keys().await {
+                log::error!(
+                    "JWKS file changed but cannot be loaded, the old keys keep serving: {e}"
+                );
+            }
+        }
+    }
+}
+
 /// Keeps this node's flags in line with the fleet: subscribes to flag changes
 /// and re-reads all flags on each announcement and every `resync_interval`;
 /// reconnects by itself. With Sentinel it also asks the sentinels every
@@ -282,7 +323,11 @@ impl LimiterSweep {
         if let Some(fleet) = &shared.fleet {
             fleet.sweep();
         }
-        shared.snapshot().policy.sweep();
+        let snapshot = shared.snapshot();
+        snapshot.policy.sweep();
+        if let Some(jwt) = &snapshot.jwt {
+            jwt.verifier.sweep();
+        }
         Self::record(shared);
     }
 
@@ -290,6 +335,12 @@ impl LimiterSweep {
     pub fn record(shared: &Shared) {
         use crate::metrics::LimiterKind;
         let snapshot = shared.snapshot();
+        if let Some(jwt) = &snapshot.jwt {
+            shared
+                .metrics
+                .jwt
+                .set_state(jwt.verifier.keys().len(), jwt.verifier.cached_tokens());
+        }
         let rate = snapshot
             .policy
             .rate_rules()

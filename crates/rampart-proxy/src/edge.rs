@@ -302,6 +302,8 @@ pub struct DeadlineStream {
     sleep_until: Option<Instant>,
     shared: Arc<Shared>,
     client: IpAddr,
+    /// The JA4 of the connection's TLS hello, for the access log.
+    ja4: Option<rampart_policy::Ja4>,
     head_started: Instant,
     /// Count refusals as public requests (not on the admin listener).
     public: bool,
@@ -323,7 +325,9 @@ impl DeadlineStream {
         client: IpAddr,
         public: bool,
     ) -> Self {
+        let ja4 = crate::ja4::of_stream(&*inner);
         Self {
+            ja4,
             inner,
             state,
             scan: HeadScan::default(),
@@ -386,6 +390,7 @@ impl DeadlineStream {
             record_edge_request(
                 &self.shared,
                 self.client,
+                self.ja4,
                 &rejection,
                 self.head_started.elapsed(),
             );
@@ -574,7 +579,13 @@ impl Peek for DeadlineStream {
 }
 
 /// Counts and logs a request the edge answered before the proxy saw it.
-fn record_edge_request(shared: &Shared, client: IpAddr, rejection: &Rejection, took: Duration) {
+fn record_edge_request(
+    shared: &Shared,
+    client: IpAddr,
+    ja4: Option<rampart_policy::Ja4>,
+    rejection: &Rejection,
+    took: Duration,
+) {
     let status = rejection.status();
     shared.metrics.request(
         UNMATCHED_ROUTE,
@@ -588,9 +599,10 @@ fn record_edge_request(shared: &Shared, client: IpAddr, rejection: &Rejection, t
             .unwrap_or_default();
         if log.admit_rejected(now.as_secs()) {
             let line = format!(
-                "{{\"time\":{}.{:03},\"client\":\"{client}\",\"country\":null,\"asn\":null,\"route\":\"{UNMATCHED_ROUTE}\",\"method\":null,\"path\":null,\"status\":{status},\"verdict\":\"{}\",\"rule\":null,\"upstream\":null,\"duration_ms\":{:.3}}}",
+                "{{\"time\":{}.{:03},\"client\":\"{client}\",\"country\":null,\"asn\":null,\"ja4\":{},\"route\":\"{UNMATCHED_ROUTE}\",\"method\":null,\"path\":null,\"status\":{status},\"verdict\":\"{}\",\"rule\":null,\"upstream\":null,\"duration_ms\":{:.3}}}",
                 now.as_secs(),
                 now.subsec_millis(),
+                ja4.map(|j| format!("\"{j}\"")).unwrap_or_else(|| "null".into()),
                 rejection.label(),
                 took.as_secs_f64() * 1000.0,
             );
@@ -739,6 +751,7 @@ where
             return self.inner.process_new(stream, shutdown).await;
         }
         let client = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let ja4 = crate::ja4::of_stream(&*stream);
         let state = Arc::new(ConnState::new(limits));
         let wrapped: pingora::protocols::Stream = Box::new(DeadlineStream::new(
             stream,
@@ -785,6 +798,7 @@ where
                 record_edge_request(
                     &self.shared,
                     client,
+                    ja4,
                     &Rejection::ClientError { status },
                     round_started.elapsed(),
                 );

@@ -1194,6 +1194,7 @@ fn describe(key: &LimitKey) -> String {
         LimitKey::Asn(n) => format!("as{n}"),
         LimitKey::Country(c) => c.to_string(),
         LimitKey::Hashed(h) => format!("h{h:016x}"),
+        LimitKey::Ja4(j) => j.to_string(),
         LimitKey::Whole => "all".into(),
         LimitKey::Overflow => "overflow".into(),
     }

@@ -6,12 +6,15 @@ pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod background;
+pub mod certs;
 pub mod circuit;
 pub mod console;
 pub mod edge;
 pub mod escalator;
 pub mod fleet;
 pub mod health;
+pub mod ja4;
+pub mod jwt;
 pub mod lean;
 pub mod lease;
 pub mod listening;
@@ -153,6 +156,18 @@ pub fn build_server_with(
     let mut shared = Shared::new(config_path, config.clone(), &servers, access_log)
         .map_err(|e| StartError::Geo(e.to_string()))?;
     shared.overlay = overlay;
+    // Every TLS listener's certificate, read and checked now (a bad pair stops
+    // the start), then served through a resolver that reloads swap in place.
+    let mut tls_certs = Vec::new();
+    for listener in config.listeners.iter() {
+        if let Some(tls) = &listener.tls {
+            let address = listener.address.to_string();
+            let cert = certs::TlsCert::load(&address, &tls.cert, &tls.key)
+                .map_err(|reason| StartError::Listener { address, reason })?;
+            tls_certs.push(Arc::new(cert));
+        }
+    }
+    shared.tls_certs = tls_certs.clone();
     if let Some((recorder, writer)) = record::recorder(&config.record) {
         shared.recorder = Some(recorder);
         server.add_service(background_service("request record", writer));
@@ -210,24 +225,25 @@ pub fn build_server_with(
                         tls.cert.display().to_string(),
                         tls.key.display().to_string(),
                     );
-                    check_pem(&cert, "CERTIFICATE", &address)?;
-                    check_pem(&key, "PRIVATE KEY", &address)?;
                     let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| {
                         StartError::Listener {
                             address: address.clone(),
                             reason: e.to_string(),
                         }
                     })?;
+                    if let Some(resolver) = tls_certs.iter().find(|c| c.address == address) {
+                        settings.set_cert_resolver(resolver.clone());
+                    }
                     settings.enable_h2();
                     endpoints.add_listener(endpoint.tls(settings));
                 }
             }
         }
-        if listeners_with_tls_proxy_protocol(&config, h2c) {
-            endpoints.set_pre_tls_callback(Arc::new(proxy_protocol::PreTlsHeader {
-                shared: shared.clone(),
-            }));
-        }
+        // Pingora runs the hook on the TLS listeners of the group only: the
+        // PROXY header (where configured), then the ClientHello's JA4.
+        endpoints.set_pre_tls_callback(Arc::new(ja4::PreTls {
+            shared: shared.clone(),
+        }));
         let mut edge = edge::EdgeApp::new(app, shared.clone(), sources.clone(), h2c);
         if config.server.http1_loop == rampart_config::Http1Loop::Rampart {
             edge = edge.with_lean(lean.clone());
@@ -260,6 +276,10 @@ pub fn build_server_with(
         background::GeoRefresh::new(shared.clone()),
     ));
     server.add_service(background_service(
+        "jwks refresh",
+        background::JwtRefresh::new(shared.clone()),
+    ));
+    server.add_service(background_service(
         "fleet sync",
         background::FleetSync::new(shared.clone()),
     ));
@@ -282,6 +302,10 @@ pub fn build_server_with(
     server.add_service(background_service(
         "limiter sweep",
         background::LimiterSweep::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "tls certificate watch",
+        certs::CertWatch::new(shared.clone()),
     ));
     server.add_service(background_service(
         "reload on SIGHUP",
@@ -315,43 +339,21 @@ fn set_fleet_hash_key(config: &Config) {
                 matches!(l.scope, rampart_config::LimitScope::Fleet { .. })
                     && matches!(
                         l.key,
-                        rampart_config::KeyKind::Header(_) | rampart_config::KeyKind::Body(_)
+                        rampart_config::KeyKind::Header(_)
+                            | rampart_config::KeyKind::Body(_)
+                            | rampart_config::KeyKind::Jwt { .. }
                     )
             });
             if exposed {
                 log::warn!(
-                    "fleet rules keyed by header or body values hash them with a public key: set {FLEET_KEY_SECRET_ENV} (at least {MIN_ADMIN_TOKEN_LEN} characters, the same on every node)"
+                    "fleet rules keyed by header, body or jwt claim values hash them with a public key: set {FLEET_KEY_SECRET_ENV} (at least {MIN_ADMIN_TOKEN_LEN} characters, the same on every node)"
                 );
             }
         }
     }
 }
 
-/// Whether a TLS listener of the `h2c` group takes PROXY headers (they are read
-/// in the pre-TLS hook, which Pingora runs on TLS listeners only).
-fn listeners_with_tls_proxy_protocol(config: &Config, h2c: bool) -> bool {
-    config
-        .listeners
-        .iter()
-        .any(|l| l.h2c == h2c && l.tls.is_some() && l.proxy_protocol.is_some())
-}
-
-/// Refuses PEM files that do not hold what they should, before Pingora panics on them.
-fn check_pem(path: &str, what: &str, address: &str) -> Result<(), StartError> {
-    let text = std::fs::read_to_string(path).map_err(|e| StartError::Listener {
-        address: address.to_string(),
-        reason: format!("cannot read {path}: {e}"),
-    })?;
-    if !text.contains("-----BEGIN") || !text.contains(what) {
-        return Err(StartError::Listener {
-            address: address.to_string(),
-            reason: format!("{path} holds no PEM {what}"),
-        });
-    }
-    Ok(())
-}
-
-/// Reloads the config file on SIGHUP.
+/// Reloads the config file (and the TLS certificates) on SIGHUP.
 struct SighupReload {
     shared: Arc<Shared>,
 }

@@ -211,7 +211,69 @@ pub struct Metrics {
     /// Indexed like [`ACCEPT_DROP_REASONS`].
     client_dropped_at_accept: [IntCounter; 6],
     client_sources: IntGauge,
+    /// Indexed like [`HELLO_RESULTS`].
+    tls_hellos: [IntCounter; 4],
+    tls_certificate_reloads: IntCounterVec,
+    /// Bearer token verification for `key = "jwt"` rules.
+    pub jwt: JwtMetrics,
 }
+
+/// `rampart_jwt_*`: what `key = "jwt"` rules made of bearer tokens.
+#[derive(Debug)]
+pub struct JwtMetrics {
+    /// [cache hit, cache miss].
+    verified: [IntCounter; 2],
+    /// Indexed like [`rampart_policy::Unverified::ALL`]; `None` for the
+    /// reasons only explain and replay meet (`no_verifier`, `not_recorded`).
+    unverified: Vec<Option<IntCounter>>,
+    keys: IntGauge,
+    cache_entries: IntGauge,
+    reloads: IntCounterVec,
+}
+
+impl JwtMetrics {
+    /// Counts the identity one request's jwt rules read (nothing when none
+    /// asked for it); a verified token lacking a rule's claim also counts as
+    /// `claim_missing`.
+    pub fn request(&self, identity: Option<&rampart_policy::IdentityOutcome>, claim_missing: bool) {
+        use rampart_policy::{IdentityOutcome, Unverified};
+        let unverified = |why: Unverified| {
+            if let Some(Some(counter)) = Unverified::ALL
+                .iter()
+                .position(|u| *u == why)
+                .and_then(|i| self.unverified.get(i))
+            {
+                counter.inc();
+            }
+        };
+        match identity {
+            None => {}
+            Some(IdentityOutcome::Verified { cached, .. }) => {
+                self.verified[usize::from(!*cached)].inc();
+            }
+            Some(IdentityOutcome::Unverified(why)) => unverified(*why),
+        }
+        if claim_missing {
+            unverified(Unverified::ClaimMissing);
+        }
+    }
+
+    /// Records the keys loaded and the verified tokens cached now.
+    pub fn set_state(&self, keys: usize, cached: usize) {
+        self.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+        self.cache_entries
+            .set(i64::try_from(cached).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one JWKS reload attempt after a change on disk.
+    pub fn reload(&self, result: Attempt) {
+        self.reloads.with_label_values(&[result.as_label()]).inc();
+    }
+}
+
+/// The `result` labels of `rampart_tls_client_hellos_total`: a JA4 was
+/// computed, or why none was (see `rampart_policy::ja4::HelloError`).
+pub const HELLO_RESULTS: [&str; 4] = ["fingerprinted", "not_tls", "malformed", "too_large"];
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
@@ -377,6 +439,50 @@ impl Metrics {
             "Build time of the loaded GeoIP database (from its metadata).",
             &["database"],
         );
+        let jwt_verified = counter(
+            "rampart_jwt_verified_total",
+            "Bearer tokens that verified for key = \"jwt\" rules, by cache (hit: no signature check, miss).",
+            &["cache"],
+        );
+        let jwt_unverified = counter(
+            "rampart_jwt_unverified_total",
+            "Requests whose bearer token did not give a key = \"jwt\" rule its claim (counted by address instead), by reason.",
+            &["reason"],
+        );
+        let jwt = JwtMetrics {
+            verified: [
+                jwt_verified.with_label_values(&["hit"]),
+                jwt_verified.with_label_values(&["miss"]),
+            ],
+            unverified: rampart_policy::Unverified::ALL
+                .iter()
+                .map(|u| {
+                    use rampart_policy::Unverified::{NoVerifier, NotRecorded};
+                    (!matches!(u, NoVerifier | NotRecorded))
+                        .then(|| jwt_unverified.with_label_values(&[u.as_label()]))
+                })
+                .collect(),
+            keys: registered(
+                &registry,
+                &names,
+                IntGauge::new("rampart_jwt_keys", "JWT verification keys loaded.")
+                    .expect("valid metric"),
+            ),
+            cache_entries: registered(
+                &registry,
+                &names,
+                IntGauge::new(
+                    "rampart_jwt_cache_entries",
+                    "Verified bearer tokens cached now (at most [jwt] cache_size).",
+                )
+                .expect("valid metric"),
+            ),
+            reloads: counter(
+                "rampart_jwt_jwks_reloads_total",
+                "JWKS file reloads after a change on disk, by result (success, error: the old keys keep serving).",
+                &["result"],
+            ),
+        };
         let geo_reloads = counter(
             "rampart_geoip_reloads_total",
             "GeoIP database swaps after a change on disk, by result.",
@@ -517,7 +623,7 @@ impl Metrics {
         );
         let client_closed = counter(
             "rampart_client_connections_closed_total",
-            "Client connections the edge closed itself, by reason (keepalive_timeout, header_timeout, body_timeout, header_too_large, per_source_cap, proxy_protocol_missing, proxy_protocol_invalid, proxy_protocol_untrusted).",
+            "Client connections the edge closed itself, by reason (keepalive_timeout, header_timeout, body_timeout, header_too_large, per_source_cap, proxy_protocol_missing, proxy_protocol_invalid, proxy_protocol_untrusted, tls_hello_timeout).",
             &["reason"],
         );
         let dropped_at_accept = counter(
@@ -536,7 +642,23 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let hellos = counter(
+            "rampart_tls_client_hellos_total",
+            "First bytes of connections on TLS listeners, by result: fingerprinted (JA4 computed), not_tls, malformed, too_large (no JA4; the handshake goes on).",
+            &["result"],
+        );
+        let tls_hellos = HELLO_RESULTS.map(|result| hellos.with_label_values(&[result]));
+        let tls_certificate_reloads = counter(
+            "rampart_tls_certificate_reloads_total",
+            "Certificate and key reloads of TLS listeners, by result (success, error: the previous certificate keeps serving).",
+            &["result"],
+        );
+        for result in ["success", "error"] {
+            tls_certificate_reloads.with_label_values(&[result]);
+        }
         Self {
+            tls_hellos,
+            tls_certificate_reloads,
             client_closed,
             client_dropped_at_accept,
             client_sources,
@@ -575,6 +697,7 @@ impl Metrics {
             geo_build,
             geo_reloads,
             geo_lookups,
+            jwt,
         }
     }
 
@@ -592,6 +715,25 @@ impl Metrics {
         if let Some(i) = ACCEPT_DROP_REASONS.iter().position(|r| *r == label) {
             self.client_dropped_at_accept[i].inc();
         }
+    }
+
+    /// Counts the first bytes of a TLS connection: fingerprinted (`Ok`) or why
+    /// not. `Incomplete` is not a result (the caller reads on or times out).
+    pub fn client_hello(&self, result: Result<(), rampart_policy::ja4::HelloError>) {
+        let label = match result {
+            Ok(()) => "fingerprinted",
+            Err(e) => e.as_label(),
+        };
+        if let Some(i) = HELLO_RESULTS.iter().position(|r| *r == label) {
+            self.tls_hellos[i].inc();
+        }
+    }
+
+    /// Counts one certificate reload of a TLS listener.
+    pub fn tls_certificate_reload(&self, result: Attempt) {
+        self.tls_certificate_reloads
+            .with_label_values(&[result.as_label()])
+            .inc();
     }
 
     /// Sets the number of client addresses with open connections.

@@ -1,13 +1,13 @@
-//! Top sources of refused requests by address, network and AS, for
-//! `/debug/top`, without a global lock on the refusal path.
+//! Top sources of refused requests by address, network, AS and JA4 TLS
+//! fingerprint, for `/debug/top`, without a global lock on the refusal path.
 //!
 //! The summaries are sharded by client address: a refused request locks one of
 //! [`SHARDS`] small mutexes, so concurrent refusals from different sources
 //! rarely meet. A reader merges the shards: an address lives in one shard, so
-//! its count is exact up to Space-Saving's error; a network or AS seen from
-//! addresses in several shards is the sum of the shards' counts, each
+//! its count is exact up to Space-Saving's error; a network, AS or JA4 seen
+//! from addresses in several shards is the sum of the shards' counts, each
 //! over-estimated by at most its shard's error (see `rampart_policy::top`).
-//! Memory is fixed: `SHARDS × 3 × 2 epochs × OFFENDER_CAPACITY` entries.
+//! Memory is fixed: `SHARDS × 4 × 2 epochs × OFFENDER_CAPACITY` entries.
 
 use rampart_policy::top::WindowedTop;
 use std::collections::HashMap;
@@ -27,6 +27,7 @@ struct Shard {
     ips: WindowedTop<IpAddr>,
     prefixes: WindowedTop<ipnet::IpNet>,
     asns: WindowedTop<u32>,
+    ja4s: WindowedTop<rampart_policy::Ja4>,
 }
 
 impl Default for Shard {
@@ -35,6 +36,7 @@ impl Default for Shard {
             ips: WindowedTop::new(OFFENDER_CAPACITY, OFFENDER_EPOCH_SECS),
             prefixes: WindowedTop::new(OFFENDER_CAPACITY, OFFENDER_EPOCH_SECS),
             asns: WindowedTop::new(OFFENDER_CAPACITY, OFFENDER_EPOCH_SECS),
+            ja4s: WindowedTop::new(OFFENDER_CAPACITY, OFFENDER_EPOCH_SECS),
         }
     }
 }
@@ -62,6 +64,8 @@ pub struct TopOffenders {
     pub prefixes: Vec<(ipnet::IpNet, u64)>,
     /// By AS number.
     pub asns: Vec<(u32, u64)>,
+    /// By JA4 fingerprint of the TLS hello (requests on TLS listeners).
+    pub ja4s: Vec<(rampart_policy::Ja4, u64)>,
     /// The window the counts cover, seconds.
     pub window_secs: u64,
 }
@@ -90,8 +94,16 @@ fn merge<K: Hash + Eq + Clone + Ord>(lists: Vec<Vec<(K, u64)>>, n: usize) -> Vec
 }
 
 impl Offenders {
-    /// Counts one refused request from `ip` (in network `prefix`, AS `asn`).
-    pub fn record(&self, ip: IpAddr, prefix: ipnet::IpNet, asn: Option<u32>, now_secs: u64) {
+    /// Counts one refused request from `ip` (in network `prefix`, AS `asn`,
+    /// with TLS fingerprint `ja4`).
+    pub fn record(
+        &self,
+        ip: IpAddr,
+        prefix: ipnet::IpNet,
+        asn: Option<u32>,
+        ja4: Option<rampart_policy::Ja4>,
+        now_secs: u64,
+    ) {
         let Some(shard) = self.shards.get(shard_of(ip)) else {
             return;
         };
@@ -102,12 +114,16 @@ impl Offenders {
             if let Some(asn) = asn {
                 s.asns.add(asn, now_secs);
             }
+            if let Some(ja4) = ja4 {
+                s.ja4s.add(ja4, now_secs);
+            }
         }
     }
 
     /// The `n` top keys of each kind.
     pub fn top(&self, n: usize, now_secs: u64) -> TopOffenders {
-        let (mut ips, mut prefixes, mut asns) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ips, mut prefixes, mut asns, mut ja4s) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut window_secs = 2 * OFFENDER_EPOCH_SECS;
         for shard in &self.shards {
             let Ok(mut s) = shard.lock() else { continue };
@@ -115,11 +131,13 @@ impl Offenders {
             ips.push(s.ips.top(OFFENDER_CAPACITY, now_secs));
             prefixes.push(s.prefixes.top(OFFENDER_CAPACITY, now_secs));
             asns.push(s.asns.top(OFFENDER_CAPACITY, now_secs));
+            ja4s.push(s.ja4s.top(OFFENDER_CAPACITY, now_secs));
         }
         TopOffenders {
             ips: merge(ips, n),
             prefixes: merge(prefixes, n),
             asns: merge(asns, n),
+            ja4s: merge(ja4s, n),
             window_secs,
         }
     }
@@ -138,14 +156,24 @@ mod tests {
         let offenders = Offenders::default();
         let net: ipnet::IpNet = "198.51.100.0/24".parse().unwrap_or_default();
         for i in 0..=255u8 {
-            offenders.record(IpAddr::from([198, 51, 100, i]), net, Some(64500), 1_000);
+            offenders.record(
+                IpAddr::from([198, 51, 100, i]),
+                net,
+                Some(64500),
+                None,
+                1_000,
+            );
         }
+        let ja4 = rampart_policy::Ja4::parse("t13d1516h2_8daaf6152771_e5627efa2ab1").ok();
         for _ in 0..10 {
-            offenders.record(IpAddr::from([203, 0, 113, 5]), net, Some(64501), 1_000);
+            offenders.record(IpAddr::from([203, 0, 113, 5]), net, Some(64501), ja4, 1_000);
         }
         let top = offenders.top(2, 1_000);
         assert_eq!(top.prefixes, vec![(net, 266)]);
         assert_eq!(top.asns, vec![(64500, 256), (64501, 10)]);
         assert_eq!(top.ips[0], (IpAddr::from([203, 0, 113, 5]), 10));
+        assert_eq!(top.ja4s.len(), 1);
+        assert_eq!(Some(top.ja4s[0].0), ja4);
+        assert_eq!(top.ja4s[0].1, 10);
     }
 }

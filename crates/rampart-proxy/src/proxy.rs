@@ -77,7 +77,7 @@ fn record_offender(shared: &Shared, ctx: &RequestCtx) {
     let prefix = rampart_policy::limits::prefix_of(ctx.client_ip, 24, 48);
     shared
         .offenders
-        .record(ctx.client_ip, prefix, ctx.geo.asn, now);
+        .record(ctx.client_ip, prefix, ctx.geo.asn, ctx.ja4, now);
 }
 
 /// Reads the request body, up to `limit` bytes (one more when it is longer),
@@ -204,6 +204,7 @@ fn request_facts<'a>(
     ctx: &RequestCtx,
     session: &'a ServerSession,
     flags: &'a [rampart_policy::FlagMode],
+    identity: rampart_policy::IdentitySource<'a>,
 ) -> RequestFacts<'a> {
     let req = session.req_header();
     RequestFacts {
@@ -215,6 +216,8 @@ fn request_facts<'a>(
         method: req.method.as_str(),
         headers: &req.headers,
         flags,
+        ja4: ctx.ja4,
+        identity,
     }
 }
 
@@ -334,6 +337,8 @@ pub struct RequestCtx {
     pub(crate) connect_failures: u8,
     pub(crate) rejection: Option<Rejection>,
     pub(crate) geo: GeoInfo,
+    /// The JA4 of the connection's TLS hello (TLS listeners; see `crate::ja4`).
+    pub(crate) ja4: Option<rampart_policy::Ja4>,
     /// In-flight slots, released when the context is dropped at the end of the request.
     pub(crate) permits: Vec<ConcurrencyPermit>,
     /// What shadow rules and previewed flags would have refused (recorded in `logging`).
@@ -347,6 +352,10 @@ pub struct RequestCtx {
     pub(crate) body_done: bool,
     /// What the request record keeps of the decision (only while recording).
     pub(crate) recorded: Option<Box<Decided>>,
+    /// The verified identity, when a `key = "jwt"` rule asked for it.
+    pub(crate) identity: Option<rampart_policy::IdentityOutcome>,
+    /// A verified token lacked a jwt rule's claim.
+    pub(crate) claim_missing: bool,
     _in_flight: InFlight,
 }
 
@@ -378,7 +387,10 @@ impl Drop for InFlight {
     }
 }
 
-/// One access log line (JSON). The query string is left out: it may carry tokens.
+/// One access log line (JSON). The query string is left out: it may carry
+/// tokens. `jwt` says what `key = "jwt"` rules made of the bearer token
+/// (`verified` or the reason it did not verify; `null` when no such rule
+/// asked): never a claim.
 fn access_line(
     session: &ServerSession,
     ctx: &RequestCtx,
@@ -397,12 +409,13 @@ fn access_line(
         .map(|s| format!("\"{}\"", s.addr))
         .unwrap_or_else(|| "null".into());
     format!(
-        "{{\"time\":{}.{:03},\"client\":\"{}\",\"country\":{},\"asn\":{},\"route\":{},\"method\":{},\"path\":{},\"status\":{},\"verdict\":\"{}\",\"rule\":{},\"upstream\":{},\"duration_ms\":{:.3}}}",
+        "{{\"time\":{}.{:03},\"client\":\"{}\",\"country\":{},\"asn\":{},\"ja4\":{},\"route\":{},\"method\":{},\"path\":{},\"status\":{},\"verdict\":\"{}\",\"rule\":{},\"upstream\":{},\"jwt\":{},\"duration_ms\":{:.3}}}",
         now.as_secs(),
         now.subsec_millis(),
         ctx.client_ip,
         ctx.geo.country.map(|c| format!("\"{c}\"")).unwrap_or_else(|| "null".into()),
         ctx.geo.asn.map(|a| a.to_string()).unwrap_or_else(|| "null".into()),
+        ctx.ja4.map(|j| format!("\"{j}\"")).unwrap_or_else(|| "null".into()),
         json_string(ctx.route_label()),
         json_string(req.method.as_str()),
         json_string(req.uri.path()),
@@ -410,6 +423,14 @@ fn access_line(
         verdict,
         rule.map(json_string).unwrap_or_else(|| "null".into()),
         upstream,
+        match &ctx.identity {
+            None => "null".to_string(),
+            Some(rampart_policy::IdentityOutcome::Verified { .. }) => "\"verified\"".to_string(),
+            // Labels are lower-case ASCII words: quoted as they are.
+            Some(rampart_policy::IdentityOutcome::Unverified(why)) => {
+                format!("\"{}\"", why.as_label())
+            }
+        },
         elapsed.as_secs_f64() * 1000.0,
     )
 }
@@ -434,8 +455,11 @@ impl RequestCtx {
             connect_failures: 0,
             rejection: None,
             geo: GeoInfo::default(),
+            ja4: None,
             permits: Vec::new(),
             observations: Vec::new(),
+            identity: None,
+            claim_missing: false,
         }
     }
 
@@ -548,6 +572,7 @@ pub(crate) async fn decide(
         .iter()
         .map(|v| v.as_bytes());
     ctx.client_ip = resolve_client_ip(peer, forwarded, client_config);
+    ctx.ja4 = crate::ja4::of_session(session);
 
     let options = rampart_policy::CanonicalOptions {
         allow_semicolons: snapshot.config.request.allow_semicolons,
@@ -566,7 +591,12 @@ pub(crate) async fn decide(
     // The policy decides; this loop only does the I/O it asks for.
     let mut evaluation = snapshot.policy.evaluate(Charging::Charge);
     let verdict = loop {
-        match evaluation.next(&request_facts(ctx, session, modes)) {
+        match evaluation.next(&request_facts(
+            ctx,
+            session,
+            modes,
+            snapshot.identity_source(),
+        )) {
             Step::Done(verdict) => break verdict,
             Step::NeedBody { limit } => {
                 let read = read_body(session, ctx, limit).await?;
@@ -611,6 +641,8 @@ pub(crate) async fn decide(
     ctx.pool = verdict.pool;
     ctx.permits = verdict.permits;
     ctx.observations = verdict.observations;
+    ctx.identity = verdict.identity;
+    ctx.claim_missing = verdict.claim_missing;
     let mut rejection = verdict.refusal;
     if rejection.is_none() && !ctx.body_done && session.is_http2() {
         // An HTTP/2 stream's body has no connection deadline to hold it (the
@@ -841,6 +873,10 @@ pub(crate) fn log_request(shared: &Shared, session: &ServerSession, ctx: &Reques
             }
         }
     }
+    shared
+        .metrics
+        .jwt
+        .request(ctx.identity.as_ref(), ctx.claim_missing);
     let policy_rule = ctx.rejection.as_ref().and_then(|r| r.rule());
     let elapsed = ctx.started.elapsed();
     if let Some(rule) = policy_rule {
@@ -903,9 +939,20 @@ fn record_request(
     };
     let req = session.req_header();
     let config = &ctx.snapshot.config;
+    // The identity the config's jwt rules would read, also when the request
+    // was decided before one asked (a replayed config may reach it): the
+    // cache makes this cheap, and it only runs while recording.
+    let identity = match (&ctx.identity, &ctx.snapshot.jwt) {
+        (Some(identity), _) => Some(identity.clone()),
+        (None, Some(jwt)) if !jwt.verifier.claim_names().is_empty() => {
+            Some(jwt.verifier.verify_request(&req.headers))
+        }
+        (None, _) => None,
+    };
     let outcome = crate::record::Outcome {
         ip: ctx.client_ip,
         geo: ctx.geo,
+        ja4: ctx.ja4,
         host: request_host(req),
         method: req.method.as_str(),
         path: req.uri.path(),
@@ -932,6 +979,7 @@ fn record_request(
         allow: decided.allow.as_deref(),
         status,
         elapsed,
+        identity: identity.as_ref(),
     };
     let ms = u64::try_from(arrival.as_millis()).unwrap_or(u64::MAX);
     recorder.write(config, &outcome, ms, weight, &shared.metrics);

@@ -19,17 +19,14 @@
 //!   the balancer saw, and the AWS VPC endpoint id) are logged with the address.
 //!
 //! Plaintext listeners read it in `edge::EdgeApp`; TLS listeners in Pingora's
-//! pre-TLS hook ([`PreTlsHeader`]), before the handshake.
+//! pre-TLS hook (`crate::ja4::PreTls`), before the handshake and the JA4 read.
 
 use crate::state::Shared;
-use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
-use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, Peek, SocketDigest};
 use rampart_config::{ProxyProtocolConfig, ProxyProtocolVersion};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -296,19 +293,6 @@ pub fn listener_config(
         .and_then(|l| l.proxy_protocol.as_ref())
 }
 
-/// Pingora's pre-TLS hook for TLS listeners: the PROXY header comes before the
-/// ClientHello. (JA4 will peek at the ClientHello here, after the header.)
-pub struct PreTlsHeader {
-    /// Config, deadlines and counters.
-    pub shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for PreTlsHeader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PreTlsHeader")
-    }
-}
-
 /// The PROXY step of a new connection (descriptor `fd`), wherever it is read:
 /// finds the listener the stream was accepted on, and when that listener takes
 /// PROXY headers, runs [`accept`] with the config in force. A refusal is
@@ -335,17 +319,6 @@ where
         shared.metrics.client_connection_closed(why.as_label());
     }
     read
-}
-
-#[async_trait]
-impl pingora::listeners::PreTlsProcess for PreTlsHeader {
-    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
-        use std::os::unix::io::AsRawFd;
-        let fd = stream.as_raw_fd();
-        on_accept(stream, fd, &self.shared)
-            .await
-            .map_err(|why| pingora::Error::explain(pingora::ErrorType::AcceptError, why.as_label()))
-    }
 }
 
 #[cfg(test)]

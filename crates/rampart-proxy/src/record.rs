@@ -5,8 +5,8 @@
 //! requests a second are all recorded; beyond that, one in `flood_sample`,
 //! whose record carries that weight so a replay can scale counts back. A
 //! writer that falls behind drops lines and counts them. With `compress`
-//! (the default) files are gzip streams flushed after every batch, so the
-//! file being written reads up to its last batch; records shrink about 13x
+//! (the default) files are gzip streams flushed once a second, so the
+//! file being written reads up to its last second; records shrink about 13x
 //! (`benches/README.md` "Replay").
 
 use crate::metrics::Metrics;
@@ -16,7 +16,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use rampart_config::{Config, KeyKind, RecordConfig};
 use rampart_policy::body::{BodyInput, RecordedBody};
-use rampart_policy::record::{ReadFailure, Record, RecordedRead};
+use rampart_policy::record::{ReadFailure, Record, RecordedIdentity, RecordedRead};
 use rampart_policy::{BodyRead, FlagMode};
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -123,6 +123,8 @@ pub struct Outcome<'a> {
     pub ip: std::net::IpAddr,
     /// Country and ASN.
     pub geo: rampart_policy::GeoInfo,
+    /// JA4 of the connection's TLS hello.
+    pub ja4: Option<rampart_policy::Ja4>,
     /// Host, method and canonical path.
     pub host: Option<&'a str>,
     /// Method.
@@ -149,6 +151,9 @@ pub struct Outcome<'a> {
     pub status: u16,
     /// Time to answer.
     pub elapsed: std::time::Duration,
+    /// The verified identity `key = "jwt"` rules read (`None`: the config has
+    /// no such rule).
+    pub identity: Option<&'a rampart_policy::IdentityOutcome>,
 }
 
 impl Recorder {
@@ -189,6 +194,19 @@ impl Recorder {
         let mut h = self.key.build_hasher();
         h.write(value);
         format!("#{:016x}", h.finish())
+    }
+
+    /// The identity as a record keeps it: each claim as a keyed hash, or
+    /// the reason the token did not verify.
+    fn identity(&self, identity: &rampart_policy::IdentityOutcome) -> RecordedIdentity {
+        match rampart_policy::jwt::recorded_claims(identity) {
+            Ok(claims) => RecordedIdentity::Verified(
+                claims
+                    .map(|(name, value)| (name.to_string(), self.hash(value.as_bytes())))
+                    .collect(),
+            ),
+            Err(why) => RecordedIdentity::Unverified(why.as_label().to_string()),
+        }
     }
 
     /// The headers kept for a record: media types as sent, `Authorization`
@@ -244,6 +262,7 @@ impl Recorder {
             ip: o.ip,
             cc: country.map(Cow::Owned),
             asn: o.geo.asn,
+            ja4: o.ja4.map(|j| Cow::Owned(j.to_string())),
             host: o.host.map(Cow::Borrowed),
             m: Cow::Borrowed(o.method),
             p: Cow::Borrowed(o.path),
@@ -271,6 +290,7 @@ impl Recorder {
             route: o.route.map(Cow::Borrowed),
             allow: o.allow.map(Cow::Borrowed),
             w: weight,
+            jwt: o.identity.map(|identity| self.identity(identity)),
         };
         let Ok(line) = serde_json::to_string(&record) else {
             return;
@@ -394,58 +414,76 @@ impl BackgroundService for RecordWriter {
             return;
         };
         let mut file: Option<(PathBuf, Output, u64)> = None;
-        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut buf = Vec::with_capacity(BATCH_BYTES + 4096);
+        let mut last_write = std::time::Instant::now();
         loop {
-            let line = tokio::select! {
-                line = receiver.recv() => line,
-                _ = shutdown.changed() => None,
+            // Lines gather for up to WRITE_EVERY or BATCH_BYTES: one write (and
+            // one gzip flush) a second rather than one per burst.
+            let more = if buf.is_empty() {
+                crate::access_log::next_batch(&mut receiver, &mut shutdown, &mut buf).await
+            } else {
+                let wait = WRITE_EVERY.saturating_sub(last_write.elapsed());
+                tokio::time::timeout(
+                    wait,
+                    crate::access_log::next_batch(&mut receiver, &mut shutdown, &mut buf),
+                )
+                .await
+                .unwrap_or(true)
             };
-            let Some(line) = line else { break };
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-            while buf.len() < 60 * 1024 {
-                match receiver.try_recv() {
-                    Ok(more) => {
-                        buf.extend_from_slice(more.as_bytes());
-                        buf.push(b'\n');
-                    }
-                    Err(_) => break,
-                }
+            if more && buf.len() < BATCH_BYTES && last_write.elapsed() < WRITE_EVERY {
+                continue;
             }
-            if file
-                .as_ref()
-                .is_some_and(|(_, _, n)| *n >= self.max_file_bytes)
-            {
-                if let Some((_, out, _)) = file.take() {
-                    out.finish();
-                }
+            if !buf.is_empty() {
+                self.write(&mut file, &buf);
+                buf.clear();
             }
-            if file.is_none() {
-                match open_new(&self.dir, self.compress) {
-                    Ok((path, f)) => {
-                        enforce_cap(&self.dir, self.max_total_bytes, &path);
-                        file = Some((path, f, 0));
-                    }
-                    Err(e) => {
-                        log::error!("cannot open a record file in {}: {e}", self.dir.display());
-                        buf.clear();
-                        continue;
-                    }
-                }
+            last_write = std::time::Instant::now();
+            if !more {
+                break;
             }
-            if let Some((_, out, size)) = &mut file {
-                match out.write_batch(&buf) {
-                    Ok(n) => *size = n,
-                    Err(e) => {
-                        log::error!("record write failed: {e}");
-                        file = None;
-                    }
-                }
-            }
-            buf.clear();
         }
         if let Some((_, out, _)) = file {
             out.finish();
+        }
+    }
+}
+
+/// How often gathered lines are written at most, and how many bytes make a
+/// write sooner.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const BATCH_BYTES: usize = 256 * 1024;
+
+impl RecordWriter {
+    /// Writes one batch to the current file, rotating it first when full.
+    fn write(&self, file: &mut Option<(PathBuf, Output, u64)>, batch: &[u8]) {
+        if file
+            .as_ref()
+            .is_some_and(|(_, _, n)| *n >= self.max_file_bytes)
+        {
+            if let Some((_, out, _)) = file.take() {
+                out.finish();
+            }
+        }
+        if file.is_none() {
+            match open_new(&self.dir, self.compress) {
+                Ok((path, f)) => {
+                    enforce_cap(&self.dir, self.max_total_bytes, &path);
+                    *file = Some((path, f, 0));
+                }
+                Err(e) => {
+                    log::error!("cannot open a record file in {}: {e}", self.dir.display());
+                    return;
+                }
+            }
+        }
+        if let Some((_, out, size)) = file {
+            match out.write_batch(batch) {
+                Ok(n) => *size = n,
+                Err(e) => {
+                    log::error!("record write failed: {e}");
+                    *file = None;
+                }
+            }
         }
     }
 }

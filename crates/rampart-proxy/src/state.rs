@@ -106,6 +106,9 @@ pub struct Snapshot {
     pub geo: Arc<GeoDb>,
     /// The lockdown flags, with their modes for this config.
     pub flags: Arc<FlagState>,
+    /// The key set of `key = "jwt"` rules (`[jwt]`), swapped when the JWKS
+    /// file changes.
+    pub jwt: Option<Arc<crate::jwt::JwtLoaded>>,
     /// Increases by one with every successful reload.
     pub generation: u64,
 }
@@ -119,6 +122,14 @@ impl std::ops::Deref for Snapshot {
 }
 
 impl Snapshot {
+    /// Where `key = "jwt"` rules get a request's verified identity.
+    pub fn identity_source(&self) -> rampart_policy::IdentitySource<'_> {
+        match &self.jwt {
+            Some(j) => rampart_policy::IdentitySource::Verify(&j.verifier),
+            None => rampart_policy::IdentitySource::None,
+        }
+    }
+
     /// This snapshot with `active` as its flags.
     fn with_flags(&self, active: BTreeMap<String, Activation>) -> Snapshot {
         Snapshot {
@@ -140,6 +151,9 @@ pub enum ReloadError {
     /// The reload task could not run.
     #[error("reload task failed: {0}")]
     Task(String),
+    /// The JWT keys of the new config cannot be loaded.
+    #[error("{0}")]
+    Jwt(#[from] crate::jwt::JwtLoadError),
     /// The new file no longer defines flags that are on: a reload must not
     /// lift a lockdown silently. Turn them off first.
     #[error("the new config no longer defines active lockdown flag(s) {}; disable them first (rampart lockdown disable NAME), then reload", .0.join(", "))]
@@ -188,6 +202,8 @@ pub enum Command {
     ExpireFlags,
     /// Swap in GeoIP files that changed on disk.
     RefreshGeo,
+    /// Swap in a JWKS file that changed on disk.
+    RefreshJwt,
     /// Bring the flags in line with Redis (fleet mode).
     FleetSync,
 }
@@ -218,6 +234,8 @@ pub enum Outcome {
     Expired(Vec<String>),
     /// Whether GeoIP databases were swapped.
     GeoRefreshed(bool),
+    /// Whether the JWT key set was swapped.
+    JwtRefreshed(bool),
     /// Whether the fleet changed any flag.
     FleetSynced(bool),
 }
@@ -234,6 +252,9 @@ pub enum CommandError {
     /// A GeoIP file changed but cannot be opened.
     #[error("{0}")]
     Geo(#[from] GeoError),
+    /// The JWKS file changed but cannot be loaded.
+    #[error("{0}")]
+    Jwt(#[from] crate::jwt::JwtLoadError),
     /// Redis could not be read.
     #[error("{0}")]
     Fleet(#[from] crate::fleet::FleetError),
@@ -358,6 +379,9 @@ pub struct Shared {
     pub overlay: Option<ConfigOverlay>,
     /// The request record, when on.
     pub recorder: Option<crate::record::Recorder>,
+    /// The certificates of the TLS listeners, reloaded with the config and
+    /// when their files change (see `crate::certs`).
+    pub tls_certs: Vec<Arc<crate::certs::TlsCert>>,
 }
 
 /// A change applied to every loaded config: `rampart demo` trusts loopback as a
@@ -381,8 +405,22 @@ impl Shared {
         access_log: Option<crate::access_log::AccessLog>,
     ) -> Result<Self, GeoError> {
         let geo = GeoDb::open(&config.geoip)?;
+        let jwt = crate::jwt::JwtLoaded::open(&config)
+            .map_err(|e| GeoError {
+                path: e.path,
+                reason: e.reason,
+            })?
+            .map(Arc::new);
         let health = HealthRegistry::default();
         let metrics = Metrics::new();
+        if let Some(j) = &jwt {
+            metrics.jwt.set_state(j.verifier.keys().len(), 0);
+            log::info!(
+                "JWT keys loaded: {} ({} JWKS entries left out)",
+                j.verifier.keys().len(),
+                j.verifier.keys().skipped()
+            );
+        }
         let fleet = match &config.fleet {
             Some(f) => Some(Arc::new(crate::fleet::Fleet::new(f.clone()).map_err(
                 |reason| GeoError {
@@ -435,6 +473,7 @@ impl Shared {
             flags: Arc::new(FlagState::new(active, &applied.config.lockdown)),
             applied: Arc::new(applied),
             geo: Arc::new(geo),
+            jwt,
             generation: 1,
         };
         metrics.set_config_info(&snapshot);
@@ -454,6 +493,7 @@ impl Shared {
             metrics,
             overlay: None,
             recorder: None,
+            tls_certs: Vec::new(),
         };
         if rewrite {
             shared.persist(&shared.snapshot());
@@ -492,6 +532,7 @@ impl Shared {
             } => self.disable(&current, &flag, &actor, &reason).await?,
             Command::ExpireFlags => self.expire(&current).await,
             Command::RefreshGeo => self.refresh_geo(&current).await?,
+            Command::RefreshJwt => self.refresh_jwt(&current).await?,
             Command::FleetSync => self.fleet_sync(&current).await?,
         };
         let Some(proposal) = proposal else {
@@ -522,6 +563,17 @@ impl Shared {
         }
         if !Arc::ptr_eq(&next.geo, &current.geo) {
             self.metrics.set_geo_info(&next.geo);
+        }
+        let same_jwt = match (&next.jwt, &current.jwt) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_jwt {
+            let (keys, cached) = next.jwt.as_ref().map_or((0, 0), |j| {
+                (j.verifier.keys().len(), j.verifier.cached_tokens())
+            });
+            self.metrics.jwt.set_state(keys, cached);
         }
         if flags_changed || config_changed {
             self.metrics.set_flags(&next.flags, &next.config.lockdown);
@@ -1011,6 +1063,66 @@ impl Shared {
         Ok((Some(proposal), Outcome::GeoRefreshed(true)))
     }
 
+    /// Swaps in the JWKS file when it changed on disk; a bad file is refused
+    /// (logged and counted by the caller) and the old keys keep serving.
+    pub async fn refresh_jwt_keys(&self) -> Result<bool, CommandError> {
+        match self.apply(Command::RefreshJwt).await? {
+            Outcome::JwtRefreshed(swapped) => Ok(swapped),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn refresh_jwt(
+        &self,
+        current: &Snapshot,
+    ) -> Result<(Option<Proposal>, Outcome), CommandError> {
+        if !current.jwt.as_ref().is_some_and(|j| j.jwks_changed()) {
+            return Ok((None, Outcome::JwtRefreshed(false)));
+        }
+        let jwt = self.open_jwt(&current.config).await?;
+        let proposal = Proposal {
+            next: Snapshot {
+                jwt,
+                ..current.clone()
+            },
+            changes: Vec::new(),
+        };
+        Ok((Some(proposal), Outcome::JwtRefreshed(true)))
+    }
+
+    /// Loads the JWT keys of `config` off the async workers, counting the
+    /// attempt.
+    async fn open_jwt(
+        &self,
+        config: &Config,
+    ) -> Result<Option<Arc<crate::jwt::JwtLoaded>>, crate::jwt::JwtLoadError> {
+        let config = config.clone();
+        let opened = tokio::task::spawn_blocking(move || crate::jwt::JwtLoaded::open(&config))
+            .await
+            .map_err(|e| crate::jwt::JwtLoadError {
+                path: PathBuf::new(),
+                reason: format!("JWT key task failed: {e}"),
+            })
+            .and_then(|r| r);
+        match opened {
+            Ok(loaded) => {
+                if let Some(j) = &loaded {
+                    self.metrics.jwt.reload(crate::metrics::Attempt::Success);
+                    log::info!(
+                        "JWT keys loaded: {} ({} JWKS entries left out)",
+                        j.verifier.keys().len(),
+                        j.verifier.keys().skipped()
+                    );
+                }
+                Ok(loaded.map(Arc::new))
+            }
+            Err(e) => {
+                self.metrics.jwt.reload(crate::metrics::Attempt::Error);
+                Err(e)
+            }
+        }
+    }
+
     /// Opens the GeoIP databases of `config` when they differ from the current
     /// ones (other paths, or files changed on disk), off the async workers.
     async fn open_changed_geo(
@@ -1053,7 +1165,12 @@ impl Shared {
     /// old config keeps serving. Requests in flight finish on the snapshot they
     /// started with. Listener, admin and server settings only change on restart;
     /// a reload that changes them says so in the log.
-    pub async fn reload_config(&self) -> Result<u64, CommandError> {
+    ///
+    /// The TLS listeners' certificates and keys are read again first, each
+    /// swapped in or kept on its own (see `crate::certs`), whatever becomes
+    /// of the config.
+    pub async fn reload_config(self: &Arc<Self>) -> Result<u64, CommandError> {
+        crate::certs::reload_all(self).await;
         match self.apply(Command::Reload).await? {
             Outcome::Reloaded { generation } => Ok(generation),
             other => Err(unexpected(other)),
@@ -1099,6 +1216,14 @@ impl Shared {
             Ok(None) => current.geo.clone(),
             Err(e) => return Err(refused(e.into())),
         };
+        let jwt = match &current.jwt {
+            Some(j) if j.is_current(&config) => Some(j.clone()),
+            _ if config.jwt.is_none() => None,
+            _ => match self.open_jwt(&config).await {
+                Ok(jwt) => jwt,
+                Err(e) => return Err(refused(e.into())),
+            },
+        };
         let generation = current.generation + 1;
         let applied = Applied::new(
             config,
@@ -1120,6 +1245,7 @@ impl Shared {
             )),
             applied: Arc::new(applied),
             geo,
+            jwt,
             generation,
         };
         self.metrics.reloads(crate::metrics::Attempt::Success);

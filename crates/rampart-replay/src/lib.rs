@@ -15,7 +15,13 @@
 //! - fleet-scoped limits are one shared bucket: replay the records of every
 //!   node together to see the fleet's buckets;
 //! - under a flood the recording is sampled; counts are scaled back by each
-//!   record's weight, and buckets see only the recorded requests.
+//!   record's weight, and buckets see only the recorded requests;
+//! - a bearer token cannot be verified again (the record keeps
+//!   `Authorization` only as a hash): `key = "jwt"` rules count by the
+//!   identity the record kept (`jwt`: each claim as a keyed hash, one bucket
+//!   per subject), and by address where the token did not verify, the record
+//!   has no identity (recorded without jwt rules: `not_recorded`) or lacks
+//!   the rule's claim, as the proxy does for an unverifiable token.
 
 mod report;
 
@@ -423,6 +429,11 @@ impl Side {
             method: &record.m,
             headers,
             flags: &self.modes,
+            ja4: record
+                .ja4
+                .as_deref()
+                .and_then(|t| rampart_policy::Ja4::parse(t).ok()),
+            identity: rampart_policy::IdentitySource::Recorded(record.jwt.as_ref()),
         };
         let mut unrecorded = false;
         let mut evaluation = self.policy.evaluate(Charging::Charge);

@@ -211,3 +211,53 @@ fn escalations_advance_on_the_recorded_timestamps() {
         report.text()
     );
 }
+
+#[test]
+fn damaged_lines_are_counted_never_a_panic() {
+    // 20 000 mutations of real record lines: bytes flipped, cut, duplicated
+    // or fields swapped. Every line is either replayed or counted as bad.
+    let text = std::fs::read_to_string(data("record.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut replay = Replay::new(config("current.toml"), None, &options()).unwrap();
+    let mut fed = 0u64;
+    for _ in 0..20_000 {
+        let mut bytes = lines[(next() % lines.len() as u64) as usize]
+            .as_bytes()
+            .to_vec();
+        for _ in 0..=(next() % 4) {
+            if bytes.is_empty() {
+                break;
+            }
+            let i = (next() % bytes.len() as u64) as usize;
+            match next() % 4 {
+                0 => bytes[i] = (next() % 256) as u8,
+                1 => bytes.truncate(i),
+                2 => bytes.insert(i, b"{}[]\",:0-9e\\u"[(next() % 13) as usize]),
+                _ => {
+                    let copy = bytes[i..].to_vec();
+                    bytes.extend_from_slice(&copy);
+                }
+            }
+        }
+        let line = String::from_utf8_lossy(&bytes).into_owned();
+        if line.trim().is_empty() {
+            continue;
+        }
+        replay.line(&line);
+        fed += 1;
+    }
+    let report = replay.finish();
+    assert_eq!(report.records + report.bad_lines, fed);
+    assert!(
+        report.bad_lines > 1_000 && report.records > 1_000,
+        "{}",
+        report.text()
+    );
+}

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod geo;
+pub mod jwt;
 pub mod origin;
 pub mod redis;
 pub mod relay;

@@ -402,14 +402,27 @@ pub fn top(target: &AdminTarget, n: usize) -> u8 {
         "rejected requests over the last {} s (approximate counts, at most over-estimated)",
         reply.body["window_seconds"].as_u64().unwrap_or(0)
     );
-    for (title, key) in [("ADDRESS", "ips"), ("NETWORK", "prefixes"), ("AS", "asns")] {
+    for (title, key) in [
+        ("ADDRESS", "ips"),
+        ("NETWORK", "prefixes"),
+        ("AS", "asns"),
+        ("JA4", "ja4"),
+    ] {
         println!();
-        println!("{title:<42} REJECTED");
+        println!("{title:<42} {:>9}  COUNTRY  AS", "REJECTED");
         for row in reply.body[key].as_array().into_iter().flatten() {
+            let asn = row["asn"]
+                .as_u64()
+                .map_or_else(|| "-".to_string(), |n| format!("AS{n}"));
+            let org = row["as_organization"]
+                .as_str()
+                .map(|o| format!(" {}", printable(o)))
+                .unwrap_or_default();
             println!(
-                "{:<42} {}",
+                "{:<42} {:>9}  {:<7}  {asn}{org}",
                 printable(row["key"].as_str().unwrap_or("?")),
-                row["rejected"].as_u64().unwrap_or(0)
+                row["rejected"].as_u64().unwrap_or(0),
+                printable(row["country"].as_str().unwrap_or("-")),
             );
         }
     }
@@ -425,8 +438,8 @@ pub enum BansCommand {
     Lift {
         /// The `[[limits]]` rule holding the ban.
         rule: String,
-        /// The banned key: an address, a network, AS64500, a country code, or
-        /// h<16 hex digits> for a hashed value.
+        /// The banned key: an address, a network, AS64500, a country code, a
+        /// JA4 fingerprint, or h<16 hex digits> for a hashed value.
         key: String,
     },
 }

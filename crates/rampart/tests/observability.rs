@@ -371,7 +371,7 @@ async fn access_log_lines_sampling_and_top_offenders() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("203.0.113.0/24") && text.contains(" 18"),
+        text.contains("203.0.113.0/24") && text.contains(" 18") && text.contains("COUNTRY  AS"),
         "{text}"
     );
 }

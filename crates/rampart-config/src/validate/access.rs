@@ -39,6 +39,8 @@ impl Validator {
             &raw.countries,
             &raw.not_cidrs,
             &raw.not_countries,
+            &raw.ja4,
+            &raw.not_ja4,
         ]
         .iter()
         .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()))
@@ -54,13 +56,15 @@ impl Validator {
                 not_cidrs: raw.not_cidrs,
                 not_asns: raw.not_asns,
                 not_countries: raw.not_countries,
+                ja4: raw.ja4,
+                not_ja4: raw.not_ja4,
             },
             geoip,
         );
         if !given {
             self.issue(
                 &key,
-                "matches nothing: give cidrs, asns or countries (or not_cidrs, not_asns, not_countries)",
+                "matches nothing: give cidrs, asns, countries or ja4 (or not_cidrs, not_asns, not_countries, not_ja4)",
             );
         }
         AccessRuleConfig {
@@ -72,7 +76,7 @@ impl Validator {
     }
 
     /// The client condition of a rule (`access`, `limits`): positive and
-    /// negated network, AS and country lists.
+    /// negated network, AS, country and JA4 lists.
     pub(super) fn client_condition(
         &mut self,
         key: &str,
@@ -89,6 +93,8 @@ impl Validator {
             lists.not_countries,
             geoip,
         );
+        let ja4 = self.ja4_list(key, "ja4", lists.ja4);
+        let not_ja4 = self.ja4_list(key, "not_ja4", lists.not_ja4);
         ClientCondition {
             cidrs,
             asns,
@@ -96,7 +102,21 @@ impl Validator {
             not_cidrs,
             not_asns,
             not_countries,
+            ja4,
+            not_ja4,
         }
+    }
+
+    /// A list of JA4 fingerprints or patterns (`key.name[j]` in messages).
+    fn ja4_list(&mut self, key: &str, name: &str, list: Option<Vec<String>>) -> Vec<Ja4Pattern> {
+        let mut out = Vec::new();
+        for (j, text) in list.unwrap_or_default().iter().enumerate() {
+            match Ja4Pattern::parse(text) {
+                Ok(p) => out.push(p),
+                Err(e) => self.issue(format!("{key}.{name}[{j}]"), e),
+            }
+        }
+        out
     }
 
     /// matches clients (access rules, flag restrictions).
@@ -167,6 +187,8 @@ pub(super) struct ClientLists {
     pub not_cidrs: Option<Vec<String>>,
     pub not_asns: Option<Vec<i64>>,
     pub not_countries: Option<Vec<String>>,
+    pub ja4: Option<Vec<String>>,
+    pub not_ja4: Option<Vec<String>>,
 }
 
 /// `"cn"` becomes `"CN"`; anything but two ASCII letters is refused.

@@ -6,6 +6,14 @@ use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+/// What the rest of the config provides to keys: GeoIP databases (`asn`,
+/// `country`) and a `[jwt]` section (`jwt`).
+#[derive(Clone, Copy)]
+pub(super) struct KeySources<'a> {
+    pub(super) geoip: &'a GeoipConfig,
+    pub(super) jwt: bool,
+}
+
 impl Validator {
     pub(super) fn key_kind(
         &mut self,
@@ -13,8 +21,10 @@ impl Validator {
         kind: Option<&str>,
         prefix: (Option<i64>, Option<i64>),
         header: Option<String>,
-        geoip: &GeoipConfig,
+        claim: Option<String>,
+        sources: KeySources<'_>,
     ) -> KeyKind {
+        let KeySources { geoip, jwt } = sources;
         let kind = match kind {
             Some("ip") => KeyKind::Ip,
             Some("prefix") => {
@@ -67,17 +77,35 @@ impl Validator {
                 }
             },
             Some("route") => KeyKind::Route,
+            Some("jwt") => {
+                if !jwt {
+                    self.issue(
+                        format!("{key}.key"),
+                        "\"jwt\" needs a [jwt] section (jwks_file, hs256_secret_file or hs256_secret_env)",
+                    );
+                }
+                let claim = match &claim {
+                    None => DEFAULT_JWT_CLAIM.to_string(),
+                    Some(c) if c.is_empty() => {
+                        self.issue(format!("{key}.claim"), "must not be empty");
+                        DEFAULT_JWT_CLAIM.to_string()
+                    }
+                    Some(c) => c.clone(),
+                };
+                KeyKind::Jwt { claim }
+            }
+            Some("ja4") => KeyKind::Ja4,
             None => {
                 self.issue(
                     format!("{key}.key"),
-                    "is required (ip, prefix, asn, country, header or route)",
+                    "is required (ip, prefix, asn, country, header, jwt, ja4 or route)",
                 );
                 KeyKind::Ip
             }
             Some(other) => {
                 self.issue(
                     format!("{key}.key"),
-                    format!("\"{other}\" is not a key kind (use ip, prefix, asn, country, header or route)"),
+                    format!("\"{other}\" is not a key kind (use ip, prefix, asn, country, header, jwt, ja4 or route)"),
                 );
                 KeyKind::Ip
             }
@@ -99,6 +127,9 @@ impl Validator {
         if header.is_some() && !matches!(kind, KeyKind::Header(_)) {
             self.issue(format!("{key}.header"), "only used with key = \"header\"");
         }
+        if claim.is_some() && !matches!(kind, KeyKind::Jwt { .. }) {
+            self.issue(format!("{key}.claim"), "only used with key = \"jwt\"");
+        }
         kind
     }
 
@@ -107,10 +138,11 @@ impl Validator {
         i: usize,
         raw: file::FileLimit,
         routes: &[String],
-        geoip: &GeoipConfig,
         seen: &mut BTreeSet<String>,
         flags: &[String],
+        sources: KeySources<'_>,
     ) -> LimitConfig {
+        let geoip = sources.geoip;
         let key = format!("limits[{i}]");
         let name = self.rule_name(&key, raw.name, i, seen);
         let kind = if raw.key.as_deref() == Some("body") {
@@ -119,6 +151,9 @@ impl Validator {
                     format!("{key}.routes"),
                     "is required with key = \"body\" (the routes whose bodies carry the field)",
                 );
+            }
+            if raw.claim.is_some() {
+                self.issue(format!("{key}.claim"), "only used with key = \"jwt\"");
             }
             KeyKind::Body(self.body_key(
                 &key,
@@ -143,7 +178,8 @@ impl Validator {
                 raw.key.as_deref(),
                 (raw.prefix_v4, raw.prefix_v6),
                 raw.header,
-                geoip,
+                raw.claim,
+                sources,
             )
         };
         let rate = match raw.rate.as_deref() {
@@ -234,6 +270,8 @@ impl Validator {
                 not_cidrs: raw.not_cidrs,
                 not_asns: raw.not_asns,
                 not_countries: raw.not_countries,
+                ja4: raw.ja4,
+                not_ja4: raw.not_ja4,
             },
             geoip,
         );
@@ -338,8 +376,8 @@ impl Validator {
         i: usize,
         raw: file::FileConcurrency,
         routes: &[String],
-        geoip: &GeoipConfig,
         seen: &mut BTreeSet<String>,
+        sources: KeySources<'_>,
     ) -> ConcurrencyConfig {
         let key = format!("concurrency[{i}]");
         let name = self.rule_name(&key, raw.name, i, seen);
@@ -348,7 +386,8 @@ impl Validator {
             raw.key.as_deref(),
             (raw.prefix_v4, raw.prefix_v6),
             raw.header,
-            geoip,
+            raw.claim,
+            sources,
         );
         if raw.max_in_flight.is_none() {
             self.issue(format!("{key}.max_in_flight"), "is required");

@@ -6,6 +6,7 @@ mod body;
 mod escalations;
 mod fleet;
 mod geoip;
+mod jwt;
 mod limits;
 mod listeners;
 mod lockdown;
@@ -147,8 +148,9 @@ impl Validator {
         let unmatched = self.unmatched(raw.unmatched, &pool_names);
         let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
         let geoip = self.geoip(raw.geoip);
+        let jwt = raw.jwt.map(|j| self.jwt(j));
         let mut rule_names = BTreeSet::new();
-        let access = raw
+        let access: Vec<AccessRuleConfig> = raw
             .access
             .into_iter()
             .enumerate()
@@ -159,13 +161,25 @@ impl Validator {
             .limits
             .into_iter()
             .enumerate()
-            .map(|(i, l)| self.limit(i, l, &route_names, &geoip, &mut rule_names, &flag_names))
+            .map(|(i, l)| {
+                let sources = limits::KeySources {
+                    geoip: &geoip,
+                    jwt: jwt.is_some(),
+                };
+                self.limit(i, l, &route_names, &mut rule_names, &flag_names, sources)
+            })
             .collect();
-        let concurrency = raw
+        let concurrency: Vec<ConcurrencyConfig> = raw
             .concurrency
             .into_iter()
             .enumerate()
-            .map(|(i, c)| self.concurrency(i, c, &route_names, &geoip, &mut rule_names))
+            .map(|(i, c)| {
+                let sources = limits::KeySources {
+                    geoip: &geoip,
+                    jwt: jwt.is_some(),
+                };
+                self.concurrency(i, c, &route_names, &mut rule_names, sources)
+            })
             .collect();
         let referenced: Vec<usize> = limits
             .iter()
@@ -202,6 +216,9 @@ impl Validator {
                 }
             }
         }
+        if !listeners.iter().any(|l| l.tls.is_some()) {
+            self.ja4_needs_tls(&access, &limits, &concurrency);
+        }
         Some(Config {
             escalations,
             request,
@@ -220,7 +237,44 @@ impl Validator {
             limits,
             concurrency,
             lockdown,
+            jwt,
         })
+    }
+
+    /// Without a TLS listener no request has a JA4: rules that read it would
+    /// key everyone by address or never match.
+    fn ja4_needs_tls(
+        &mut self,
+        access: &[AccessRuleConfig],
+        limits: &[LimitConfig],
+        concurrency: &[ConcurrencyConfig],
+    ) {
+        let why = "needs a listener with tls (JA4 is the fingerprint of a TLS hello; plaintext requests have none)";
+        let lists = |c: &ClientCondition| {
+            [("ja4", c.ja4.is_empty()), ("not_ja4", c.not_ja4.is_empty())]
+                .into_iter()
+                .filter(|(_, empty)| !empty)
+                .map(|(name, _)| name)
+                .collect::<Vec<_>>()
+        };
+        for (i, a) in access.iter().enumerate() {
+            for name in lists(&a.clients) {
+                self.issue(format!("access[{i}].{name}"), why);
+            }
+        }
+        for (i, l) in limits.iter().enumerate() {
+            if l.key == KeyKind::Ja4 {
+                self.issue(format!("limits[{i}].key"), format!("\"ja4\" {why}"));
+            }
+            for name in lists(&l.clients) {
+                self.issue(format!("limits[{i}].{name}"), why);
+            }
+        }
+        for (i, c) in concurrency.iter().enumerate() {
+            if c.key == KeyKind::Ja4 {
+                self.issue(format!("concurrency[{i}].key"), format!("\"ja4\" {why}"));
+            }
+        }
     }
 
     pub(super) fn rule_name(

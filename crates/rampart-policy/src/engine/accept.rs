@@ -13,17 +13,21 @@
 //!   past unknown origin and bans). A matching `deny` rule without `routes`
 //!   refuses (403 on every route, and on requests that match no route). A
 //!   `deny` rule with `routes` is passed over: it refuses on its routes only,
-//!   and the other routes are decided by the rules after it.
+//!   and the other routes are decided by the rules after it. A rule with `ja4`
+//!   or `not_ja4` lists reads the TLS hello, which comes after accept: such an
+//!   `allow` rule means "accept" when some fingerprint would make it match,
+//!   and such a `deny` rule is passed over.
 //! - **Unknown origin**: `geoip.unknown_country` / `unknown_asn = "deny"` and a
 //!   client the database does not place, when no allow rule matched.
 //! - **Penalty boxes**: a banned key of a `[[limits]]` rule that applies to all
 //!   routes (no `routes`), is enforced (not `shadow`), is always in force (no
 //!   `only_with_flag`), concerns the client (its `cidrs`, `asns`, `countries`
-//!   and negations), and counts by something the address alone gives: `ip`,
-//!   `prefix`, `asn`, `country`. Bans of rules keyed by a header or the body
-//!   name a value the request carries (a client without it is counted by
-//!   address, one with it by the value), so they are left to the request path,
-//!   as are bans of rules scoped to routes, in shadow mode or tied to a flag.
+//!   and negations; no JA4 lists), and counts by something the address alone
+//!   gives: `ip`, `prefix`, `asn`, `country`. Bans of rules keyed by a header,
+//!   the body or the JA4 name a value the request or its connection carries (a
+//!   client without it is counted by address, one with it by the value), so
+//!   they are left to the request path, as are bans of rules scoped to routes,
+//!   in shadow mode or tied to a flag.
 //!
 //! Lockdown flags never make a refusal here: they come after the access rules
 //! on the request path, only refuse, and can be switched at any time. A route's
@@ -90,6 +94,8 @@ impl AcceptPlan {
                         l.key,
                         KeyKind::Ip | KeyKind::Prefix { .. } | KeyKind::Asn | KeyKind::Country
                     )
+                    && l.clients.ja4.is_empty()
+                    && l.clients.not_ja4.is_empty()
             })
             .collect();
         let unknown_country = config.geoip.unknown_country == UnknownPolicy::Deny;
@@ -170,7 +176,14 @@ impl<C: Clock + Clone> Policy<C> {
             let Some(rule) = self.access.get(i) else {
                 continue;
             };
-            let Some(matched) = rule.clients.matches(ip, &geo) else {
+            if rule.clients.reads_ja4() {
+                // Decided by the TLS hello, after accept.
+                if rule.action == AccessAction::Allow && rule.clients.may_match(ip, &geo) {
+                    return None;
+                }
+                continue;
+            }
+            let Some(matched) = rule.clients.matches(ip, &geo, None) else {
                 continue;
             };
             return match rule.action {
@@ -189,13 +202,15 @@ impl<C: Clock + Clone> Policy<C> {
             geo,
             header: None,
             body: None,
+            ja4: None,
+            jwt: None,
         };
         for &i in &plan.bans {
             let (Some(rule), Some(Some(table))) = (self.limits.get(i), self.bans.get(i)) else {
                 continue;
             };
             if let Some(Some(clients)) = self.limit_clients.get(i) {
-                if clients.matches(ip, &geo).is_none() {
+                if clients.matches(ip, &geo, None).is_none() {
                     continue;
                 }
             }

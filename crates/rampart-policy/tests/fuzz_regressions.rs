@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Property)] = &[
     ("client_ip", client_ip),
     ("config", config),
     ("ja4", ja4),
+    ("jwt", jwt),
 ];
 
 // ---------------------------------------------------------------- canonical
@@ -383,6 +384,95 @@ pub fn ja4(data: &[u8]) {
             Err(HelloError::Incomplete) => {}
             Ok(j) => assert_eq!(whole, Ok(j), "prefix {cut} fingerprinted differently"),
             Err(e) => assert!(whole.is_err(), "prefix {cut} refused ({e}), whole accepted"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- jwt
+
+/// Bearer tokens never panic the verifier, and never verify unless signed
+/// with the key: the first byte picks the shape. 0: the rest as a token. 1:
+/// the rest as a payload, signed HS256 with the verifier's secret (it may
+/// verify; a second look gives the same answer, from the cache). 2: the same
+/// payload under `alg: none` or a header from the input, unsigned or signed
+/// with another secret (never verifies). The Authorization field itself, in
+/// any spelling, goes through `verify_request` too.
+pub fn jwt(data: &[u8]) {
+    use base64::Engine as _;
+    use rampart_policy::jwt::{JwtClock, JwtKeys, JwtVerifier};
+    use rampart_policy::IdentityOutcome;
+    const SECRET: &[u8] = b"a-fuzz-only-hs256-secret-of-32-bytes!!";
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let config = rampart_config::parse(
+        "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[pools.web]\nservers = [\"127.0.0.1:9000\"]\n[[routes]]\nname = \"r\"\npool = \"web\"\n[jwt]\nhs256_secret_env = \"UNUSED\"\n",
+        Path::new("fuzz.toml"),
+    )
+    .expect("config")
+    .jwt
+    .expect("[jwt]");
+    let keys = JwtKeys::new(None, Some(SECRET), &config.algorithms).expect("keys");
+    let now = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1_800_000_000));
+    let verifier =
+        JwtVerifier::new(&config, keys, vec!["sub".into()]).with_clock(JwtClock::Manual(now));
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let sign = |key: &[u8], text: &str| {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        b64(ring::hmac::sign(&key, text.as_bytes()).as_ref())
+    };
+    let verified = |o: &IdentityOutcome| matches!(o, IdentityOutcome::Verified { .. });
+    match sel % 3 {
+        0 => {
+            let token = String::from_utf8_lossy(rest);
+            assert!(
+                !verified(&verifier.verify(&token)),
+                "an unsigned token verified"
+            );
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(rest) {
+                headers.append(http::header::AUTHORIZATION, v);
+                assert!(
+                    !verified(&verifier.verify_request(&headers)),
+                    "a header verified"
+                );
+            }
+        }
+        1 => {
+            let head = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(rest));
+            let token = format!("{head}.{}", sign(SECRET, &head));
+            let first = verifier.verify(&token);
+            let second = verifier.verify(&token);
+            assert_eq!(
+                verified(&first),
+                verified(&second),
+                "the cache answered otherwise"
+            );
+            if rest == br#"{"sub":"alice","exp":1900000000}"# {
+                assert!(
+                    verified(&first),
+                    "a well-signed token did not verify: {first:?}"
+                );
+            }
+        }
+        _ => {
+            let (header, payload) = match rest.iter().position(|&b| b == 0) {
+                Some(i) => (rest[..i].to_vec(), &rest[i + 1..]),
+                None => (br#"{"alg":"none"}"#.to_vec(), rest),
+            };
+            let head = format!("{}.{}", b64(&header), b64(payload));
+            for token in [
+                format!("{head}."),
+                format!(
+                    "{head}.{}",
+                    sign(b"another-secret-another-secret-32b!", &head)
+                ),
+            ] {
+                assert!(
+                    !verified(&verifier.verify(&token)),
+                    "forged token verified: {token}"
+                );
+            }
         }
     }
 }

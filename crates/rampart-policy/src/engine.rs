@@ -56,6 +56,19 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Whether a key is known before the request's fields are read.
+fn early_key(key: &KeyKind) -> bool {
+    match key {
+        KeyKind::Ip
+        | KeyKind::Prefix { .. }
+        | KeyKind::Asn
+        | KeyKind::Country
+        | KeyKind::Ja4
+        | KeyKind::Route => true,
+        KeyKind::Header(_) | KeyKind::Body(_) | KeyKind::Jwt { .. } => false,
+    }
+}
+
 /// One `[[access]]` rule, ready for matching.
 #[derive(Debug)]
 struct AccessRule {
@@ -74,6 +87,11 @@ struct RouteRules {
     body_key_limit: Option<usize>,
     /// Whether any of its limits has a penalty box.
     has_bans: bool,
+    /// Whether its limits and in-flight caps are all keyed by what the
+    /// connection and the request line tell (address, network, AS, country,
+    /// JA4, the route) and kept on this node: then they can be decided before
+    /// the request's fields are read (see [`Evaluation::next_early`]).
+    early_limits: bool,
 }
 
 /// The facts about one request that the policy reads. The proxy gathers them;
@@ -554,6 +572,14 @@ impl<C: Clock + Clone> Policy<C> {
                         })
                         .max(),
                     has_bans: limits.iter().any(|&i| config.limits[i].ban.is_some()),
+                    early_limits: limits.iter().all(|&i| {
+                        config.limits[i].scope == LimitScope::Local
+                            && early_key(&config.limits[i].key)
+                    }) && config
+                        .concurrency
+                        .iter()
+                        .filter(|c| applies(&c.routes, route))
+                        .all(|c| early_key(&c.key)),
                     limits,
                     concurrency: (0..config.concurrency.len())
                         .filter(|&i| applies(&config.concurrency[i].routes, route))
@@ -747,7 +773,12 @@ impl<C: Clock + Clone> Policy<C> {
 /// Where an evaluation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
+    /// Steps 1 and 2: route and access rules.
     Route,
+    /// Steps 3 and 4: flags and unknown origin.
+    Flags,
+    /// Asks for the body when a limit is keyed by a body field.
+    BodyKeys,
     Limits,
     Fleet,
     BodyRules,
@@ -795,67 +826,118 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
     /// Runs the pipeline as far as it can without I/O.
     pub fn next(&mut self, facts: &RequestFacts<'_>) -> Step {
         loop {
-            match self.stage {
-                Stage::Route => {
-                    self.stage = Stage::Limits;
-                    self.route_access_flags(facts);
-                    if self.refusal.is_some() {
-                        return self.finish();
-                    }
-                    if self.allowed_by.is_none() && self.body.is_none() {
-                        let rules = self.policy.rules_for(self.route);
-                        if let Some(limit) = rules.body_key_limit {
-                            // Nothing is charged before the body keys are known.
-                            return Step::NeedBody {
-                                limit: limit.max(self.body_rule_limit()),
-                            };
-                        }
-                    }
-                }
-                Stage::Limits => {
-                    self.stage = Stage::Fleet;
-                    if self.allowed_by.is_none() {
-                        self.body_key_values(facts);
-                        if self.refusal.is_none() {
-                            self.limits(facts);
-                        }
-                        if self.refusal.is_some() {
-                            return self.finish();
-                        }
-                        if !self.fleet_checks.is_empty() {
-                            return Step::NeedFleet(self.fleet_checks.clone());
-                        }
-                    }
-                }
-                Stage::Fleet => {
-                    self.stage = Stage::BodyRules;
-                    if !self.fleet_answered && !self.fleet_checks.is_empty() {
-                        // Asked and not answered: as if Redis had not answered.
-                        self.give_fleet(Vec::new());
-                    }
-                    if self.refusal.is_some() {
-                        return self.finish();
-                    }
-                }
-                Stage::BodyRules => {
-                    if !self.body_checks.is_empty() && self.body.is_none() {
-                        self.stage = Stage::BodyRulesAsked;
-                        return Step::NeedBody {
-                            limit: self.body_rule_limit(),
-                        };
-                    }
-                    self.stage = Stage::Done;
-                    self.body_rules(facts);
-                    return self.finish();
-                }
-                Stage::BodyRulesAsked => {
-                    self.stage = Stage::Done;
-                    self.body_rules(facts);
-                    return self.finish();
-                }
-                Stage::Done => return self.finish(),
+            if let Some(step) = self.step(facts) {
+                return step;
             }
         }
+    }
+
+    /// Runs the pipeline as far as the request's address, JA4, host, path and
+    /// method decide it, before its fields are read: `facts.headers` may be
+    /// empty. `Some` is the step [`Self::next`] would have returned; `None`
+    /// means a stage ahead reads what is not known yet (the fields for an
+    /// active flag or a header, body or jwt key; the fleet; the body), and
+    /// [`Self::next`] with the whole facts goes on from there. Nothing done
+    /// here is done again, so each bucket is charged once.
+    ///
+    /// The facts given to `next` afterwards must name the same client, host,
+    /// path and method (the caller checks that its two readings agree).
+    pub fn next_early(&mut self, facts: &RequestFacts<'_>) -> Option<Step> {
+        loop {
+            let rules = self.policy.rules_for(self.route);
+            let known = match self.stage {
+                Stage::Route => true,
+                // Flags read fields (session checks) and add body rules; when
+                // all are off they do nothing.
+                Stage::Flags => facts.flags.iter().all(|&m| m == FlagMode::Off),
+                Stage::BodyKeys => self.allowed_by.is_some() || rules.body_key_limit.is_none(),
+                Stage::Limits => self.allowed_by.is_some() || rules.early_limits,
+                Stage::Fleet => self.fleet_checks.is_empty(),
+                Stage::BodyRules => self.body_checks.is_empty(),
+                Stage::BodyRulesAsked | Stage::Done => false,
+            };
+            if !known {
+                return None;
+            }
+            if let Some(step) = self.step(facts) {
+                return Some(step);
+            }
+        }
+    }
+
+    /// Runs one stage: `Some` when the caller must act (or the verdict is in).
+    fn step(&mut self, facts: &RequestFacts<'_>) -> Option<Step> {
+        match self.stage {
+            Stage::Route => {
+                self.stage = Stage::Flags;
+                self.route_access(facts);
+                if self.refusal.is_some() {
+                    return Some(self.finish());
+                }
+            }
+            Stage::Flags => {
+                self.stage = Stage::BodyKeys;
+                self.flags_and_origin(facts);
+                if self.refusal.is_some() {
+                    return Some(self.finish());
+                }
+            }
+            Stage::BodyKeys => {
+                self.stage = Stage::Limits;
+                if self.allowed_by.is_none() && self.body.is_none() {
+                    let rules = self.policy.rules_for(self.route);
+                    if let Some(limit) = rules.body_key_limit {
+                        // Nothing is charged before the body keys are known.
+                        return Some(Step::NeedBody {
+                            limit: limit.max(self.body_rule_limit()),
+                        });
+                    }
+                }
+            }
+            Stage::Limits => {
+                self.stage = Stage::Fleet;
+                if self.allowed_by.is_none() {
+                    self.body_key_values(facts);
+                    if self.refusal.is_none() {
+                        self.limits(facts);
+                    }
+                    if self.refusal.is_some() {
+                        return Some(self.finish());
+                    }
+                    if !self.fleet_checks.is_empty() {
+                        return Some(Step::NeedFleet(self.fleet_checks.clone()));
+                    }
+                }
+            }
+            Stage::Fleet => {
+                self.stage = Stage::BodyRules;
+                if !self.fleet_answered && !self.fleet_checks.is_empty() {
+                    // Asked and not answered: as if Redis had not answered.
+                    self.give_fleet(Vec::new());
+                }
+                if self.refusal.is_some() {
+                    return Some(self.finish());
+                }
+            }
+            Stage::BodyRules => {
+                if !self.body_checks.is_empty() && self.body.is_none() {
+                    self.stage = Stage::BodyRulesAsked;
+                    return Some(Step::NeedBody {
+                        limit: self.body_rule_limit(),
+                    });
+                }
+                self.stage = Stage::Done;
+                self.body_rules(facts);
+                return Some(self.finish());
+            }
+            Stage::BodyRulesAsked => {
+                self.stage = Stage::Done;
+                self.body_rules(facts);
+                return Some(self.finish());
+            }
+            Stage::Done => return Some(self.finish()),
+        }
+        None
     }
 
     /// Hands over the body asked for by [`Step::NeedBody`].
@@ -995,8 +1077,8 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             .unwrap_or(0)
     }
 
-    /// Steps 1 to 4: route, access rules, flags, unknown origin.
-    fn route_access_flags(&mut self, facts: &RequestFacts<'_>) {
+    /// Steps 1 and 2: route and access rules.
+    fn route_access(&mut self, facts: &RequestFacts<'_>) {
         let policy = self.policy;
         match policy.routes.find(facts.host, facts.path, facts.method) {
             RouteMatch::Route { route, pool } => {
@@ -1060,6 +1142,11 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
                 }
             }
         }
+    }
+
+    /// Steps 3 and 4: flags and unknown origin.
+    fn flags_and_origin(&mut self, facts: &RequestFacts<'_>) {
+        let policy = self.policy;
 
         for (i, flag) in policy.flags.flags.iter().enumerate() {
             let m = mode(facts.flags, i);

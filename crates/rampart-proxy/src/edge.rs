@@ -640,6 +640,36 @@ impl<A> EdgeApp<A> {
         }
     }
 
+    /// Counts a request Pingora or the loop read bytes of and gave up on before
+    /// any proxy phase: a client that went away mid-head (499, nothing
+    /// written), or a malformed head (Pingora answers a plain 400).
+    fn account_round(
+        &self,
+        state: &ConnState,
+        client: IpAddr,
+        ja4: Option<rampart_policy::Ja4>,
+        round_started: Instant,
+    ) {
+        if self.public
+            && !state.seen_by_proxy.load(Ordering::Acquire)
+            && state.refused().is_none()
+            && state.phase() != Phase::Idle
+        {
+            let status = if state.gone_mid_head.load(Ordering::Acquire) {
+                499
+            } else {
+                400
+            };
+            record_edge_request(
+                &self.shared,
+                client,
+                ja4,
+                &Rejection::ClientError { status },
+                round_started.elapsed(),
+            );
+        }
+    }
+
     /// Serves HTTP/1.1 connections with `lean` instead of the wrapped application.
     pub fn with_lean(mut self, lean: Arc<crate::lean::Lean>) -> Self {
         self.lean = Some(lean);
@@ -658,19 +688,6 @@ impl<A> EdgeApp<A> {
             lean: None,
         }
     }
-}
-
-/// What one request hands to the next on its connection.
-enum Carried {
-    /// pingora-proxy's stream and session settings.
-    Proxy(
-        (
-            pingora::protocols::Stream,
-            Option<pingora::apps::HttpPersistentSettings>,
-        ),
-    ),
-    /// The lean loop's stream and bytes already read of the next request.
-    Lean((pingora::protocols::Stream, Option<bytes::BytesMut>)),
 }
 
 /// The HTTP/2 connection preface.
@@ -760,6 +777,16 @@ where
             client,
             self.public,
         ));
+        if let Some(lean) = &self.lean {
+            let mut carry = crate::lean::Carry::new(wrapped);
+            loop {
+                let round_started = Instant::now();
+                let next = lean.serve_next(carry, &state, shutdown).await;
+                self.account_round(&state, client, ja4, round_started);
+                state.next_request();
+                carry = next?;
+            }
+        }
         let mut session = ServerSession::new_http1(wrapped);
         // The stream holds every read to its phase's deadline, so Pingora's own
         // per-read timers (keep-alive, read timeout) are off: `Some(0)` keeps the
@@ -768,56 +795,14 @@ where
         session.set_read_timeout(None);
         loop {
             let round_started = Instant::now();
-            // The next request's stream, with what carries over to it.
-            let reused = match &self.lean {
-                Some(lean) => lean
-                    .serve(session, &state, shutdown)
-                    .await
-                    .map(Carried::Lean),
-                None => {
-                    session.set_connection_user_context(Some(Box::new(state.clone())));
-                    self.inner
-                        .process_new_http(session, shutdown)
-                        .await
-                        .map(|reused| Carried::Proxy(reused.consume()))
-                }
-            };
-            if self.public
-                && !state.seen_by_proxy.load(Ordering::Acquire)
-                && state.refused().is_none()
-                && state.phase() != Phase::Idle
-            {
-                // Pingora read bytes of a request and gave up before any proxy
-                // phase: a client that went away mid-head (499, nothing
-                // written), or a malformed head (Pingora answers a plain 400).
-                let status = if state.gone_mid_head.load(Ordering::Acquire) {
-                    499
-                } else {
-                    400
-                };
-                record_edge_request(
-                    &self.shared,
-                    client,
-                    ja4,
-                    &Rejection::ClientError { status },
-                    round_started.elapsed(),
-                );
-            }
+            session.set_connection_user_context(Some(Box::new(state.clone())));
+            let reused = self.inner.process_new_http(session, shutdown).await;
+            self.account_round(&state, client, ja4, round_started);
             state.next_request();
-            match reused? {
-                Carried::Proxy((stream, settings)) => {
-                    session = ServerSession::new_http1(stream);
-                    if let Some(settings) = settings {
-                        settings.apply_to_session(&mut session);
-                    }
-                }
-                Carried::Lean((stream, prefix)) => {
-                    session = ServerSession::new_http1(stream);
-                    session.set_keepalive(Some(0));
-                    if let Some(prefix) = prefix {
-                        session.set_pipelined_prefix(prefix);
-                    }
-                }
+            let (stream, settings) = reused?.consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
             }
             session.set_read_timeout(None);
             if *shutdown.borrow() {

@@ -26,10 +26,10 @@
 
 use crate::edge::ConnState;
 use crate::proxy::{
-    decide, expects_continue, fail, forward_parts, log_request, write_refusal, written_status,
-    RequestCtx,
+    decide, expects_continue, fail, forward_parts, log_request, log_seen, take_verdict,
+    write_refusal, written_status, Early, RequestCtx, Seen,
 };
-use crate::state::Shared;
+use crate::state::{Shared, Snapshot};
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::prelude::*;
@@ -41,12 +41,13 @@ use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use rampart_config::RouteKind;
-use rampart_policy::Rejection;
+use rampart_policy::{Charging, Rejection, RequestFacts, Step};
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 thread_local! {
     /// The last refusal answered on this thread, pre-rendered: a flood of the
@@ -59,6 +60,7 @@ thread_local! {
 struct Rendered {
     rejection: Rejection,
     kind: RouteKind,
+    close: bool,
     bytes: Vec<u8>,
     date_at: usize,
     scratch: String,
@@ -66,15 +68,17 @@ struct Rendered {
 
 impl Rendered {
     /// Makes `slot` hold the bytes for `rejection` on a route of `kind` at
-    /// `date`, rendering only when the refusal differs from the one it holds.
+    /// `date` (with `Connection: close` when `close`), rendering only when the
+    /// refusal differs from the one it holds.
     fn update(
         slot: &mut Option<Box<Rendered>>,
         rejection: Rejection,
         kind: RouteKind,
+        close: bool,
         date: &[u8],
     ) {
         match slot {
-            Some(r) if r.rejection == rejection && r.kind == kind => {
+            Some(r) if r.rejection == rejection && r.kind == kind && r.close == close => {
                 let at = r.date_at;
                 match r.bytes.get_mut(at..at + date.len()) {
                     Some(old) => {
@@ -84,27 +88,51 @@ impl Rendered {
                     }
                     None => {
                         r.date_at =
-                            rejection.write_http1(kind, date, false, &mut r.bytes, &mut r.scratch)
+                            rejection.write_http1(kind, date, close, &mut r.bytes, &mut r.scratch)
                     }
                 }
             }
             Some(r) => {
-                r.date_at = rejection.write_http1(kind, date, false, &mut r.bytes, &mut r.scratch);
+                r.date_at = rejection.write_http1(kind, date, close, &mut r.bytes, &mut r.scratch);
                 r.rejection = rejection;
                 r.kind = kind;
+                r.close = close;
             }
             None => {
                 let (mut bytes, mut scratch) = (Vec::new(), String::new());
-                let date_at = rejection.write_http1(kind, date, false, &mut bytes, &mut scratch);
+                let date_at = rejection.write_http1(kind, date, close, &mut bytes, &mut scratch);
                 *slot = Some(Box::new(Rendered {
                     rejection,
                     kind,
+                    close,
                     bytes,
                     date_at,
                     scratch,
                 }));
             }
         }
+    }
+
+    /// Writes the answer to `rejection` onto `stream`, rendered into the
+    /// thread's kept buffer: no header map and, for a flood of one refusal, no
+    /// allocation.
+    async fn write(
+        stream: &mut Stream,
+        rejection: Rejection,
+        kind: RouteKind,
+        close: bool,
+    ) -> std::io::Result<()> {
+        let mut rendered = LAST_REFUSAL.take();
+        let date = pingora::protocols::http::date::get_cached_date();
+        Self::update(&mut rendered, rejection, kind, close, date.as_bytes());
+        let bytes = rendered.as_ref().map_or(&[][..], |r| r.bytes.as_slice());
+        let sent = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        }
+        .await;
+        LAST_REFUSAL.set(rendered);
+        sent
     }
 }
 
@@ -219,9 +247,60 @@ enum Ended {
     Refused,
 }
 
-/// A client connection that can carry another request, and the bytes of it
-/// already read.
-pub type Reusable = (Stream, Option<BytesMut>);
+/// A client connection that can carry another request.
+#[derive(Debug)]
+pub struct Carry {
+    /// The connection.
+    pub stream: Stream,
+    /// Bytes of the next request already read.
+    pub prefix: Option<BytesMut>,
+    /// Its last request was refused: the next one is read by Rampart first
+    /// (see [`Lean::early`]).
+    pub refused: bool,
+}
+
+impl Carry {
+    /// A new connection.
+    pub fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            prefix: None,
+            refused: false,
+        }
+    }
+}
+
+/// Fields Rampart's own reading of a head takes; a head with more is read by
+/// Pingora alone.
+const EARLY_FIELDS: usize = 64;
+
+/// What Rampart's own reading of a request head came to. Built and taken
+/// apart once per request: not boxed.
+#[allow(clippy::large_enum_variant)]
+enum EarlyOutcome<'s> {
+    /// The head is not complete yet.
+    More,
+    /// Pingora reads the request from its first byte, and decides it from
+    /// where this reading stopped, if it began.
+    Pingora(Option<Early<'s>>),
+    /// Refused (and accounted for): the answer is still to be written, and the
+    /// head's `len` bytes to be dropped.
+    Refused {
+        rejection: Rejection,
+        kind: RouteKind,
+        close: bool,
+        len: usize,
+    },
+}
+
+/// The connection's client address as the socket (or its PROXY header) gives it.
+fn peer_ip(stream: &Stream) -> IpAddr {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().cloned())
+        .and_then(|a| a.as_inet().map(|a| a.ip()))
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
 
 impl Lean {
     /// A loop over `shared`'s policy; origin connections as `conf` says
@@ -234,14 +313,273 @@ impl Lean {
         }
     }
 
-    /// Serves one request on `session` and returns the connection when it can
-    /// carry another.
-    pub async fn serve(
+    /// The session that reads the next request of `stream`, with the bytes of
+    /// it already read. The stream holds every read to its phase's deadline, so
+    /// Pingora's own per-read timers (keep-alive, read timeout) are off:
+    /// `Some(0)` keeps the connection alive without a timer of Pingora's (its
+    /// "infinite").
+    fn session(
+        stream: Stream,
+        prefix: Option<BytesMut>,
+        shutdown: &ShutdownWatch,
+    ) -> ServerSession {
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(0) });
+        session.set_read_timeout(None);
+        if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+            session.set_pipelined_prefix(prefix);
+        }
+        session
+    }
+
+    /// Serves the next request of a connection and returns the connection when
+    /// it can carry another.
+    pub async fn serve_next(
+        &self,
+        carry: Carry,
+        conn: &Arc<ConnState>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Carry> {
+        // A connection whose last request was refused is likely to send more of
+        // the same: its next head is read by Rampart first. While recording,
+        // every request goes through Pingora (the record keeps its fields).
+        if carry.refused && self.shared.recorder.is_none() {
+            return self.early(carry, conn, shutdown).await;
+        }
+        let session = Self::session(carry.stream, carry.prefix, shutdown);
+        self.serve(session, conn, shutdown, None).await
+    }
+
+    /// Reads the next request head itself (`httparse`, no allocation) and
+    /// decides as much of the request as its address, JA4, request line and
+    /// `Host` tell ([`rampart_policy::Evaluation::next_early`]). A refusal
+    /// certain from those is answered here with pre-rendered bytes, before
+    /// Pingora builds a request header; anything else (a body, `Expect`,
+    /// `Upgrade`, `Connection` other than keep-alive, an absolute-form or
+    /// non-canonical target, a head `httparse` cannot read, a decision that
+    /// needs the fields) goes to Pingora with every byte read so far, and
+    /// [`decide`] goes on from where this stopped, after checking that
+    /// Pingora's reading names the same client, method, host and path.
+    async fn early(
+        &self,
+        carry: Carry,
+        conn: &Arc<ConnState>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Carry> {
+        let Carry {
+            mut stream, prefix, ..
+        } = carry;
+        let mut buf = prefix.unwrap_or_default();
+        let snapshot = self.shared.snapshot();
+        let peer = peer_ip(&stream);
+        let ja4 = crate::ja4::of_stream(&*stream);
+        let early = loop {
+            if !buf.is_empty() {
+                match self.early_head(&snapshot, &buf, peer, ja4, conn) {
+                    EarlyOutcome::More => {}
+                    EarlyOutcome::Pingora(early) => break early,
+                    EarlyOutcome::Refused {
+                        rejection,
+                        kind,
+                        close,
+                        len,
+                    } => {
+                        bytes::Buf::advance(&mut buf, len);
+                        let sent = Rendered::write(&mut stream, rejection, kind, close).await;
+                        if close || sent.is_err() {
+                            let _ = stream.shutdown().await;
+                            return None;
+                        }
+                        return Some(Carry {
+                            stream,
+                            prefix: Some(buf),
+                            refused: true,
+                        });
+                    }
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            let mut watch = shutdown.clone();
+            let read = tokio::select! {
+                biased;
+                read = stream.read_buf(&mut buf) => read,
+                // A server shutting down stops waiting for the next request.
+                _ = watch.wait_for(|down| *down) => return None,
+            };
+            // The deadline stream has answered and counted a head that was
+            // too slow or too large; a client gone mid-head is counted by the
+            // connection's loop.
+            if !matches!(read, Ok(n) if n > 0) {
+                return None;
+            }
+        };
+        let session = Self::session(stream, Some(buf), shutdown);
+        self.serve(session, conn, shutdown, early.map(|e| (e, &snapshot)))
+            .await
+    }
+
+    /// [`Self::early`]'s reading of the head in `buf`.
+    fn early_head<'s>(
+        &self,
+        snapshot: &'s Arc<Snapshot>,
+        buf: &[u8],
+        peer: IpAddr,
+        ja4: Option<rampart_policy::Ja4>,
+        conn: &Arc<ConnState>,
+    ) -> EarlyOutcome<'s> {
+        let mut fields = [httparse::EMPTY_HEADER; EARLY_FIELDS];
+        let mut req = httparse::Request::new(&mut fields);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return EarlyOutcome::More,
+            Err(_) => return EarlyOutcome::Pingora(None),
+        };
+        let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+            return EarlyOutcome::Pingora(None);
+        };
+        if !target.starts_with('/') || !target.is_ascii() || target.contains('#') {
+            return EarlyOutcome::Pingora(None);
+        }
+        let config = &snapshot.config;
+        let forward_name = crate::proxy::forward_header_name(config.client_ip.header);
+        let mut hosts: [&[u8]; 2] = [&[]; 2];
+        let mut host_count = 0;
+        let mut forwarded: [&[u8]; 8] = [&[]; 8];
+        let mut forwarded_count = 0;
+        for field in req.headers.iter() {
+            let name = field.name.as_bytes();
+            let value = field.value;
+            if name.eq_ignore_ascii_case(b"host") {
+                if host_count == hosts.len() {
+                    return EarlyOutcome::Pingora(None);
+                }
+                hosts[host_count] = value;
+                host_count += 1;
+            } else if name.eq_ignore_ascii_case(forward_name.as_str().as_bytes()) {
+                if forwarded_count == forwarded.len() {
+                    return EarlyOutcome::Pingora(None);
+                }
+                forwarded[forwarded_count] = value;
+                forwarded_count += 1;
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                if value != b"0" {
+                    return EarlyOutcome::Pingora(None);
+                }
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                if !value.eq_ignore_ascii_case(b"keep-alive") {
+                    return EarlyOutcome::Pingora(None);
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"upgrade")
+            {
+                return EarlyOutcome::Pingora(None);
+            }
+        }
+        let hosts = hosts.get(..host_count).unwrap_or_default();
+        if rampart_policy::check_method(method).is_err()
+            || rampart_policy::canonical::check_host(None, hosts.iter().copied()).is_err()
+        {
+            return EarlyOutcome::Pingora(None);
+        }
+        // As `http::HeaderValue::to_str` reads it: visible ASCII and tabs.
+        let host = match hosts.first() {
+            Some(h) => match std::str::from_utf8(h) {
+                Ok(h) if h.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) => Some(h),
+                _ => return EarlyOutcome::Pingora(None),
+            },
+            None => None,
+        };
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let options = rampart_policy::CanonicalOptions {
+            allow_semicolons: config.request.allow_semicolons,
+        };
+        let Ok(path) = rampart_policy::canonicalize_path(path, options) else {
+            return EarlyOutcome::Pingora(None);
+        };
+        let ip = rampart_policy::resolve_client_ip(
+            peer,
+            forwarded
+                .get(..forwarded_count)
+                .unwrap_or_default()
+                .iter()
+                .copied(),
+            &config.client_ip,
+        );
+        let geo = snapshot.geo.lookup(ip);
+        let no_fields = http::HeaderMap::new();
+        let facts = RequestFacts {
+            ip,
+            geo,
+            host,
+            path: &path,
+            query,
+            method,
+            headers: &no_fields,
+            flags: &snapshot.flags.modes,
+            ja4,
+            identity: snapshot.identity_source(),
+        };
+        let mut evaluation = snapshot.policy.evaluate(Charging::Charge);
+        match evaluation.next_early(&facts) {
+            Some(Step::Done(verdict)) if verdict.refusal.is_some() => {
+                let mut ctx = RequestCtx::on(snapshot.clone(), &self.shared, Some(conn.clone()));
+                conn.request_seen();
+                conn.answering();
+                ctx.body_done = true;
+                ctx.client_ip = ip;
+                ctx.geo = geo;
+                ctx.ja4 = ja4;
+                self.shared.metrics.geo_lookup(&snapshot.geo, &geo);
+                ctx.rejection = take_verdict(&self.shared, &mut ctx, verdict);
+                let status = ctx.rejection.as_ref().map_or(0, Rejection::status);
+                log_seen(
+                    &self.shared,
+                    Seen::Head {
+                        method,
+                        path: &path,
+                    },
+                    &ctx,
+                    status,
+                );
+                let (kind, close) = (ctx.kind(), ctx.closes_on_reject());
+                match ctx.rejection.take() {
+                    Some(rejection) => EarlyOutcome::Refused {
+                        rejection,
+                        kind,
+                        close,
+                        len,
+                    },
+                    None => EarlyOutcome::Pingora(None),
+                }
+            }
+            step => EarlyOutcome::Pingora(Some(Early {
+                evaluation,
+                step,
+                ip,
+                geo,
+                method: method.to_owned(),
+                host: host.map(str::to_owned),
+                path: path.into_owned(),
+            })),
+        }
+    }
+
+    /// Serves one request on `session` (begun by [`Self::early`] when `early`
+    /// is given, on its snapshot) and returns the connection when it can carry
+    /// another.
+    async fn serve(
         &self,
         mut session: ServerSession,
         conn: &Arc<ConnState>,
         shutdown: &ShutdownWatch,
-    ) -> Option<Reusable> {
+        early: Option<(Early<'_>, &Arc<Snapshot>)>,
+    ) -> Option<Carry> {
         let mut watch = shutdown.clone();
         let read = tokio::select! {
             biased;
@@ -269,8 +607,15 @@ impl Lean {
             session.shutdown().await;
             return None;
         }
-        let mut ctx = RequestCtx::new(&self.shared, Some(conn.clone()));
-        let mut ended = self.handle(&mut session, &mut ctx).await;
+        let (mut ctx, early) = match early {
+            Some((early, snapshot)) => (
+                RequestCtx::on(snapshot.clone(), &self.shared, Some(conn.clone())),
+                Some(early),
+            ),
+            None => (RequestCtx::new(&self.shared, Some(conn.clone())), None),
+        };
+        let mut ended = self.handle(&mut session, &mut ctx, early).await;
+        let refused = ctx.rejection.is_some();
         if matches!(ended, Ended::Refused) {
             if Self::answers_fast(&mut session, &ctx) {
                 return Self::refuse_fast(session, ctx, &self.shared).await;
@@ -288,12 +633,17 @@ impl Lean {
             session.shutdown().await;
             return None;
         }
-        session
+        let (stream, prefix) = session
             .finish()
             .await
             .ok()
             .flatten()
-            .map(ReusableHttpStream::into_parts)
+            .map(ReusableHttpStream::into_parts)?;
+        Some(Carry {
+            stream,
+            prefix,
+            refused,
+        })
     }
 
     /// Whether a refusal can be answered with pre-rendered bytes: HTTP/1.1,
@@ -323,7 +673,7 @@ impl Lean {
         session: ServerSession,
         mut ctx: RequestCtx,
         shared: &Shared,
-    ) -> Option<Reusable> {
+    ) -> Option<Carry> {
         let status = ctx.rejection.as_ref()?.status();
         log_request(shared, &session, &ctx, status);
         let kind = ctx.kind();
@@ -331,23 +681,24 @@ impl Lean {
         drop(ctx);
         // Nothing was written: the session hands the connection back as it is,
         // with any bytes of a next request already read.
-        let (mut stream, next) = session.finish().await.ok()??.into_parts();
-        let mut rendered = LAST_REFUSAL.take();
-        let date = pingora::protocols::http::date::get_cached_date();
-        Rendered::update(&mut rendered, rejection, kind, date.as_bytes());
-        let bytes = rendered.as_ref().map_or(&[][..], |r| r.bytes.as_slice());
-        let sent = async {
-            stream.write_all(bytes).await?;
-            stream.flush().await
-        }
-        .await;
-        LAST_REFUSAL.set(rendered);
-        sent.ok()?;
-        Some((stream, next))
+        let (mut stream, prefix) = session.finish().await.ok()??.into_parts();
+        Rendered::write(&mut stream, rejection, kind, false)
+            .await
+            .ok()?;
+        Some(Carry {
+            stream,
+            prefix,
+            refused: true,
+        })
     }
 
-    async fn handle(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Ended {
-        match decide(&self.shared, session, ctx).await {
+    async fn handle(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        early: Option<Early<'_>>,
+    ) -> Ended {
+        match decide(&self.shared, session, ctx, early).await {
             Ok(true) => return Ended::Refused,
             Ok(false) => {}
             Err(e) => {
@@ -658,6 +1009,7 @@ mod tests {
             &mut slot,
             banned(60),
             RouteKind::Api,
+            false,
             b"Mon, 30 Nov 2026 10:00:00 GMT",
         );
         let first = slot.as_ref().expect("rendered").bytes.clone();
@@ -665,6 +1017,7 @@ mod tests {
             &mut slot,
             banned(60),
             RouteKind::Api,
+            false,
             b"Mon, 30 Nov 2026 10:00:01 GMT",
         );
         let second = slot.as_ref().expect("rendered").bytes.clone();
@@ -683,8 +1036,13 @@ mod tests {
             (banned(59), RouteKind::Browser),
         ] {
             let date = b"Mon, 30 Nov 2026 10:00:02 GMT";
-            Rendered::update(&mut slot, rejection.clone(), kind, date);
+            Rendered::update(&mut slot, rejection.clone(), kind, false, date);
             rejection.write_http1(kind, date, false, &mut expected, &mut scratch);
+            assert_eq!(slot.as_ref().expect("rendered").bytes, expected);
+            // The same refusal on a route that closes: rendered again, with
+            // `Connection: close`.
+            Rendered::update(&mut slot, rejection.clone(), kind, true, date);
+            rejection.write_http1(kind, date, true, &mut expected, &mut scratch);
             assert_eq!(slot.as_ref().expect("rendered").bytes, expected);
         }
     }

@@ -392,7 +392,7 @@ impl Drop for InFlight {
 /// (`verified` or the reason it did not verify; `null` when no such rule
 /// asked): never a claim.
 fn access_line(
-    session: &ServerSession,
+    (method, path): (&str, &str),
     ctx: &RequestCtx,
     now: std::time::Duration,
     status: u16,
@@ -401,7 +401,6 @@ fn access_line(
     elapsed: std::time::Duration,
 ) -> String {
     use rampart_policy::rejection::json_string;
-    let req = session.req_header();
     let upstream = ctx
         .pool
         .and_then(|p| ctx.snapshot.pools.get(p))
@@ -417,8 +416,8 @@ fn access_line(
         ctx.geo.asn.map(|a| a.to_string()).unwrap_or_else(|| "null".into()),
         ctx.ja4.map(|j| format!("\"{j}\"")).unwrap_or_else(|| "null".into()),
         json_string(ctx.route_label()),
-        json_string(req.method.as_str()),
-        json_string(req.uri.path()),
+        json_string(method),
+        json_string(path),
         status,
         verdict,
         rule.map(json_string).unwrap_or_else(|| "null".into()),
@@ -439,8 +438,17 @@ impl RequestCtx {
     /// A request starting now, on the current snapshot; `conn` is its HTTP/1.1
     /// connection's deadline state.
     pub(crate) fn new(shared: &Shared, conn: Option<Arc<crate::edge::ConnState>>) -> Self {
+        Self::on(shared.snapshot(), shared, conn)
+    }
+
+    /// A request starting now, on `snapshot`.
+    pub(crate) fn on(
+        snapshot: Arc<Snapshot>,
+        shared: &Shared,
+        conn: Option<Arc<crate::edge::ConnState>>,
+    ) -> Self {
         RequestCtx {
-            snapshot: shared.snapshot(),
+            snapshot,
             started: Instant::now(),
             upstream_start: None,
             continue_sent: false,
@@ -468,6 +476,13 @@ impl RequestCtx {
         self.started + self.snapshot.config.server.client.body_timeout
     }
 
+    /// Whether the request's route closes the connection after a refusal.
+    pub(crate) fn closes_on_reject(&self) -> bool {
+        self.route
+            .and_then(|r| self.snapshot.config.routes.get(r))
+            .is_some_and(|r| r.close_on_reject)
+    }
+
     pub(crate) fn kind(&self) -> RouteKind {
         self.route
             .and_then(|r| self.snapshot.config.routes.get(r))
@@ -489,7 +504,8 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-fn header_name(header: ForwardedHeader) -> HeaderName {
+/// The field the client address is read from.
+pub(crate) fn forward_header_name(header: ForwardedHeader) -> HeaderName {
     match header {
         ForwardedHeader::XForwardedFor => X_FORWARDED_FOR,
         ForwardedHeader::Forwarded => http::header::FORWARDED,
@@ -548,6 +564,7 @@ pub(crate) async fn decide(
     shared: &Arc<Shared>,
     session: &mut ServerSession,
     ctx: &mut RequestCtx,
+    early: Option<Early<'_>>,
 ) -> Result<bool> {
     let snapshot = ctx.snapshot.clone();
     if session.is_body_empty() {
@@ -568,7 +585,7 @@ pub(crate) async fn decide(
     let client_config = &snapshot.config.client_ip;
     let forwarded = req
         .headers
-        .get_all(header_name(client_config.header))
+        .get_all(forward_header_name(client_config.header))
         .iter()
         .map(|v| v.as_bytes());
     ctx.client_ip = resolve_client_ip(peer, forwarded, client_config);
@@ -584,19 +601,44 @@ pub(crate) async fn decide(
         ctx.rejection = Some(rejection);
         return Ok(true);
     }
-    ctx.geo = snapshot.geo.lookup(ctx.client_ip);
-    shared.metrics.geo_lookup(&snapshot.geo, &ctx.geo);
     let modes = &snapshot.flags.modes;
+    let (mut evaluation, mut step) = match early {
+        Some(early) => {
+            // Begun on Rampart's own reading of the head: Pingora's reading
+            // must name the same client, method, host and path, or the
+            // request is not decided on what the origin would get.
+            let req = session.req_header();
+            let agrees = early.ip == ctx.client_ip
+                && early.method == req.method.as_str()
+                && early.host.as_deref() == request_host(req)
+                && early.path == req.uri.path();
+            if !agrees {
+                session.set_keepalive(None);
+                ctx.rejection = Some(Rejection::ClientError { status: 400 });
+                return Ok(true);
+            }
+            ctx.geo = early.geo;
+            (early.evaluation, early.step)
+        }
+        None => {
+            ctx.geo = snapshot.geo.lookup(ctx.client_ip);
+            (snapshot.policy.evaluate(Charging::Charge), None)
+        }
+    };
+    shared.metrics.geo_lookup(&snapshot.geo, &ctx.geo);
 
     // The policy decides; this loop only does the I/O it asks for.
-    let mut evaluation = snapshot.policy.evaluate(Charging::Charge);
     let verdict = loop {
-        match evaluation.next(&request_facts(
-            ctx,
-            session,
-            modes,
-            snapshot.identity_source(),
-        )) {
+        let next = match step.take() {
+            Some(step) => step,
+            None => evaluation.next(&request_facts(
+                ctx,
+                session,
+                modes,
+                snapshot.identity_source(),
+            )),
+        };
+        match next {
             Step::Done(verdict) => break verdict,
             Step::NeedBody { limit } => {
                 let read = read_body(session, ctx, limit).await?;
@@ -629,21 +671,7 @@ pub(crate) async fn decide(
             }
         }
     };
-    if let (Some(ban), Some(fleet)) = (&verdict.new_ban, &shared.fleet) {
-        announce_ban(shared, fleet, &snapshot, ban);
-    }
-    if shared.recorder.is_some() {
-        let decided = ctx.recorded.get_or_insert_with(Box::default);
-        decided.refusal = verdict.refusal.clone();
-        decided.allow = verdict.allowed_by.clone();
-    }
-    ctx.route = verdict.route;
-    ctx.pool = verdict.pool;
-    ctx.permits = verdict.permits;
-    ctx.observations = verdict.observations;
-    ctx.identity = verdict.identity;
-    ctx.claim_missing = verdict.claim_missing;
-    let mut rejection = verdict.refusal;
+    let mut rejection = take_verdict(shared, ctx, verdict);
     if rejection.is_none() && !ctx.body_done && session.is_http2() {
         // An HTTP/2 stream's body has no connection deadline to hold it (the
         // connection carries other streams): a small body with a declared
@@ -663,19 +691,52 @@ pub(crate) async fn decide(
     let rejection = rejection.or_else(|| snapshot.unhealthy_pool(ctx.pool?));
     if let Some(rejection) = rejection {
         ctx.permits.clear();
-        let close = ctx
-            .route
-            .and_then(|r| snapshot.config.routes.get(r))
-            .is_some_and(|r| r.close_on_reject);
         // A refused body may not have been read to its end: the connection
         // cannot carry another request.
-        if close || matches!(rejection, Rejection::BodyRefused { .. }) {
+        if ctx.closes_on_reject() || matches!(rejection, Rejection::BodyRefused { .. }) {
             session.set_keepalive(None);
         }
         ctx.rejection = Some(rejection);
         return Ok(true);
     }
     Ok(false)
+}
+
+/// A request the HTTP/1.1 loop began deciding on its own reading of the head,
+/// before Pingora read it (see `lean::Lean::early`): the evaluation as far as
+/// it went, the step it stopped at, and what it was decided on.
+pub(crate) struct Early<'s> {
+    pub(crate) evaluation: rampart_policy::Evaluation<'s>,
+    pub(crate) step: Option<Step>,
+    pub(crate) ip: IpAddr,
+    pub(crate) geo: GeoInfo,
+    pub(crate) method: String,
+    pub(crate) host: Option<String>,
+    pub(crate) path: String,
+}
+
+/// Keeps what the policy's verdict says about the request in `ctx` (announcing
+/// a fleet rule's new ban) and returns its refusal.
+pub(crate) fn take_verdict(
+    shared: &Arc<Shared>,
+    ctx: &mut RequestCtx,
+    verdict: rampart_policy::Verdict,
+) -> Option<Rejection> {
+    if let (Some(ban), Some(fleet)) = (&verdict.new_ban, &shared.fleet) {
+        announce_ban(shared, fleet, &ctx.snapshot, ban);
+    }
+    if shared.recorder.is_some() {
+        let decided = ctx.recorded.get_or_insert_with(Box::default);
+        decided.refusal = verdict.refusal.clone();
+        decided.allow = verdict.allowed_by.clone();
+    }
+    ctx.route = verdict.route;
+    ctx.pool = verdict.pool;
+    ctx.permits = verdict.permits;
+    ctx.observations = verdict.observations;
+    ctx.identity = verdict.identity;
+    ctx.claim_missing = verdict.claim_missing;
+    verdict.refusal
 }
 
 /// Writes the refusal [`decide`] chose; a client that went away gets nothing
@@ -860,6 +921,20 @@ pub(crate) async fn fail(session: &mut ServerSession, e: &Error, ctx: &mut Reque
 /// One metrics update per request, success or failure.
 /// `status` is what was written (0 for nothing).
 pub(crate) fn log_request(shared: &Shared, session: &ServerSession, ctx: &RequestCtx, status: u16) {
+    log_seen(shared, Seen::Session(session), ctx, status);
+}
+
+/// What the log and the record read of a request.
+#[derive(Clone, Copy)]
+pub(crate) enum Seen<'a> {
+    /// Read by Pingora.
+    Session(&'a ServerSession),
+    /// Answered on Rampart's own reading of its head (never while recording).
+    Head { method: &'a str, path: &'a str },
+}
+
+/// [`log_request`] of a request as far as it was read.
+pub(crate) fn log_seen(shared: &Shared, seen: Seen<'_>, ctx: &RequestCtx, status: u16) {
     let verdict = ctx
         .rejection
         .as_ref()
@@ -908,14 +983,29 @@ pub(crate) fn log_request(shared: &Shared, session: &ServerSession, ctx: &Reques
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    if let (Some(recorder), Some(decided)) = (&shared.recorder, &ctx.recorded) {
-        record_request(shared, recorder, session, ctx, decided, status, now);
-    }
+    let (method, path) = match seen {
+        Seen::Session(session) => {
+            if let (Some(recorder), Some(decided)) = (&shared.recorder, &ctx.recorded) {
+                record_request(shared, recorder, session, ctx, decided, status, now);
+            }
+            let req = session.req_header();
+            (req.method.as_str(), req.uri.path())
+        }
+        Seen::Head { method, path } => (method, path),
+    };
     if let Some(log) = &shared.access_log {
         if ctx.rejection.is_some() && !log.admit_rejected(now.as_secs()) {
             shared.metrics.access_log_sampled_out();
         } else {
-            let line = access_line(session, ctx, now, status, verdict, policy_rule, elapsed);
+            let line = access_line(
+                (method, path),
+                ctx,
+                now,
+                status,
+                verdict,
+                policy_rule,
+                elapsed,
+            );
             log.write(line, &shared.metrics);
         }
     }
@@ -1038,7 +1128,7 @@ impl ProxyHttp for RampartProxy {
 
     /// See [`decide`].
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let refused = decide(&self.shared, session, ctx).await?;
+        let refused = decide(&self.shared, session, ctx, None).await?;
         if refused {
             write_refusal(session, ctx).await?;
         }

@@ -308,3 +308,206 @@ async fn an_unknown_loop_name_is_a_config_error() {
         "{text}"
     );
 }
+
+/// Sends each request of `requests` (method, path, client, extra fields) and
+/// reads its answer: all on one keep-alive connection, or each on a new one.
+/// Returns each answer's status and the rule its problem body names.
+async fn answers(
+    addr: SocketAddr,
+    requests: &[(&str, &str, &str, &str)],
+    one_connection: bool,
+) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    let mut kept: Option<TcpStream> = None;
+    for (method, path, client, fields) in requests {
+        let mut s = match kept.take() {
+            Some(s) if one_connection => s,
+            _ => TcpStream::connect(addr).await.unwrap(),
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\n{fields}\r\n"
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        // One answer: the head, then its content-length's worth of body.
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (head_end, length) = loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed after {out:?}");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some(at) = text.find("\r\n\r\n") {
+                let length: usize = text[..at]
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                break (at + 4, length);
+            }
+        };
+        while buf.len() < head_end + length {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let rule = text
+            .split_once("\"rule\":\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or(String::new(), |(rule, _)| rule.to_string());
+        out.push((statuses(&text)[0], rule));
+        kept = Some(s);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_gets_the_answers_a_new_connection_gets() {
+    // After a refusal, the loop reads the next head itself and decides what it
+    // can from the address and request line before Pingora reads it (refused
+    // there, or handed on). The same requests from two clients, one on a single
+    // keep-alive connection and one on a new connection each, must get the
+    // same answers: buckets, bans, a 405, a deny list, a header-keyed bucket
+    // (decided after Pingora's reading), and an enforced flag.
+    let origin = MockOrigin::start("o").await;
+    let template = ConfigBuilder::new()
+        .server("http1_loop = \"rampart\"")
+        .pool("o", &[origin.addr])
+        .raw(
+            r#"[[routes]]
+name = "login"
+path_prefix = "/login"
+methods = ["POST"]
+pool = "o"
+[[routes]]
+name = "keyed"
+path_prefix = "/keyed"
+pool = "o"
+[[routes]]
+name = "all"
+path_prefix = "/"
+pool = "o"
+[client_ip]
+trusted_proxies = ["127.0.0.1/32"]
+[[access]]
+name = "bad"
+action = "deny"
+cidrs = ["198.51.100.0/24"]
+[[limits]]
+name = "per-ip"
+key = "ip"
+rate = "1/min"
+burst = 4
+routes = ["all", "login"]
+ban = { after = 2, within = "1m", for = "1m" }
+[[limits]]
+name = "api-key"
+key = "header"
+header = "x-api-key"
+rate = "1/min"
+burst = 1
+routes = ["keyed"]
+[[flags]]
+name = "maintenance"
+maintenance = { retry_after = "2m", message = "Back soon." }
+"#,
+        )
+        .build();
+    let r = Rampart::start(bin(), &template).await;
+    // API keys differ per client: their buckets are the key's, not the address's.
+    let sequence = |client: &'static str, k1: &'static str, k2: &'static str| {
+        vec![
+            ("GET", "/a", "198.51.100.9", ""),
+            ("GET", "/a", client, ""),
+            ("GET", "/login", client, ""),
+            ("GET", "/b", "198.51.100.9", ""),
+            ("GET", "/keyed", client, k1),
+            ("GET", "/keyed/2", client, k1),
+            ("GET", "/keyed/3", client, k2),
+            ("GET", "/a", client, ""),
+            ("GET", "/a", client, ""),
+            ("GET", "/a", client, ""),
+            ("GET", "/a", client, ""),
+            ("GET", "/a", client, ""),
+            ("GET", "/a", client, ""),
+            ("POST", "/login", client, "Content-Length: 0\r\n"),
+            ("GET", "/%61", client, ""),
+        ]
+    };
+    let kept = answers(
+        r.addr,
+        &sequence("203.0.113.1", "X-Api-Key: a1\r\n", "X-Api-Key: a2\r\n"),
+        true,
+    )
+    .await;
+    let fresh = answers(
+        r.addr,
+        &sequence("203.0.113.2", "X-Api-Key: b1\r\n", "X-Api-Key: b2\r\n"),
+        false,
+    )
+    .await;
+    let expected: Vec<(u16, String)> = [
+        (403, "bad"),
+        (200, ""),
+        (405, "method_not_allowed"),
+        (403, "bad"),
+        (200, ""),
+        (429, "api-key"),
+        (200, ""),
+        // The bucket (4) holds three more, then two refusals start a ban.
+        (200, ""),
+        (200, ""),
+        (200, ""),
+        (429, "per-ip"),
+        (429, "per-ip"),
+        (429, "per-ip"),
+        (429, "per-ip"),
+        (429, "per-ip"),
+    ]
+    .into_iter()
+    .map(|(s, r)| (s, r.to_string()))
+    .collect();
+    assert_eq!(fresh, expected);
+    assert_eq!(kept, fresh);
+    let banned = r
+        .metric(r#"rampart_policy_rejections_total{reason="banned",route="all",rule="per-ip"}"#)
+        .await;
+    assert_eq!(banned, Some(4.0), "{}", r.metrics().await);
+    let denied = r
+        .metric(
+            r#"rampart_policy_rejections_total{reason="denied_network",route="all",rule="bad"}"#,
+        )
+        .await;
+    assert_eq!(denied, Some(4.0), "{}", r.metrics().await);
+    let paths: Vec<String> = origin.requests().into_iter().map(|q| q.path).collect();
+    assert_eq!(paths.len(), 12, "{paths:?}");
+
+    // An enforced flag: decided after Pingora's reading, on both.
+    let resp = r
+        .admin_request(reqwest::Method::PUT, "/lockdown/maintenance")
+        .json(&serde_json::json!({"reason": "test", "actor": "tester"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let flagged = |client: &'static str| {
+        vec![
+            ("GET", "/b", "198.51.100.9", ""),
+            ("GET", "/c", client, ""),
+            ("GET", "/d", "203.0.113.3", ""),
+        ]
+    };
+    let kept = answers(r.addr, &flagged("203.0.113.4"), true).await;
+    let fresh = answers(r.addr, &flagged("203.0.113.5"), false).await;
+    assert_eq!(kept, fresh);
+    assert_eq!(
+        kept.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![403, 503, 503]
+    );
+}

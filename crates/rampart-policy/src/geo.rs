@@ -196,12 +196,52 @@ pub struct GeoDb {
     pub country: Option<GeoFile>,
     /// ASN database.
     pub asn: Option<GeoFile>,
+    /// Tells this opening apart from every other in the lookup cache (0: none
+    /// opened).
+    id: u64,
+}
+
+/// Ids of opened databases; never reused, so a cached answer of a database
+/// that was replaced is never taken for the new one's.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Slots of the per-thread cache of recent lookups (a power of two).
+const RECENT_SLOTS: usize = 1024;
+
+/// One remembered lookup.
+#[derive(Clone, Copy)]
+struct Recent {
+    db: u64,
+    ip: IpAddr,
+    geo: GeoInfo,
+}
+
+thread_local! {
+    /// Recent lookups of this thread, direct-mapped by address: a flood from
+    /// one address, a kept-alive connection's requests and a client's
+    /// connections each walk the trees once. About 2 000 instructions per
+    /// lookup of both databases against about 40 for a hit.
+    static RECENT: std::cell::RefCell<Vec<Recent>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The cache slot of `ip` (Fibonacci hashing of the address).
+fn recent_slot(ip: IpAddr) -> usize {
+    const BITS: u32 = RECENT_SLOTS.trailing_zeros();
+    let folded = match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits as u64) ^ ((bits >> 64) as u64)
+        }
+    };
+    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS)) as usize
 }
 
 impl GeoDb {
     /// Opens the databases named in `config`.
     pub fn open(config: &GeoipConfig) -> Result<Self, GeoError> {
         Ok(Self {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             country: config
                 .country_db
                 .as_deref()
@@ -211,8 +251,48 @@ impl GeoDb {
         })
     }
 
-    /// Country and ASN of `ip`.
+    /// Country and ASN of `ip`, from this thread's cache of recent lookups
+    /// when it holds them.
     pub fn lookup(&self, ip: IpAddr) -> GeoInfo {
+        if self.country.is_none() && self.asn.is_none() {
+            return GeoInfo::default();
+        }
+        let slot = recent_slot(ip);
+        let cached = RECENT.with(|recent| {
+            let recent = recent.try_borrow().ok()?;
+            let hit = recent.get(slot)?;
+            (hit.db == self.id && hit.ip == ip).then_some(hit.geo)
+        });
+        if let Some(geo) = cached {
+            return geo;
+        }
+        let geo = self.lookup_files(ip);
+        RECENT.with(|recent| {
+            if let Ok(mut recent) = recent.try_borrow_mut() {
+                if recent.is_empty() {
+                    recent.resize(
+                        RECENT_SLOTS,
+                        Recent {
+                            db: 0,
+                            ip,
+                            geo: GeoInfo::default(),
+                        },
+                    );
+                }
+                if let Some(entry) = recent.get_mut(slot) {
+                    *entry = Recent {
+                        db: self.id,
+                        ip,
+                        geo,
+                    };
+                }
+            }
+        });
+        geo
+    }
+
+    /// Country and ASN of `ip`, read from the files.
+    fn lookup_files(&self, ip: IpAddr) -> GeoInfo {
         GeoInfo {
             country: self.country.as_ref().and_then(|db| db.country(ip)),
             asn: self.asn.as_ref().and_then(|db| db.asn_number(ip)),

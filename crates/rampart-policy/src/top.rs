@@ -14,7 +14,14 @@ use std::hash::Hash;
 #[derive(Debug, Clone)]
 pub struct SpaceSaving<K> {
     capacity: usize,
-    counts: HashMap<K, (u64, u64)>,
+    counts: HashMap<K, (u64, u64), ahash::RandomState>,
+    /// Keys that had the smallest count, `low_count`, when last looked for:
+    /// the next ones to replace. A key whose count grew since is skipped.
+    /// Once full, the summary only replaces keys and a replacement starts
+    /// above `low_count`, so a key still at `low_count` is a smallest one:
+    /// a flood of new keys costs one scan per `capacity` of them, not one each.
+    low: Vec<K>,
+    low_count: u64,
 }
 
 impl<K: Hash + Eq + Clone> SpaceSaving<K> {
@@ -22,7 +29,9 @@ impl<K: Hash + Eq + Clone> SpaceSaving<K> {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            counts: HashMap::with_capacity(capacity.max(1)),
+            counts: HashMap::with_capacity_and_hasher(capacity.max(1), ahash::RandomState::new()),
+            low: Vec::new(),
+            low_count: 0,
         }
     }
 
@@ -36,12 +45,43 @@ impl<K: Hash + Eq + Clone> SpaceSaving<K> {
             self.counts.insert(key, (1, 0));
             return;
         }
-        let Some((victim, &(min, _))) = self.counts.iter().min_by_key(|(_, c)| c.0) else {
+        loop {
+            let victim = match self.low.pop() {
+                Some(victim) => victim,
+                None => {
+                    self.find_low();
+                    match self.low.pop() {
+                        Some(victim) => victim,
+                        None => return,
+                    }
+                }
+            };
+            if self
+                .counts
+                .get(&victim)
+                .is_some_and(|c| c.0 == self.low_count)
+            {
+                let min = self.low_count;
+                self.counts.remove(&victim);
+                self.counts.insert(key, (min + 1, min));
+                return;
+            }
+        }
+    }
+
+    /// Collects the keys with the smallest count.
+    fn find_low(&mut self) {
+        let Some(min) = self.counts.values().map(|c| c.0).min() else {
             return;
         };
-        let victim = victim.clone();
-        self.counts.remove(&victim);
-        self.counts.insert(key, (min + 1, min));
+        self.low_count = min;
+        self.low.clear();
+        self.low.extend(
+            self.counts
+                .iter()
+                .filter(|(_, c)| c.0 == min)
+                .map(|(k, _)| k.clone()),
+        );
     }
 
     /// Keys with their (count, error), largest count first.
@@ -135,6 +175,48 @@ mod tests {
         // The count over-estimates by at most its error.
         assert!(top[0].1 >= 1000 && top[0].1 - top[0].2 <= 1000);
         assert_eq!(t.top(10).len(), 4);
+    }
+
+    /// Space-Saving's guarantees on a skewed stream with many one-off keys:
+    /// every reported count bounds the true count from above, and from below
+    /// once its error is taken off; every key seen more than total / capacity
+    /// times is listed; the counts add up to the stream's length.
+    #[test]
+    fn counts_keep_their_bounds_under_replacement() {
+        let mut t = SpaceSaving::new(16);
+        let mut truth: HashMap<u32, u64> = HashMap::new();
+        let mut x: u64 = 7;
+        let total = 50_000u64;
+        for _ in 0..total {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let r = (x >> 33) % 100;
+            // A few heavy keys, a long tail of rare ones.
+            let key = if r < 30 {
+                (r % 3) as u32
+            } else {
+                1_000 + ((x >> 40) % 20_000) as u32
+            };
+            t.add(key);
+            *truth.entry(key).or_default() += 1;
+        }
+        let top = t.top(usize::MAX);
+        assert_eq!(top.len(), 16);
+        assert_eq!(top.iter().map(|e| e.1).sum::<u64>(), total);
+        for (key, count, error) in &top {
+            let real = truth.get(key).copied().unwrap_or(0);
+            assert!(
+                real <= *count && count - error <= real,
+                "{key}: {real} vs {count}-{error}"
+            );
+        }
+        for (key, real) in &truth {
+            if *real > total / 16 {
+                assert!(
+                    top.iter().any(|e| e.0 == *key),
+                    "heavy key {key} ({real}) missing"
+                );
+            }
+        }
     }
 
     #[test]

@@ -835,8 +835,9 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
     /// Runs the pipeline as far as the request's address, JA4, host, path and
     /// method decide it, before its fields are read: `facts.headers` may be
     /// empty. `Some` is the step [`Self::next`] would have returned; `None`
-    /// means a stage ahead reads what is not known yet (the fields for an
-    /// active flag or a header, body or jwt key; the fleet; the body), and
+    /// means a stage ahead reads what is not known yet (the fields or body
+    /// for a flag's session check or body rule on this route, a header, body
+    /// or jwt key, the fleet), and
     /// [`Self::next`] with the whole facts goes on from there. Nothing done
     /// here is done again, so each bucket is charged once.
     ///
@@ -847,9 +848,17 @@ impl<C: Clock + Clone> Evaluation<'_, C> {
             let rules = self.policy.rules_for(self.route);
             let known = match self.stage {
                 Stage::Route => true,
-                // Flags read fields (session checks) and add body rules; when
-                // all are off they do nothing.
-                Stage::Flags => facts.flags.iter().all(|&m| m == FlagMode::Off),
+                // A flag on that checks a session or adds a body rule on this
+                // route reads more than the head's first line and Host.
+                Stage::Flags => facts.flags.iter().enumerate().all(|(i, &m)| {
+                    m == FlagMode::Off
+                        || self
+                            .policy
+                            .flags
+                            .flags
+                            .get(i)
+                            .is_none_or(|f| !f.reads_request(self.route))
+                }),
                 Stage::BodyKeys => self.allowed_by.is_some() || rules.body_key_limit.is_none(),
                 Stage::Limits => self.allowed_by.is_some() || rules.early_limits,
                 Stage::Fleet => self.fleet_checks.is_empty(),

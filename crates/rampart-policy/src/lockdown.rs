@@ -97,6 +97,22 @@ fn has_cookie(headers: &HeaderMap, name: &str) -> bool {
 }
 
 impl CompiledFlag {
+    /// Whether, on `route`, this flag reads more of a request than its
+    /// address and route: the fields (a session check) or the body (a body
+    /// rule). The engine decides the others before the fields are read.
+    pub fn reads_request(&self, route: Option<usize>) -> bool {
+        let on = |routes: &[usize]| route.is_some_and(|r| routes.contains(&r));
+        self.config
+            .require_session
+            .as_ref()
+            .is_some_and(|s| on(&s.routes))
+            || self
+                .config
+                .body_rules
+                .iter()
+                .any(|r| route == Some(r.route))
+    }
+
     /// What this flag says about a request on `route` (not counting body rules
     /// or limit scaling, which the engine applies).
     pub fn check(

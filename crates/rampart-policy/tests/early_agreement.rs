@@ -1,7 +1,8 @@
 //! Deciding early changes no verdict. Two policies built from one config get
 //! the same generated stream of requests (clients that fill their buckets and
 //! get banned, every route, methods a route refuses, API keys, lockdown flags
-//! off, enforced and previewed, a concurrency cap, a fleet rule). One decides
+//! off, enforced and previewed (maintenance, a session check, a body rule,
+//! tighter limits), a concurrency cap, a fleet rule). One decides
 //! each request with `Evaluation::next_early` on what the connection and the
 //! request line tell (no header fields) and then, when that is not enough,
 //! `next` with every fact; the other with `next` alone. Every verdict must be

@@ -25,6 +25,30 @@ pub fn resolve_client_ip<'a>(
     }
     let mut client = peer;
     for value in header_values.rev() {
+        if config.header == ForwardedHeader::XForwardedFor && value.is_ascii() {
+            // The usual value: plain IPv4 hops, walked as bytes. A hop read
+            // otherwise goes to the general reader below, from where it is.
+            match walk_plain_hops(value, &mut client, config) {
+                Walk::Done(ip) => return ip,
+                Walk::Next => continue,
+                Walk::Other(rest) => {
+                    // `rest` is ASCII, so this cannot fail.
+                    let Ok(rest) = std::str::from_utf8(rest) else {
+                        return client;
+                    };
+                    for hop in rest.rsplit(',') {
+                        let Some(ip) = parse_hop(hop).map(canonical_ip) else {
+                            return client;
+                        };
+                        client = ip;
+                        if !config.is_trusted(ip) {
+                            return ip;
+                        }
+                    }
+                    continue;
+                }
+            }
+        }
         let Ok(value) = std::str::from_utf8(value) else {
             return client;
         };
@@ -43,6 +67,57 @@ pub fn resolve_client_ip<'a>(
         }
     }
     client
+}
+
+/// Where [`walk_plain_hops`] stopped.
+enum Walk<'a> {
+    /// At the client.
+    Done(IpAddr),
+    /// Every hop was a trusted proxy: on to the value before.
+    Next,
+    /// At a hop that is not plain IPv4: the value up to and including it.
+    Other(&'a [u8]),
+}
+
+/// Walks an ASCII X-Forwarded-For value from the right while its hops are
+/// plain IPv4 (`parse_v4_canonical`, around spaces and quotes as `parse_hop`
+/// trims them), updating `client` as `resolve_client_ip` does.
+fn walk_plain_hops<'a>(value: &'a [u8], client: &mut IpAddr, config: &ClientIpConfig) -> Walk<'a> {
+    let mut end = value.len();
+    loop {
+        let start = memchr_comma_back(&value[..end]);
+        let hop = trim_hop(&value[start..end]);
+        let Some(v4) = parse_v4_canonical(hop) else {
+            return Walk::Other(&value[..end]);
+        };
+        let ip = IpAddr::V4(v4);
+        *client = ip;
+        if !config.is_trusted(ip) {
+            return Walk::Done(ip);
+        }
+        if start == 0 {
+            return Walk::Next;
+        }
+        end = start - 1;
+    }
+}
+
+/// Where the hop ending the slice starts: just after its last comma, or 0.
+fn memchr_comma_back(text: &[u8]) -> usize {
+    text.iter().rposition(|&b| b == b',').map_or(0, |at| at + 1)
+}
+
+/// A hop without the spaces and quotes around it (ASCII whitespace only; a
+/// hop with other spacing is not plain and goes to `parse_hop`).
+fn trim_hop(hop: &[u8]) -> &[u8] {
+    let mut hop = hop.trim_ascii();
+    while let [b'"', rest @ ..] = hop {
+        hop = rest;
+    }
+    while let [rest @ .., b'"'] = hop {
+        hop = rest;
+    }
+    hop
 }
 
 /// One X-Forwarded-For hop: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or `[2001:db8::1]:80`.
@@ -166,6 +241,85 @@ mod tests {
         assert_eq!(parse_v4_canonical(b"1.2.3.4.5"), None);
         assert_eq!(parse_v4_canonical(b"256.1.1.1"), None);
         assert_eq!(parse_v4_canonical(b"1..2.3"), None);
+    }
+
+    /// The walk as it was before plain hops were read as bytes: the byte walk
+    /// must give the same client for any header.
+    fn reference(peer: IpAddr, values: &[&[u8]], config: &ClientIpConfig) -> IpAddr {
+        let peer = canonical_ip(peer);
+        if !config.is_trusted(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for value in values.iter().rev() {
+            let Ok(value) = std::str::from_utf8(value) else {
+                return client;
+            };
+            for hop in value.rsplit(',') {
+                let Some(ip) = parse_hop(hop).map(canonical_ip) else {
+                    return client;
+                };
+                client = ip;
+                if !config.is_trusted(ip) {
+                    return ip;
+                }
+            }
+        }
+        client
+    }
+
+    #[test]
+    fn the_byte_walk_finds_the_client_the_string_walk_finds() {
+        let config = cfg(Xff);
+        let pieces: &[&[u8]] = &[
+            b"10.1.2.3",
+            b"10.0.0.1",
+            b"198.51.100.7",
+            b"0.0.0.0",
+            b"01.2.3.4",
+            b"1.2.3",
+            b"2001:db8::1",
+            b"[2001:db8::1]:80",
+            b"1.2.3.4:80",
+            b"nonsense",
+            b"",
+            b" ",
+            b"\"",
+            b",",
+            b", ",
+            b"\t",
+            b"\x0b",
+            b"\xff",
+            b"256.1.1.1",
+            b"10.255.255.255",
+        ];
+        let mut x: u64 = 3;
+        for _ in 0..100_000 {
+            let mut values: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..1 + (x % 3) {
+                let mut v = Vec::new();
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                for i in 0..(x >> 60) {
+                    v.extend_from_slice(
+                        pieces[((x >> ((i * 5 + 3) % 60)) % pieces.len() as u64) as usize],
+                    );
+                }
+                values.push(v);
+            }
+            let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+            let peer: IpAddr = "10.9.9.9".parse().unwrap();
+            assert_eq!(
+                resolve_client_ip(peer, refs.iter().copied(), &config),
+                reference(peer, &refs, &config),
+                "{:?}",
+                values
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

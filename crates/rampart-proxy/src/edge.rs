@@ -156,15 +156,23 @@ impl ConnState {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    /// Milliseconds from `opened` to `t`.
+    fn ms_at(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.opened).as_millis()).unwrap_or(u64::MAX)
     }
 
     fn set(&self, phase: Phase, within: Duration) {
+        self.set_at(self.now_ms(), phase, within);
+    }
+
+    /// [`Self::set`] at `now_ms` (one clock reading for several changes).
+    fn set_at(&self, now_ms: u64, phase: Phase, within: Duration) {
         let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX / 2);
-        self.deadline_ms.store(
-            self.now_ms().saturating_add(within).max(1),
-            Ordering::Release,
-        );
+        self.deadline_ms
+            .store(now_ms.saturating_add(within).max(1), Ordering::Release);
         self.phase.store(phase as u8, Ordering::Release);
     }
 
@@ -343,10 +351,14 @@ impl DeadlineStream {
     /// Bytes arrived: moves Idle to Head, finds the end of the head, checks caps.
     fn on_bytes(&mut self, data: &[u8]) -> Result<(), EdgeRefusal> {
         let limits = self.state.limits;
+        let mut now_ms = None;
         if self.state.phase() == Phase::Idle {
-            self.state.set(Phase::Head, limits.header_timeout);
+            let started = Instant::now();
+            let now = self.state.ms_at(started);
+            now_ms = Some(now);
+            self.state.set_at(now, Phase::Head, limits.header_timeout);
             self.scan = HeadScan::default();
-            self.head_started = Instant::now();
+            self.head_started = started;
         }
         if self.state.phase() != Phase::Head {
             return Ok(());
@@ -360,7 +372,9 @@ impl DeadlineStream {
             return Err(EdgeRefusal::HeaderTooLarge);
         }
         if end.is_some() {
-            self.state.set(Phase::Body, limits.body_timeout);
+            // A head that came in one read: one clock reading for both changes.
+            let now = now_ms.unwrap_or_else(|| self.state.now_ms());
+            self.state.set_at(now, Phase::Body, limits.body_timeout);
         }
         Ok(())
     }

@@ -429,9 +429,11 @@ impl Lean {
         ja4: Option<rampart_policy::Ja4>,
         conn: &Arc<ConnState>,
     ) -> EarlyOutcome<'s> {
-        let mut fields = [httparse::EMPTY_HEADER; EARLY_FIELDS];
-        let mut req = httparse::Request::new(&mut fields);
-        let len = match req.parse(buf) {
+        // Left uninitialised: httparse writes the ones it fills.
+        let mut fields =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; EARLY_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return EarlyOutcome::More,
             Err(_) => return EarlyOutcome::Pingora(None),

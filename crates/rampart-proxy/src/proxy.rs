@@ -68,12 +68,9 @@ fn announce_ban(
     });
 }
 
-/// Counts a rejected request against its address, network and AS.
-fn record_offender(shared: &Shared, ctx: &RequestCtx) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+/// Counts a rejected request against its address, network and AS, at
+/// `now` (Unix seconds).
+fn record_offender(shared: &Shared, ctx: &RequestCtx, now: u64) {
     let prefix = rampart_policy::limits::prefix_of(ctx.client_ip, 24, 48);
     shared
         .offenders
@@ -954,6 +951,9 @@ pub(crate) fn log_seen(shared: &Shared, seen: Seen<'_>, ctx: &RequestCtx, status
         .request(ctx.identity.as_ref(), ctx.claim_missing);
     let policy_rule = ctx.rejection.as_ref().and_then(|r| r.rule());
     let elapsed = ctx.started.elapsed();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     if let Some(rule) = policy_rule {
         shared.metrics.refused(
             ctx.route_label(),
@@ -962,7 +962,7 @@ pub(crate) fn log_seen(shared: &Shared, seen: Seen<'_>, ctx: &RequestCtx, status
             status,
             elapsed.as_secs_f64(),
         );
-        record_offender(shared, ctx);
+        record_offender(shared, ctx, now.as_secs());
     } else {
         let proxied = ctx
             .rejection
@@ -980,9 +980,6 @@ pub(crate) fn log_seen(shared: &Shared, seen: Seen<'_>, ctx: &RequestCtx, status
             }
         }
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
     let (method, path) = match seen {
         Seen::Session(session) => {
             if let (Some(recorder), Some(decided)) = (&shared.recorder, &ctx.recorded) {

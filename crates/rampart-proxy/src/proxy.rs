@@ -151,14 +151,24 @@ pub(crate) async fn read_body(
 /// stacks (CGI, PHP, some WSGI servers) read as the dashed name. One pass over
 /// the names; nothing is allocated unless a field is found.
 fn strip_client_headers(headers: &mut http::HeaderMap, strip: &[String]) {
+    // The lengths of the listed names (63 standing for any longer): most
+    // fields a client sends have none of them, and are passed over without a
+    // lookup.
+    let bit = |len: usize| 1u64 << len.min(63);
+    let lengths = strip.iter().fold(0u64, |mask, s| mask | bit(s.len()));
     let listed = |name: &str| {
-        if name.contains('_') {
+        if lengths & bit(name.len()) == 0 {
+            false
+        } else if name.contains('_') {
             let dashed = name.replace('_', "-");
             strip.binary_search_by(|s| s.as_str().cmp(&dashed)).is_ok()
         } else {
             strip.binary_search_by(|s| s.as_str().cmp(name)).is_ok()
         }
     };
+    if !headers.keys().any(|name| listed(name.as_str())) {
+        return;
+    }
     let found: Vec<HeaderName> = headers
         .keys()
         .filter(|name| listed(name.as_str()))

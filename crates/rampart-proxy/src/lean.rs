@@ -370,11 +370,14 @@ impl Lean {
             mut stream, prefix, ..
         } = carry;
         let mut buf = prefix.unwrap_or_default();
-        let snapshot = self.shared.snapshot();
+        let mut snapshot;
         let peer = peer_ip(&stream);
         let ja4 = crate::ja4::of_stream(&*stream);
         let early = loop {
             if !buf.is_empty() {
+                // The config and flags as they are now that bytes came, not as
+                // they were when the wait began (a flag may have expired).
+                snapshot = self.shared.snapshot();
                 match self.early_head(&snapshot, &buf, peer, ja4, conn) {
                     EarlyOutcome::More => {}
                     EarlyOutcome::Pingora(early) => break early,

@@ -309,9 +309,56 @@ async fn an_unknown_loop_name_is_a_config_error() {
     );
 }
 
+/// Sends one request on `s` and reads its answer (the head, then its
+/// content-length's worth of body): its status and the rule its problem body
+/// names.
+async fn exchange(
+    s: &mut TcpStream,
+    method: &str,
+    path: &str,
+    client: &str,
+    fields: &str,
+) -> (u16, String) {
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\n{fields}\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head_end, length) = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before answering {method} {path}");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(at) = text.find("\r\n\r\n") {
+            let length: usize = text[..at]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            break (at + 4, length);
+        }
+    };
+    while buf.len() < head_end + length {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let rule = text
+        .split_once("\"rule\":\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or(String::new(), |(rule, _)| rule.to_string());
+    (statuses(&text)[0], rule)
+}
+
 /// Sends each request of `requests` (method, path, client, extra fields) and
 /// reads its answer: all on one keep-alive connection, or each on a new one.
-/// Returns each answer's status and the rule its problem body names.
 async fn answers(
     addr: SocketAddr,
     requests: &[(&str, &str, &str, &str)],
@@ -324,44 +371,7 @@ async fn answers(
             Some(s) if one_connection => s,
             _ => TcpStream::connect(addr).await.unwrap(),
         };
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\n{fields}\r\n"
-        );
-        s.write_all(request.as_bytes()).await.unwrap();
-        // One answer: the head, then its content-length's worth of body.
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let (head_end, length) = loop {
-            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "closed after {out:?}");
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            if let Some(at) = text.find("\r\n\r\n") {
-                let length: usize = text[..at]
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                break (at + 4, length);
-            }
-        };
-        while buf.len() < head_end + length {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0);
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let rule = text
-            .split_once("\"rule\":\"")
-            .and_then(|(_, rest)| rest.split_once('"'))
-            .map_or(String::new(), |(rule, _)| rule.to_string());
-        out.push((statuses(&text)[0], rule));
+        out.push(exchange(&mut s, method, path, client, fields).await);
         kept = Some(s);
     }
     out
@@ -509,5 +519,24 @@ maintenance = { retry_after = "2m", message = "Back soon." }
     assert_eq!(
         kept.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         vec![403, 503, 503]
+    );
+
+    // A connection refused under the flag, waiting for its next request while
+    // the flag is lifted: that request is decided on the flags of its arrival.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    assert_eq!(
+        exchange(&mut s, "GET", "/e", "203.0.113.6", "").await.0,
+        503
+    );
+    let resp = r
+        .admin_request(reqwest::Method::DELETE, "/lockdown/maintenance")
+        .json(&serde_json::json!({"reason": "over", "actor": "tester"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        exchange(&mut s, "GET", "/f", "203.0.113.6", "").await.0,
+        200
     );
 }

@@ -437,9 +437,9 @@ async fn a_refused_body_is_never_a_request() {
             }
             if split {
                 let at = outer.find("\r\n\r\n").unwrap() + 4;
-                s.write_all(outer[..at].as_bytes()).await.unwrap();
+                s.write_all(&outer.as_bytes()[..at]).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                s.write_all(outer[at..].as_bytes()).await.unwrap();
+                s.write_all(&outer.as_bytes()[at..]).await.unwrap();
             } else {
                 s.write_all(outer.as_bytes()).await.unwrap();
             }

@@ -138,6 +138,10 @@ pub struct ConnState {
     seen_by_proxy: AtomicBool,
     /// The client closed or reset the connection in the middle of a head.
     gone_mid_head: AtomicBool,
+    /// The scan of a head begun in bytes read behind the previous request
+    /// (pipelined), for the stream to go on with (see [`ConnState::carried_head`]).
+    carried: std::sync::Mutex<Option<HeadScan>>,
+    has_carried: AtomicBool,
 }
 
 impl ConnState {
@@ -150,6 +154,8 @@ impl ConnState {
             refused: AtomicU8::new(0),
             seen_by_proxy: AtomicBool::new(false),
             gone_mid_head: AtomicBool::new(false),
+            carried: std::sync::Mutex::new(None),
+            has_carried: AtomicBool::new(false),
         };
         state.set(Phase::Idle, limits.header_timeout);
         state
@@ -199,12 +205,49 @@ impl ConnState {
         EdgeRefusal::from_u8(self.refused.load(Ordering::Acquire))
     }
 
+    /// Scans the bytes of the next request already read behind the previous
+    /// one, as the stream scans what it reads: the same caps on the head's size
+    /// and fields (`Err` when they are broken), the same phase and deadline
+    /// after. A head that goes on past these bytes is scanned on by the stream.
+    pub(crate) fn carried_head(&self, prefix: &[u8]) -> Result<(), EdgeRefusal> {
+        let limits = self.limits;
+        let mut scan = HeadScan::default();
+        let end = scan.feed(prefix);
+        if scan.lines.saturating_sub(1) > limits.max_headers || scan.bytes > limits.max_head_bytes {
+            self.refuse(EdgeRefusal::HeaderTooLarge);
+            return Err(EdgeRefusal::HeaderTooLarge);
+        }
+        if end.is_some() {
+            self.set(Phase::Body, limits.body_timeout);
+        } else {
+            self.set(Phase::Head, limits.header_timeout);
+            if let Ok(mut carried) = self.carried.lock() {
+                *carried = Some(scan);
+                self.has_carried.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// The scan [`Self::carried_head`] began, once.
+    fn take_carried(&self) -> Option<HeadScan> {
+        if !self.has_carried.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.carried.lock().ok()?.take()
+    }
+
     fn refuse(&self, why: EdgeRefusal) {
         self.refused.store(why.to_u8(), Ordering::Release);
     }
 
     /// Next request on a kept-alive connection.
     fn next_request(&self) {
+        if self.has_carried.swap(false, Ordering::AcqRel) {
+            if let Ok(mut carried) = self.carried.lock() {
+                *carried = None;
+            }
+        }
         self.refused.store(0, Ordering::Release);
         self.seen_by_proxy.store(false, Ordering::Release);
         self.gone_mid_head.store(false, Ordering::Release);
@@ -362,6 +405,11 @@ impl DeadlineStream {
         }
         if self.state.phase() != Phase::Head {
             return Ok(());
+        }
+        if let Some(scan) = self.state.take_carried() {
+            // The head began in bytes read behind the previous request.
+            self.scan = scan;
+            self.head_started = Instant::now();
         }
         let end = self.scan.feed(data);
         // Lines of the head: the request line, then one per field.
@@ -593,7 +641,7 @@ impl Peek for DeadlineStream {
 }
 
 /// Counts and logs a request the edge answered before the proxy saw it.
-fn record_edge_request(
+pub(crate) fn record_edge_request(
     shared: &Shared,
     client: IpAddr,
     ja4: Option<rampart_policy::Ja4>,

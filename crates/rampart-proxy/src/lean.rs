@@ -293,6 +293,40 @@ enum EarlyOutcome<'s> {
     },
 }
 
+/// A byte of a request target that every URI parser accepts as it is:
+/// RFC 3986's unreserved and sub-delimiter characters, `%`, `:`, `@`, `/` and
+/// `?`.
+fn plain_target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+        )
+}
+
+/// A byte of a plain `Host`: a name, an IPv4 or bracketed IPv6 literal, a port.
+fn plain_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']')
+}
+
 /// The connection's client address as the socket (or its PROXY header) gives it.
 fn peer_ip(stream: &Stream) -> IpAddr {
     stream
@@ -340,6 +374,26 @@ impl Lean {
         conn: &Arc<ConnState>,
         shutdown: &ShutdownWatch,
     ) -> Option<Carry> {
+        // Bytes of the next head read behind the previous request were never
+        // seen by the deadline stream's head caps: they are held to them here.
+        let mut carry = carry;
+        if let Some(prefix) = carry.prefix.as_deref().filter(|p| !p.is_empty()) {
+            if let Err(why) = conn.carried_head(prefix) {
+                self.shared.metrics.client_connection_closed(why.as_label());
+                let rejection = Rejection::HeaderTooLarge;
+                let ja4 = crate::ja4::of_stream(&*carry.stream);
+                crate::edge::record_edge_request(
+                    &self.shared,
+                    peer_ip(&carry.stream),
+                    ja4,
+                    &rejection,
+                    Duration::ZERO,
+                );
+                let _ = Rendered::write(&mut carry.stream, rejection, RouteKind::Api, true).await;
+                let _ = carry.stream.shutdown().await;
+                return None;
+            }
+        }
         // A connection whose last request was refused is likely to send more of
         // the same: its next head is read by Rampart first. While recording,
         // every request goes through Pingora (the record keeps its fields).
@@ -444,7 +498,11 @@ impl Lean {
         let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
             return EarlyOutcome::Pingora(None);
         };
-        if !target.starts_with('/') || !target.is_ascii() || target.contains('#') {
+        // Only heads Pingora would accept as they are are decided here: a
+        // target of URI characters every parser takes (no `#`, `<`, `>`, `"`,
+        // backtick, braces, spaces), never CONNECT (the loop answers it 405).
+        if !target.starts_with('/') || !target.bytes().all(plain_target_byte) || method == "CONNECT"
+        {
             return EarlyOutcome::Pingora(None);
         }
         let config = &snapshot.config;
@@ -489,12 +547,14 @@ impl Lean {
         {
             return EarlyOutcome::Pingora(None);
         }
-        // As `http::HeaderValue::to_str` reads it: visible ASCII and tabs.
+        // A host name, an IPv4 or bracketed IPv6 literal, and a port: no
+        // userinfo (`@`), which Pingora refuses, nor anything else unusual.
         let host = match hosts.first() {
-            Some(h) => match std::str::from_utf8(h) {
-                Ok(h) if h.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) => Some(h),
-                _ => return EarlyOutcome::Pingora(None),
+            Some(h) if h.iter().all(|&b| plain_host_byte(b)) => match std::str::from_utf8(h) {
+                Ok(h) => Some(h),
+                Err(_) => return EarlyOutcome::Pingora(None),
             },
+            Some(_) => return EarlyOutcome::Pingora(None),
             None => None,
         };
         let (path, query) = match target.split_once('?') {

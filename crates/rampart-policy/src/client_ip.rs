@@ -25,30 +25,17 @@ pub fn resolve_client_ip<'a>(
     }
     let mut client = peer;
     for value in header_values.rev() {
-        if config.header == ForwardedHeader::XForwardedFor && value.is_ascii() {
-            // The usual value: plain IPv4 hops, walked as bytes. A hop read
-            // otherwise goes to the general reader below, from where it is.
+        // The usual value, plain IPv4 hops, is walked as bytes; a hop read
+        // otherwise goes to the general walk below, from where it stopped.
+        let value = if config.header == ForwardedHeader::XForwardedFor && value.is_ascii() {
             match walk_plain_hops(value, &mut client, config) {
                 Walk::Done(ip) => return ip,
                 Walk::Next => continue,
-                Walk::Other(rest) => {
-                    // `rest` is ASCII, so this cannot fail.
-                    let Ok(rest) = std::str::from_utf8(rest) else {
-                        return client;
-                    };
-                    for hop in rest.rsplit(',') {
-                        let Some(ip) = parse_hop(hop).map(canonical_ip) else {
-                            return client;
-                        };
-                        client = ip;
-                        if !config.is_trusted(ip) {
-                            return ip;
-                        }
-                    }
-                    continue;
-                }
+                Walk::Other(rest) => rest,
             }
-        }
+        } else {
+            value
+        };
         let Ok(value) = std::str::from_utf8(value) else {
             return client;
         };
@@ -85,7 +72,7 @@ enum Walk<'a> {
 fn walk_plain_hops<'a>(value: &'a [u8], client: &mut IpAddr, config: &ClientIpConfig) -> Walk<'a> {
     let mut end = value.len();
     loop {
-        let start = memchr_comma_back(&value[..end]);
+        let start = hop_start(&value[..end]);
         let hop = trim_hop(&value[start..end]);
         let Some(v4) = parse_v4_canonical(hop) else {
             return Walk::Other(&value[..end]);
@@ -103,7 +90,7 @@ fn walk_plain_hops<'a>(value: &'a [u8], client: &mut IpAddr, config: &ClientIpCo
 }
 
 /// Where the hop ending the slice starts: just after its last comma, or 0.
-fn memchr_comma_back(text: &[u8]) -> usize {
+fn hop_start(text: &[u8]) -> usize {
     text.iter().rposition(|&b| b == b',').map_or(0, |at| at + 1)
 }
 

@@ -437,15 +437,16 @@ impl DeadlineStream {
             EdgeRefusal::HeaderTooLarge => Rejection::HeaderTooLarge,
             _ => return,
         };
-        let (content_type, body) = rejection.render(RouteKind::Api);
-        let head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            rejection.status(),
-            rejection.title(),
-            body.len()
+        // The one HTTP/1.1 renderer of refusals (the loop's pre-rendered ones too).
+        let date = pingora::protocols::http::date::get_cached_date();
+        let (mut bytes, mut scratch) = (Vec::new(), String::new());
+        rejection.write_http1(
+            RouteKind::Api,
+            date.as_bytes(),
+            true,
+            &mut bytes,
+            &mut scratch,
         );
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(body.as_bytes());
         let _ = Pin::new(&mut self.inner).poll_write(cx, &bytes);
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
         if self.public {

@@ -370,13 +370,12 @@ impl Lean {
     /// it can carry another.
     pub async fn serve_next(
         &self,
-        carry: Carry,
+        mut carry: Carry,
         conn: &Arc<ConnState>,
         shutdown: &ShutdownWatch,
     ) -> Option<Carry> {
         // Bytes of the next head read behind the previous request were never
         // seen by the deadline stream's head caps: they are held to them here.
-        let mut carry = carry;
         if let Some(prefix) = carry.prefix.as_deref().filter(|p| !p.is_empty()) {
             if let Err(why) = conn.carried_head(prefix) {
                 self.shared.metrics.client_connection_closed(why.as_label());

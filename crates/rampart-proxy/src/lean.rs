@@ -875,6 +875,10 @@ impl Lean {
                 handles.connect(reused);
             }
             let mut up = Upstream::new_with_options(stream, peer);
+            // The pool's timeouts for each read and write on the origin
+            // connection, as pingora-proxy applies them.
+            up.read_timeout = peer.options.read_timeout;
+            up.write_timeout = peer.options.write_timeout;
             let head = match header.take() {
                 Some(head) => head,
                 // Sent once more: built again (the first went with the attempt).

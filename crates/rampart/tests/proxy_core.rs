@@ -193,6 +193,70 @@ async fn a_pool_with_no_healthy_server_answers_503_at_once() {
     assert!(body["detail"].as_str().unwrap().contains("\"chat\""));
 }
 
+/// An origin that takes the request and never answers: the pool's
+/// `read_timeout` (1 s here) ends the wait with a 504, each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_never_answers_gets_504_at_its_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // Reads what comes and keeps every connection open, silent.
+        while let Ok((mut s, _)) = silent.accept().await {
+            let held = held_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let _ = held.send(n);
+                }
+            });
+        }
+    });
+    let auth = MockOrigin::start("auth").await;
+    let config = ConfigBuilder::new()
+        .pool_with(
+            "slow",
+            &[silent_addr],
+            r#"connect_timeout = "500ms"
+read_timeout = "1s""#,
+        )
+        .pool_with("auth", &[auth.addr], "")
+        .route("slow", "/slow", "slow")
+        .route("login", "/api/auth/login", "auth")
+        .build();
+    let rampart = Rampart::start(bin(), &config).await;
+    for round in 0..2 {
+        let mut client = tokio::net::TcpStream::connect(rampart.addr).await.unwrap();
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(20), client.read(&mut buf))
+                .await
+                .expect("no answer: the origin's read timeout was not applied")
+                .unwrap();
+            assert!(n > 0, "closed without an answer in round {round}");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&head);
+        assert!(text.starts_with("HTTP/1.1 504"), "round {round}: {text}");
+        assert!(held_rx.recv().await.is_some(), "the origin got the request");
+    }
+    assert_eq!(
+        rampart
+            .metric(r#"rampart_http_requests_total{route="slow",status_class="5xx",verdict="upstream_failed"}"#)
+            .await,
+        Some(2.0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_sse_chunk_reaches_the_client_before_the_origin_finishes() {
     let chat = MockOrigin::start("chat").await;

@@ -27,7 +27,7 @@
 use crate::edge::ConnState;
 use crate::proxy::{
     decide, expects_continue, fail, forward_parts, log_request, log_seen, take_verdict,
-    write_refusal, written_status, Early, RequestCtx, Seen,
+    write_forwarded_head, write_refusal, written_status, Early, Forward, RequestCtx, Seen,
 };
 use crate::state::{Shared, Snapshot};
 use bytes::{Bytes, BytesMut};
@@ -830,9 +830,28 @@ impl Lean {
             ctx.continue_sent = true;
         }
         // Built before any connection, so that a request refused for its
-        // hop-by-hop fields never reaches an origin.
-        let mut header = match Self::upstream_header(session, ctx, has_body) {
-            Ok(header) => Some(header),
+        // hop-by-hop fields never reaches an origin. A request with nothing to
+        // send after its head (no body, not HEAD, whose answer Pingora's
+        // reading must know has no body) is written as bytes straight from the
+        // client's head; any other gets a request header for Pingora to write.
+        let mut raw = HeadBuffer::take();
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let plain = replayable && session.req_header().method != http::Method::HEAD;
+        let built = write_forwarded_head(
+            session.req_header(),
+            Forward::of(ctx, tls),
+            !plain || has_body,
+            &mut raw.0,
+        )
+        .and_then(|raw_head| {
+            Ok(match raw_head {
+                true => None,
+                false => Some(Self::upstream_header(session, ctx, has_body)?),
+            })
+        });
+        let raw_head = matches!(built, Ok(None));
+        let mut header = match built {
+            Ok(header) => header,
             Err(e) => {
                 ctx.rejection = Some(Rejection::ClientError { status: 400 });
                 return Err(e.into_down());
@@ -874,20 +893,30 @@ impl Lean {
             if let Some(handles) = handles {
                 handles.connect(reused);
             }
+            let mut stream = stream;
+            let wrote = match raw_head {
+                true => write_head(&mut stream, &raw.0, peer.options.write_timeout).await,
+                false => Ok(()),
+            };
             let mut up = Upstream::new_with_options(stream, peer);
             // The pool's timeouts for each read and write on the origin
             // connection, as pingora-proxy applies them.
             up.read_timeout = peer.options.read_timeout;
             up.write_timeout = peer.options.write_timeout;
-            let head = match header.take() {
-                Some(head) => head,
-                // Sent once more: built again (the first went with the attempt).
-                None => Self::upstream_header(session, ctx, has_body)?,
-            };
             let sent = async {
-                Self::send_head(&mut up, head, buffered.as_ref()).await?;
+                wrote?;
+                if !raw_head {
+                    let head = match header.take() {
+                        Some(head) => head,
+                        // Sent once more: built again (the first went with the attempt).
+                        None => Self::upstream_header(session, ctx, has_body)?,
+                    };
+                    Self::send_head(&mut up, head, buffered.as_ref()).await?;
+                    if replayable {
+                        up.finish_body().await.map_err(|e| e.into_up())?;
+                    }
+                }
                 if replayable {
-                    up.finish_body().await.map_err(|e| e.into_up())?;
                     Self::read_response_head(&mut up, session, ctx).await?;
                 }
                 Ok::<(), Box<Error>>(())
@@ -1036,6 +1065,50 @@ impl Lean {
         let _ = session.finish_body().await;
         Ok(())
     }
+}
+
+thread_local! {
+    /// A buffer for request heads written as bytes, kept across requests.
+    static HEAD_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The thread's head buffer for one request, given back when dropped.
+struct HeadBuffer(Vec<u8>);
+
+impl HeadBuffer {
+    fn take() -> Self {
+        Self(HEAD_BUFFER.try_with(Cell::take).unwrap_or_default())
+    }
+}
+
+impl Drop for HeadBuffer {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.0);
+        let _ = HEAD_BUFFER.try_with(|kept| kept.set(buffer));
+    }
+}
+
+/// Writes a request head built by `write_forwarded_head` onto an origin
+/// connection, within the pool's write timeout; failures read as Pingora's
+/// own writing of a head would report them.
+async fn write_head(stream: &mut Stream, head: &[u8], limit: Option<Duration>) -> Result<()> {
+    let write = async {
+        stream.write_all(head).await?;
+        stream.flush().await
+    };
+    let written = match limit {
+        Some(limit) => tokio::time::timeout(limit, write)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => write.await,
+    };
+    written.map_err(|e| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::TimedOut => ErrorType::WriteTimedout,
+            _ => ErrorType::WriteError,
+        };
+        Error::because(kind, "while writing request headers", e).into_up()
+    })
 }
 
 /// An origin connection that was closed before any byte of a response came back.

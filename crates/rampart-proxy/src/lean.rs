@@ -32,6 +32,7 @@ use crate::proxy::{
 use crate::state::{Shared, Snapshot};
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession as Upstream;
 use pingora::protocols::http::{ReusableHttpStream, ServerSession};
@@ -245,6 +246,9 @@ enum Ended {
     /// Refused, with nothing written yet: the answer is pre-rendered onto the
     /// connection once the request is accounted for (see [`Lean::refuse`]).
     Refused,
+    /// The origin's answer, read whole and rendered by Rampart: written onto
+    /// the connection once the request is accounted for (see [`plain_length`]).
+    Answered { status: u16, bytes: HeadBuffer },
 }
 
 /// A client connection that can carry another request.
@@ -679,6 +683,9 @@ impl Lean {
             None => (RequestCtx::new(&self.shared, Some(conn.clone())), None),
         };
         let mut ended = self.handle(&mut session, &mut ctx, early).await;
+        if let Ended::Answered { status, bytes } = ended {
+            return Self::answer(session, ctx, status, bytes, &self.shared).await;
+        }
         let refused = ctx.rejection.is_some();
         if matches!(ended, Ended::Refused) {
             if Self::answers_fast(&mut session, &ctx) {
@@ -710,19 +717,23 @@ impl Lean {
         })
     }
 
+    /// Whether the client's connection stays open after this request on
+    /// HTTP/1.1 keep-alive and nothing else, so that an answer Rampart writes
+    /// itself needs no `Connection` of its own.
+    fn keeps_alive_plainly(session: &ServerSession) -> bool {
+        let req = session.req_header();
+        req.version == http::Version::HTTP_11
+            && req
+                .headers
+                .get(http::header::CONNECTION)
+                .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
+            && session.get_keepalive().is_some()
+    }
+
     /// Whether a refusal can be answered with pre-rendered bytes: HTTP/1.1,
     /// keep-alive on both sides, no request body, a client still there.
     fn answers_fast(session: &mut ServerSession, ctx: &RequestCtx) -> bool {
-        let plain = {
-            let req = session.req_header();
-            req.version == http::Version::HTTP_11
-                && req
-                    .headers
-                    .get(http::header::CONNECTION)
-                    .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
-        };
-        plain
-            && session.get_keepalive().is_some()
+        Self::keeps_alive_plainly(session)
             && session.is_body_empty()
             && !matches!(
                 ctx.rejection,
@@ -753,6 +764,27 @@ impl Lean {
             stream,
             prefix,
             refused: true,
+        })
+    }
+
+    /// Writes an origin's answer rendered by [`Lean::proxy`] once the request
+    /// is accounted for, as [`Self::refuse_fast`] writes a refusal.
+    async fn answer(
+        session: ServerSession,
+        ctx: RequestCtx,
+        status: u16,
+        bytes: HeadBuffer,
+        shared: &Shared,
+    ) -> Option<Carry> {
+        log_request(shared, &session, &ctx, status);
+        drop(ctx);
+        let (mut stream, prefix) = session.finish().await.ok()??.into_parts();
+        stream.write_all(&bytes.0).await.ok()?;
+        stream.flush().await.ok()?;
+        Some(Carry {
+            stream,
+            prefix,
+            refused: false,
         })
     }
 
@@ -850,6 +882,12 @@ impl Lean {
             })
         });
         let raw_head = matches!(built, Ok(None));
+        // The origin's answer can be rendered by Rampart when the request went
+        // as bytes and the client keeps its connection on plain keep-alive.
+        let plain_answer = raw_head
+            && self.shared.recorder.is_none()
+            && !expects_continue(session)
+            && Self::keeps_alive_plainly(session);
         let mut header = match built {
             Ok(header) => header,
             Err(e) => {
@@ -943,6 +981,27 @@ impl Lean {
         let header = up
             .resp_header()
             .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
+        if let Some(length) = plain_answer.then(|| plain_length(header)).flatten() {
+            let status = header.status.as_u16();
+            let date = pingora::protocols::http::date::get_cached_date();
+            write_response_head(header, date.as_bytes(), &mut raw.0);
+            let head = raw.0.len();
+            while let Some(chunk) = up.read_body_ref().await.map_err(|e| e.into_up())? {
+                raw.0.extend_from_slice(chunk);
+            }
+            if raw.0.len() - head != length || !up.is_body_done() {
+                return Err(Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "the origin's body ended before its Content-Length",
+                )
+                .into_up());
+            }
+            up.respect_keepalive();
+            if let Some(stream) = up.reuse().await {
+                self.origins.put(key, peer.options.idle_timeout, stream);
+            }
+            return Ok(Ended::Answered { status, bytes: raw });
+        }
         // Only a WebSocket upgrade is forwarded (see `forward_parts`): the origin
         // agreeing to it is the only way to a tunnel.
         let upgraded = header.status.as_u16() == 101 && up.is_upgrade_req();
@@ -1072,20 +1131,111 @@ thread_local! {
     static HEAD_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
-/// The thread's head buffer for one request, given back when dropped.
+/// A head buffer for one request: the thread's kept one, or a new one while
+/// another request on the thread holds it (its connection's task waits on an
+/// origin); given back when dropped, when the thread keeps none.
 struct HeadBuffer(Vec<u8>);
 
 impl HeadBuffer {
+    /// Room for a usual head, so that writing one does not grow the buffer.
+    const ROOM: usize = 1024;
+
     fn take() -> Self {
-        Self(HEAD_BUFFER.try_with(Cell::take).unwrap_or_default())
+        let kept = HEAD_BUFFER.try_with(Cell::take).unwrap_or_default();
+        match kept.capacity() {
+            0 => Self(Vec::with_capacity(Self::ROOM)),
+            _ => Self(kept),
+        }
     }
 }
 
 impl Drop for HeadBuffer {
     fn drop(&mut self) {
         let buffer = std::mem::take(&mut self.0);
-        let _ = HEAD_BUFFER.try_with(|kept| kept.set(buffer));
+        let _ = HEAD_BUFFER.try_with(|kept| {
+            let other = kept.take();
+            kept.set(if other.capacity() == 0 { buffer } else { other });
+        });
     }
+}
+
+/// The largest origin body Rampart reads whole to write with its head.
+const PLAIN_BODY_MAX: usize = 64 * 1024;
+
+/// The body length of an origin's answer that Rampart renders itself: an
+/// HTTP/1.1 final status that has a body, framed by one plain `Content-Length`
+/// of at most [`PLAIN_BODY_MAX`] bytes and no `Transfer-Encoding`. Any other
+/// answer (chunked or close-delimited streams such as SSE, 204 and 304,
+/// upgrades, HTTP/1.0, larger bodies) goes through Pingora's writer.
+fn plain_length(resp: &ResponseHeader) -> Option<usize> {
+    let status = resp.status.as_u16();
+    if !(200..=599).contains(&status)
+        || status == 204
+        || status == 304
+        || resp.version != http::Version::HTTP_11
+        || resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        return None;
+    }
+    let mut lengths = resp.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let value = lengths.next()?.as_bytes();
+    if lengths.next().is_some() || value.is_empty() || value.len() > 6 {
+        return None;
+    }
+    let length = value.iter().try_fold(0usize, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + usize::from(b - b'0'))
+    })?;
+    (length <= PLAIN_BODY_MAX).then_some(length)
+}
+
+/// The origin's response head as the client gets it, into `out`: what
+/// Pingora's writer sends (the origin's fields in its spelling, with `Date`
+/// and `Connection` set by the proxy), for a kept-alive HTTP/1.1 client.
+fn write_response_head(resp: &ResponseHeader, date: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let reason = resp.get_reason_phrase().unwrap_or("");
+    for part in [
+        &b"HTTP/1.1 "[..],
+        resp.status.as_str().as_bytes(),
+        b" ",
+        reason.as_bytes(),
+        b"\r\n",
+    ] {
+        out.extend_from_slice(part);
+    }
+    // Pingora sets both fields in place: where the origin's stood (once,
+    // however many it sent), else after the others, `Date` first.
+    let (mut dated, mut connected) = (false, false);
+    let mut field = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        let (name, value) = if name.eq_ignore_ascii_case(b"date") {
+            if std::mem::replace(&mut dated, true) {
+                return;
+            }
+            (&b"Date"[..], date)
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if std::mem::replace(&mut connected, true) {
+                return;
+            }
+            (&b"Connection"[..], &b"keep-alive"[..])
+        } else {
+            (name, value)
+        };
+        for part in [name, b": ", value, b"\r\n"] {
+            out.extend_from_slice(part);
+        }
+    };
+    if resp.has_case() {
+        for (name, value) in resp.case_header_iter() {
+            field(out, name.as_slice(), value.as_bytes());
+        }
+    } else {
+        for (name, value) in &resp.headers {
+            field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    field(out, b"date", b"");
+    field(out, b"connection", b"");
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a request head built by `write_forwarded_head` onto an origin

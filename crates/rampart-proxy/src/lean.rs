@@ -1173,19 +1173,26 @@ fn plain_length(resp: &ResponseHeader) -> Option<usize> {
         || status == 204
         || status == 304
         || resp.version != http::Version::HTTP_11
-        || resp.headers.contains_key(http::header::TRANSFER_ENCODING)
     {
         return None;
     }
-    let mut lengths = resp.headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let value = lengths.next()?.as_bytes();
-    if lengths.next().is_some() || value.is_empty() || value.len() > 6 {
-        return None;
+    // One walk over the fields (an answer has few) rather than two lookups.
+    let mut length = None;
+    for (name, value) in &resp.headers {
+        if name == http::header::TRANSFER_ENCODING {
+            return None;
+        }
+        if name == http::header::CONTENT_LENGTH {
+            let value = value.as_bytes();
+            if length.is_some() || value.is_empty() || value.len() > 6 {
+                return None;
+            }
+            length = Some(value.iter().try_fold(0usize, |n, &b| {
+                b.is_ascii_digit().then(|| n * 10 + usize::from(b - b'0'))
+            })?);
+        }
     }
-    let length = value.iter().try_fold(0usize, |n, &b| {
-        b.is_ascii_digit().then(|| n * 10 + usize::from(b - b'0'))
-    })?;
-    (length <= PLAIN_BODY_MAX).then_some(length)
+    length.filter(|&n| n <= PLAIN_BODY_MAX)
 }
 
 /// The origin's response head as the client gets it, into `out`: what

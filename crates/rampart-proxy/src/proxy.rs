@@ -990,13 +990,20 @@ pub(crate) fn write_forwarded_head(
 ) -> Result<bool> {
     out.clear();
     let headers = &req.headers;
-    if has_body
-        || headers.contains_key(http::header::TRANSFER_ENCODING)
-        || !headers.contains_key(http::header::HOST)
-    {
+    // One walk over the names rather than a lookup for each.
+    let (mut host, mut chunked, mut connection) = (false, false, false);
+    for name in headers.keys() {
+        host |= name == http::header::HOST;
+        chunked |= name == http::header::TRANSFER_ENCODING;
+        connection |= name == http::header::CONNECTION;
+    }
+    if has_body || chunked || !host {
         return Ok(false);
     }
-    let (nominated, websocket) = connection_fields(headers, req.version)?;
+    let (nominated, websocket) = match connection {
+        true => connection_fields(headers, req.version)?,
+        false => (Vec::new(), false),
+    };
     let Some(target) = req.uri.path_and_query().filter(|_| !websocket) else {
         return Ok(false);
     };

@@ -24,6 +24,7 @@
 //! - a response cut short is left cut: the connection is closed, never ended
 //!   with a last chunk.
 
+use crate::answer::{read_answer, Buffer, Reading, Replay};
 use crate::edge::ConnState;
 use crate::proxy::{
     decide, expects_continue, fail, forward_parts, log_request, log_seen, take_verdict,
@@ -32,7 +33,6 @@ use crate::proxy::{
 use crate::state::{Shared, Snapshot};
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
-use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession as Upstream;
 use pingora::protocols::http::{ReusableHttpStream, ServerSession};
@@ -247,8 +247,8 @@ enum Ended {
     /// connection once the request is accounted for (see [`Lean::refuse`]).
     Refused,
     /// The origin's answer, read whole and rendered by Rampart: written onto
-    /// the connection once the request is accounted for (see [`plain_length`]).
-    Answered { status: u16, bytes: HeadBuffer },
+    /// the connection once the request is accounted for (see `answer`).
+    Answered { status: u16, bytes: Buffer },
 }
 
 /// A client connection that can carry another request.
@@ -773,7 +773,7 @@ impl Lean {
         session: ServerSession,
         ctx: RequestCtx,
         status: u16,
-        bytes: HeadBuffer,
+        bytes: Buffer,
         shared: &Shared,
     ) -> Option<Carry> {
         log_request(shared, &session, &ctx, status);
@@ -866,7 +866,8 @@ impl Lean {
         // send after its head (no body, not HEAD, whose answer Pingora's
         // reading must know has no body) is written as bytes straight from the
         // client's head; any other gets a request header for Pingora to write.
-        let mut raw = HeadBuffer::take();
+        let mut raw = Buffer::take();
+        let (mut reading, mut rendered) = (Buffer::take(), Buffer::take());
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let plain = replayable && session.req_header().method != http::Method::HEAD;
         let built = write_forwarded_head(
@@ -932,17 +933,58 @@ impl Lean {
                 handles.connect(reused);
             }
             let mut stream = stream;
-            let wrote = match raw_head {
-                true => write_head(&mut stream, &raw.0, peer.options.write_timeout).await,
-                false => Ok(()),
-            };
+            if raw_head {
+                let answered = async {
+                    write_head(&mut stream, &raw.0, peer.options.write_timeout).await?;
+                    if !plain_answer {
+                        return Ok(None);
+                    }
+                    let date = pingora::protocols::http::date::get_cached_date();
+                    let (read, out) = (&mut reading.0, &mut rendered.0);
+                    read_answer(
+                        &mut stream,
+                        peer.options.read_timeout,
+                        date.as_bytes(),
+                        read,
+                        out,
+                    )
+                    .await
+                    .map(Some)
+                }
+                .await;
+                match answered {
+                    Ok(Some(Reading::Rendered { status, reusable })) => {
+                        if let (Some(start), Some(handles)) = (ctx.upstream_start, handles) {
+                            handles.upstream_response(start.elapsed().as_secs_f64());
+                        }
+                        if reusable {
+                            self.origins.put(key, peer.options.idle_timeout, stream);
+                        }
+                        return Ok(Ended::Answered {
+                            status,
+                            bytes: rendered,
+                        });
+                    }
+                    // Not one Rampart renders: Pingora reads it from its first byte.
+                    Ok(Some(Reading::Pingora(read))) => {
+                        stream = Replay::wrap(read, stream);
+                    }
+                    Ok(None) => {}
+                    // The origin closed a pooled connection before answering:
+                    // once more on a new one.
+                    Err(e) if reused && !fresh && closed_early(&e) => {
+                        fresh = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let mut up = Upstream::new_with_options(stream, peer);
             // The pool's timeouts for each read and write on the origin
             // connection, as pingora-proxy applies them.
             up.read_timeout = peer.options.read_timeout;
             up.write_timeout = peer.options.write_timeout;
             let sent = async {
-                wrote?;
                 if !raw_head {
                     let head = match header.take() {
                         Some(head) => head,
@@ -981,27 +1023,6 @@ impl Lean {
         let header = up
             .resp_header()
             .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
-        if let Some(length) = plain_answer.then(|| plain_length(header)).flatten() {
-            let status = header.status.as_u16();
-            let date = pingora::protocols::http::date::get_cached_date();
-            write_response_head(header, date.as_bytes(), &mut raw.0);
-            let head = raw.0.len();
-            while let Some(chunk) = up.read_body_ref().await.map_err(|e| e.into_up())? {
-                raw.0.extend_from_slice(chunk);
-            }
-            if raw.0.len() - head != length || !up.is_body_done() {
-                return Err(Error::explain(
-                    ErrorType::ConnectionClosed,
-                    "the origin's body ended before its Content-Length",
-                )
-                .into_up());
-            }
-            up.respect_keepalive();
-            if let Some(stream) = up.reuse().await {
-                self.origins.put(key, peer.options.idle_timeout, stream);
-            }
-            return Ok(Ended::Answered { status, bytes: raw });
-        }
         // Only a WebSocket upgrade is forwarded (see `forward_parts`): the origin
         // agreeing to it is the only way to a tunnel.
         let upgraded = header.status.as_u16() == 101 && up.is_upgrade_req();
@@ -1020,7 +1041,7 @@ impl Lean {
         }
         session.finish_body().await.map_err(|e| e.into_down())?;
         up.respect_keepalive();
-        if let Some(stream) = up.reuse().await {
+        if let Some(stream) = up.reuse().await.and_then(Replay::unwrap) {
             self.origins.put(key, peer.options.idle_timeout, stream);
         }
         Ok(Ended::Reusable)
@@ -1124,125 +1145,6 @@ impl Lean {
         let _ = session.finish_body().await;
         Ok(())
     }
-}
-
-thread_local! {
-    /// A buffer for request heads written as bytes, kept across requests.
-    static HEAD_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
-/// A head buffer for one request: the thread's kept one, or a new one while
-/// another request on the thread holds it (its connection's task waits on an
-/// origin); given back when dropped, when the thread keeps none.
-struct HeadBuffer(Vec<u8>);
-
-impl HeadBuffer {
-    /// Room for a usual head, so that writing one does not grow the buffer.
-    const ROOM: usize = 1024;
-
-    fn take() -> Self {
-        let kept = HEAD_BUFFER.try_with(Cell::take).unwrap_or_default();
-        match kept.capacity() {
-            0 => Self(Vec::with_capacity(Self::ROOM)),
-            _ => Self(kept),
-        }
-    }
-}
-
-impl Drop for HeadBuffer {
-    fn drop(&mut self) {
-        let buffer = std::mem::take(&mut self.0);
-        let _ = HEAD_BUFFER.try_with(|kept| {
-            let other = kept.take();
-            kept.set(if other.capacity() == 0 { buffer } else { other });
-        });
-    }
-}
-
-/// The largest origin body Rampart reads whole to write with its head.
-const PLAIN_BODY_MAX: usize = 64 * 1024;
-
-/// The body length of an origin's answer that Rampart renders itself: an
-/// HTTP/1.1 final status that has a body, framed by one plain `Content-Length`
-/// of at most [`PLAIN_BODY_MAX`] bytes and no `Transfer-Encoding`. Any other
-/// answer (chunked or close-delimited streams such as SSE, 204 and 304,
-/// upgrades, HTTP/1.0, larger bodies) goes through Pingora's writer.
-fn plain_length(resp: &ResponseHeader) -> Option<usize> {
-    let status = resp.status.as_u16();
-    if !(200..=599).contains(&status)
-        || status == 204
-        || status == 304
-        || resp.version != http::Version::HTTP_11
-    {
-        return None;
-    }
-    // One walk over the fields (an answer has few) rather than two lookups.
-    let mut length = None;
-    for (name, value) in &resp.headers {
-        if name == http::header::TRANSFER_ENCODING {
-            return None;
-        }
-        if name == http::header::CONTENT_LENGTH {
-            let value = value.as_bytes();
-            if length.is_some() || value.is_empty() || value.len() > 6 {
-                return None;
-            }
-            length = Some(value.iter().try_fold(0usize, |n, &b| {
-                b.is_ascii_digit().then(|| n * 10 + usize::from(b - b'0'))
-            })?);
-        }
-    }
-    length.filter(|&n| n <= PLAIN_BODY_MAX)
-}
-
-/// The origin's response head as the client gets it, into `out`: what
-/// Pingora's writer sends (the origin's fields in its spelling, with `Date`
-/// and `Connection` set by the proxy), for a kept-alive HTTP/1.1 client.
-fn write_response_head(resp: &ResponseHeader, date: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    let reason = resp.get_reason_phrase().unwrap_or("");
-    for part in [
-        &b"HTTP/1.1 "[..],
-        resp.status.as_str().as_bytes(),
-        b" ",
-        reason.as_bytes(),
-        b"\r\n",
-    ] {
-        out.extend_from_slice(part);
-    }
-    // Pingora sets both fields in place: where the origin's stood (once,
-    // however many it sent), else after the others, `Date` first.
-    let (mut dated, mut connected) = (false, false);
-    let mut field = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
-        let (name, value) = if name.eq_ignore_ascii_case(b"date") {
-            if std::mem::replace(&mut dated, true) {
-                return;
-            }
-            (&b"Date"[..], date)
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            if std::mem::replace(&mut connected, true) {
-                return;
-            }
-            (&b"Connection"[..], &b"keep-alive"[..])
-        } else {
-            (name, value)
-        };
-        for part in [name, b": ", value, b"\r\n"] {
-            out.extend_from_slice(part);
-        }
-    };
-    if resp.has_case() {
-        for (name, value) in resp.case_header_iter() {
-            field(out, name.as_slice(), value.as_bytes());
-        }
-    } else {
-        for (name, value) in &resp.headers {
-            field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    field(out, b"date", b"");
-    field(out, b"connection", b"");
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a request head built by `write_forwarded_head` onto an origin

@@ -1114,9 +1114,13 @@ pub(crate) fn log_seen(shared: &Shared, seen: Seen<'_>, ctx: &RequestCtx, status
         .request(ctx.identity.as_ref(), ctx.claim_missing);
     let policy_rule = ctx.rejection.as_ref().and_then(|r| r.rule());
     let elapsed = ctx.started.elapsed();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    // The wall clock, read only for what needs it (not a proxied request
+    // with neither an access log nor a record).
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    };
     if let Some(rule) = policy_rule {
         shared.metrics.refused(
             ctx.route_label(),
@@ -1125,7 +1129,7 @@ pub(crate) fn log_seen(shared: &Shared, seen: Seen<'_>, ctx: &RequestCtx, status
             status,
             elapsed.as_secs_f64(),
         );
-        record_offender(shared, ctx, now.as_secs());
+        record_offender(shared, ctx, now().as_secs());
     } else {
         let proxied = ctx
             .rejection
@@ -1146,7 +1150,7 @@ pub(crate) fn log_seen(shared: &Shared, seen: Seen<'_>, ctx: &RequestCtx, status
     let (method, path) = match seen {
         Seen::Session(session) => {
             if let (Some(recorder), Some(decided)) = (&shared.recorder, &ctx.recorded) {
-                record_request(shared, recorder, session, ctx, decided, status, now);
+                record_request(shared, recorder, session, ctx, decided, status, now());
             }
             let req = session.req_header();
             (req.method.as_str(), req.uri.path())
@@ -1154,6 +1158,7 @@ pub(crate) fn log_seen(shared: &Shared, seen: Seen<'_>, ctx: &RequestCtx, status
         Seen::Head { method, path } => (method, path),
     };
     if let Some(log) = &shared.access_log {
+        let now = now();
         if ctx.rejection.is_some() && !log.admit_rejected(now.as_secs()) {
             shared.metrics.access_log_sampled_out();
         } else {

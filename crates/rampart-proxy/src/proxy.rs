@@ -1596,9 +1596,11 @@ mod tests {
             let has_body = next() % 10 == 0;
             let mut bytes = Vec::new();
             let written = write_forwarded_head(&req, forward, has_body, &mut bytes);
+            // As `Lean::upstream_header` builds it: the fields on the client's
+            // version, then the version set to HTTP/1.1.
             let mut parts = req.as_owned_parts();
-            parts.version = http::Version::HTTP_11;
             let built = forward.parts(&mut parts, has_body);
+            parts.version = http::Version::HTTP_11;
             match (written, built) {
                 (Ok(false), _) => {
                     assert!(bytes.is_empty());

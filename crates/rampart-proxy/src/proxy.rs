@@ -1634,6 +1634,28 @@ mod tests {
                 (written, built) => panic!("{written:?} but {built:?} for {req:?}"),
             }
         }
+        // An HTTP/1.0 client's WebSocket upgrade goes on as neither (seldom
+        // drawn above).
+        let mut req = RequestHeader::build("GET", b"/ws", None).expect("head");
+        req.set_version(http::Version::HTTP_10);
+        for (name, value) in [("host", "x"), ("connection", "Upgrade"), ("upgrade", "websocket")] {
+            req.append_header(name, value).expect("field");
+        }
+        let forward = Forward {
+            client_ip: "198.51.100.23".parse().expect("ip"),
+            strip: &strip,
+            continue_sent: false,
+            tls: false,
+        };
+        let mut bytes = Vec::new();
+        let written = write_forwarded_head(&req, forward, false, &mut bytes);
+        assert!(matches!(written, Ok(true)), "{written:?}");
+        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        assert!(!text.contains("upgrade"), "{text}");
+        let mut parts = req.as_owned_parts();
+        forward.parts(&mut parts, false).expect("fields");
+        assert!(!parts.headers.contains_key("upgrade"), "{:?}", parts.headers);
+        assert!(!parts.headers.contains_key("connection"), "{:?}", parts.headers);
         assert!(compared > 15_000, "{compared} compared");
         assert!(refused > 500, "{refused} refused");
         assert!(skipped > 3_000, "{skipped} skipped");

@@ -1638,7 +1638,11 @@ mod tests {
         // drawn above).
         let mut req = RequestHeader::build("GET", b"/ws", None).expect("head");
         req.set_version(http::Version::HTTP_10);
-        for (name, value) in [("host", "x"), ("connection", "Upgrade"), ("upgrade", "websocket")] {
+        for (name, value) in [
+            ("host", "x"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ] {
             req.append_header(name, value).expect("field");
         }
         let forward = Forward {
@@ -1654,8 +1658,16 @@ mod tests {
         assert!(!text.contains("upgrade"), "{text}");
         let mut parts = req.as_owned_parts();
         forward.parts(&mut parts, false).expect("fields");
-        assert!(!parts.headers.contains_key("upgrade"), "{:?}", parts.headers);
-        assert!(!parts.headers.contains_key("connection"), "{:?}", parts.headers);
+        assert!(
+            !parts.headers.contains_key("upgrade"),
+            "{:?}",
+            parts.headers
+        );
+        assert!(
+            !parts.headers.contains_key("connection"),
+            "{:?}",
+            parts.headers
+        );
         assert!(compared > 15_000, "{compared} compared");
         assert!(refused > 500, "{refused} refused");
         assert!(skipped > 3_000, "{skipped} skipped");

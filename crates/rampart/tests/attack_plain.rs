@@ -101,6 +101,24 @@ enum After {
 fn script(path: &str) -> (Vec<Vec<u8>>, After) {
     let one = |s: &str| vec![s.as_bytes().to_vec()];
     let ok = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    if let Some(id) = path.strip_prefix("/id/") {
+        // The answer names the request, in two writes for odd ids (the read of
+        // its body waits on the origin between them).
+        let body = format!("id={id};{}", "p".repeat(id.len() * 97 % 3000));
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nX-Id: {id}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let bytes = answer.into_bytes();
+        let pieces = match id.len() % 2 {
+            1 => {
+                let (a, b) = bytes.split_at(bytes.len() - 7);
+                vec![a.to_vec(), b.to_vec()]
+            }
+            _ => vec![bytes],
+        };
+        return (pieces, After::Keep);
+    }
     let (pieces, after) = match path {
         "/plain" => (one("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"), After::Keep),
         "/cl-05" => (one("HTTP/1.1 200 OK\r\nContent-Length: 05\r\n\r\nhello"), After::Keep),
@@ -228,6 +246,13 @@ fn script(path: &str) -> (Vec<Vec<u8>>, After) {
             one("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"),
             After::Keep,
         ),
+        "/extra-split" => (
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel".to_vec(),
+                b"loHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL".to_vec(),
+            ],
+            After::Keep,
+        ),
         "/stall" => (one("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"), After::Stall),
         _ => (one("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nunknown"), After::Keep),
     };
@@ -310,6 +335,7 @@ async fn odd_origin_answers_reach_the_client_as_pingora_writes_them() {
         "/hints-with-length",
         "/not-modified-body",
         "/empty-extra",
+        "/extra-split",
     ];
     for path in paths {
         let get = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -424,7 +450,9 @@ async fn fields_sent(r: &Rampart, heads: &Heads, requests: &[Vec<u8>]) -> Vec<Ve
                     let (name, value) = l.split_once(':').unwrap();
                     format!("{}:{}", name.to_ascii_lowercase(), value)
                 })
-                .filter(|l| !l.starts_with("content-length:") && !l.starts_with("transfer-encoding:"))
+                .filter(|l| {
+                    !l.starts_with("content-length:") && !l.starts_with("transfer-encoding:")
+                })
                 .collect();
             fields.sort();
             fields.insert(0, target);
@@ -452,9 +480,22 @@ async fn the_origin_gets_the_same_fields_from_a_plain_request_and_one_with_a_bod
         ("HTTP/1.0", "Host: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"),
         ("HTTP/1.0", "Host: x\r\nConnection: Upgrade, keep-alive\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"),
     ];
+    // Field values with obs-text bytes (not UTF-8), and a tab inside.
+    let get = b"GET /plain HTTP/1.1\r\nHost: x\r\nX-Latin: caf\xe9\t\xff\x80\r\n\r\n".to_vec();
+    let post = b"POST /plain HTTP/1.1\r\nHost: x\r\nX-Latin: caf\xe9\t\xff\x80\r\nContent-Length: 1\r\n\r\nx".to_vec();
+    let sent = fields_sent(&r, &heads, &[get, post]).await;
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0], sent[1]);
+    assert!(
+        sent[0]
+            .iter()
+            .any(|f| f.starts_with("x-latin: caf\u{fffd}\t")),
+        "{sent:?}"
+    );
     for (version, fields) in cases {
         let get = format!("GET /plain {version}\r\n{fields}\r\n").into_bytes();
-        let post = format!("POST /plain {version}\r\n{fields}Content-Length: 1\r\n\r\nx").into_bytes();
+        let post =
+            format!("POST /plain {version}\r\n{fields}Content-Length: 1\r\n\r\nx").into_bytes();
         let sent = fields_sent(&r, &heads, &[get.clone(), post.clone()]).await;
         assert_eq!(sent.len(), 2, "{fields}");
         assert_eq!(sent[0], sent[1], "{version} {fields}");
@@ -468,7 +509,14 @@ async fn the_origin_gets_the_same_fields_from_a_plain_request_and_one_with_a_bod
             assert_eq!(old, sent, "pingora-proxy: {version} {fields}");
         }
         for field in &sent[0] {
-            for dropped in ["connection:", "upgrade:", "keep-alive:", "te:", "x-foo:", "proxy-"] {
+            for dropped in [
+                "connection:",
+                "upgrade:",
+                "keep-alive:",
+                "te:",
+                "x-foo:",
+                "proxy-",
+            ] {
                 assert!(!field.starts_with(dropped), "{version} {fields}: {field}");
             }
         }
@@ -500,16 +548,54 @@ async fn targets_and_hosts_reach_the_origin_alike() {
         ("/plain", "Host: x.\r\n"),
         ("/plain", "Host:\r\n"),
     ];
-    for (target, fields) in cases {
-        let get = format!("OPTIONS {target} HTTP/1.1\r\n{fields}\r\n").into_bytes();
-        let post = format!("OPTIONS {target} HTTP/1.1\r\n{fields}Content-Length: 1\r\n\r\nx").into_bytes();
+    let methods = ["head", "Get", "PURGE", "TRACE", "DELETE"];
+    let cases = cases
+        .iter()
+        .map(|&(target, fields)| ("OPTIONS", target, fields))
+        .chain(methods.iter().map(|&m| (m, "/plain", "Host: x\r\n")));
+    for (method, target, fields) in cases {
+        let get = format!("{method} {target} HTTP/1.1\r\n{fields}\r\n").into_bytes();
+        let post = format!("{method} {target} HTTP/1.1\r\n{fields}Content-Length: 1\r\n\r\nx")
+            .into_bytes();
         let sent = fields_sent(&r, &heads, &[get.clone(), post.clone()]).await;
         let old = fields_sent(&reference, &heads, &[get, post]).await;
         match sent.len() {
             0 => {}
-            2 => assert_eq!(sent[0], sent[1], "{target} {fields}"),
+            2 => assert_eq!(sent[0], sent[1], "{method} {target} {fields}"),
             _ => panic!("{target} {fields}: one of two went on: {sent:?}"),
         }
         assert_eq!(old, sent, "pingora-proxy: {target} {fields}");
+    }
+}
+
+/// Many clients at once, each its own requests on one kept-alive connection,
+/// answers read whole and written by Rampart from buffers kept per thread:
+/// each answer reaches the request it answers, never another's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_plain_answers_never_cross() {
+    let (origin, _) = scripted_origin().await;
+    let r = Rampart::start(bin(), &config(origin, "rampart")).await;
+    let addr = r.addr;
+    let mut tasks = Vec::new();
+    for client in 0..24u32 {
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            for round in 0..15u32 {
+                let id = format!("{client}x{}", "r".repeat(round as usize));
+                let request = format!("GET /id/{id} HTTP/1.1\r\nHost: x\r\n\r\n");
+                s.write_all(request.as_bytes()).await.unwrap();
+                let text = read_one(&mut s).await;
+                let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+                assert!(
+                    text.contains(&format!("\r\nX-Id: {id}\r\n")),
+                    "{id}: {text}"
+                );
+                assert!(body.starts_with(&format!("id={id};")), "{id}: {text}");
+                assert_eq!(body.len(), id.len() + 4 + id.len() * 97 % 3000, "{id}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
     }
 }

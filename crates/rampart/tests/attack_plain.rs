@@ -430,6 +430,16 @@ async fn read_one(s: &mut TcpStream) -> String {
 /// connection, answered before the next), names in lower case, sorted, and the
 /// request line, `Content-Length` and `Transfer-Encoding` left out.
 async fn fields_sent(r: &Rampart, heads: &Heads, requests: &[Vec<u8>]) -> Vec<Vec<String>> {
+    fields_sent_keeping(r, heads, requests, false).await
+}
+
+/// [`fields_sent`], keeping the framing fields when `framing`.
+async fn fields_sent_keeping(
+    r: &Rampart,
+    heads: &Heads,
+    requests: &[Vec<u8>],
+    framing: bool,
+) -> Vec<Vec<String>> {
     heads.lock().unwrap().clear();
     for request in requests {
         let mut s = TcpStream::connect(r.addr).await.unwrap();
@@ -451,7 +461,9 @@ async fn fields_sent(r: &Rampart, heads: &Heads, requests: &[Vec<u8>]) -> Vec<Ve
                     format!("{}:{}", name.to_ascii_lowercase(), value)
                 })
                 .filter(|l| {
-                    !l.starts_with("content-length:") && !l.starts_with("transfer-encoding:")
+                    framing
+                        || !(l.starts_with("content-length:")
+                            || l.starts_with("transfer-encoding:"))
                 })
                 .collect();
             fields.sort();
@@ -597,5 +609,56 @@ async fn concurrent_plain_answers_never_cross() {
     }
     for task in tasks {
         task.await.unwrap();
+    }
+}
+
+/// Plain requests with a zero length, `Expect` or both, written as bytes: the
+/// origin gets what pingora-proxy's loop sends it, framing fields included,
+/// and the answer comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_lengths_and_expect_on_plain_requests_go_on_as_pingora_proxy_sends_them() {
+    let (origin, heads) = scripted_origin().await;
+    let r = Rampart::start(bin(), &config(origin, "rampart")).await;
+    let reference = Rampart::start(bin(), &config(origin, "pingora-proxy")).await;
+    for fields in [
+        "Content-Length: 0\r\n",
+        "Content-Length: 00\r\n",
+        "Content-Length: 0\r\nContent-Length: 0\r\n",
+        "Expect: 100-continue\r\n",
+        "Expect: 100-continue\r\nContent-Length: 0\r\n",
+    ] {
+        for method in ["GET", "DELETE"] {
+            let request =
+                format!("{method} /plain HTTP/1.1\r\nHost: x\r\n{fields}\r\n").into_bytes();
+            let sent = fields_sent_keeping(&r, &heads, std::slice::from_ref(&request), true).await;
+            let old = fields_sent_keeping(&reference, &heads, &[request], true).await;
+            assert_eq!(sent, old, "{method} {fields}");
+        }
+    }
+}
+
+/// Plain requests that carry upgrade fields `Connection` does not name (Pingora's
+/// session still reads them as an upgrade request), or a `Connection` of
+/// keep-alive spelled twice or with close behind: the answer and the request
+/// pipelined behind come back as they do through Pingora's writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_and_connection_spellings_on_plain_requests_answer_alike() {
+    let (origin, _) = scripted_origin().await;
+    let r = Rampart::start(bin(), &config(origin, "rampart")).await;
+    for fields in [
+        "Upgrade: websocket\r\n",
+        "Upgrade: h2c\r\nConnection: keep-alive\r\n",
+        "Connection: Keep-Alive\r\n",
+        "Connection: keep-alive\r\nConnection: close\r\n",
+        "Connection: close\r\nConnection: keep-alive\r\n",
+        "Connection: keep-alive, close\r\n",
+        "Connection: keep-alive\r\nX-A: 1\r\n",
+    ] {
+        let get = format!("GET /cl-05 HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
+        let post = format!("POST /cl-05 HTTP/1.1\r\nHost: x\r\n{fields}Content-Length: 1\r\n\r\nx");
+        let fast = exchange(&r, get.as_bytes()).await;
+        let written = exchange(&r, post.as_bytes()).await;
+        assert_eq!(fast, written, "{fields}");
+        assert!(fast.starts_with("HTTP/1.1 200 "), "{fields}: {fast}");
     }
 }

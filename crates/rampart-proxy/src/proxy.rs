@@ -185,6 +185,8 @@ impl<'a> Stripped<'a> {
     }
 
     /// Whether `name` (lower case) is listed, also spelled with underscores.
+    /// The body's own framing fields never are: Rampart sets them from what
+    /// it read, and a body without them goes on framed as no body (dropped).
     fn listed(&self, name: &str) -> bool {
         if self.lengths & Self::bit(name.len()) == 0 {
             false
@@ -194,9 +196,12 @@ impl<'a> Stripped<'a> {
                 .binary_search_by(|s| s.as_str().cmp(&dashed))
                 .is_ok()
         } else {
-            self.names
-                .binary_search_by(|s| s.as_str().cmp(name))
-                .is_ok()
+            name != http::header::CONTENT_LENGTH.as_str()
+                && name != http::header::TRANSFER_ENCODING.as_str()
+                && self
+                    .names
+                    .binary_search_by(|s| s.as_str().cmp(name))
+                    .is_ok()
         }
     }
 }

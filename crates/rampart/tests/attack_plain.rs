@@ -662,3 +662,64 @@ async fn upgrade_and_connection_spellings_on_plain_requests_answer_alike() {
         assert!(fast.starts_with("HTTP/1.1 200 "), "{fields}: {fast}");
     }
 }
+
+/// A client that sends a plain GET and shuts its side at once still gets the
+/// whole answer, on both writers, before Rampart closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_gets_its_whole_answer() {
+    let (origin, _) = scripted_origin().await;
+    let r = Rampart::start(bin(), &config(origin, "rampart")).await;
+    let mut answers = Vec::new();
+    for request in [
+        &b"GET /64k HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &b"POST /64k HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"[..],
+    ] {
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        s.shutdown().await.unwrap();
+        let text = transcript(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+        assert!(text.ends_with(&"a".repeat(65536)), "{}", text.len());
+        answers.push(text);
+    }
+    assert_eq!(answers[0], answers[1]);
+}
+
+/// `strip_headers` naming the body's framing fields (not the fast path: any
+/// request with a body): the origin still gets the body, framed. Stripping them
+/// after the framing was set sent a `POST` with neither `Content-Length` nor
+/// `Transfer-Encoding`, which Pingora's writer frames as no body: the body was
+/// dropped and the client told 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_headers_never_strips_a_body_of_its_framing() {
+    let (origin, heads) = scripted_origin().await;
+    let template = ConfigBuilder::new()
+        .server("http1_loop = \"rampart\"")
+        .pool_with("o", &[origin], "read_timeout = \"1s\"")
+        .route("all", "/", "o")
+        .raw("[request]\nstrip_headers = [\"content-length\", \"transfer_encoding\", \"x-secret\"]")
+        .build();
+    let r = Rampart::start(bin(), &template).await;
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    for request in [
+        &b"POST /plain HTTP/1.1\r\nHost: x\r\nX-Secret: 1\r\nContent-Length: 5\r\n\r\nhello"[..],
+        &b"GET /plain HTTP/1.1\r\nHost: x\r\nContent_Length: 9\r\nContent-Length: 0\r\n\r\n"[..],
+        &b"POST /plain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+    ] {
+        s.write_all(request).await.unwrap();
+        let text = read_one(&mut s).await;
+        assert!(text.ends_with("plain"), "{text}");
+    }
+    let heads = heads.lock().unwrap().clone();
+    let lower: Vec<String> = heads.iter().map(|h| h.to_ascii_lowercase()).collect();
+    assert!(lower[0].contains("\r\ncontent-length: 5\r\n"), "{heads:?}");
+    assert!(!lower[0].contains("x-secret"), "{heads:?}");
+    // The body went on with its length: the next head is the next request's.
+    assert!(lower[1].starts_with("get /plain "), "{heads:?}");
+    assert!(lower[1].contains("\r\ncontent-length: 0\r\n"), "{heads:?}");
+    assert!(!lower[1].contains("content_length"), "{heads:?}");
+    assert!(
+        lower[2].contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{heads:?}"
+    );
+}

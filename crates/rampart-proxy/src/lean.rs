@@ -818,11 +818,13 @@ impl Lean {
         has_body: bool,
     ) -> Result<Box<RequestHeader>> {
         let mut parts = session.req_header().as_owned_parts();
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        // On the client's version: only an HTTP/1.1 client's WebSocket upgrade
+        // goes on, as `write_forwarded_head` and pingora-proxy decide.
+        forward_parts(&mut parts, ctx, tls, has_body)?;
         // An HTTP/1.0 client's request goes on as HTTP/1.1, so that the origin
         // connection stays open (as pingora-proxy does).
         parts.version = http::Version::HTTP_11;
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        forward_parts(&mut parts, ctx, tls, has_body)?;
         Ok(Box::new(RequestHeader::from(parts)))
     }
 

@@ -185,6 +185,8 @@ impl<'a> Stripped<'a> {
     }
 
     /// Whether `name` (lower case) is listed, also spelled with underscores.
+    /// The body's own framing fields never are: Rampart sets them from what
+    /// it read, and a body without them goes on framed as no body (dropped).
     fn listed(&self, name: &str) -> bool {
         if self.lengths & Self::bit(name.len()) == 0 {
             false
@@ -194,9 +196,12 @@ impl<'a> Stripped<'a> {
                 .binary_search_by(|s| s.as_str().cmp(&dashed))
                 .is_ok()
         } else {
-            self.names
-                .binary_search_by(|s| s.as_str().cmp(name))
-                .is_ok()
+            name != http::header::CONTENT_LENGTH.as_str()
+                && name != http::header::TRANSFER_ENCODING.as_str()
+                && self
+                    .names
+                    .binary_search_by(|s| s.as_str().cmp(name))
+                    .is_ok()
         }
     }
 }
@@ -1629,9 +1634,11 @@ mod tests {
             let has_body = next() % 10 == 0;
             let mut bytes = Vec::new();
             let written = write_forwarded_head(&req, forward, has_body, &mut bytes);
+            // As `Lean::upstream_header` builds it: the fields on the client's
+            // version, then the version set to HTTP/1.1.
             let mut parts = req.as_owned_parts();
-            parts.version = http::Version::HTTP_11;
             let built = forward.parts(&mut parts, has_body);
+            parts.version = http::Version::HTTP_11;
             match (written, built) {
                 (Ok(false), _) => {
                     assert!(bytes.is_empty());
@@ -1677,6 +1684,40 @@ mod tests {
                 (written, built) => panic!("{written:?} but {built:?} for {req:?}"),
             }
         }
+        // An HTTP/1.0 client's WebSocket upgrade goes on as neither (seldom
+        // drawn above).
+        let mut req = RequestHeader::build("GET", b"/ws", None).expect("head");
+        req.set_version(http::Version::HTTP_10);
+        for (name, value) in [
+            ("host", "x"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ] {
+            req.append_header(name, value).expect("field");
+        }
+        let forward = Forward {
+            client_ip: "198.51.100.23".parse().expect("ip"),
+            strip: &strip,
+            continue_sent: false,
+            tls: false,
+        };
+        let mut bytes = Vec::new();
+        let written = write_forwarded_head(&req, forward, false, &mut bytes);
+        assert!(matches!(written, Ok(true)), "{written:?}");
+        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        assert!(!text.contains("upgrade"), "{text}");
+        let mut parts = req.as_owned_parts();
+        forward.parts(&mut parts, false).expect("fields");
+        assert!(
+            !parts.headers.contains_key("upgrade"),
+            "{:?}",
+            parts.headers
+        );
+        assert!(
+            !parts.headers.contains_key("connection"),
+            "{:?}",
+            parts.headers
+        );
         assert!(compared > 15_000, "{compared} compared");
         assert!(refused > 500, "{refused} refused");
         assert!(skipped > 3_000, "{skipped} skipped");

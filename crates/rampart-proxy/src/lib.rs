@@ -29,6 +29,7 @@ pub mod record;
 pub mod redis_link;
 pub mod respond;
 pub mod state;
+pub(crate) mod wrapped;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;

@@ -972,9 +972,10 @@ impl Lean {
                         stream = Replay::wrap(read, stream);
                     }
                     Ok(None) => {}
-                    // The origin closed a pooled connection before answering:
-                    // once more on a new one.
-                    Err(e) if reused && !fresh && closed_early(&e) => {
+                    // The origin closed a pooled connection before answering
+                    // (no byte of an answer read): once more on a new one. An
+                    // answer that ended after its first bytes is not sent again.
+                    Err(e) if reused && !fresh && closed_early(&e) && reading.0.is_empty() => {
                         fresh = true;
                         continue;
                     }

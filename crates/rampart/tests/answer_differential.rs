@@ -482,6 +482,27 @@ async fn origin() -> (SocketAddr, Seen) {
                         .push(head.lines().next().unwrap_or("").to_string());
                     let case = match path.strip_prefix("/case/").and_then(|n| n.parse().ok()) {
                         Some(n) => generate(n),
+                        None if path.starts_with("/stall") => {
+                            // Part of an answer (or none), then nothing for 3 s.
+                            let part: &[u8] = match path.as_str() {
+                                "/stall-head" => b"HTTP/1.1 200 OK\r\nContent-Le",
+                                "/stall-body" => {
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nsho"
+                                }
+                                _ => b"",
+                            };
+                            if s.write_all(part).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            return;
+                        }
+                        None if path == "/cut-head" => Case {
+                            pieces: vec![b"HTTP/1.1 200 OK\r\nContent-Le".to_vec()],
+                            close: true,
+                            eligible: false,
+                            short: true,
+                        },
                         None if path == "/cut" => Case {
                             pieces: vec![
                                 b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort".to_vec()
@@ -870,4 +891,120 @@ async fn an_answer_cut_after_its_head_is_not_a_reason_to_send_the_request_again(
             seen.lock().unwrap()
         );
     }
+}
+
+/// An origin that stalls (no answer, part of a head, a head and part of its
+/// body) past the pool's 1 s `read_timeout`: the same answer on both paths,
+/// but for a head already come, which Pingora's path sends before it cuts
+/// where Rampart's answers 504 (the accepted difference, by a timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_origins_get_the_same_answers_on_both_paths() {
+    let (origin, _) = origin().await;
+    let r = Rampart::start(bin(), &config(origin)).await;
+    let mut runs = Vec::new();
+    for path in ["/stall", "/stall-head", "/stall-body"] {
+        for body in [false, true] {
+            let addr = r.addr;
+            runs.push(tokio::spawn(async move {
+                let mut client = Client { addr, conn: None };
+                let request = match body {
+                    false => format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+                    true => {
+                        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+                    }
+                };
+                let started = Instant::now();
+                let outcome = client.exchange(request.as_bytes()).await;
+                (path, body, outcome, started.elapsed())
+            }));
+        }
+    }
+    let mut outcomes = Vec::new();
+    for run in runs {
+        outcomes.push(run.await.unwrap());
+    }
+    for pair in outcomes.chunks(2) {
+        let ((path, _, plain, t1), (_, _, pingora, t2)) = (&pair[0], &pair[1]);
+        println!(
+            "{path}: plain {} in {t1:?}\n  pingora {} in {t2:?}",
+            show(plain),
+            show(pingora)
+        );
+        if *path == "/stall-body" {
+            // The accepted difference, timed out: Rampart's path had not
+            // written the head, and answers 504 (the read timed out).
+            assert_eq!(plain.status(), Some(504), "{plain:?}");
+            assert!(matches!(pingora, Outcome::Cut { .. }), "{pingora:?}");
+        } else {
+            assert_eq!(plain, pingora, "{path}");
+        }
+    }
+}
+
+/// Sends `request` on a client connection after a warm-up request (so that the
+/// origin connection it goes on is a kept one), then tells how many times the
+/// origin received `line`.
+async fn sent_after_a_kept_connection(
+    r: &Rampart,
+    seen: &Seen,
+    request: &str,
+    line: &str,
+) -> usize {
+    let mut client = Client {
+        addr: r.addr,
+        conn: None,
+    };
+    let warm = client
+        .exchange(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(warm.status(), Some(200), "{warm:?}");
+    let cut = client.exchange(request.as_bytes()).await;
+    assert_eq!(cut.status(), Some(502), "{cut:?}");
+    received(seen, line)
+}
+
+/// Finding (fixed for Rampart's path): an answer cut inside its head on a kept
+/// origin connection was read again by Pingora (`Replay`), whose error there
+/// sent a plain request to the origin a second time, although the origin had
+/// begun to answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_in_its_head_is_not_a_reason_to_send_the_request_again() {
+    let (origin, seen) = origin().await;
+    let r = Rampart::start(bin(), &config(origin)).await;
+    for (request, line) in [
+        (
+            "GET /cut-head HTTP/1.1\r\nHost: x\r\n\r\n",
+            "get /cut-head http/1.1",
+        ),
+        (
+            "DELETE /cut-head HTTP/1.1\r\nHost: x\r\n\r\n",
+            "delete /cut-head http/1.1",
+        ),
+        (
+            "POST /cut-head HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+            "post /cut-head http/1.1",
+        ),
+    ] {
+        let sent = sent_after_a_kept_connection(&r, &seen, request, line).await;
+        assert_eq!(sent, 1, "{line}: {:?}", seen.lock().unwrap());
+    }
+}
+
+/// The same for a bodiless request whose answer Pingora reads from its first
+/// byte (the client asked to close, so Rampart does not read it): still sent
+/// again, as `lean` did before `answer` (Pingora's reading does not tell
+/// whether any byte of the answer came before its error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: a bodiless request whose answer is cut inside its head on a kept origin connection is sent to the origin again when Pingora reads the answer"]
+async fn an_answer_cut_in_its_head_is_not_a_reason_to_send_a_closing_request_again() {
+    let (origin, seen) = origin().await;
+    let r = Rampart::start(bin(), &config(origin)).await;
+    let sent = sent_after_a_kept_connection(
+        &r,
+        &seen,
+        "GET /cut-head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "get /cut-head http/1.1",
+    )
+    .await;
+    assert_eq!(sent, 1, "{:?}", seen.lock().unwrap());
 }

@@ -411,6 +411,14 @@ fn generate(n: u64) -> Case {
         ]);
         bytes.extend_from_slice(extra);
     }
+    // Sometimes cut inside the head (after at least one byte), then closed.
+    let mut short = short;
+    if rng.chance(3) {
+        bytes.truncate(1 + rng.below(final_head - 1));
+        close = true;
+        short = true;
+        eligible = false;
+    }
     let mut pieces = Vec::new();
     if rng.chance(25) {
         let mut rest = &bytes[..];

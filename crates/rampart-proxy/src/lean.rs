@@ -899,6 +899,9 @@ impl Lean {
             }
         };
         let mut fresh = false;
+        // Rampart read the first bytes of an answer and handed them to
+        // Pingora: the origin had the request, which is not sent again.
+        let mut answer_begun = false;
         let (mut up, peer, key) = loop {
             // After a connect failure, the retry goes to another server.
             let exclude = if ctx.connect_failures > 0 {
@@ -969,12 +972,14 @@ impl Lean {
                     }
                     // Not one Rampart renders: Pingora reads it from its first byte.
                     Ok(Some(Reading::Pingora(read))) => {
+                        answer_begun = !read.is_empty();
                         stream = Replay::wrap(read, stream);
                     }
                     Ok(None) => {}
-                    // The origin closed a pooled connection before answering:
-                    // once more on a new one.
-                    Err(e) if reused && !fresh && closed_early(&e) => {
+                    // The origin closed a pooled connection before answering
+                    // (no byte of an answer read): once more on a new one. An
+                    // answer that ended after its first bytes is not sent again.
+                    Err(e) if reused && !fresh && closed_early(&e) && reading.0.is_empty() => {
                         fresh = true;
                         continue;
                     }
@@ -1008,7 +1013,7 @@ impl Lean {
                 Ok(()) => break (up, peer, key),
                 // The origin closed a pooled connection before answering: once
                 // more on a new one, when the request can be sent again.
-                Err(e) if reused && replayable && !fresh && closed_early(&e) => {
+                Err(e) if reused && replayable && !fresh && !answer_begun && closed_early(&e) => {
                     fresh = true;
                 }
                 Err(e) => return Err(e),

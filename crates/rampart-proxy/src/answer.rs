@@ -124,7 +124,7 @@ pub(crate) async fn read_answer(
             let mut fields = [httparse::EMPTY_HEADER; ANSWER_FIELDS];
             let mut resp = httparse::Response::new(&mut fields);
             match resp.parse(read) {
-                Ok(httparse::Status::Complete(head)) => {
+                Ok(httparse::Status::Complete(head)) if head <= ANSWER_HEAD_MAX => {
                     Some(plain_framing(&resp).map(|(length, reusable)| {
                         let code = resp.code.unwrap_or(0);
                         render_head(

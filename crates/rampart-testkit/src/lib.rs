@@ -11,7 +11,7 @@ pub mod redis;
 pub mod relay;
 
 pub use config::ConfigBuilder;
-pub use origin::{MockOrigin, Recorded};
+pub use origin::{read_request, MockOrigin, Recorded};
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

@@ -220,3 +220,42 @@ async fn handle(
     let body = serde_json::json!({"origin": state.name, "path": path}).to_string();
     Ok(full(StatusCode::OK, &state.name, body))
 }
+
+/// One request read off a raw test origin's connection `s`: its head as sent
+/// (through the blank line) and its `Content-Length` body. Bytes of a next
+/// request stay in `pending` for the next call. `None` when the peer closes
+/// or fails first.
+pub async fn read_request(
+    s: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8192];
+    let at = loop {
+        if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&pending[..at]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while pending.len() < at + length {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = pending[at..at + length].to_vec();
+    pending.drain(..at + length);
+    Some((head, body))
+}

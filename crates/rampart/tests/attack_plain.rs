@@ -6,7 +6,7 @@
 //! states what must hold; a misbehaving origin is scripted over raw TCP.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use rampart_testkit::{ConfigBuilder, Rampart};
+use rampart_testkit::{read_request, ConfigBuilder, Rampart};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -43,29 +43,10 @@ async fn scripted_origin() -> (SocketAddr, Heads) {
             let seen = seen.clone();
             tokio::spawn(async move {
                 let mut pending = Vec::new();
-                let mut buf = [0u8; 8192];
                 loop {
-                    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let at = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    let head = String::from_utf8_lossy(&pending[..at]).into_owned();
-                    let lower = head.to_ascii_lowercase();
-                    let length: usize = lower
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while pending.len() < at + length {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    pending.drain(..at + length);
+                    let Some((head, _)) = read_request(&mut s, &mut pending).await else {
+                        return;
+                    };
                     seen.lock().unwrap().push(head.clone());
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                     let (pieces, after) = script(&path);

@@ -349,19 +349,36 @@ crate::wrapped::delegate_to_inner!(Replay);
 mod tests {
     use super::*;
 
+    /// A fixed-seed xorshift generator.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    /// `render_head` of a parsed answer, as `read_answer` calls it.
+    fn rendered(resp: &httparse::Response<'_, '_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        render_head(
+            resp.code.unwrap_or(0),
+            resp.reason.unwrap_or("").as_bytes(),
+            resp.headers.iter().map(|f| (f.name.as_bytes(), f.value)),
+            b"Mon, 30 Nov 2026 00:00:00 GMT",
+            &mut out,
+        );
+        out
+    }
+
     /// Random answer heads (fixed seed): wherever `plain_framing` takes one,
     /// its length is the one `Content-Length` and no `Transfer-Encoding` is
     /// there; the rendered head parses back to the same status, reason and
     /// fields but for `Date` and `Connection`, which appear once each.
     #[test]
     fn rendered_heads_parse_back_to_the_origin_fields() {
-        let mut seed: u64 = 0xa11_5eed;
-        let mut next = move || {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut next = xorshift(0xa11_5eed);
         let fields = [
             ("Content-Length", "5"),
             ("content-length", "05"),
@@ -388,7 +405,7 @@ mod tests {
         for _ in 0..20_000 {
             let mut text = starts[(next() as usize) % starts.len()].to_string() + "\r\n";
             let mut sent = Vec::new();
-            if next() % 4 != 0 {
+            if !next().is_multiple_of(4) {
                 text += "Content-Length: 12\r\n";
                 sent.push(("Content-Length", "12"));
             }
@@ -424,14 +441,7 @@ mod tests {
                 "{text}"
             );
             assert_eq!(reusable, !sent.contains(&("Connection", "close")), "{text}");
-            let mut out = Vec::new();
-            render_head(
-                resp.code.unwrap_or(0),
-                resp.reason.unwrap_or("").as_bytes(),
-                resp.headers.iter().map(|f| (f.name.as_bytes(), f.value)),
-                b"Mon, 30 Nov 2026 00:00:00 GMT",
-                &mut out,
-            );
+            let out = rendered(&resp);
             let mut again = [httparse::EMPTY_HEADER; 16];
             let mut back = httparse::Response::new(&mut again);
             assert_eq!(
@@ -475,13 +485,7 @@ mod tests {
     /// back with the same status and the same length.
     #[test]
     fn mutated_heads_are_taken_whole_or_left_to_pingora() {
-        let mut seed: u64 = 0xdead_beef;
-        let mut next = move || {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
+        let mut next = xorshift(0xdead_beef);
         let base = b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 12\r\nDate: x\r\nConnection: keep-alive\r\n\r\n";
         let alphabet = b"\r\n :,0123456789aAzZ\t\x00\x7f\x80\xff-_/HTTP";
         let mut taken = 0;
@@ -509,14 +513,7 @@ mod tests {
                 continue;
             };
             taken += 1;
-            let mut out = Vec::new();
-            render_head(
-                resp.code.unwrap_or(0),
-                resp.reason.unwrap_or("").as_bytes(),
-                resp.headers.iter().map(|f| (f.name.as_bytes(), f.value)),
-                b"Mon, 30 Nov 2026 00:00:00 GMT",
-                &mut out,
-            );
+            let out = rendered(&resp);
             let mut again = [httparse::EMPTY_HEADER; ANSWER_FIELDS];
             let mut back = httparse::Response::new(&mut again);
             assert_eq!(

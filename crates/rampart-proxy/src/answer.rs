@@ -119,32 +119,15 @@ pub(crate) async fn read_answer(
             // A head cut short: Pingora's reading reports it as it does.
             return Ok(Reading::Pingora(std::mem::take(read)));
         }
-        // Some(Some(..)): rendered; Some(None): Pingora's; None: read more.
-        let reading = {
-            let mut fields = [httparse::EMPTY_HEADER; ANSWER_FIELDS];
-            let mut resp = httparse::Response::new(&mut fields);
-            match resp.parse(read) {
-                Ok(httparse::Status::Complete(head)) if head <= ANSWER_HEAD_MAX => {
-                    Some(plain_framing(&resp).map(|(length, reusable)| {
-                        let code = resp.code.unwrap_or(0);
-                        render_head(
-                            code,
-                            resp.reason.unwrap_or("").as_bytes(),
-                            resp.headers.iter().map(|f| (f.name.as_bytes(), f.value)),
-                            date,
-                            out,
-                        );
-                        (head, length, reusable, code)
-                    }))
-                }
-                Ok(httparse::Status::Partial) if read.len() < ANSWER_HEAD_MAX => None,
-                _ => Some(None),
-            }
-        };
-        match reading {
-            Some(Some(rendered)) => break rendered,
-            Some(None) => return Ok(Reading::Pingora(std::mem::take(read))),
-            None => {}
+        match look(read, date, out) {
+            Look::Rendered {
+                head,
+                length,
+                reusable,
+                status,
+            } => break (head, length, reusable, status),
+            Look::Pingora => return Ok(Reading::Pingora(std::mem::take(read))),
+            Look::More => {}
         }
     };
     let body = read.get(head..).unwrap_or_default();
@@ -174,6 +157,57 @@ pub(crate) async fn read_answer(
         missing -= got;
     }
     Ok(Reading::Rendered { status, reusable })
+}
+
+/// What one look at the bytes of an answer read so far came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Look {
+    /// A head Rampart renders: rendered into the output buffer.
+    Rendered {
+        /// The head's length in the bytes read.
+        head: usize,
+        /// The body's length.
+        length: usize,
+        /// The origin keeps its connection.
+        reusable: bool,
+        /// The origin's status.
+        status: u16,
+    },
+    /// An answer for Pingora to read (see the module documentation).
+    Pingora,
+    /// The head is not whole yet.
+    More,
+}
+
+/// Looks at the bytes of an answer read so far (`read`): when they start with
+/// a whole head Rampart renders, renders it into `out` with `date`. Public for
+/// the `answer_head` fuzz target.
+pub fn look(read: &[u8], date: &[u8], out: &mut Vec<u8>) -> Look {
+    let mut fields = [httparse::EMPTY_HEADER; ANSWER_FIELDS];
+    let mut resp = httparse::Response::new(&mut fields);
+    match resp.parse(read) {
+        Ok(httparse::Status::Complete(head)) if head <= ANSWER_HEAD_MAX => {
+            let Some((length, reusable)) = plain_framing(&resp) else {
+                return Look::Pingora;
+            };
+            let status = resp.code.unwrap_or(0);
+            render_head(
+                status,
+                resp.reason.unwrap_or("").as_bytes(),
+                resp.headers.iter().map(|f| (f.name.as_bytes(), f.value)),
+                date,
+                out,
+            );
+            Look::Rendered {
+                head,
+                length,
+                reusable,
+                status,
+            }
+        }
+        Ok(httparse::Status::Partial) if read.len() < ANSWER_HEAD_MAX => Look::More,
+        _ => Look::Pingora,
+    }
 }
 
 /// One read of at most `want` bytes appended to `buf`, within `limit`; the

@@ -878,19 +878,10 @@ impl Lean {
             !plain || has_body,
             &mut raw.0,
         )
-        .and_then(|raw_head| {
-            Ok(match raw_head {
-                true => None,
-                false => Some(Self::upstream_header(session, ctx, has_body)?),
-            })
+        .and_then(|raw_head| match raw_head {
+            true => Ok(None),
+            false => Self::upstream_header(session, ctx, has_body).map(Some),
         });
-        let raw_head = matches!(built, Ok(None));
-        // The origin's answer can be rendered by Rampart when the request went
-        // as bytes and the client keeps its connection on plain keep-alive.
-        let plain_answer = raw_head
-            && self.shared.recorder.is_none()
-            && !expects_continue(session)
-            && Self::keeps_alive_plainly(session);
         let mut header = match built {
             Ok(header) => header,
             Err(e) => {
@@ -898,6 +889,13 @@ impl Lean {
                 return Err(e.into_down());
             }
         };
+        let raw_head = header.is_none();
+        // The origin's answer can be rendered by Rampart when the request went
+        // as bytes and the client keeps its connection on plain keep-alive.
+        let plain_answer = raw_head
+            && self.shared.recorder.is_none()
+            && !expects_continue(session)
+            && Self::keeps_alive_plainly(session);
         let mut fresh = false;
         // Rampart read the first bytes of an answer and handed them to
         // Pingora: the origin had the request, which is not sent again.

@@ -5,7 +5,7 @@
 pub mod accept;
 pub mod access_log;
 pub mod admin;
-pub(crate) mod answer;
+pub mod answer;
 pub mod background;
 pub mod certs;
 pub mod circuit;

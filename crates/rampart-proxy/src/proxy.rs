@@ -843,42 +843,34 @@ impl<'a> Forward<'a> {
 
     /// See [`forward_parts`].
     fn parts(self, parts: &mut http::request::Parts, has_body: bool) -> Result<()> {
-        forward_fields(parts, self, has_body)
-    }
-}
-
-fn forward_fields(
-    parts: &mut http::request::Parts,
-    forward: Forward<'_>,
-    has_body: bool,
-) -> Result<()> {
-    drop_hop_by_hop(parts, has_body)?;
-    let headers = &mut parts.headers;
-    headers.reserve(4);
-    strip_client_headers(headers, forward.strip);
-    let ip = ip_header_value(forward.client_ip);
-    headers.insert(X_FORWARDED_FOR, ip.clone());
-    headers.insert(X_REAL_IP, ip);
-    let proto = HeaderValue::from_static(if forward.tls { "https" } else { "http" });
-    headers.insert(X_FORWARDED_PROTO, proto);
-    if forward.continue_sent {
-        // The client has been told to go on and its body is buffered: the origin
-        // must not hold the request back waiting to say the same.
-        headers.remove(http::header::EXPECT);
-    }
-    if !headers.contains_key(http::header::HOST) {
-        // HTTP/2 clients send :authority instead of Host; HTTP/1.1 origins need Host.
-        if let Some(authority) = parts.uri.authority() {
-            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
-                Error::explain(
-                    ErrorType::InvalidHTTPHeader,
-                    "authority is not a valid Host",
-                )
-            })?;
-            parts.headers.insert(http::header::HOST, host);
+        drop_hop_by_hop(parts, has_body)?;
+        let headers = &mut parts.headers;
+        headers.reserve(4);
+        strip_client_headers(headers, self.strip);
+        let ip = ip_header_value(self.client_ip);
+        headers.insert(X_FORWARDED_FOR, ip.clone());
+        headers.insert(X_REAL_IP, ip);
+        let proto = HeaderValue::from_static(if self.tls { "https" } else { "http" });
+        headers.insert(X_FORWARDED_PROTO, proto);
+        if self.continue_sent {
+            // The client has been told to go on and its body is buffered: the origin
+            // must not hold the request back waiting to say the same.
+            headers.remove(http::header::EXPECT);
         }
+        if !headers.contains_key(http::header::HOST) {
+            // HTTP/2 clients send :authority instead of Host; HTTP/1.1 origins need Host.
+            if let Some(authority) = parts.uri.authority() {
+                let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                    Error::explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "authority is not a valid Host",
+                    )
+                })?;
+                parts.headers.insert(http::header::HOST, host);
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Fields that describe this hop, not the request, and the fields a client names

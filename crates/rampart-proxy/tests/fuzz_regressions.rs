@@ -34,41 +34,49 @@ pub fn answer_head(data: &[u8]) {
         return;
     };
     assert!(head <= data.len() && length <= 64 * 1024);
-    let mut again = Vec::new();
-    match look(&out, DATE, &mut again) {
-        Look::Rendered {
-            head: h,
-            length: l,
-            status: s,
-            ..
-        } => {
-            assert_eq!((h, l, s), (out.len(), length, status));
-        }
-        other => panic!(
-            "the rendered head is read as {other:?}: {:?}",
-            String::from_utf8_lossy(&out)
-        ),
-    }
-    assert_eq!(again, out, "rendering is not stable");
-    let fields = |bytes: &[u8]| -> Vec<(String, Vec<u8>)> {
-        let mut parsed = [httparse::EMPTY_HEADER; 64];
+    let fields = |bytes: &[u8]| -> (Option<u16>, Vec<(String, Vec<u8>)>) {
+        // Room for the two fields rendering may add to a head of 64.
+        let mut parsed = [httparse::EMPTY_HEADER; 70];
         let mut resp = httparse::Response::new(&mut parsed);
-        resp.parse(bytes).unwrap();
-        resp.headers
+        let parsed_len = resp.parse(bytes).unwrap();
+        assert!(parsed_len.is_complete());
+        let kept = resp
+            .headers
             .iter()
             .filter(|f| {
                 !f.name.eq_ignore_ascii_case("date") && !f.name.eq_ignore_ascii_case("connection")
             })
             .map(|f| (f.name.to_string(), f.value.to_vec()))
-            .collect()
+            .collect();
+        (resp.code, kept)
     };
-    assert_eq!(fields(&out), fields(&data[..head]));
+    let (code, kept) = fields(&out);
+    assert_eq!(code, Some(status));
+    assert_eq!(kept, fields(&data[..head]).1);
     for name in ["Date", "Connection"] {
         let count = out
             .split(|&b| b == b'\n')
             .filter(|l| l.starts_with(format!("{name}: ").as_bytes()))
             .count();
         assert_eq!(count, 1, "{name} in {:?}", String::from_utf8_lossy(&out));
+    }
+    // Read again (when it still fits Rampart's own reading's 64 fields): the
+    // same head, taken whole, rendered to the same bytes.
+    if kept.len() + 2 <= 64 {
+        let mut again = Vec::new();
+        match look(&out, DATE, &mut again) {
+            Look::Rendered {
+                head: h,
+                length: l,
+                status: s,
+                ..
+            } => assert_eq!((h, l, s), (out.len(), length, status)),
+            other => panic!(
+                "the rendered head is read as {other:?}: {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+        assert_eq!(again, out, "rendering is not stable");
     }
 }
 
